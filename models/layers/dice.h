@@ -1,0 +1,31 @@
+#pragma once
+#include <torch/torch.h>
+
+namespace recsys::models {
+
+struct DiceOptions {
+  explicit DiceOptions(int64_t dim) : dim_(dim) {}
+  /// Number of channels (last dimension of the input).
+  TORCH_ARG(int64_t, dim);
+  /// Added to the variance before the square root.
+  TORCH_ARG(double, eps) = 1e-8;
+  /// Weight of the new batch statistics in the running averages used in eval mode.
+  TORCH_ARG(double, momentum) = 0.01;
+};
+
+/// Dice (DIN, eq. 9): f(s) = p(s) s + (1 - p(s)) alpha s with
+/// p(s) = sigmoid((s - E[s]) / sqrt(Var[s] + eps)). E and Var are the mini-batch statistics
+/// per channel while training (over every leading dimension) and running averages in eval mode.
+class DiceImpl : public torch::nn::Module {
+ public:
+  explicit DiceImpl(DiceOptions options);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::Tensor alpha, running_mean, running_var;
+
+ private:
+  DiceOptions options_;
+};
+TORCH_MODULE(Dice);
+
+}  // namespace recsys::models

@@ -1,0 +1,45 @@
+// Shared helpers for the Catch2 tests: seeding, tolerance checks, fixture paths.
+#pragma once
+#include <catch.hpp>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <string>
+
+namespace recsys::testing {
+
+inline void seed(uint64_t s = 0) { torch::manual_seed(s); }
+
+/// Element-wise |a - b| <= atol + rtol * |b|, with a readable failure message.
+inline void require_close(const torch::Tensor& a, const torch::Tensor& b, double rtol = 1e-5,
+                          double atol = 1e-6) {
+  REQUIRE(a.sizes() == b.sizes());
+  auto da = a.detach().to(torch::kFloat64).cpu();
+  auto db = b.detach().to(torch::kFloat64).cpu();
+  auto diff = (da - db).abs();
+  auto tol = atol + rtol * db.abs();
+  bool ok = (diff <= tol).all().item<bool>();
+  if (!ok) {
+    INFO("max abs diff " << diff.max().item<double>() << "\nactual:\n"
+                         << da << "\nexpected:\n" << db);
+    REQUIRE(ok);
+  }
+}
+
+inline void require_close(double a, double b, double tol = 1e-9) {
+  INFO("actual " << a << " expected " << b);
+  REQUIRE(std::abs(a - b) <= tol);
+}
+
+/// Tests run with the repository root as working directory (see CMakeLists.txt).
+inline std::string shared_data(const std::string& rel) { return "../shared/data/" + rel; }
+
+/// A fresh empty temporary directory for one test.
+inline std::filesystem::path temp_dir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("recsys_test_" + name);
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+}  // namespace recsys::testing
