@@ -1,0 +1,39 @@
+#include "framework/train/experiment.h"
+
+#include <spdlog/spdlog.h>
+
+namespace recsys::train {
+
+Registry<TaskFactory>& tasks() {
+  static Registry<TaskFactory> registry("task");
+  return registry;
+}
+
+Experiment parse_experiment(const nlohmann::json& config) {
+  Experiment e;
+  e.config = config;
+  config::Reader root(e.config);
+  e.seed = static_cast<uint64_t>(root.get<int64_t>("seed", 0));
+  root.get<std::string>("name", "");
+  root.get<std::string>("description", "");
+  e.task = root.get<std::string>("task", "retrieval");
+  const TaskFactory& factory = tasks().get(e.task, "task");
+  e.trainer = TrainerOptions::from_config(root.child("train"));
+  e.build_task = factory(root);
+  root.check_unknown();
+  return e;
+}
+
+nlohmann::json run_experiment(const Experiment& e, const RunDir& run_dir) {
+  torch::manual_seed(e.seed);
+  torch::set_num_threads(static_cast<int>(e.trainer.threads));
+  auto task = e.build_task(e.seed);
+  Trainer trainer(*task, e.trainer, run_dir, e.config, e.seed);
+  auto results = trainer.fit();
+  results["seed"] = e.seed;
+  results["task"] = e.task;
+  if (run_dir.enabled()) run_dir.write_results(results);
+  return results;
+}
+
+}  // namespace recsys::train

@@ -1,0 +1,52 @@
+#pragma once
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "framework/config/config.h"
+
+namespace recsys::train {
+
+enum class OptimizerKind { kAdam, kAdagrad, kSgd };
+
+struct OptimizerOptions {
+  OptimizerKind kind = OptimizerKind::kAdam;
+  double lr = 1e-3;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  ///< Adam
+  double initial_accumulator = 0.1;               ///< Adagrad
+  double momentum = 0.0;                          ///< SGD (dense parameters only)
+  double weight_decay = 0.0;                      ///< L2 added to the gradient (touched rows only for sparse)
+  double grad_clip = 0.0;                         ///< max global gradient norm; 0 disables
+
+  static OptimizerOptions from_config(const config::Reader& r);
+};
+
+/// Adam / Adagrad / SGD over dense and sparse-gradient parameters. A parameter whose gradient is
+/// sparse (an embedding table looked up with sparse=true) is updated row-wise: only the rows the
+/// batch touched, and only their optimizer state, change (the SparseAdam rule for Adam).
+/// Dense parameters follow the textbook update. Global-norm clipping covers both kinds.
+class Optimizer {
+ public:
+  Optimizer(std::vector<torch::Tensor> params, OptimizerOptions options);
+  void zero_grad();
+  void step();
+  int64_t steps() const { return steps_; }
+  const OptimizerOptions& options() const { return options_; }
+  /// Optimizer state as named tensors (for checkpoints) and back.
+  void save(torch::serialize::OutputArchive& archive) const;
+  void load(torch::serialize::InputArchive& archive);
+  /// Deep copies of the state (for keeping the best model in memory).
+  std::vector<torch::Tensor> state_tensors() const;
+
+ private:
+  void update_dense(size_t i, torch::Tensor& p, torch::Tensor g);
+  void update_sparse(size_t i, torch::Tensor& p, const torch::Tensor& g);
+
+  std::vector<torch::Tensor> params_;
+  OptimizerOptions options_;
+  std::vector<torch::Tensor> state1_, state2_;  // Adam m/v, Adagrad sum, SGD momentum
+  int64_t steps_ = 0;
+};
+
+}  // namespace recsys::train

@@ -1,0 +1,42 @@
+#include "framework/train/run_dir.h"
+
+#include <fstream>
+#include <stdexcept>
+
+#include <unistd.h>
+
+namespace recsys::train {
+namespace fs = std::filesystem;
+
+void write_atomic(const fs::path& path, const std::string& text) {
+  fs::path tmp = path;
+  tmp += ".tmp" + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw std::runtime_error("cannot write " + tmp.string());
+    out << text;
+    out.flush();
+    if (!out) throw std::runtime_error("failed writing " + tmp.string());
+  }
+  fs::rename(tmp, path);
+}
+
+RunDir::RunDir(fs::path dir) : dir_(std::move(dir)) {
+  fs::create_directories(dir_ / "checkpoints");
+}
+
+void RunDir::write_config(const nlohmann::json& config) const {
+  if (enabled()) write_atomic(dir_ / "config.json", config.dump(2) + "\n");
+}
+
+void RunDir::append_metrics(const nlohmann::json& record) const {
+  if (!enabled()) return;
+  std::ofstream out(dir_ / "metrics.jsonl", std::ios::app);
+  out << record.dump() << "\n";
+}
+
+void RunDir::write_results(const nlohmann::json& results) const {
+  if (enabled()) write_atomic(dir_ / "results.json", results.dump(2) + "\n");
+}
+
+}  // namespace recsys::train

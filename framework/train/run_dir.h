@@ -1,0 +1,29 @@
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <string>
+
+namespace recsys::train {
+
+/// Writes `text` to `path` atomically: a temporary file beside it, then rename.
+void write_atomic(const std::filesystem::path& path, const std::string& text);
+
+/// The run directory layout other tools rely on: config.json, log.txt, metrics.jsonl,
+/// results.json, checkpoints/.
+class RunDir {
+ public:
+  RunDir() = default;  ///< no directory: nothing is written
+  explicit RunDir(std::filesystem::path dir);
+  bool enabled() const { return !dir_.empty(); }
+  const std::filesystem::path& dir() const { return dir_; }
+  std::filesystem::path checkpoints() const { return dir_ / "checkpoints"; }
+  void write_config(const nlohmann::json& config) const;
+  void append_metrics(const nlohmann::json& record) const;
+  void write_results(const nlohmann::json& results) const;
+
+ private:
+  std::filesystem::path dir_;
+};
+
+}  // namespace recsys::train

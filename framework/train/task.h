@@ -1,0 +1,59 @@
+#pragma once
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <memory>
+#include <string>
+
+namespace recsys::train {
+
+using Metrics = std::map<std::string, double>;
+
+/// A batch produced by a task's stream; concrete tasks define its contents.
+struct Batch {
+  virtual ~Batch() = default;
+  virtual int64_t size() const = 0;
+};
+
+/// An epoch's batches in order; next() returns nullptr at the end.
+class BatchStream {
+ public:
+  virtual ~BatchStream() = default;
+  virtual std::unique_ptr<Batch> next() = 0;
+};
+
+struct StreamOptions {
+  int64_t batch_size = 512;
+  uint64_t seed = 0;
+  int64_t epoch = 0;
+  int64_t prefetch = 4;  ///< batches prepared ahead by a background thread (0: inline)
+};
+
+struct StepOutput {
+  torch::Tensor loss;                          ///< scalar to minimise
+  std::map<std::string, torch::Tensor> parts;  ///< named components, logged (detached)
+};
+
+/// What the trainer drives: a model plus its losses, augmentations and data. The trainer never
+/// names a concrete model; a task never runs the optimisation loop.
+class Task {
+ public:
+  virtual ~Task() = default;
+  /// Every trainable parameter and buffer lives below this module (checkpoints save it).
+  virtual torch::nn::Module& module() = 0;
+  virtual void to(torch::Device device) = 0;
+  virtual std::unique_ptr<BatchStream> train_stream(const StreamOptions& options) = 0;
+  /// Forward pass and loss on one batch; `generator` drives any randomness (augmentations).
+  virtual StepOutput forward(Batch& batch, torch::Generator& generator) = 0;
+  /// Metrics on "valid" or "test"; runs under NoGradGuard in eval mode.
+  virtual Metrics evaluate(const std::string& split) = 0;
+  virtual int64_t train_examples() const = 0;
+  /// The validation metric that selects the best checkpoint unless the config names another,
+  /// and whether larger is better.
+  virtual std::pair<std::string, bool> selection_metric() const = 0;
+  /// Facts about the data for results.json (sizes, test points per slice, ...).
+  virtual nlohmann::json describe() const { return nlohmann::json::object(); }
+};
+
+}  // namespace recsys::train

@@ -1,0 +1,276 @@
+#include "framework/train/trainer.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include <unistd.h>
+
+#include "framework/util/errors.h"
+
+namespace recsys::train {
+
+TrainerOptions TrainerOptions::from_config(const config::Reader& r) {
+  TrainerOptions o;
+  o.epochs = r.get<int64_t>("epochs", o.epochs);
+  o.max_steps = r.get<int64_t>("max_steps", o.max_steps);
+  o.batch_size = r.get<int64_t>("batch_size", o.batch_size);
+  o.optimizer = OptimizerOptions::from_config(r.child("optimizer"));
+  o.eval_every = r.get<int64_t>("eval_every", o.eval_every);
+  auto es = r.child("early_stopping");
+  o.early_stopping.metric = es.get<std::string>("metric", "");
+  o.early_stopping.maximize = es.choice("mode", "max", {"max", "min"}) == "max";
+  o.early_stopping.patience = es.get<int64_t>("patience", o.early_stopping.patience);
+  o.checkpoints = r.get<bool>("checkpoints", o.checkpoints);
+  o.log_every = r.get<int64_t>("log_every", o.log_every);
+  o.prefetch = r.get<int64_t>("prefetch", o.prefetch);
+  o.device = r.get<std::string>("device", o.device);
+  o.threads = r.get<int64_t>("threads", o.threads);
+  o.progress = r.choice("progress", o.progress, {"auto", "bar", "lines", "none"});
+  o.evaluate_test = r.get<bool>("evaluate_test", o.evaluate_test);
+  if (o.epochs < 1) r.fail("epochs", "must be at least 1");
+  if (o.max_steps < 0) r.fail("max_steps", "must be >= 0 (0 = no limit)");
+  if (o.batch_size < 2) r.fail("batch_size", "must be at least 2 (in-batch negatives need company)");
+  if (o.eval_every < 0) r.fail("eval_every", "must be >= 0 (0 = every epoch)");
+  if (o.early_stopping.patience < 0) r.fail("early_stopping.patience", "must be >= 0");
+  if (o.log_every < 1) r.fail("log_every", "must be at least 1");
+  if (o.threads < 1) r.fail("threads", "must be at least 1");
+  if (o.device != "auto" && o.device != "cpu" && o.device.rfind("cuda", 0) != 0)
+    r.fail("device", "must be auto, cpu, cuda or cuda:N");
+  return o;
+}
+
+torch::Device resolve_device(const std::string& name) {
+  if (name == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  if (name.rfind("cuda", 0) == 0 && !torch::cuda::is_available())
+    throw ConfigError("train.device", "'" + name + "' requested but this LibTorch build sees no CUDA device");
+  return torch::Device(name);
+}
+
+namespace {
+
+bool stderr_is_terminal() { return ::isatty(2) != 0; }
+
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  int s = static_cast<int>(seconds);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%d:%02d", s / 60, s % 60);
+  return buf;
+}
+
+/// A progress bar on a terminal, plain log lines otherwise.
+class ProgressHook : public Hook {
+ public:
+  explicit ProgressHook(bool bar) : bar_(bar) {}
+  void on_train_begin(Trainer& t) override {
+    start_ = last_ = std::chrono::steady_clock::now();
+    const auto& o = t.options();
+    int64_t per_epoch = (t.task().train_examples() + o.batch_size - 1) / o.batch_size;
+    total_steps_ = per_epoch * o.epochs;
+    if (o.max_steps > 0) total_steps_ = std::min(total_steps_, o.max_steps);
+  }
+  void on_step_end(Trainer& t) override {
+    auto& s = t.state();
+    if (s.step % t.options().log_every != 0) return;
+    auto now = std::chrono::steady_clock::now();
+    double elapsed = std::chrono::duration<double>(now - start_).count();
+    double rate = s.examples / std::max(elapsed, 1e-9);
+    double eta = elapsed / s.step * (total_steps_ - s.step);
+    if (bar_) {
+      int width = 30;
+      int filled = total_steps_ > 0 ? static_cast<int>(width * s.step / total_steps_) : 0;
+      std::string b(static_cast<size_t>(std::min(filled, width)), '#');
+      b.resize(static_cast<size_t>(width), '.');
+      std::fprintf(stderr, "\r[%s] step %lld/%lld epoch %lld loss %.4f %.0f ex/s ETA %s   ", b.c_str(),
+                   static_cast<long long>(s.step), static_cast<long long>(total_steps_),
+                   static_cast<long long>(s.epoch + 1), s.last_loss, rate, format_duration(eta).c_str());
+      std::fflush(stderr);
+    } else {
+      std::string parts;
+      for (auto& [k, v] : s.last_parts) parts += fmt::format(" {}={:.4f}", k, v);
+      spdlog::info("step {}/{} epoch {} loss {:.4f}{} {:.0f} ex/s ETA {}", s.step, total_steps_,
+                   s.epoch + 1, s.last_loss, parts, rate, format_duration(eta));
+    }
+  }
+  void on_epoch_end(Trainer&) override {
+    if (bar_) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  bool bar_;
+  int64_t total_steps_ = 0;
+  std::chrono::steady_clock::time_point start_, last_;
+};
+
+class EvalHook : public Hook {
+ public:
+  void on_step_end(Trainer& t) override {
+    if (t.options().eval_every > 0 && t.state().step % t.options().eval_every == 0) t.validate();
+  }
+  void on_epoch_end(Trainer& t) override {
+    if (t.options().eval_every == 0) t.validate();
+  }
+};
+
+}  // namespace
+
+Trainer::Trainer(Task& task, TrainerOptions options, RunDir run_dir, nlohmann::json config,
+                 uint64_t seed)
+    : task_(task), options_(std::move(options)), run_dir_(std::move(run_dir)),
+      config_(std::move(config)), seed_(seed), device_(resolve_device(options_.device)) {
+  torch::set_num_threads(static_cast<int>(options_.threads));
+  task_.to(device_);
+  optimizer_ = std::make_unique<Optimizer>(task_.module().parameters(), options_.optimizer);
+  if (options_.early_stopping.metric.empty()) {
+    auto [metric, maximize] = task_.selection_metric();
+    options_.early_stopping.metric = metric;
+    options_.early_stopping.maximize = maximize;
+  }
+  bool bar = options_.progress == "bar" || (options_.progress == "auto" && stderr_is_terminal());
+  if (options_.progress != "none") add_hook(std::make_shared<ProgressHook>(bar));
+  add_hook(std::make_shared<EvalHook>());
+}
+
+std::string Trainer::default_metric() const { return options_.early_stopping.metric; }
+
+void Trainer::snapshot_best() {
+  torch::NoGradGuard g;
+  best_params_.clear();
+  for (auto& p : task_.module().parameters()) best_params_.push_back(p.detach().clone());
+  for (auto& b : task_.module().buffers()) best_params_.push_back(b.detach().clone());
+}
+
+void Trainer::restore_best() {
+  if (best_params_.empty()) return;
+  torch::NoGradGuard g;
+  size_t i = 0;
+  for (auto& p : task_.module().parameters()) p.copy_(best_params_[i++]);
+  for (auto& b : task_.module().buffers()) b.copy_(best_params_[i++]);
+}
+
+void Trainer::validate() {
+  auto& s = state_;
+  Metrics m = task_.evaluate("valid");
+  task_.module().train();
+  nlohmann::json rec = {{"step", s.step}, {"epoch", s.epoch + 1}, {"split", "valid"},
+                        {"metrics", m}, {"train_loss", s.last_loss}};
+  run_dir_.append_metrics(rec);
+  const auto& es = options_.early_stopping;
+  auto it = m.find(es.metric);
+  if (it == m.end()) {
+    std::string known;
+    for (auto& [k, v] : m) known += (known.empty() ? "" : ", ") + k;
+    throw ConfigError("train.early_stopping.metric",
+                      "metric '" + es.metric + "' is not reported (known: " + known + ")");
+  }
+  double v = it->second;
+  bool better = s.best_step < 0 || (es.maximize ? v > s.best_value : v < s.best_value);
+  std::string shown;
+  for (auto& [k, val] : m)
+    if (k.find('/') == std::string::npos) shown += fmt::format(" {}={:.4f}", k, val);
+  spdlog::info("valid @ step {} (epoch {}):{}{}", s.step, s.epoch + 1, shown, better ? " *" : "");
+  if (better) {
+    s.best_value = v;
+    s.best_step = s.step;
+    s.best_epoch = s.epoch + 1;
+    s.best_valid = m;
+    s.evals_since_best = 0;
+    snapshot_best();
+    if (options_.checkpoints && run_dir_.enabled()) save_checkpoint("best.pt");
+  } else if (++s.evals_since_best >= es.patience && es.patience > 0) {
+    spdlog::info("early stopping: {} did not improve for {} evaluations", es.metric, es.patience);
+    s.stop = true;
+  }
+  if (options_.checkpoints && run_dir_.enabled()) save_checkpoint("last.pt");
+}
+
+void Trainer::save_checkpoint(const std::string& name) const {
+  torch::serialize::OutputArchive archive;
+  task_.module().save(archive);
+  optimizer_->save(archive);
+  archive.write("trainer.step", torch::tensor(state_.step));
+  archive.write("trainer.epoch", torch::tensor(state_.epoch));
+  archive.write("config", c10::IValue(config_.dump()));
+  auto path = run_dir_.checkpoints() / name;
+  auto tmp = path;
+  tmp += ".tmp";
+  archive.save_to(tmp.string());
+  std::filesystem::rename(tmp, path);
+}
+
+void Trainer::load_checkpoint(const std::string& path) {
+  torch::serialize::InputArchive archive;
+  archive.load_from(path, device_);
+  task_.module().load(archive);
+  optimizer_->load(archive);
+  torch::Tensor t;
+  archive.read("trainer.step", t);
+  state_.step = t.item<int64_t>();
+  archive.read("trainer.epoch", t);
+  state_.epoch = t.item<int64_t>();
+}
+
+nlohmann::json Trainer::fit() {
+  auto& s = state_;
+  run_dir_.write_config(config_);
+  torch::Generator gen = at::detail::createCPUGenerator(seed_ ^ 0x5eedULL);
+  task_.module().train();
+  for (auto& h : hooks_) h->on_train_begin(*this);
+  auto start = std::chrono::steady_clock::now();
+  torch::Tensor loss_sum;
+  for (s.epoch = 0; s.epoch < options_.epochs && !s.stop; ++s.epoch) {
+    StreamOptions so;
+    so.batch_size = options_.batch_size;
+    so.seed = seed_;
+    so.epoch = s.epoch;
+    so.prefetch = options_.prefetch;
+    auto stream = task_.train_stream(so);
+    while (auto batch = stream->next()) {
+      optimizer_->zero_grad();
+      StepOutput out = task_.forward(*batch, gen);
+      out.loss.backward();
+      optimizer_->step();
+      ++s.step;
+      s.examples += batch->size();
+      if (s.step % options_.log_every == 0 || (options_.eval_every > 0 && s.step % options_.eval_every == 0)) {
+        s.last_loss = out.loss.item<double>();  // one host sync per log interval
+        if (!std::isfinite(s.last_loss))
+          throw NumericError("non-finite training loss (" + std::to_string(s.last_loss) + ") at step " +
+                             std::to_string(s.step) + "; lower train.optimizer.lr or set train.optimizer.grad_clip");
+        s.last_parts.clear();
+        for (auto& [k, v] : out.parts) s.last_parts[k] = v.item<double>();
+      }
+      for (auto& h : hooks_) h->on_step_end(*this);
+      if (s.stop || (options_.max_steps > 0 && s.step >= options_.max_steps)) {
+        s.stop = true;
+        break;
+      }
+    }
+    // Validate at the end of a truncated epoch too, so max_steps runs still pick a best state.
+    for (auto& h : hooks_) h->on_epoch_end(*this);
+  }
+  double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (auto& h : hooks_) h->on_train_end(*this);
+  if (s.best_step < 0) validate();
+  restore_best();
+  nlohmann::json results = {{"best_step", s.best_step}, {"best_epoch", s.best_epoch},
+                            {"steps", s.step}, {"train_seconds", train_seconds},
+                            {"examples_per_second", s.examples / std::max(train_seconds, 1e-9)},
+                            {"selection_metric", options_.early_stopping.metric},
+                            {"valid_metrics", s.best_valid}, {"data", task_.describe()}};
+  if (options_.evaluate_test) {
+    Metrics test = task_.evaluate("test");
+    results["metrics"] = test;
+    run_dir_.append_metrics({{"step", s.best_step}, {"epoch", s.best_epoch}, {"split", "test"}, {"metrics", test}});
+  } else {
+    results["metrics"] = s.best_valid;
+  }
+  run_dir_.write_results(results);
+  return results;
+}
+
+}  // namespace recsys::train

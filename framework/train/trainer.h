@@ -1,0 +1,104 @@
+#pragma once
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "framework/config/config.h"
+#include "framework/train/optimizer.h"
+#include "framework/train/run_dir.h"
+#include "framework/train/task.h"
+
+namespace recsys::train {
+
+struct EarlyStopping {
+  std::string metric = "";  ///< validation metric to select the best step ("" = the task's default)
+  bool maximize = true;
+  int64_t patience = 3;     ///< evaluations without improvement before stopping (0 = never stop)
+};
+
+struct TrainerOptions {
+  int64_t epochs = 5;
+  int64_t max_steps = 0;        ///< 0 = no limit
+  int64_t batch_size = 512;
+  OptimizerOptions optimizer;
+  int64_t eval_every = 0;       ///< steps between validations; 0 = once per epoch
+  EarlyStopping early_stopping;
+  bool checkpoints = true;      ///< write checkpoints/last.pt and best.pt
+  int64_t log_every = 50;
+  int64_t prefetch = 4;
+  std::string device = "auto";  ///< auto | cpu | cuda | cuda:N
+  int64_t threads = 2;
+  std::string progress = "auto";  ///< auto (a bar on a terminal) | bar | lines | none
+  bool evaluate_test = true;
+
+  static TrainerOptions from_config(const config::Reader& r);
+};
+
+torch::Device resolve_device(const std::string& name);
+
+struct TrainerState {
+  int64_t step = 0, epoch = 0, examples = 0;
+  double last_loss = 0;
+  std::map<std::string, double> last_parts;
+  bool stop = false;
+  double best_value = 0;
+  int64_t best_step = -1, best_epoch = -1, evals_since_best = 0;
+  Metrics best_valid;
+};
+
+class Trainer;
+
+/// Extension points called by the loop; the built-in evaluation, checkpoint and logging hooks
+/// use the same interface.
+class Hook {
+ public:
+  virtual ~Hook() = default;
+  virtual void on_train_begin(Trainer&) {}
+  virtual void on_step_end(Trainer&) {}
+  virtual void on_epoch_end(Trainer&) {}
+  virtual void on_train_end(Trainer&) {}
+};
+
+/// The optimisation loop: zero_grad / forward / backward / step, plus hooks.
+class Trainer {
+ public:
+  Trainer(Task& task, TrainerOptions options, RunDir run_dir, nlohmann::json resolved_config,
+          uint64_t seed);
+  /// Trains, restores the best validation state, evaluates on test; returns results.json.
+  nlohmann::json fit();
+
+  void add_hook(std::shared_ptr<Hook> hook) { hooks_.push_back(std::move(hook)); }
+  Task& task() { return task_; }
+  Optimizer& optimizer() { return *optimizer_; }
+  const TrainerOptions& options() const { return options_; }
+  TrainerState& state() { return state_; }
+  const RunDir& run_dir() const { return run_dir_; }
+  torch::Device device() const { return device_; }
+
+  /// Validation with best-state tracking and early stopping (called by the evaluation hook).
+  void validate();
+  void save_checkpoint(const std::string& name) const;
+  /// Loads model, optimizer and step from a checkpoint file.
+  void load_checkpoint(const std::string& path);
+  std::string default_metric() const;
+
+ private:
+  void snapshot_best();
+  void restore_best();
+
+  Task& task_;
+  TrainerOptions options_;
+  RunDir run_dir_;
+  nlohmann::json config_;
+  uint64_t seed_;
+  torch::Device device_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::vector<std::shared_ptr<Hook>> hooks_;
+  TrainerState state_;
+  std::vector<torch::Tensor> best_params_;
+};
+
+}  // namespace recsys::train

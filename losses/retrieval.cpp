@@ -1,0 +1,73 @@
+#include "losses/retrieval.h"
+
+#include <cmath>
+
+namespace recsys::losses {
+
+torch::Tensor inbatch_softmax(const torch::Tensor& user, const torch::Tensor& item,
+                              const torch::Tensor& log_q, const torch::Tensor& item_ids,
+                              const InBatchSoftmaxOptions& options, const torch::Tensor& extra_item) {
+  TORCH_CHECK(user.dim() == 2 && item.sizes() == user.sizes(),
+              "inbatch_softmax: user and item embeddings must both be [B, D]");
+  const int64_t B = user.size(0);
+  auto columns = extra_item.defined() && extra_item.numel() > 0 ? torch::cat({item, extra_item}, 0) : item;
+  TORCH_CHECK(log_q.dim() == 1 && log_q.size(0) == columns.size(0),
+              "inbatch_softmax: log_q needs one entry per column (", columns.size(0), "), got ",
+              log_q.sizes());
+  // Subtracting log q_j removes the popularity bias of in-batch sampling.
+  auto logits = torch::matmul(user, columns.t()) / options.temperature() - log_q.unsqueeze(0);
+  if (options.remove_accidental_hits()) {
+    TORCH_CHECK(item_ids.defined() && item_ids.size(0) == columns.size(0),
+                "inbatch_softmax: remove_accidental_hits needs the item id of every column");
+    auto same = item_ids.slice(0, 0, B).unsqueeze(1) == item_ids.unsqueeze(0);  // [B, C]
+    auto diag = torch::zeros_like(same);
+    diag.slice(1, 0, B).fill_diagonal_(true);
+    logits = logits.masked_fill(same & ~diag, -1e9);
+  }
+  auto targets = torch::arange(B, torch::TensorOptions().dtype(torch::kInt64).device(user.device()));
+  return torch::nn::functional::cross_entropy(
+      logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+}
+
+torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, double temperature,
+                          bool symmetric) {
+  TORCH_CHECK(z1.dim() == 2 && z1.sizes() == z2.sizes(), "contrastive: views must both be [M, D]");
+  auto logits = torch::matmul(z1, z2.t()) / temperature;
+  auto targets = torch::arange(z1.size(0), torch::TensorOptions().dtype(torch::kInt64).device(z1.device()));
+  namespace F = torch::nn::functional;
+  auto opts = F::CrossEntropyFuncOptions().reduction(torch::kNone);
+  auto loss = F::cross_entropy(logits, targets, opts);
+  if (symmetric) loss = 0.5 * (loss + F::cross_entropy(logits.t(), targets, opts));
+  return loss;
+}
+
+torch::Tensor spread_out(const torch::Tensor& q) {
+  TORCH_CHECK(q.dim() == 2 && q.size(0) > 1, "spread_out: need at least two vectors [N, D]");
+  const int64_t n = q.size(0), d = q.size(1);
+  auto gram = torch::matmul(q, q.t());
+  auto off = 1 - torch::eye(n, q.options());
+  double pairs = static_cast<double>(n * (n - 1));
+  auto m1 = (gram * off).sum() / pairs;
+  auto m2 = (gram.pow(2) * off).sum() / pairs;
+  return m1.pow(2) + torch::relu(m2 - 1.0 / static_cast<double>(d));
+}
+
+StreamingFrequency::StreamingFrequency(int64_t buckets, double alpha, double initial_gap)
+    : last_(static_cast<size_t>(buckets), -1.0), gap_(static_cast<size_t>(buckets), initial_gap), alpha_(alpha) {}
+
+std::vector<float> StreamingFrequency::update(const int64_t* ids, int64_t n, int64_t step) {
+  std::vector<float> out(static_cast<size_t>(n));
+  const auto H = static_cast<int64_t>(last_.size());
+  for (int64_t i = 0; i < n; ++i) {
+    auto h = static_cast<size_t>(((ids[i] % H) + H) % H);
+    if (last_[h] >= 0) {
+      double seen = static_cast<double>(step) - last_[h];
+      if (seen > 0) gap_[h] = (1 - alpha_) * gap_[h] + alpha_ * seen;
+    }
+    last_[h] = static_cast<double>(step);
+    out[static_cast<size_t>(i)] = static_cast<float>(-std::log(std::max(gap_[h], 1.0)));
+  }
+  return out;
+}
+
+}  // namespace recsys::losses

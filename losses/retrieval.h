@@ -1,0 +1,52 @@
+#pragma once
+#include <torch/torch.h>
+
+#include <vector>
+
+namespace recsys::losses {
+
+struct InBatchSoftmaxOptions {
+  /// Logits are cos(a_i, b_j) / temperature (towers output unit vectors).
+  TORCH_ARG(double, temperature) = 0.05;
+  /// Mask a column whose item equals row i's positive (j != i): it is not a negative.
+  TORCH_ARG(bool, remove_accidental_hits) = true;
+};
+
+/// Listwise in-batch softmax with logQ correction (Yi et al., RecSys 2019):
+///   s_ij = <a_i, b_j> / tau - log_q_j,  loss_i = -log softmax_j(s_ij)[positive column of i].
+/// `user` [B,D], `item` [B,D] are the positives' embeddings (row i's positive is column i);
+/// `extra_item` [M,D] optional extra negatives (mixed negative sampling) appended as columns.
+/// `log_q` holds log q_j for all B (+M) columns; `item_ids` their item ids (for accidental hits).
+/// Returns the per-example loss [B].
+torch::Tensor inbatch_softmax(const torch::Tensor& user, const torch::Tensor& item,
+                              const torch::Tensor& log_q, const torch::Tensor& item_ids,
+                              const InBatchSoftmaxOptions& options,
+                              const torch::Tensor& extra_item = {});
+
+/// The SSL contrastive loss of Yao et al. (eq. 3): views z1 [M,D], z2 [M,D] (unit vectors);
+/// loss_i = -log softmax_j(<z1_i, z2_j> / tau)[i]; `symmetric` averages both directions.
+/// Returns the per-example loss [M].
+torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, double temperature,
+                          bool symmetric = false);
+
+/// Spread-out regularisation (Zhang et al., ICCV 2017) on unit vectors q [N,D]:
+///   M1 = mean_{i != j} <q_i, q_j>, M2 = mean_{i != j} <q_i, q_j>^2,
+///   loss = M1^2 + max(0, M2 - 1/D).
+torch::Tensor spread_out(const torch::Tensor& q);
+
+/// Streaming frequency estimation (Yi et al., RecSys 2019, Algorithm 2): per hashed id, A holds
+/// the last step it was seen and B the moving average of the gap between sightings; the
+/// sampling probability per step is estimated as 1 / B.
+class StreamingFrequency {
+ public:
+  StreamingFrequency(int64_t buckets, double alpha, double initial_gap);
+  /// Updates with the ids seen at `step` (ids in a batch are processed left to right) and
+  /// returns log p for each of them.
+  std::vector<float> update(const int64_t* ids, int64_t n, int64_t step);
+
+ private:
+  std::vector<double> last_, gap_;
+  double alpha_;
+};
+
+}  // namespace recsys::losses

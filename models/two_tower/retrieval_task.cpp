@@ -1,0 +1,524 @@
+#include "models/two_tower/retrieval_task.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "augment/augmentation.h"
+#include "framework/data/retrieval_sources.h"
+#include "framework/eval/ranking.h"
+#include "framework/train/prefetch.h"
+#include "losses/retrieval.h"
+#include "models/two_tower/two_tower.h"
+
+namespace recsys::models {
+namespace {
+
+using config::Reader;
+using data::RetrievalData;
+using torch::Tensor;
+
+// ---------------------------------------------------------------- options
+
+struct ModelOptions {
+  std::vector<std::string> user_features{"user_id", "history"};
+  std::vector<std::string> item_features;  // empty = every item feature
+  int64_t embedding_dim = 32;
+  std::vector<int64_t> hidden{128, 64};
+  std::string activation = "relu";
+  std::string pooling = "mean";
+  double dropout = 0.0;
+  int64_t history_length = 20;
+  bool sparse = true;
+};
+
+enum class LogQ { kNone, kCounts, kStreaming };
+
+struct LossOptions {
+  losses::InBatchSoftmaxOptions softmax;
+  LogQ logq = LogQ::kCounts;
+  int64_t mixed_negatives = 0;
+  int64_t streaming_buckets = 1 << 20;
+  double streaming_alpha = 0.05;
+  double spread_out = 0.0;  // weight of spread-out regularisation on in-batch item embeddings
+};
+
+enum class SslSampling { kUniform, kPopularity, kMixture };
+
+struct SslOptions {
+  double alpha = 0.0;
+  double temperature = 0.1;
+  int64_t batch_size = 0;  // 0 = the main batch size
+  SslSampling sampling = SslSampling::kUniform;
+  double mixture_uniform = 0.5;
+  std::vector<int64_t> projection;  // optional projection head widths
+  bool symmetric = false;
+};
+
+struct EvalOptions {
+  std::vector<int64_t> ks{10, 50};
+  double head_fraction = 0.2;
+  int64_t batch_size = 512;
+};
+
+struct Options {
+  std::string source_type;
+  data::RetrievalSource source;
+  data::SplitOptions split;
+  ModelOptions model;
+  LossOptions loss;
+  SslOptions ssl;
+  std::function<augment::Chain(const augment::AugmentContext&)> ssl_chain, main_chain;
+  EvalOptions eval;
+};
+
+ModelOptions parse_model(const Reader& r) {
+  ModelOptions m;
+  r.choice("type", "two_tower", {"two_tower"});
+  m.user_features = r.get<std::vector<std::string>>("user_features", m.user_features);
+  m.item_features = r.get<std::vector<std::string>>("item_features", m.item_features);
+  m.embedding_dim = r.get<int64_t>("embedding_dim", m.embedding_dim);
+  m.hidden = r.get<std::vector<int64_t>>("hidden", m.hidden);
+  m.activation = r.choice("activation", m.activation, {"relu", "tanh", "sigmoid", "prelu", "dice", "none"});
+  m.pooling = r.choice("pooling", m.pooling, {"mean", "sum"});
+  m.dropout = r.get<double>("dropout", m.dropout);
+  m.history_length = r.get<int64_t>("history_length", m.history_length);
+  m.sparse = r.get<bool>("sparse_embeddings", m.sparse);
+  if (m.embedding_dim < 1) r.fail("embedding_dim", "must be at least 1");
+  if (m.hidden.empty()) r.fail("hidden", "give at least one layer width");
+  for (auto h : m.hidden)
+    if (h < 1) r.fail("hidden", "layer widths must be positive");
+  if (m.dropout < 0 || m.dropout >= 1) r.fail("dropout", "must be in [0, 1)");
+  if (m.history_length < 1) r.fail("history_length", "must be at least 1");
+  if (m.user_features.empty()) r.fail("user_features", "give at least one user feature");
+  return m;
+}
+
+Options parse_options(const Reader& root) {
+  Options o;
+  auto d = root.child("data");
+  o.source_type = d.get<std::string>("type", "synthetic");
+  o.source = data::retrieval_sources().get(o.source_type, d.path_of("type"))(d);
+  o.split = data::parse_split(d.child("split"));
+  o.model = parse_model(root.child("model"));
+
+  auto l = root.child("loss");
+  l.choice("type", "inbatch_softmax", {"inbatch_softmax"});
+  o.loss.softmax.temperature(l.get<double>("temperature", 0.05));
+  o.loss.softmax.remove_accidental_hits(l.get<bool>("remove_accidental_hits", true));
+  std::string logq = l.choice("logq", "counts", {"none", "counts", "streaming"});
+  o.loss.logq = logq == "none" ? LogQ::kNone : logq == "counts" ? LogQ::kCounts : LogQ::kStreaming;
+  o.loss.mixed_negatives = l.get<int64_t>("mixed_negatives", 0);
+  auto st = l.child("streaming");
+  o.loss.streaming_buckets = st.get<int64_t>("buckets", o.loss.streaming_buckets);
+  o.loss.streaming_alpha = st.get<double>("alpha", o.loss.streaming_alpha);
+  o.loss.spread_out = l.get<double>("spread_out", 0.0);
+  if (!(o.loss.softmax.temperature() > 0)) l.fail("temperature", "must be positive");
+  if (o.loss.mixed_negatives < 0) l.fail("mixed_negatives", "must be >= 0");
+  if (o.loss.streaming_buckets < 1) st.fail("buckets", "must be at least 1");
+  if (o.loss.streaming_alpha <= 0 || o.loss.streaming_alpha > 1) st.fail("alpha", "must be in (0, 1]");
+  if (o.loss.spread_out < 0) l.fail("spread_out", "must be >= 0");
+  o.main_chain = augment::parse_chain(l, "item_augment");
+
+  auto s = root.child("ssl");
+  o.ssl.alpha = s.get<double>("alpha", 0.0);
+  o.ssl.temperature = s.get<double>("temperature", o.ssl.temperature);
+  o.ssl.batch_size = s.get<int64_t>("batch_size", 0);
+  std::string sampling = s.choice("sampling", "uniform", {"uniform", "popularity", "mixture"});
+  o.ssl.sampling = sampling == "uniform" ? SslSampling::kUniform
+                   : sampling == "popularity" ? SslSampling::kPopularity : SslSampling::kMixture;
+  o.ssl.mixture_uniform = s.get<double>("mixture_uniform", o.ssl.mixture_uniform);
+  o.ssl.projection = s.get<std::vector<int64_t>>("projection", {});
+  o.ssl.symmetric = s.get<bool>("symmetric", false);
+  o.ssl_chain = augment::parse_chain(s, "augment");
+  if (o.ssl.alpha < 0) s.fail("alpha", "must be >= 0 (0 disables the SSL loss)");
+  if (!(o.ssl.temperature > 0)) s.fail("temperature", "must be positive");
+  if (o.ssl.batch_size < 0 || o.ssl.batch_size == 1) s.fail("batch_size", "must be 0 (= train.batch_size) or at least 2");
+  if (o.ssl.mixture_uniform < 0 || o.ssl.mixture_uniform > 1) s.fail("mixture_uniform", "must be in [0, 1]");
+  if (o.ssl.alpha > 0 && !s.has("augment")) s.fail("augment", "ssl.alpha > 0 needs an augmentation chain");
+
+  auto e = root.child("eval");
+  o.eval.ks = e.get<std::vector<int64_t>>("ks", o.eval.ks);
+  o.eval.head_fraction = e.get<double>("head_fraction", o.eval.head_fraction);
+  o.eval.batch_size = e.get<int64_t>("batch_size", o.eval.batch_size);
+  if (o.eval.ks.empty()) e.fail("ks", "give at least one K");
+  for (auto k : o.eval.ks)
+    if (k < 1) e.fail("ks", "every K must be at least 1");
+  if (o.eval.head_fraction <= 0 || o.eval.head_fraction >= 1) e.fail("head_fraction", "must be in (0, 1)");
+  if (o.eval.batch_size < 1) e.fail("batch_size", "must be at least 1");
+  return o;
+}
+
+// ---------------------------------------------------------------- batches
+
+struct RetrievalBatch : train::Batch {
+  std::vector<Tensor> user_inputs, item_inputs, extra_inputs, ssl_view1, ssl_view2;
+  Tensor item_ids, log_q;
+  int64_t n = 0;
+  int64_t size() const override { return n; }
+};
+
+void move_all(std::vector<Tensor>& ts, torch::Device device) {
+  for (auto& t : ts) t = t.to(device, /*non_blocking=*/true);
+}
+
+class RetrievalTask : public train::Task {
+ public:
+  RetrievalTask(Options options, uint64_t seed) : o_(std::move(options)), seed_(seed) {
+    data_ = o_.source();
+    if (data_.num_items() < 2 || data_.num_users() < 1)
+      throw DataError(o_.source_type, 0, "the corpus needs at least 2 items and 1 user");
+    data::split_by_time(data_, o_.split);
+    build_columns();
+    build_examples();
+    build_model();
+    slices_ = eval::head_tail_slices(data_.item_clicks, o_.eval.head_fraction);
+    total_clicks_ = std::accumulate(data_.item_clicks.begin(), data_.item_clicks.end(), int64_t{0});
+    if (examples_.empty()) throw DataError(o_.source_type, 0, "no training positives after the split");
+    augment::AugmentContext ctx;
+    for (auto c : item_cols_) ctx.specs.push_back(data_.items.spec(c));
+    ctx.table_columns = item_cols_;
+    ctx.data = &data_;
+    ssl_chain_ = o_.ssl_chain(ctx);
+    main_chain_ = o_.main_chain(ctx);
+    spdlog::info("retrieval data {}: {} users, {} items, {} training positives; ssl alpha {} ({}), item augment: {}",
+                 data_.source, data_.num_users(), data_.num_items(), examples_.size(), o_.ssl.alpha,
+                 ssl_chain_.describe(), main_chain_.describe());
+  }
+
+  torch::nn::Module& module() override { return *root_; }
+  void to(torch::Device device) override {
+    device_ = device;
+    root_->to(device);
+  }
+  int64_t train_examples() const override { return static_cast<int64_t>(examples_.size()); }
+  std::pair<std::string, bool> selection_metric() const override {
+    auto k = *std::max_element(o_.eval.ks.begin(), o_.eval.ks.end());
+    return {"recall@" + std::to_string(k), true};
+  }
+
+  std::unique_ptr<train::BatchStream> train_stream(const train::StreamOptions& so) override {
+    auto order = std::make_shared<std::vector<int64_t>>(examples_.size());
+    std::iota(order->begin(), order->end(), 0);
+    auto rng = std::make_shared<std::mt19937_64>(so.seed * 1000003ULL + static_cast<uint64_t>(so.epoch) + 17);
+    std::shuffle(order->begin(), order->end(), *rng);
+    auto gen = std::make_shared<torch::Generator>(at::detail::createCPUGenerator(rng->operator()()));
+    auto cursor = std::make_shared<size_t>(0);
+    const int64_t B = so.batch_size;
+    int64_t base_step = so.epoch * ((static_cast<int64_t>(examples_.size()) + B - 1) / B);
+    auto step = std::make_shared<int64_t>(base_step);
+    return std::make_unique<train::PrefetchStream>(
+        [this, order, rng, gen, cursor, B, step]() -> std::unique_ptr<train::Batch> {
+          // Drop a final batch too small to hold in-batch negatives.
+          if (*cursor + 2 > order->size()) return nullptr;
+          size_t end = std::min(order->size(), *cursor + static_cast<size_t>(B));
+          std::vector<int64_t> rows(order->begin() + static_cast<long>(*cursor), order->begin() + static_cast<long>(end));
+          *cursor = end;
+          return make_batch(rows, *rng, *gen, (*step)++);
+        },
+        so.prefetch);
+  }
+
+  train::StepOutput forward(train::Batch& base, torch::Generator&) override {
+    auto& b = static_cast<RetrievalBatch&>(base);
+    move_all(b.user_inputs, device_);
+    move_all(b.item_inputs, device_);
+    auto u = model_->user(b.user_inputs);
+    auto i = model_->item(b.item_inputs);
+    Tensor extra;
+    if (!b.extra_inputs.empty()) {
+      move_all(b.extra_inputs, device_);
+      extra = model_->item(b.extra_inputs);
+    }
+    auto main = losses::inbatch_softmax(u, i, b.log_q.to(device_), b.item_ids.to(device_), o_.loss.softmax, extra).mean();
+    train::StepOutput out;
+    out.loss = main;
+    out.parts["main"] = main.detach();
+    if (o_.ssl.alpha > 0) {
+      move_all(b.ssl_view1, device_);
+      move_all(b.ssl_view2, device_);
+      auto z1 = model_->item(b.ssl_view1);
+      auto z2 = model_->item(b.ssl_view2);
+      if (projection_) {
+        z1 = torch::nn::functional::normalize(projection_->forward(z1), torch::nn::functional::NormalizeFuncOptions().dim(1));
+        z2 = torch::nn::functional::normalize(projection_->forward(z2), torch::nn::functional::NormalizeFuncOptions().dim(1));
+      }
+      auto ssl = losses::contrastive(z1, z2, o_.ssl.temperature, o_.ssl.symmetric).mean();
+      out.loss = out.loss + o_.ssl.alpha * ssl;
+      out.parts["ssl"] = ssl.detach();
+    }
+    if (o_.loss.spread_out > 0) {
+      auto so = losses::spread_out(i);
+      out.loss = out.loss + o_.loss.spread_out * so;
+      out.parts["spread_out"] = so.detach();
+    }
+    return out;
+  }
+
+  train::Metrics evaluate(const std::string& split) override {
+    torch::NoGradGuard no_grad;
+    root_->eval();
+    const bool test = split == "test";
+    const auto& targets = test ? data_.test : data_.valid;
+    // All item embeddings once.
+    const int64_t N = data_.num_items();
+    std::vector<Tensor> item_chunks;
+    for (int64_t s = 0; s < N; s += 4096) {
+      int64_t e = std::min(N, s + 4096);
+      std::vector<int64_t> rows(static_cast<size_t>(e - s));
+      std::iota(rows.begin(), rows.end(), s);
+      auto inputs = item_inputs(rows);
+      move_all(inputs, device_);
+      item_chunks.push_back(model_->item(inputs));
+    }
+    auto items = torch::cat(item_chunks, 0);
+    eval::RankingAccumulator acc(o_.eval.ks, slices_, {"head", "tail"});
+    const int64_t K = std::min<int64_t>(acc.max_k(), N);
+    std::vector<int64_t> users;
+    for (int64_t u = 0; u < data_.num_users(); ++u)
+      if (!targets[u].empty()) users.push_back(u);
+    for (size_t s = 0; s < users.size(); s += static_cast<size_t>(o_.eval.batch_size)) {
+      size_t e = std::min(users.size(), s + static_cast<size_t>(o_.eval.batch_size));
+      std::vector<int64_t> ub(users.begin() + static_cast<long>(s), users.begin() + static_cast<long>(e));
+      std::vector<std::vector<int64_t>> known(ub.size());
+      for (size_t j = 0; j < ub.size(); ++j) {
+        known[j] = data_.train[ub[j]];
+        if (test) known[j].insert(known[j].end(), data_.valid[ub[j]].begin(), data_.valid[ub[j]].end());
+      }
+      auto inputs = user_inputs(ub, known);
+      move_all(inputs, device_);
+      auto scores = torch::matmul(model_->user(inputs), items.t()).to(torch::kCPU).contiguous();
+      float* sp = scores.data_ptr<float>();
+      for (size_t j = 0; j < ub.size(); ++j)
+        for (int64_t it : known[j]) sp[static_cast<int64_t>(j) * N + it] = -std::numeric_limits<float>::infinity();
+      auto top = std::get<1>(scores.topk(K, 1)).contiguous();
+      const int64_t* tp = top.data_ptr<int64_t>();
+      for (size_t j = 0; j < ub.size(); ++j) acc.add(tp + static_cast<int64_t>(j) * K, K, targets[ub[j]]);
+    }
+    root_->train();
+    return acc.result();
+  }
+
+  nlohmann::json describe() const override {
+    int64_t n_head = std::count(slices_.begin(), slices_.end(), 0);
+    return {{"source", data_.source}, {"users", data_.num_users()}, {"items", data_.num_items()},
+            {"train_positives", examples_.size()}, {"head_items", n_head},
+            {"tail_items", data_.num_items() - n_head}, {"split", o_.split.protocol}};
+  }
+
+ private:
+  void build_columns() {
+    for (auto& name : o_.model.user_features) {
+      if (name == "history") {
+        user_cols_.push_back(-1);
+        continue;
+      }
+      int64_t c = data_.users.index_of(name);
+      if (c < 0) {
+        std::string known = "history";
+        for (auto& s : data_.users.specs()) known += ", " + s.name;
+        throw ConfigError("model.user_features", "unknown user feature '" + name + "' for " + data_.source + " (known: " + known + ")");
+      }
+      user_cols_.push_back(c);
+    }
+    if (o_.model.item_features.empty())
+      for (auto& s : data_.items.specs()) o_.model.item_features.push_back(s.name);
+    for (auto& name : o_.model.item_features) {
+      int64_t c = data_.items.index_of(name);
+      if (c < 0) {
+        std::string known;
+        for (auto& s : data_.items.specs()) known += (known.empty() ? "" : ", ") + s.name;
+        throw ConfigError("model.item_features", "unknown item feature '" + name + "' for " + data_.source + " (known: " + known + ")");
+      }
+      item_cols_.push_back(c);
+    }
+  }
+
+  void build_examples() {
+    for (int64_t u = 0; u < data_.num_users(); ++u)
+      for (size_t t = 0; t < data_.train[u].size(); ++t) examples_.push_back({u, static_cast<int64_t>(t)});
+  }
+
+  std::vector<EmbeddingFeature> tower_features(const data::FeatureTable& table, const std::vector<int64_t>& cols) const {
+    std::vector<EmbeddingFeature> fs;
+    Pooling pooling = parse_pooling(o_.model.pooling);
+    for (auto c : cols) {
+      EmbeddingFeature f;
+      f.dim = o_.model.embedding_dim;
+      f.pooling = pooling;
+      if (c < 0) {
+        f.name = "history";
+        f.vocab_size = data_.num_items() + data::kFirstIndex;
+      } else {
+        const auto& spec = table.spec(c);
+        f.name = spec.name;
+        f.numeric = spec.kind == data::FeatureKind::kNumeric;
+        f.vocab_size = spec.vocab_size;
+      }
+      fs.push_back(f);
+    }
+    return fs;
+  }
+
+  void build_model() {
+    auto act = parse_activation(o_.model.activation);
+    TowerOptions user(tower_features(data_.users, user_cols_), o_.model.hidden);
+    user.activation(act).dropout(o_.model.dropout).sparse(o_.model.sparse);
+    TowerOptions item(tower_features(data_.items, item_cols_), o_.model.hidden);
+    item.activation(act).dropout(o_.model.dropout).sparse(o_.model.sparse);
+    root_ = std::make_shared<torch::nn::Module>("RetrievalTask");
+    model_ = root_->register_module("model", TwoTower(TwoTowerOptions(user, item)));
+    if (!o_.ssl.projection.empty())
+      projection_ = root_->register_module("ssl_projection", Mlp(MlpOptions(o_.model.hidden.back(), o_.ssl.projection)));
+  }
+
+  std::vector<Tensor> item_inputs(const std::vector<int64_t>& rows) const {
+    auto all = data_.items.gather(rows.data(), static_cast<int64_t>(rows.size()));
+    std::vector<Tensor> out;
+    for (auto c : item_cols_) out.push_back(all[static_cast<size_t>(c)]);
+    return out;
+  }
+
+  /// User features plus the history bag built from `histories` (the last H entries).
+  std::vector<Tensor> user_inputs(const std::vector<int64_t>& users, const std::vector<std::vector<int64_t>>& histories) const {
+    auto all = data_.users.gather(users.data(), static_cast<int64_t>(users.size()));
+    std::vector<Tensor> out;
+    for (auto c : user_cols_) {
+      if (c >= 0) {
+        out.push_back(all[static_cast<size_t>(c)]);
+        continue;
+      }
+      const int64_t H = o_.model.history_length, n = static_cast<int64_t>(users.size());
+      auto h = torch::zeros({n, H}, torch::kInt64);
+      int64_t* p = h.data_ptr<int64_t>();
+      for (int64_t j = 0; j < n; ++j) {
+        const auto& hist = histories[static_cast<size_t>(j)];
+        int64_t len = std::min<int64_t>(H, static_cast<int64_t>(hist.size()));
+        if (len == 0) p[j * H] = data::kDefaultIndex;
+        for (int64_t k = 0; k < len; ++k)
+          p[j * H + k] = hist[hist.size() - static_cast<size_t>(len) + static_cast<size_t>(k)] + data::kFirstIndex;
+      }
+      out.push_back(h);
+    }
+    return out;
+  }
+
+  std::unique_ptr<RetrievalBatch> make_batch(const std::vector<int64_t>& rows, std::mt19937_64& rng,
+                                             torch::Generator& gen, int64_t step) {
+    auto b = std::make_unique<RetrievalBatch>();
+    const int64_t n = static_cast<int64_t>(rows.size());
+    b->n = n;
+    std::vector<int64_t> users(static_cast<size_t>(n)), items(static_cast<size_t>(n));
+    std::vector<std::vector<int64_t>> histories(static_cast<size_t>(n));
+    const int64_t H = o_.model.history_length;
+    for (int64_t j = 0; j < n; ++j) {
+      auto [u, t] = examples_[static_cast<size_t>(rows[static_cast<size_t>(j)])];
+      users[j] = u;
+      items[j] = data_.train[u][static_cast<size_t>(t)];
+      // Only behaviours before the target: the history never contains the future.
+      int64_t start = std::max<int64_t>(0, t - H);
+      histories[j].assign(data_.train[u].begin() + start, data_.train[u].begin() + t);
+    }
+    b->user_inputs = user_inputs(users, histories);
+    b->item_inputs = item_inputs(items);
+    if (!main_chain_.empty()) b->item_inputs = main_chain_.transform(b->item_inputs, gen);
+    const int64_t M = o_.loss.mixed_negatives;
+    std::vector<int64_t> extra;
+    if (M > 0) {
+      std::uniform_int_distribution<int64_t> uni(0, data_.num_items() - 1);
+      for (int64_t j = 0; j < M; ++j) extra.push_back(uni(rng));
+      b->extra_inputs = item_inputs(extra);
+    }
+    std::vector<int64_t> all_ids(items);
+    all_ids.insert(all_ids.end(), extra.begin(), extra.end());
+    b->item_ids = torch::tensor(all_ids, torch::kInt64);
+    b->log_q = log_q(all_ids, n, step);
+    if (o_.ssl.alpha > 0) {
+      int64_t m = o_.ssl.batch_size > 0 ? o_.ssl.batch_size : n;
+      auto ssl_items = sample_ssl_items(m, rng);
+      auto v = ssl_chain_.views(item_inputs(ssl_items), gen);
+      b->ssl_view1 = std::move(v.first);
+      b->ssl_view2 = std::move(v.second);
+    }
+    return b;
+  }
+
+  Tensor log_q(const std::vector<int64_t>& ids, int64_t n_batch, int64_t step) {
+    const int64_t C = static_cast<int64_t>(ids.size());
+    auto out = torch::zeros({C}, torch::kFloat32);
+    if (o_.loss.logq == LogQ::kNone) return out;
+    float* p = out.data_ptr<float>();
+    const double M = static_cast<double>(o_.loss.mixed_negatives), N = static_cast<double>(data_.num_items());
+    if (o_.loss.logq == LogQ::kCounts) {
+      for (int64_t j = 0; j < C; ++j) {
+        double pj = static_cast<double>(std::max<int64_t>(data_.item_clicks[ids[j]], 1)) / static_cast<double>(total_clicks_);
+        // Expected count of item j among the candidates: B p_j from the batch plus M / N from
+        // the uniform negatives; with M = 0 this is log p_j plus a constant.
+        p[j] = static_cast<float>(std::log(static_cast<double>(n_batch) * pj + M / N));
+      }
+    } else {
+      if (!streaming_)
+        streaming_ = std::make_unique<losses::StreamingFrequency>(o_.loss.streaming_buckets, o_.loss.streaming_alpha,
+                                                                  static_cast<double>(data_.num_items()) / static_cast<double>(n_batch));
+      auto est = streaming_->update(ids.data(), n_batch, step);
+      for (int64_t j = 0; j < n_batch; ++j) p[j] = std::log(static_cast<float>(n_batch) * std::exp(est[static_cast<size_t>(j)]) + static_cast<float>(M / N));
+      for (int64_t j = n_batch; j < C; ++j) p[j] = static_cast<float>(std::log(M / N + 1e-12));
+    }
+    return out;
+  }
+
+  std::vector<int64_t> sample_ssl_items(int64_t m, std::mt19937_64& rng) {
+    const int64_t N = data_.num_items();
+    if (pop_cdf_.empty()) {
+      double acc = 0;
+      for (auto c : data_.item_clicks) pop_cdf_.push_back(acc += static_cast<double>(c) + 1e-9);
+    }
+    std::uniform_int_distribution<int64_t> uni(0, N - 1);
+    std::uniform_real_distribution<double> coin(0.0, 1.0);
+    std::vector<int64_t> out(static_cast<size_t>(m));
+    for (auto& x : out) {
+      bool uniform = o_.ssl.sampling == SslSampling::kUniform ||
+                     (o_.ssl.sampling == SslSampling::kMixture && coin(rng) < o_.ssl.mixture_uniform);
+      if (uniform) {
+        x = uni(rng);
+      } else {
+        double r = coin(rng) * pop_cdf_.back();
+        x = std::min<int64_t>(N - 1, std::upper_bound(pop_cdf_.begin(), pop_cdf_.end(), r) - pop_cdf_.begin());
+      }
+    }
+    return out;
+  }
+
+  Options o_;
+  uint64_t seed_;
+  RetrievalData data_;
+  std::vector<int64_t> user_cols_, item_cols_;  // -1 = history
+  std::vector<std::pair<int64_t, int64_t>> examples_;
+  std::vector<uint8_t> slices_;
+  int64_t total_clicks_ = 0;
+  std::shared_ptr<torch::nn::Module> root_;
+  TwoTower model_{nullptr};
+  Mlp projection_{nullptr};
+  augment::Chain ssl_chain_, main_chain_;
+  std::unique_ptr<losses::StreamingFrequency> streaming_;
+  std::vector<double> pop_cdf_;
+  torch::Device device_ = torch::kCPU;
+};
+
+}  // namespace
+
+
+void register_retrieval_task() {
+  if (train::tasks().contains("retrieval")) return;
+  train::tasks().add("retrieval", [](const Reader& root) -> train::TaskBuilder {
+    auto options = std::make_shared<Options>(parse_options(root));
+    return [options](uint64_t seed) -> std::unique_ptr<train::Task> {
+      return std::make_unique<RetrievalTask>(*options, seed);
+    };
+  }, "two-tower retrieval: in-batch softmax + logQ, SSL item tower, head/tail Recall/NDCG");
+}
+
+}  // namespace recsys::models

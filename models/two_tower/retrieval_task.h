@@ -1,0 +1,14 @@
+#pragma once
+#include <memory>
+
+#include "framework/config/config.h"
+#include "framework/train/experiment.h"
+
+namespace recsys::models {
+
+/// Registers the "retrieval" task: two-tower model, in-batch softmax with logQ correction,
+/// optional SSL on a uniformly sampled item batch, feature dropout and spread-out baselines.
+void register_retrieval_task();
+
+
+}  // namespace recsys::models
