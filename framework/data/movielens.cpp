@@ -9,6 +9,7 @@
 // istream per field would take minutes instead of seconds.
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -144,9 +145,9 @@ int64_t parse_id(std::string_view s, const char* what, const std::string& file, 
   if (s.empty() || ec != std::errc() || p != s.data() + s.size())
     throw DataError(file, line, std::string(what) + " " + quoted(s) + " is not an integer");
   if (v < 0 || v >= kMaxRawId)
-    throw DataError(file, line,
-                    std::string(what) + " " + quoted(s) + " is outside [0, " +
-                        std::to_string(kMaxRawId) + ")");
+    throw DataError(
+        file, line,
+        std::string(what) + " " + quoted(s) + " is outside [0, " + std::to_string(kMaxRawId) + ")");
   return v;
 }
 
@@ -163,6 +164,8 @@ double parse_double(std::string_view s, const char* what, const std::string& fil
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (s.empty() || ec != std::errc() || p != s.data() + s.size())
     throw DataError(file, line, std::string(what) + " " + quoted(s) + " is not a number");
+  if (!std::isfinite(v))
+    throw DataError(file, line, std::string(what) + " " + quoted(s) + " is not finite");
   return v;
 }
 
@@ -239,18 +242,18 @@ T& slot(std::vector<T>& table, int64_t id) {
 struct Parsed {
   std::string source;
   bool has_user_features = false;
-  std::vector<Movie> movies;  ///< by raw id
-  std::vector<User> users;    ///< by raw id (empty for the csv layout)
+  std::vector<Movie> movies;               ///< by raw id
+  std::vector<User> users;                 ///< by raw id (empty for the csv layout)
   std::vector<char> user_seen, item_seen;  ///< by raw id: occurs in the ratings file
   std::vector<Positive> positives;
 };
 
 // ---- item files ---------------------------------------------------------------------------
 
-const char* const k100kGenres[] = {"unknown",  "Action",    "Adventure", "Animation", "Children's",
-                                   "Comedy",   "Crime",     "Documentary", "Drama",   "Fantasy",
-                                   "Film-Noir", "Horror",   "Musical",   "Mystery",   "Romance",
-                                   "Sci-Fi",   "Thriller",  "War",       "Western"};
+const char* const k100kGenres[] = {
+    "unknown",     "Action", "Adventure", "Animation", "Children's", "Comedy",  "Crime",
+    "Documentary", "Drama",  "Fantasy",   "Film-Noir", "Horror",     "Musical", "Mystery",
+    "Romance",     "Sci-Fi", "Thriller",  "War",       "Western"};
 
 void read_100k_items(const std::string& path, Parsed& out) {
   FileBuffer buf = read_file(path);
@@ -272,7 +275,8 @@ void read_100k_items(const std::string& path, Parsed& out) {
     if (!date.empty()) {
       bool ok = date.size() >= 4;
       for (size_t i = 0; ok && i < 4; ++i) ok = is_digit(date[date.size() - 4 + i]);
-      if (!ok) throw DataError(path, ln, "release date " + quoted(date) + " does not end in a year");
+      if (!ok)
+        throw DataError(path, ln, "release date " + quoted(date) + " does not end in a year");
       m.year = parse_int(date.substr(date.size() - 4), "release year", path, ln);
     } else {
       m.year = year_from_title(m.title);
@@ -335,13 +339,15 @@ void read_csv_items(const std::string& path, Parsed& out) {
     if (header) {
       if (line.substr(0, 3) == "\xEF\xBB\xBF") line.remove_prefix(3);  // UTF-8 BOM
       if (line != "movieId,title,genres")
-        throw DataError(path, ln, "bad header " + quoted(line) + ", expected 'movieId,title,genres'");
+        throw DataError(path, ln,
+                        "bad header " + quoted(line) + ", expected 'movieId,title,genres'");
       header = false;
       continue;
     }
     if (!split_csv(line, f)) throw DataError(path, ln, "unterminated or misplaced quote");
     if (f.size() != 3)
-      throw DataError(path, ln, "expected 3 comma-separated fields, got " + std::to_string(f.size()));
+      throw DataError(path, ln,
+                      "expected 3 comma-separated fields, got " + std::to_string(f.size()));
     int64_t id = parse_id(f[0], "movie id", path, ln);
     Movie& m = slot(out.movies, id);
     if (m.present) throw DataError(path, ln, "duplicate movie id " + std::to_string(id));
@@ -414,8 +420,7 @@ void read_ratings(const std::string& path, std::string_view sep, std::string_vie
     if (expect_header) {
       if (line.substr(0, 3) == "\xEF\xBB\xBF") line.remove_prefix(3);
       if (line != header)
-        throw DataError(path, ln,
-                        "bad header " + quoted(line) + ", expected " + quoted(header));
+        throw DataError(path, ln, "bad header " + quoted(line) + ", expected " + quoted(header));
       expect_header = false;
       continue;
     }
@@ -428,11 +433,11 @@ void read_ratings(const std::string& path, std::string_view sep, std::string_vie
     double rating = parse_double(f[2], "rating", path, ln);
     int64_t ts = parse_int(f[3], "timestamp", path, ln);
     if (item >= static_cast<int64_t>(out.movies.size()) || !out.movies[item].present)
-      throw DataError(path, ln, "unknown movie id " + std::to_string(item) +
-                                    " (not in the movies file)");
+      throw DataError(path, ln,
+                      "unknown movie id " + std::to_string(item) + " (not in the movies file)");
     if (check_users && (user >= static_cast<int64_t>(out.users.size()) || !out.users[user].present))
-      throw DataError(path, ln, "unknown user id " + std::to_string(user) +
-                                    " (not in the users file)");
+      throw DataError(path, ln,
+                      "unknown user id " + std::to_string(user) + " (not in the users file)");
     slot(out.user_seen, user) = 1;
     slot(out.item_seen, item) = 1;
     if (rating >= min_rating)

@@ -64,7 +64,8 @@ void require_data_error(const fs::path& dir, const std::string& file, long line,
     INFO(e.what());
     CHECK(fs::path(e.file()).filename() == file);
     CHECK(e.line() == line);
-    std::string expect_prefix = (dir / file).string() + (line > 0 ? ":" + std::to_string(line) : "");
+    std::string expect_prefix =
+        (dir / file).string() + (line > 0 ? ":" + std::to_string(line) : "");
     CHECK(std::string(e.what()).rfind(expect_prefix, 0) == 0);
     CHECK(std::string(e.what()).find(text) != std::string::npos);
   }
@@ -104,9 +105,9 @@ TEST_CASE("ml-100k fixture: tables, vocabularies and features", "[movielens]") {
   CHECK(d.items.spec(g).kind == FeatureKind::kMulti);
   CHECK(d.items.spec(g).vocab_size == 20);
   CHECK(d.items.spec(g).max_len == 3);
-  CHECK(bag(d.items, "genres", 0) == Seq{2, 3});       // Action, Adventure
-  CHECK(bag(d.items, "genres", 1) == Seq{6, 9});       // Comedy, Drama
-  CHECK(bag(d.items, "genres", 2) == Seq{2, 16, 17});  // Action, Sci-Fi, Thriller
+  CHECK(bag(d.items, "genres", 0) == Seq{2, 3});           // Action, Adventure
+  CHECK(bag(d.items, "genres", 1) == Seq{6, 9});           // Comedy, Drama
+  CHECK(bag(d.items, "genres", 2) == Seq{2, 16, 17});      // Action, Sci-Fi, Thriller
   CHECK(bag(d.items, "genres", 3) == Seq{kDefaultIndex});  // only the "unknown" flag
   // Years 1995, 1987 ("4-Feb-1987"), 1996, none; 5-year buckets from 1985-89: 1995-99 is index 4.
   CHECK(vocab(d.items, "year") == 5);
@@ -200,7 +201,7 @@ TEST_CASE("ml-latest csv fixture: quoted titles, no-genre movies, sequences", "[
   CHECK(vocab(d.items, "genres") == 9);
   CHECK(d.items.spec(d.items.index_of("genres")).max_len == 5);
   CHECK(bag(d.items, "genres", 0) == Seq{2, 3, 4, 5, 6});
-  CHECK(bag(d.items, "genres", 1) == Seq{5, 7, 8});  // Comedy, Drama, Romance
+  CHECK(bag(d.items, "genres", 1) == Seq{5, 7, 8});        // Comedy, Drama, Romance
   CHECK(bag(d.items, "genres", 3) == Seq{kDefaultIndex});  // (no genres listed)
   CHECK(vocab(d.items, "year") == 4);
   CHECK(bag(d.items, "year", 1) == Seq{2});
@@ -239,8 +240,9 @@ TEST_CASE("movielens error: wrong field count in the movies file", "[movielens]"
 }
 
 TEST_CASE("movielens error: non-numeric rating", "[movielens]") {
-  auto dir = broken_copy("ml-latest-small", "rating", "ratings.csv",
-                         "userId,movieId,rating,timestamp\n5,11,4.5,964982703\n5,1,good,964981247\n");
+  auto dir =
+      broken_copy("ml-latest-small", "rating", "ratings.csv",
+                  "userId,movieId,rating,timestamp\n5,11,4.5,964982703\n5,1,good,964981247\n");
   require_data_error(dir, "ratings.csv", 3, "rating 'good' is not a number");
 }
 
