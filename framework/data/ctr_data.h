@@ -35,8 +35,8 @@ struct InteractionLog {
 
 /// Taobao UserBehavior CSV (`user,item,category,behavior,timestamp`, no header). Keeps the rows
 /// whose behavior is in `behaviors`. An item keeps the category of its first row.
-InteractionLog load_taobao(const std::string& path,
-                           const std::vector<std::string>& behaviors = {"pv", "buy", "cart", "fav"});
+InteractionLog load_taobao(const std::string& path, const std::vector<std::string>& behaviors = {
+                                                        "pv", "buy", "cart", "fav"});
 
 /// Amazon 5-core reviews (one JSON object per line: reviewerID, asin, unixReviewTime) with their
 /// meta file (one object per line: asin, categories). An item's category is the LAST entry of the

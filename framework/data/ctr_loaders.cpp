@@ -1,10 +1,9 @@
 // Loaders that turn raw behaviour logs into an InteractionLog.
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <string_view>
 #include <unordered_map>
@@ -34,7 +33,9 @@ class LineReader {
   }
   long line_no() const { return line_no_; }
   const std::string& path() const { return path_; }
-  [[noreturn]] void fail(const std::string& message) const { throw DataError(path_, line_no_, message); }
+  [[noreturn]] void fail(const std::string& message) const {
+    throw DataError(path_, line_no_, message);
+  }
 
  private:
   std::string path_;
@@ -113,7 +114,8 @@ class LogBuilder {
       auto& times = user_times_[u];
       std::vector<size_t> order(items.size());
       std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return times[a] < times[b]; });
+      std::stable_sort(order.begin(), order.end(),
+                       [&](size_t a, size_t b) { return times[a] < times[b]; });
       std::vector<int64_t> sorted_items(items.size()), sorted_times(items.size());
       for (size_t k = 0; k < order.size(); ++k) {
         sorted_items[k] = items[order[k]];
@@ -152,7 +154,8 @@ std::vector<std::string_view> split(std::string_view line, char delimiter) {
 }
 
 /// Splits one CSV record: fields may be double-quoted, with "" standing for a quote.
-std::vector<std::string> split_csv(const std::string& line, char delimiter, const LineReader& reader) {
+std::vector<std::string> split_csv(const std::string& line, char delimiter,
+                                   const LineReader& reader) {
   std::vector<std::string> fields;
   std::string field;
   size_t i = 0;
@@ -179,8 +182,8 @@ std::vector<std::string> split_csv(const std::string& line, char delimiter, cons
       if (!closed)
         reader.fail("unterminated quoted field (a quoted field must close on the same line)");
       if (i < n && line[i] != delimiter)
-        reader.fail(std::string("unexpected character after a closing quote (expected '") + delimiter +
-                    "' or the end of the line)");
+        reader.fail(std::string("unexpected character after a closing quote (expected '") +
+                    delimiter + "' or the end of the line)");
     } else {
       while (i < n && line[i] != delimiter) field += line[i++];
     }
@@ -209,8 +212,9 @@ std::string python_literal_to_json(const std::string& s) {
       while (i < n && s[i] != quote) {
         if (s[i] == '\\' && i + 1 < n) {
           char e = s[i + 1];
-          if (e == '\'') out += '\'';            // \' is not a JSON escape
-          else if (e == 'x' && i + 3 < n) {      // \xNN -> \u00NN
+          if (e == '\'')
+            out += '\'';                     // \' is not a JSON escape
+          else if (e == 'x' && i + 3 < n) {  // \xNN -> \u00NN
             out += "\\u00";
             out += s[i + 2];
             out += s[i + 3];
@@ -234,10 +238,14 @@ std::string python_literal_to_json(const std::string& s) {
       size_t j = i;
       while (j < n && (std::isalnum(static_cast<unsigned char>(s[j])) || s[j] == '_')) ++j;
       std::string word = s.substr(i, j - i);
-      if (word == "True") out += "true";
-      else if (word == "False") out += "false";
-      else if (word == "None") out += "null";
-      else out += word;
+      if (word == "True")
+        out += "true";
+      else if (word == "False")
+        out += "false";
+      else if (word == "None")
+        out += "null";
+      else
+        out += word;
       i = j;
     } else {
       out += c;
@@ -296,7 +304,8 @@ InteractionLog load_taobao(const std::string& path, const std::vector<std::strin
     int64_t time = 0;
     if (!parse_int64(f[4], time))
       reader.fail("timestamp '" + std::string(f[4]) + "' is not an integer");
-    if (f[0].empty() || f[1].empty() || f[2].empty()) reader.fail("empty user, item or category id");
+    if (f[0].empty() || f[1].empty() || f[2].empty())
+      reader.fail("empty user, item or category id");
     if (!keep.count(f[3])) continue;
     int64_t category = builder.categories().index(std::string(f[2]));
     builder.add(std::string(f[0]), std::string(f[1]), category, time);
@@ -349,7 +358,8 @@ InteractionLog load_amazon(const std::string& reviews_path, const std::string& m
     auto item = json_string(obj, "asin", reader);
     int64_t time = json_int(obj, "unixReviewTime", reader);
     auto it = asin_category.find(item);
-    int64_t category = it == asin_category.end() ? kUnknownId : builder.categories().index(it->second);
+    int64_t category =
+        it == asin_category.end() ? kUnknownId : builder.categories().index(it->second);
     builder.add(user, item, category, time);
   }
   if (!any_line) throw DataError(reviews_path, 0, "empty file");
@@ -367,7 +377,8 @@ InteractionLog load_interactions_csv(const CsvOptions& options) {
 
   // Resolves the four columns (-1 = absent).
   int64_t col[4] = {-1, -1, -1, -1};
-  const std::string* names[4] = {&options.user, &options.item, &options.category, &options.timestamp};
+  const std::string* names[4] = {&options.user, &options.item, &options.category,
+                                 &options.timestamp};
   const char* roles[4] = {"user", "item", "category", "timestamp"};
   bool got_line = false;
   while (reader.next(line)) {
@@ -400,8 +411,8 @@ InteractionLog load_interactions_csv(const CsvOptions& options) {
                         std::string(roles[k]) + " column '" + *names[k] +
                             "' must be a 0-based column index (the file has no header)");
       if (index >= static_cast<int64_t>(num_columns))
-        reader.fail(std::string(roles[k]) + " column " + *names[k] + " is out of range: the row has " +
-                    std::to_string(num_columns) + " columns");
+        reader.fail(std::string(roles[k]) + " column " + *names[k] +
+                    " is out of range: the row has " + std::to_string(num_columns) + " columns");
       col[k] = index;
     }
   }
@@ -414,7 +425,8 @@ InteractionLog load_interactions_csv(const CsvOptions& options) {
   int64_t order = 0;
   auto consume = [&](const std::vector<std::string>& f) {
     if (f.size() != num_columns)
-      reader.fail("expected " + std::to_string(num_columns) + " columns, got " + std::to_string(f.size()));
+      reader.fail("expected " + std::to_string(num_columns) + " columns, got " +
+                  std::to_string(f.size()));
     const auto& user = f[col[0]];
     const auto& item = f[col[1]];
     if (user.empty()) reader.fail("empty user id");

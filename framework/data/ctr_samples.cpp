@@ -10,15 +10,16 @@ namespace recsys::data {
 
 void filter_min_count(InteractionLog& log, int64_t min_user_len) {
   TORCH_CHECK(static_cast<int64_t>(log.user_items.size()) == log.num_users,
-              "filter_min_count: user_items has ", log.user_items.size(), " entries but num_users is ",
-              log.num_users);
+              "filter_min_count: user_items has ", log.user_items.size(),
+              " entries but num_users is ", log.num_users);
   int64_t kept = kFirstId;
   for (int64_t u = kFirstId; u < log.num_users; ++u) {
     if (static_cast<int64_t>(log.user_items[u].size()) < min_user_len) continue;
     if (kept != u) {
       log.user_items[kept] = std::move(log.user_items[u]);
       log.user_times[kept] = std::move(log.user_times[u]);
-      if (static_cast<int64_t>(log.user_names.size()) > u) log.user_names[kept] = std::move(log.user_names[u]);
+      if (static_cast<int64_t>(log.user_names.size()) > u)
+        log.user_names[kept] = std::move(log.user_names[u]);
     }
     ++kept;
   }
@@ -33,9 +34,12 @@ namespace {
 enum class Split { kTrain, kValid, kTest };
 
 void validate(const InteractionLog& log, const CtrSampleOptions& o) {
-  if (o.max_history < 1) throw ConfigError("max_history", "must be >= 1, got " + std::to_string(o.max_history));
-  if (o.negatives < 0) throw ConfigError("negatives", "must be >= 0, got " + std::to_string(o.negatives));
-  if (o.min_history < 0) throw ConfigError("min_history", "must be >= 0, got " + std::to_string(o.min_history));
+  if (o.max_history < 1)
+    throw ConfigError("max_history", "must be >= 1, got " + std::to_string(o.max_history));
+  if (o.negatives < 0)
+    throw ConfigError("negatives", "must be >= 0, got " + std::to_string(o.negatives));
+  if (o.min_history < 0)
+    throw ConfigError("min_history", "must be >= 0, got " + std::to_string(o.min_history));
   if (o.negative_sampling != "uniform" && o.negative_sampling != "popularity")
     throw ConfigError("negative_sampling",
                       "unknown value '" + o.negative_sampling + "' (known: uniform, popularity)");
@@ -43,13 +47,17 @@ void validate(const InteractionLog& log, const CtrSampleOptions& o) {
     throw ConfigError("split", "unknown value '" + o.split + "' (known: last, fraction)");
   if (o.split == "fraction") {
     if (o.test_fraction < 0 || o.valid_fraction < 0 || o.test_fraction + o.valid_fraction > 1)
-      throw ConfigError("test_fraction", "test_fraction and valid_fraction must be >= 0 with a sum <= 1");
+      throw ConfigError("test_fraction",
+                        "test_fraction and valid_fraction must be >= 0 with a sum <= 1");
   }
   if (o.negatives > 0 && log.num_items < kFirstId + 2)
-    throw ConfigError("negatives", "negative sampling needs at least 2 items in the catalogue; set negatives to 0");
+    throw ConfigError(
+        "negatives",
+        "negative sampling needs at least 2 items in the catalogue; set negatives to 0");
   TORCH_CHECK(static_cast<int64_t>(log.user_items.size()) == log.num_users &&
                   log.user_times.size() == log.user_items.size(),
-              "build_ctr_samples: user_items/user_times must have num_users = ", log.num_users, " entries");
+              "build_ctr_samples: user_items/user_times must have num_users = ", log.num_users,
+              " entries");
   TORCH_CHECK(static_cast<int64_t>(log.item_category.size()) == log.num_items,
               "build_ctr_samples: item_category must have num_items = ", log.num_items, " entries");
 }
@@ -62,7 +70,8 @@ std::pair<int64_t, int64_t> split_sizes(int64_t n, const CtrSampleOptions& o) {
     n_valid = std::min<int64_t>(1, n - n_test);
   } else {
     n_test = std::min<int64_t>(n, std::llround(o.test_fraction * static_cast<double>(n)));
-    n_valid = std::min<int64_t>(n - n_test, std::llround(o.valid_fraction * static_cast<double>(n)));
+    n_valid =
+        std::min<int64_t>(n - n_test, std::llround(o.valid_fraction * static_cast<double>(n)));
   }
   return {n_valid, n_test};
 }
@@ -88,16 +97,19 @@ CtrSplits build_ctr_samples(const InteractionLog& log, const CtrSampleOptions& o
     weight[kPaddingId] = weight[kUnknownId] = 0.0;
     int64_t support = std::count_if(weight.begin(), weight.end(), [](double w) { return w > 0; });
     if (support < 2)
-      throw ConfigError("negative_sampling",
-                        "popularity sampling needs at least 2 items seen in training; use 'uniform'");
+      throw ConfigError(
+          "negative_sampling",
+          "popularity sampling needs at least 2 items seen in training; use 'uniform'");
     popularity = std::discrete_distribution<int64_t>(weight.begin(), weight.end());
   }
-  std::uniform_int_distribution<int64_t> uniform(kFirstId, std::max<int64_t>(kFirstId, log.num_items - 1));
+  std::uniform_int_distribution<int64_t> uniform(kFirstId,
+                                                 std::max<int64_t>(kFirstId, log.num_items - 1));
   std::mt19937_64 rng(o.seed);
   const bool by_popularity = o.negative_sampling == "popularity";
 
   CtrSplits out;
-  auto append = [&](CtrSamples& s, int64_t user, int64_t item, int64_t label, int64_t offset, int64_t length) {
+  auto append = [&](CtrSamples& s, int64_t user, int64_t item, int64_t label, int64_t offset,
+                    int64_t length) {
     s.user.push_back(user);
     s.item.push_back(item);
     s.category.push_back(log.item_category[item]);
@@ -180,7 +192,8 @@ CtrBatch make_ctr_batch(const InteractionLog& log, const CtrSamples& samples,
     label[i] = static_cast<float>(samples.label[r]);
     const auto& seq = log.user_items[samples.user[r]];
     const int64_t n = std::min(samples.history_length[r], max_history);
-    const int64_t start = samples.history_offset[r] + samples.history_length[r] - n;  // most recent n
+    const int64_t start =
+        samples.history_offset[r] + samples.history_length[r] - n;  // most recent n
     length[i] = n;
     for (int64_t k = 0; k < n; ++k) {
       const int64_t it = seq[start + k];

@@ -11,20 +11,26 @@ namespace {
 // Same choices as the Mlp's activations (mlp.cpp keeps its factory private).
 torch::nn::AnyModule make_activation(Activation a, int64_t dim) {
   switch (a) {
-    case Activation::kRelu: return torch::nn::AnyModule(torch::nn::ReLU());
-    case Activation::kSigmoid: return torch::nn::AnyModule(torch::nn::Sigmoid());
-    case Activation::kTanh: return torch::nn::AnyModule(torch::nn::Tanh());
+    case Activation::kRelu:
+      return torch::nn::AnyModule(torch::nn::ReLU());
+    case Activation::kSigmoid:
+      return torch::nn::AnyModule(torch::nn::Sigmoid());
+    case Activation::kTanh:
+      return torch::nn::AnyModule(torch::nn::Tanh());
     case Activation::kPrelu:
       return torch::nn::AnyModule(torch::nn::PReLU(torch::nn::PReLUOptions().num_parameters(dim)));
-    case Activation::kDice: return torch::nn::AnyModule(Dice(DiceOptions(dim)));
-    case Activation::kNone: return torch::nn::AnyModule(torch::nn::Identity());
+    case Activation::kDice:
+      return torch::nn::AnyModule(Dice(DiceOptions(dim)));
+    case Activation::kNone:
+      return torch::nn::AnyModule(torch::nn::Identity());
   }
   return torch::nn::AnyModule(torch::nn::Identity());
 }
 
 void check_mask(const char* who, const torch::Tensor& mask, int64_t b, int64_t t) {
-  TORCH_CHECK(mask.scalar_type() == torch::kBool, who,
-              ": mask must be a bool tensor (true = valid step); convert with mask.to(torch::kBool)");
+  TORCH_CHECK(
+      mask.scalar_type() == torch::kBool, who,
+      ": mask must be a bool tensor (true = valid step); convert with mask.to(torch::kBool)");
   TORCH_CHECK(mask.dim() == 2 && mask.size(0) == b && mask.size(1) == t, who,
               ": mask must have shape [B, T] = [", b, ", ", t, "], got ", mask.sizes());
 }
@@ -46,12 +52,14 @@ torch::Tensor masked_softmax(const torch::Tensor& scores, const torch::Tensor& m
   return e / denom;
 }
 
-ActivationUnitImpl::ActivationUnitImpl(ActivationUnitOptions options) : options_(std::move(options)) {
+ActivationUnitImpl::ActivationUnitImpl(ActivationUnitOptions options)
+    : options_(std::move(options)) {
   TORCH_CHECK(options_.dim() > 0, "ActivationUnit: dim must be positive, got ", options_.dim());
   const auto& hidden = options_.hidden();
   TORCH_CHECK(!hidden.empty(),
               "ActivationUnit: give at least one hidden width in 'hidden' (DIN uses {80, 40})");
-  for (auto h : hidden) TORCH_CHECK(h > 0, "ActivationUnit: hidden widths must be positive, got ", h);
+  for (auto h : hidden)
+    TORCH_CHECK(h > 0, "ActivationUnit: hidden widths must be positive, got ", h);
 
   first_ = register_module("first", torch::nn::Linear(4 * options_.dim(), hidden[0]));
   first_activation_ = make_activation(options_.activation(), hidden[0]);
@@ -60,7 +68,8 @@ ActivationUnitImpl::ActivationUnitImpl(ActivationUnitOptions options) : options_
   std::vector<int64_t> rest(hidden.begin() + 1, hidden.end());
   rest.push_back(1);
   tail_ = register_module(
-      "tail", Mlp(MlpOptions(hidden[0], rest).activation(options_.activation()).activate_last(false)));
+      "tail",
+      Mlp(MlpOptions(hidden[0], rest).activation(options_.activation()).activate_last(false)));
 }
 
 torch::Tensor ActivationUnitImpl::scores(const torch::Tensor& query, const torch::Tensor& keys) {
@@ -102,24 +111,26 @@ AttentionOutput ActivationUnitImpl::forward(const torch::Tensor& query, const to
 
 BilinearAttentionImpl::BilinearAttentionImpl(BilinearAttentionOptions options) : options_(options) {
   TORCH_CHECK(options_.dim_h() > 0 && options_.dim_q() > 0,
-              "BilinearAttention: dim_h and dim_q must be positive, got ", options_.dim_h(), " and ",
-              options_.dim_q());
+              "BilinearAttention: dim_h and dim_q must be positive, got ", options_.dim_h(),
+              " and ", options_.dim_q());
   // Same scale as torch::nn::Linear(dim_q, dim_h)'s default initialisation.
   double bound = 1.0 / std::sqrt(static_cast<double>(options_.dim_q()));
-  weight = register_parameter("weight",
-                              torch::empty({options_.dim_h(), options_.dim_q()}).uniform_(-bound, bound));
+  weight = register_parameter(
+      "weight", torch::empty({options_.dim_h(), options_.dim_q()}).uniform_(-bound, bound));
 }
 
-torch::Tensor BilinearAttentionImpl::forward(const torch::Tensor& query, const torch::Tensor& states,
+torch::Tensor BilinearAttentionImpl::forward(const torch::Tensor& query,
+                                             const torch::Tensor& states,
                                              const torch::Tensor& mask) {
-  TORCH_CHECK(query.dim() == 2 && query.size(1) == options_.dim_q(), "BilinearAttention: query must be [B, ",
-              options_.dim_q(), "], got ", query.sizes());
-  TORCH_CHECK(states.dim() == 3 && states.size(0) == query.size(0) && states.size(2) == options_.dim_h(),
-              "BilinearAttention: states must be [B, T, ", options_.dim_h(), "] with B = ", query.size(0),
-              ", got ", states.sizes());
+  TORCH_CHECK(query.dim() == 2 && query.size(1) == options_.dim_q(),
+              "BilinearAttention: query must be [B, ", options_.dim_q(), "], got ", query.sizes());
+  TORCH_CHECK(
+      states.dim() == 3 && states.size(0) == query.size(0) && states.size(2) == options_.dim_h(),
+      "BilinearAttention: states must be [B, T, ", options_.dim_h(), "] with B = ", query.size(0),
+      ", got ", states.sizes());
   check_mask("BilinearAttention", mask, states.size(0), states.size(1));
-  auto wq = torch::matmul(query, weight.t());               // [B, Dh]
-  auto s = states.bmm(wq.unsqueeze(-1)).squeeze(-1);        // [B, T]
+  auto wq = torch::matmul(query, weight.t());         // [B, Dh]
+  auto s = states.bmm(wq.unsqueeze(-1)).squeeze(-1);  // [B, T]
   return masked_softmax(s, mask);
 }
 

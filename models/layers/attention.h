@@ -26,7 +26,7 @@ struct ActivationUnitOptions {
   TORCH_ARG(int64_t, dim);
   /// Hidden widths of the unit's MLP; a final linear layer to 1 output is appended.
   TORCH_ARG(std::vector<int64_t>, hidden) = std::vector<int64_t>{80, 40};
-  /// Activation after every hidden layer (the DIN paper uses Dice or PReLU; the reference code sigmoid).
+  /// Activation after every hidden layer (the paper uses Dice or PReLU, its reference code sigmoid).
   TORCH_ARG(Activation, activation) = Activation::kSigmoid;
   /// Normalise the scores with a softmax over the valid steps. DIN itself keeps the raw scores.
   TORCH_ARG(bool, softmax) = false;
@@ -35,8 +35,8 @@ struct ActivationUnitOptions {
   TORCH_ARG(bool, fused_first_layer) = true;
 };
 
-/// DIN's local activation unit (Zhou et al., KDD 2018, fig. 2): scores each behaviour key against the
-/// candidate query with an MLP over [q, k, q - k, q * k] and pools the keys with those scores.
+/// DIN's local activation unit (Zhou et al., KDD 2018, fig. 2): scores each behaviour key against
+/// the candidate query with an MLP over [q, k, q - k, q * k] and pools the keys with those scores.
 ///
 /// With Dice in training mode the batch statistics include padded positions (as in the reference
 /// implementation); their outputs are masked afterwards, but they still shift the statistics.

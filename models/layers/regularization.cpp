@@ -6,7 +6,8 @@ torch::Tensor mba_l2(const torch::Tensor& weight, const torch::Tensor& ids,
                      const torch::Tensor& inv_count) {
   TORCH_CHECK(weight.dim() == 2, "mba_l2: weight must be an embedding table [V, D], got ",
               weight.sizes());
-  TORCH_CHECK(ids.scalar_type() == torch::kLong, "mba_l2: ids must be int64; convert with ids.to(torch::kLong)");
+  TORCH_CHECK(ids.scalar_type() == torch::kLong,
+              "mba_l2: ids must be int64; convert with ids.to(torch::kLong)");
   TORCH_CHECK(inv_count.dim() == 1 && inv_count.size(0) == weight.size(0),
               "mba_l2: inv_count must be [V] = [", weight.size(0), "] (one entry per row), got ",
               inv_count.sizes());

@@ -73,7 +73,8 @@ TEST_CASE("load_taobao reads, maps and time-sorts every behaviour", "[ctr]") {
   REQUIRE(log.num_interactions() == 7);
   REQUIRE(items_of(log, "1") == std::vector<std::string>{"101", "100", "102"});  // by timestamp
   REQUIRE(items_of(log, "2") == std::vector<std::string>{"100", "103", "104"});  // stable on ties
-  REQUIRE(log.user_times[log.user_items[2].empty() ? 3 : 2] == std::vector<int64_t>{999, 1000, 1002});
+  REQUIRE(log.user_names[2] == "1");  // users are numbered in order of first appearance
+  REQUIRE(log.user_times[2] == std::vector<int64_t>{999, 1000, 1002});
   REQUIRE(category_of(log, "102") == "11");
   REQUIRE(log.item_names[0] == "<pad>");
   REQUIRE(log.item_names[1] == "<unk>");
@@ -95,7 +96,8 @@ TEST_CASE("load_taobao reports malformed rows with file:line", "[ctr]") {
   require_contains(data_error_of([] { load_taobao(kDir + "taobao_bad_time.csv"); }),
                    "taobao_bad_time.csv:3: timestamp '12x' is not an integer");
   require_contains(data_error_of([] { load_taobao(kDir + "empty.csv"); }), "empty.csv: empty file");
-  require_contains(data_error_of([] { load_taobao(kDir + "does_not_exist.csv"); }), "cannot open file");
+  require_contains(data_error_of([] { load_taobao(kDir + "does_not_exist.csv"); }),
+                   "cannot open file");
 }
 
 TEST_CASE("load_amazon with JSON meta", "[ctr]") {
@@ -119,15 +121,19 @@ TEST_CASE("load_amazon with python-literal meta", "[ctr]") {
 }
 
 TEST_CASE("load_amazon reports malformed rows with file:line", "[ctr]") {
+  require_contains(data_error_of([] {
+                     load_amazon(kDir + "amazon_reviews_bad.json", kDir + "amazon_meta.json");
+                   }),
+                   "amazon_reviews_bad.json:2: field 'unixReviewTime' must be an integer");
   require_contains(
-      data_error_of([] { load_amazon(kDir + "amazon_reviews_bad.json", kDir + "amazon_meta.json"); }),
-      "amazon_reviews_bad.json:2: field 'unixReviewTime' must be an integer");
-  require_contains(data_error_of([] { load_amazon(kDir + "taobao.csv", kDir + "amazon_meta.json"); }),
-                   "taobao.csv:1: not a JSON object");
-  require_contains(data_error_of([] { load_amazon(kDir + "amazon_reviews.json", kDir + "taobao.csv"); }),
-                   "taobao.csv:1: not a JSON object nor a python dict literal");
-  require_contains(data_error_of([] { load_amazon(kDir + "empty.csv", kDir + "amazon_meta.json"); }),
-                   "empty file");
+      data_error_of([] { load_amazon(kDir + "taobao.csv", kDir + "amazon_meta.json"); }),
+      "taobao.csv:1: not a JSON object");
+  require_contains(
+      data_error_of([] { load_amazon(kDir + "amazon_reviews.json", kDir + "taobao.csv"); }),
+      "taobao.csv:1: not a JSON object nor a python dict literal");
+  require_contains(
+      data_error_of([] { load_amazon(kDir + "empty.csv", kDir + "amazon_meta.json"); }),
+      "empty file");
 }
 
 TEST_CASE("load_interactions_csv with a header and column names", "[ctr]") {
@@ -162,9 +168,11 @@ TEST_CASE("load_interactions_csv without a header, by column index", "[ctr]") {
   REQUIRE(log.num_categories == 3);
   for (int64_t i = kFirstId; i < log.num_items; ++i) REQUIRE(log.item_category[i] == 2);
   o.item = "x";
-  require_contains(data_error_of([&] { load_interactions_csv(o); }), "must be a 0-based column index");
+  require_contains(data_error_of([&] { load_interactions_csv(o); }),
+                   "must be a 0-based column index");
   o.item = "3";
-  require_contains(data_error_of([&] { load_interactions_csv(o); }), "csv_noheader.csv:1: item column 3 is out of range");
+  require_contains(data_error_of([&] { load_interactions_csv(o); }),
+                   "csv_noheader.csv:1: item column 3 is out of range");
 }
 
 TEST_CASE("load_interactions_csv handles quoted fields and CRLF", "[ctr]") {
@@ -208,7 +216,8 @@ TEST_CASE("load_interactions_csv errors name the file, line and fix", "[ctr]") {
   o.user = "user";
   o.item = "item";
   o.timestamp = "time";
-  require_contains(data_error_of([&] { load_interactions_csv(o); }), "csv_bad_row.csv:3: expected 3 columns, got 2");
+  require_contains(data_error_of([&] { load_interactions_csv(o); }),
+                   "csv_bad_row.csv:3: expected 3 columns, got 2");
   o.path = kDir + "empty.csv";
   require_contains(data_error_of([&] { load_interactions_csv(o); }), "empty.csv: empty file");
 }

@@ -1,7 +1,8 @@
+#include "models/layers/attention.h"
+
 #include <cmath>
 #include <vector>
 
-#include "models/layers/attention.h"
 #include "support.h"
 
 using namespace recsys::models;
@@ -53,7 +54,8 @@ TEST_CASE("ActivationUnit matches a hand computation", "[din]") {
       last->bias[0] = b2;
     }
     auto q = torch::tensor({0.5, -1.0, 2.0, 0.25}, torch::kFloat64).view({2, d});
-    auto k = torch::tensor({1.0, 2.0, -0.5, 0.5, 3.0, -3.0, 0.1, 0.2, -1.0, 1.5, 0.7, 0.0}, torch::kFloat64)
+    auto k = torch::tensor({1.0, 2.0, -0.5, 0.5, 3.0, -3.0, 0.1, 0.2, -1.0, 1.5, 0.7, 0.0},
+                           torch::kFloat64)
                  .view({2, 3, d});
     auto mask = torch::tensor({1, 1, 0, 1, 1, 1}, torch::kBool).view({2, 3});
     auto out = unit->forward(q, k, mask);

@@ -1,6 +1,7 @@
+#include "models/layers/dice.h"
+
 #include <cmath>
 
-#include "models/layers/dice.h"
 #include "support.h"
 
 using namespace recsys::models;
@@ -9,7 +10,8 @@ using recsys::testing::require_close;
 namespace {
 // f(s) = p s + (1 - p) alpha s, p = sigmoid((s - mean) / sqrt(var + eps)), element by element.
 torch::Tensor dice_by_hand(const torch::Tensor& x, const std::vector<double>& mean,
-                           const std::vector<double>& var, const std::vector<double>& alpha, double eps) {
+                           const std::vector<double>& var, const std::vector<double>& alpha,
+                           double eps) {
   auto out = torch::zeros_like(x);
   auto xa = x.accessor<double, 2>();
   for (int64_t n = 0; n < x.size(0); ++n)
@@ -39,14 +41,16 @@ TEST_CASE("Dice matches its formula with batch statistics in train mode and runn
   std::vector<double> mean(c, 0.0), var(c, 0.0);
   for (int64_t j = 0; j < c; ++j) {
     for (int64_t i = 0; i < n; ++i) mean[j] += xa[i][j] / n;
-    for (int64_t i = 0; i < n; ++i) var[j] += (xa[i][j] - mean[j]) * (xa[i][j] - mean[j]) / n;  // biased
+    for (int64_t i = 0; i < n; ++i)
+      var[j] += (xa[i][j] - mean[j]) * (xa[i][j] - mean[j]) / n;  // biased
   }
 
   dice->train();
   require_close(dice->forward(x), dice_by_hand(x, mean, var, alpha, eps), 1e-12, 1e-12);
   for (int64_t j = 0; j < c; ++j) {
     require_close(dice->running_mean[j].item<double>(), momentum * mean[j], 1e-12);
-    require_close(dice->running_var[j].item<double>(), (1 - momentum) * 1.0 + momentum * var[j], 1e-12);
+    require_close(dice->running_var[j].item<double>(), (1 - momentum) * 1.0 + momentum * var[j],
+                  1e-12);
   }
 
   dice->eval();

@@ -1,4 +1,5 @@
 #include "models/layers/regularization.h"
+
 #include "support.h"
 
 using namespace recsys::models;
@@ -7,7 +8,8 @@ using recsys::testing::require_close;
 TEST_CASE("mba_l2 value and gradient touch only the batch's distinct rows", "[din]") {
   recsys::testing::seed(5);
   auto weight = torch::randn({7, 3}, torch::kFloat64).requires_grad_(true);
-  auto ids = torch::tensor({1, 3, 3, 0, 5, 1, 3, 0}, torch::kLong).view({2, 4});  // distinct: 1, 3, 5
+  auto ids =
+      torch::tensor({1, 3, 3, 0, 5, 1, 3, 0}, torch::kLong).view({2, 4});  // distinct: 1, 3, 5
   auto inv = torch::tensor({0.9f, 0.5f, 0.7f, 0.25f, 0.3f, 0.125f, 0.6f});
   auto reg = mba_l2(weight, ids, inv);
 
@@ -33,7 +35,8 @@ TEST_CASE("mba_l2 of a padding-only batch is zero", "[din]") {
 }
 
 TEST_CASE("plain_l2 and inverse_counts", "[din]") {
-  auto weight = torch::tensor({1.0, -2.0, 3.0, 0.5}, torch::kFloat64).view({2, 2}).requires_grad_(true);
+  auto weight =
+      torch::tensor({1.0, -2.0, 3.0, 0.5}, torch::kFloat64).view({2, 2}).requires_grad_(true);
   auto reg = plain_l2(weight);
   require_close(reg.item<double>(), 0.5 * (1 + 4 + 9 + 0.25));
   reg.backward();
