@@ -1,0 +1,137 @@
+#include "models/layers/attention.h"
+
+#include <cmath>
+
+#include "models/layers/dice.h"
+
+namespace recsys::models {
+
+namespace {
+
+// Same choices as the Mlp's activations (mlp.cpp keeps its factory private).
+torch::nn::AnyModule make_activation(Activation a, int64_t dim) {
+  switch (a) {
+    case Activation::kRelu:
+      return torch::nn::AnyModule(torch::nn::ReLU());
+    case Activation::kSigmoid:
+      return torch::nn::AnyModule(torch::nn::Sigmoid());
+    case Activation::kTanh:
+      return torch::nn::AnyModule(torch::nn::Tanh());
+    case Activation::kPrelu:
+      return torch::nn::AnyModule(torch::nn::PReLU(torch::nn::PReLUOptions().num_parameters(dim)));
+    case Activation::kDice:
+      return torch::nn::AnyModule(Dice(DiceOptions(dim)));
+    case Activation::kNone:
+      return torch::nn::AnyModule(torch::nn::Identity());
+  }
+  return torch::nn::AnyModule(torch::nn::Identity());
+}
+
+void check_mask(const char* who, const torch::Tensor& mask, int64_t b, int64_t t) {
+  TORCH_CHECK(
+      mask.scalar_type() == torch::kBool, who,
+      ": mask must be a bool tensor (true = valid step); convert with mask.to(torch::kBool)");
+  TORCH_CHECK(mask.dim() == 2 && mask.size(0) == b && mask.size(1) == t, who,
+              ": mask must have shape [B, T] = [", b, ", ", t, "], got ", mask.sizes());
+}
+
+}  // namespace
+
+torch::Tensor masked_softmax(const torch::Tensor& scores, const torch::Tensor& mask) {
+  TORCH_CHECK(mask.scalar_type() == torch::kBool, "masked_softmax: mask must be a bool tensor");
+  TORCH_CHECK(scores.sizes() == mask.sizes(), "masked_softmax: scores ", scores.sizes(),
+              " and mask ", mask.sizes(), " must have the same shape");
+  auto filled = scores.masked_fill(~mask, -std::numeric_limits<double>::infinity());
+  // The shift only stabilises exp; softmax is invariant to it, so it carries no gradient.
+  auto shift = std::get<0>(filled.detach().max(-1, /*keepdim=*/true));
+  shift = torch::where(torch::isfinite(shift), shift, torch::zeros_like(shift));
+  auto e = torch::exp(filled - shift);  // exactly 0 at masked positions
+  auto sum = e.sum(-1, /*keepdim=*/true);
+  // A valid row sums to >= 1 (its maximum contributes exp(0)); an empty row sums to 0 and stays 0.
+  auto denom = torch::where(sum > 0, sum, torch::ones_like(sum));
+  return e / denom;
+}
+
+ActivationUnitImpl::ActivationUnitImpl(ActivationUnitOptions options)
+    : options_(std::move(options)) {
+  TORCH_CHECK(options_.dim() > 0, "ActivationUnit: dim must be positive, got ", options_.dim());
+  const auto& hidden = options_.hidden();
+  TORCH_CHECK(!hidden.empty(),
+              "ActivationUnit: give at least one hidden width in 'hidden' (DIN uses {80, 40})");
+  for (auto h : hidden)
+    TORCH_CHECK(h > 0, "ActivationUnit: hidden widths must be positive, got ", h);
+
+  first_ = register_module("first", torch::nn::Linear(4 * options_.dim(), hidden[0]));
+  first_activation_ = make_activation(options_.activation(), hidden[0]);
+  if (options_.activation() != Activation::kNone)
+    register_module("first_act", first_activation_.ptr());
+  std::vector<int64_t> rest(hidden.begin() + 1, hidden.end());
+  rest.push_back(1);
+  tail_ = register_module(
+      "tail",
+      Mlp(MlpOptions(hidden[0], rest).activation(options_.activation()).activate_last(false)));
+}
+
+torch::Tensor ActivationUnitImpl::scores(const torch::Tensor& query, const torch::Tensor& keys) {
+  const int64_t d = options_.dim();
+  TORCH_CHECK(query.dim() == 2 && query.size(1) == d, "ActivationUnit: query must be [B, ", d,
+              "], got ", query.sizes());
+  TORCH_CHECK(keys.dim() == 3 && keys.size(0) == query.size(0) && keys.size(2) == d,
+              "ActivationUnit: keys must be [B, T, ", d, "] with B = ", query.size(0), ", got ",
+              keys.sizes());
+  auto q = query.unsqueeze(1);  // [B, 1, D], broadcast over T
+  torch::Tensor pre;
+  if (options_.fused_first_layer()) {
+    // W = [Wq | Wk | Wd | Wp] along the input dimension (Linear stores [out, in]).
+    const auto& w = first_->weight;
+    auto wq = w.narrow(1, 0, d), wk = w.narrow(1, d, d), wd = w.narrow(1, 2 * d, d),
+         wp = w.narrow(1, 3 * d, d);
+    auto q_part = torch::nn::functional::linear(query, wq + wd, first_->bias);  // [B, H1]
+    auto k_part = torch::matmul(keys, (wk - wd).t());                           // [B, T, H1]
+    auto p_part = torch::matmul(q * keys, wp.t());                              // [B, T, H1]
+    pre = q_part.unsqueeze(1) + k_part + p_part;
+  } else {
+    auto qe = q.expand_as(keys);
+    pre = first_->forward(torch::cat({qe, keys, qe - keys, qe * keys}, -1));
+  }
+  // Flatten to [B * T, H1]: PReLU takes its channels from dim 1, not from the last dim.
+  auto h = first_activation_.forward(pre.reshape({-1, pre.size(-1)}));
+  return tail_->forward(h).view({keys.size(0), keys.size(1)});  // [B, T]
+}
+
+AttentionOutput ActivationUnitImpl::forward(const torch::Tensor& query, const torch::Tensor& keys,
+                                            const torch::Tensor& mask) {
+  auto s = scores(query, keys);
+  check_mask("ActivationUnit", mask, keys.size(0), keys.size(1));
+  AttentionOutput out;
+  out.weights = options_.softmax() ? masked_softmax(s, mask) : s.masked_fill(~mask, 0.0);
+  out.pooled = out.weights.unsqueeze(1).bmm(keys).squeeze(1);  // [B, D]
+  return out;
+}
+
+BilinearAttentionImpl::BilinearAttentionImpl(BilinearAttentionOptions options) : options_(options) {
+  TORCH_CHECK(options_.dim_h() > 0 && options_.dim_q() > 0,
+              "BilinearAttention: dim_h and dim_q must be positive, got ", options_.dim_h(),
+              " and ", options_.dim_q());
+  // Same scale as torch::nn::Linear(dim_q, dim_h)'s default initialisation.
+  double bound = 1.0 / std::sqrt(static_cast<double>(options_.dim_q()));
+  weight = register_parameter(
+      "weight", torch::empty({options_.dim_h(), options_.dim_q()}).uniform_(-bound, bound));
+}
+
+torch::Tensor BilinearAttentionImpl::forward(const torch::Tensor& query,
+                                             const torch::Tensor& states,
+                                             const torch::Tensor& mask) {
+  TORCH_CHECK(query.dim() == 2 && query.size(1) == options_.dim_q(),
+              "BilinearAttention: query must be [B, ", options_.dim_q(), "], got ", query.sizes());
+  TORCH_CHECK(
+      states.dim() == 3 && states.size(0) == query.size(0) && states.size(2) == options_.dim_h(),
+      "BilinearAttention: states must be [B, T, ", options_.dim_h(), "] with B = ", query.size(0),
+      ", got ", states.sizes());
+  check_mask("BilinearAttention", mask, states.size(0), states.size(1));
+  auto wq = torch::matmul(query, weight.t());         // [B, Dh]
+  auto s = states.bmm(wq.unsqueeze(-1)).squeeze(-1);  // [B, T]
+  return masked_softmax(s, mask);
+}
+
+}  // namespace recsys::models
