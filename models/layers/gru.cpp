@@ -131,7 +131,7 @@ class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
       hs[0].zero_();
     }
     auto g_all = uses_z ? at::empty({T, B, H}, opts) : Tensor();
-    auto diff = at::empty({B, H}, opts);
+    auto diff_all = at::empty({T, B, H}, opts);  // n - h, reused by backward
     const auto w_hh_t = w_hh.t();
 
     for (int64_t t = 0; t < T; ++t) {
@@ -145,17 +145,13 @@ class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
       auto z = gates_t.narrow(1, H, H);
       auto n = gates_t.narrow(1, 2 * H, H);
       n.addcmul_(r, gh_t.narrow(1, 2 * H, H)).tanh_();
+      auto diff = diff_all[t];
       at::sub_out(diff, n, h);
-      if (uses_z) {
-        auto g = g_all[t];
-        at::mul_out(g, z, c[t]);
-        at::sub_out(g, c[t], g);
-        diff.mul_(g);
-      } else {
-        diff.mul_(c[t]);
-      }
+      auto c_t = c[t];
+      auto g = uses_z ? g_all[t] : c_t;
+      if (uses_z) at::addcmul_out(g, c_t, c_t, z, -1);  // g = c - c z
       auto h_next = hs[t + 1];
-      at::add_out(h_next, h, diff);
+      at::addcmul_out(h_next, h, g, diff);
     }
 
     auto outputs = at::empty({B, T, H}, opts);
@@ -172,6 +168,7 @@ class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
     s["gh"] = gh;
     s["hs"] = hs;
     s["x_in"] = x_in;
+    s["diff"] = diff_all;
     if (kind == GruKind::kAigru) s["x_tb"] = x_tb;
     s["mask"] = mask;
     s["c"] = c;
@@ -196,6 +193,7 @@ class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
     const auto mask = s["mask"].toTensor();
     const auto c = s["c"].toTensor();
     const auto g_all = uses_z ? s["g"].toTensor() : Tensor();
+    const auto diff_all = s["diff"].toTensor();
     const int64_t T = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
     const int64_t I = x_in.size(2);
     const auto opts = gates.options();
@@ -211,11 +209,10 @@ class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
     auto d_gi = at::empty({T, B, G}, opts);
     auto d_gh = at::empty({T, B, G}, opts);
     if (!uses_z) d_gh.narrow(2, H, H).zero_();
-    const bool has_a_gate = kind == GruKind::kAgru || kind == GruKind::kAugru;
-    auto da_tb = has_a_gate ? at::empty({T, B, 1}, opts) : Tensor();
+    // d loss / d g per step; the attention gradient is reduced from it after the loop.
+    auto dg_all = at::empty({T, B, H}, opts);
     auto neg_c = uses_z ? c.neg() : Tensor();
     auto dn = at::empty({B, H}, opts);
-    auto dg = at::empty({B, H}, opts);
     auto tmp = at::empty({B, H}, opts);
 
     for (int64_t t = T - 1; t >= 0; --t) {
@@ -233,8 +230,8 @@ class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
 
       at::mul_out(dn, dh, g);
       at::tanh_backward_out(d_pre_n, dn, n);
-      at::sub_out(dg, n, h);
-      dg.mul_(dh);
+      auto dg = dg_all[t];
+      at::mul_out(dg, dh, diff_all[t]);
       at::mul_out(tmp, d_pre_n, hn);
       auto d_gh_r = d_gh_t.narrow(1, 0, H);
       at::sigmoid_backward_out(d_gh_r, tmp, r);
@@ -244,16 +241,6 @@ class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
         at::mul_out(tmp, dg, neg_c[t]);
         auto d_gh_z = d_gh_t.narrow(1, H, H);
         at::sigmoid_backward_out(d_gh_z, tmp, z);
-      }
-      if (kind == GruKind::kAugru) {
-        // dg/da = mask (1 - z); the mask is applied once after the loop.
-        at::mul_out(tmp, dg, z);
-        at::sub_out(tmp, dg, tmp);
-        auto da_t = da_tb[t];
-        at::sum_out(da_t, tmp, at::IntArrayRef{1}, /*keepdim=*/true);
-      } else if (kind == GruKind::kAgru) {
-        auto da_t = da_tb[t];
-        at::sum_out(da_t, dg, at::IntArrayRef{1}, /*keepdim=*/true);
       }
       // h' = h + g (n - h) plus the paths through the gates' h W_hh^T term.
       dh.sub_(dn);
@@ -279,7 +266,13 @@ class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
     } else {
       if (need_dx) dx = d_gi_2d.mm(w_ih).view({T, B, I}).transpose(0, 1);
     }
-    if (has_a_gate) da = da_tb.mul_(mask).squeeze(2).t();
+    if (kind == GruKind::kAugru) {
+      // g = a mask (1 - z), so dg/da = mask (1 - z).
+      auto one_minus_z = 1 - gates.narrow(2, H, H);
+      da = (dg_all * one_minus_z).sum(2).mul_(mask.squeeze(2)).t();
+    } else if (kind == GruKind::kAgru) {
+      da = dg_all.sum(2).mul_(mask.squeeze(2)).t();
+    }
     Tensor dh0 = has_h0 ? dh : Tensor();
     return {Tensor(), dx, Tensor(), da, dh0, dw_ih, dw_hh, db_ih, db_hh};
   }
