@@ -392,8 +392,8 @@ double time_gru_ms(bool fused, GruKind kind, int64_t B, int64_t T, int64_t I, in
   for (int i = 0; i < iters; ++i) {
     const auto start = std::chrono::steady_clock::now();
     run_once();
-    ms.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    const auto stop = std::chrono::steady_clock::now();
+    ms.push_back(std::chrono::duration<double, std::milli>(stop - start).count());
   }
   std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
   return ms[ms.size() / 2];

@@ -231,7 +231,8 @@ TEST_CASE("padding to a longer T changes nothing on valid steps", "[gru]") {
       GruCase p = c;
       p.x = torch::cat({c.x.detach(), torch::randn({B, extra, I}, torch::kFloat64) * 5}, 1);
       if (c.attention.defined())
-        p.attention = torch::cat({c.attention.detach(), torch::rand({B, extra}, torch::kFloat64)}, 1);
+        p.attention =
+            torch::cat({c.attention.detach(), torch::rand({B, extra}, torch::kFloat64)}, 1);
       auto short_out = run(fused, kind, c);
       auto long_out = run(fused, kind, p);
       require_close(long_out.outputs.narrow(1, 0, T), short_out.outputs, 0, 1e-13);
@@ -292,7 +293,8 @@ TEST_CASE("GRU inputs out of range are rejected with a message that says what to
                         Catch::Contains("needs attention scores"));
     GruCase wrong_h0 = c;
     wrong_h0.h0 = torch::zeros({2, 3}, torch::kFloat64);
-    REQUIRE_THROWS_WITH(run(fused, GruKind::kAugru, wrong_h0), Catch::Contains("h0 must be [B, H]"));
+    REQUIRE_THROWS_WITH(run(fused, GruKind::kAugru, wrong_h0),
+                        Catch::Contains("h0 must be [B, H]"));
   }
   REQUIRE_THROWS_WITH(recsys::models::GruLayer(recsys::models::GruLayerOptions(0, 4)),
                       Catch::Contains("input_size must be positive"));
