@@ -1,0 +1,402 @@
+#include "models/layers/gru.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+
+namespace recsys::models {
+
+GruKind parse_gru_kind(const std::string& name) {
+  if (name == "gru") return GruKind::kGru;
+  if (name == "aigru") return GruKind::kAigru;
+  if (name == "agru") return GruKind::kAgru;
+  if (name == "augru") return GruKind::kAugru;
+  throw std::invalid_argument("unknown GRU kind '" + name +
+                              "'; known kinds: gru, aigru, agru, augru");
+}
+
+const char* gru_kind_name(GruKind kind) {
+  switch (kind) {
+    case GruKind::kGru: return "gru";
+    case GruKind::kAigru: return "aigru";
+    case GruKind::kAgru: return "agru";
+    case GruKind::kAugru: return "augru";
+  }
+  return "?";
+}
+
+namespace {
+
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+void check_same(const char* who, const char* what, const Tensor& t, const Tensor& x) {
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), who, ": ", what, " has dtype ", t.scalar_type(),
+              " but x has ", x.scalar_type(), "; convert both to one floating type");
+  TORCH_CHECK(t.device() == x.device(), who, ": ", what, " is on ", t.device(), " but x is on ",
+              x.device(), "; move both to one device");
+}
+
+void check_inputs(const char* who, GruKind kind, const Tensor& x, const Tensor& lengths,
+                  const Tensor& attention, const Tensor& h0, const Tensor& w_ih,
+                  const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh) {
+  TORCH_CHECK(x.defined() && x.dim() == 3, who, ": x must be [B, T, I], got ",
+              x.defined() ? x.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(x.is_floating_point(), who, ": x must be floating point, got ", x.scalar_type());
+  const int64_t B = x.size(0), T = x.size(1), I = x.size(2);
+  TORCH_CHECK(T >= 1, who, ": x has no time steps (T = 0); every sequence needs length >= 1");
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 3 * w_hh.size(1), who,
+              ": weight_hh must be [3H, H] (gates r, z, n), got ", w_hh.sizes());
+  const int64_t H = w_hh.size(1);
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) == 3 * H && w_ih.size(1) == I, who,
+              ": weight_ih must be [3H, I] = [", 3 * H, ", ", I, "] to match weight_hh and x, got ",
+              w_ih.sizes());
+  TORCH_CHECK(b_ih.dim() == 1 && b_ih.size(0) == 3 * H, who, ": bias_ih must be [3H] = [", 3 * H,
+              "], got ", b_ih.sizes());
+  TORCH_CHECK(b_hh.dim() == 1 && b_hh.size(0) == 3 * H, who, ": bias_hh must be [3H] = [", 3 * H,
+              "], got ", b_hh.sizes());
+  check_same(who, "weight_ih", w_ih, x);
+  check_same(who, "weight_hh", w_hh, x);
+  check_same(who, "bias_ih", b_ih, x);
+  check_same(who, "bias_hh", b_hh, x);
+
+  TORCH_CHECK(lengths.defined() && lengths.dim() == 1 && lengths.size(0) == B, who,
+              ": lengths must be a 1-D tensor with one entry per sequence ([B] = [", B, "]), got ",
+              lengths.defined() ? lengths.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(at::isIntegralType(lengths.scalar_type(), /*includeBool=*/false), who,
+              ": lengths must hold integers (int64), got ", lengths.scalar_type());
+  // Only CPU lengths are range-checked: on an accelerator this would be a host-device sync.
+  if (lengths.device().is_cpu() && B > 0) {
+    const auto lo = lengths.min().item<int64_t>();
+    const auto hi = lengths.max().item<int64_t>();
+    TORCH_CHECK(lo >= 1 && hi <= T, who, ": lengths must lie in [1, T] = [1, ", T, "], got min ",
+                lo, " and max ", hi, "; drop empty sequences and pad x to the longest sequence");
+  }
+
+  if (kind == GruKind::kGru) {
+    TORCH_CHECK(!attention.defined(), who,
+                ": kind 'gru' takes no attention scores; pass an undefined tensor or use "
+                "aigru/agru/augru");
+  } else {
+    TORCH_CHECK(attention.defined(), who, ": kind '", gru_kind_name(kind),
+                "' needs attention scores [B, T]; pass them or use kind 'gru'");
+    TORCH_CHECK(attention.dim() == 2 && attention.size(0) == B && attention.size(1) == T, who,
+                ": attention must be [B, T] = [", B, ", ", T, "], got ", attention.sizes());
+    check_same(who, "attention", attention, x);
+  }
+  if (h0.defined()) {
+    TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H, who,
+                ": h0 must be [B, H] = [", B, ", ", H, "], got ", h0.sizes());
+    check_same(who, "h0", h0, x);
+  }
+}
+
+// Autograd node over the whole sequence. Notation: the candidate weight g is what multiplies
+// (n - h) in h' = h + g (n - h); with c = mask (kGru, kAigru) or c = a * mask (kAgru, kAugru),
+// g = c (1 - z) for every kind but kAgru, where g = c. Folding the mask into c makes a padded step
+// an exact pass-through (h + 0) in both directions.
+class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, int64_t kind_id, const Tensor& x,
+                               const Tensor& lengths, const c10::optional<Tensor>& attention,
+                               const c10::optional<Tensor>& h0, const Tensor& w_ih,
+                               const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh) {
+    const auto kind = static_cast<GruKind>(kind_id);
+    const int64_t B = x.size(0), T = x.size(1), I = x.size(2), H = w_hh.size(1), G = 3 * H;
+    const auto opts = x.options();
+    const bool uses_z = kind != GruKind::kAgru;
+
+    auto len = lengths.to(x.device(), torch::kLong);
+    // [T, B, 1]; time-major everywhere so that each step's slice is contiguous.
+    auto mask = (torch::arange(T, len.options()).unsqueeze(1) < len.unsqueeze(0))
+                    .to(x.scalar_type())
+                    .unsqueeze(2);
+    Tensor a_tb;
+    if (attention.has_value()) a_tb = attention->t().unsqueeze(2).contiguous();
+    auto x_tb = x.transpose(0, 1).contiguous();
+    auto x_in = kind == GruKind::kAigru ? x_tb * a_tb : x_tb;
+    auto c = (kind == GruKind::kAgru || kind == GruKind::kAugru) ? a_tb * mask : mask;
+
+    // After the loop `gates` holds r | z | n and `gh` holds h W_hh^T + b_hh (its n part is needed
+    // by backward).
+    auto gates = at::addmm(b_ih, x_in.view({T * B, I}), w_ih.t()).view({T, B, G});
+    auto gh = at::empty({T, B, G}, opts);
+    auto hs = at::empty({T + 1, B, H}, opts);
+    if (h0.has_value()) {
+      hs[0].copy_(*h0);
+    } else {
+      hs[0].zero_();
+    }
+    auto g_all = uses_z ? at::empty({T, B, H}, opts) : Tensor();
+    auto diff_all = at::empty({T, B, H}, opts);  // n - h, reused by backward
+    const auto w_hh_t = w_hh.t();
+
+    for (int64_t t = 0; t < T; ++t) {
+      auto h = hs[t];
+      auto gh_t = gh[t];
+      auto gates_t = gates[t];
+      at::addmm_out(gh_t, b_hh, h, w_hh_t);
+      auto rz = gates_t.narrow(1, 0, 2 * H);
+      rz.add_(gh_t.narrow(1, 0, 2 * H)).sigmoid_();
+      auto r = gates_t.narrow(1, 0, H);
+      auto z = gates_t.narrow(1, H, H);
+      auto n = gates_t.narrow(1, 2 * H, H);
+      n.addcmul_(r, gh_t.narrow(1, 2 * H, H)).tanh_();
+      auto diff = diff_all[t];
+      at::sub_out(diff, n, h);
+      auto c_t = c[t];
+      auto g = uses_z ? g_all[t] : c_t;
+      if (uses_z) at::addcmul_out(g, c_t, c_t, z, -1);  // g = c - c z
+      auto h_next = hs[t + 1];
+      at::addcmul_out(h_next, h, g, diff);
+    }
+
+    auto outputs = at::empty({B, T, H}, opts);
+    auto outputs_tb = outputs.transpose(0, 1);
+    at::mul_out(outputs_tb, hs.narrow(0, 1, T), mask);
+    auto final_state = hs[T].clone();
+
+    ctx->save_for_backward({w_ih, w_hh});
+    auto& s = ctx->saved_data;
+    s["kind"] = kind_id;
+    s["has_h0"] = h0.has_value();
+    s["need_dx"] = x.requires_grad();
+    s["gates"] = gates;
+    s["gh"] = gh;
+    s["hs"] = hs;
+    s["x_in"] = x_in;
+    s["diff"] = diff_all;
+    if (kind == GruKind::kAigru) s["x_tb"] = x_tb;
+    s["mask"] = mask;
+    s["c"] = c;
+    if (uses_z) s["g"] = g_all;
+    if (kind == GruKind::kAigru) s["a_tb"] = a_tb;
+    ctx->set_materialize_grads(false);
+    return {outputs, final_state};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& w_ih = saved[0];
+    const auto& w_hh = saved[1];
+    auto& s = ctx->saved_data;
+    const auto kind = static_cast<GruKind>(s["kind"].toInt());
+    const bool has_h0 = s["has_h0"].toBool();
+    const bool uses_z = kind != GruKind::kAgru;
+    const auto gates = s["gates"].toTensor();
+    const auto gh = s["gh"].toTensor();
+    const auto hs = s["hs"].toTensor();
+    const auto x_in = s["x_in"].toTensor();
+    const auto mask = s["mask"].toTensor();
+    const auto c = s["c"].toTensor();
+    const auto g_all = uses_z ? s["g"].toTensor() : Tensor();
+    const auto diff_all = s["diff"].toTensor();
+    const int64_t T = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 3;
+    const int64_t I = x_in.size(2);
+    const auto opts = gates.options();
+
+    const auto& d_out = grads[0];
+    const auto& d_final = grads[1];
+    auto dh = d_final.defined() ? d_final.contiguous().clone() : at::zeros({B, H}, opts);
+    Tensor d_out_tb;
+    if (d_out.defined()) d_out_tb = d_out.transpose(0, 1).contiguous();
+
+    // Gradients of the gate pre-activations, per step, for one weight-gradient matmul at the end.
+    // They differ only in the n block: d(h W_hn + b_hn) = d(pre_n) * r.
+    auto d_gi = at::empty({T, B, G}, opts);
+    auto d_gh = at::empty({T, B, G}, opts);
+    if (!uses_z) d_gh.narrow(2, H, H).zero_();
+    // d loss / d g per step; the attention gradient is reduced from it after the loop.
+    auto dg_all = at::empty({T, B, H}, opts);
+    auto neg_c = uses_z ? c.neg() : Tensor();
+    auto dn = at::empty({B, H}, opts);
+    auto tmp = at::empty({B, H}, opts);
+
+    for (int64_t t = T - 1; t >= 0; --t) {
+      if (d_out.defined()) dh.addcmul_(d_out_tb[t], mask[t]);
+      auto h = hs[t];
+      auto gates_t = gates[t];
+      auto r = gates_t.narrow(1, 0, H);
+      auto z = gates_t.narrow(1, H, H);
+      auto n = gates_t.narrow(1, 2 * H, H);
+      auto hn = gh[t].narrow(1, 2 * H, H);
+      auto g = uses_z ? g_all[t] : c[t];
+      auto d_gi_t = d_gi[t];
+      auto d_gh_t = d_gh[t];
+      auto d_pre_n = d_gi_t.narrow(1, 2 * H, H);
+
+      at::mul_out(dn, dh, g);
+      at::tanh_backward_out(d_pre_n, dn, n);
+      auto dg = dg_all[t];
+      at::mul_out(dg, dh, diff_all[t]);
+      at::mul_out(tmp, d_pre_n, hn);
+      auto d_gh_r = d_gh_t.narrow(1, 0, H);
+      at::sigmoid_backward_out(d_gh_r, tmp, r);
+      auto d_gh_n = d_gh_t.narrow(1, 2 * H, H);
+      at::mul_out(d_gh_n, d_pre_n, r);
+      if (uses_z) {
+        at::mul_out(tmp, dg, neg_c[t]);
+        auto d_gh_z = d_gh_t.narrow(1, H, H);
+        at::sigmoid_backward_out(d_gh_z, tmp, z);
+      }
+      // h' = h + g (n - h) plus the paths through the gates' h W_hh^T term.
+      dh.sub_(dn);
+      dh.addmm_(d_gh_t, w_hh);
+    }
+    d_gi.narrow(2, 0, 2 * H).copy_(d_gh.narrow(2, 0, 2 * H));
+
+    const auto d_gi_2d = d_gi.view({T * B, G});
+    const auto d_gh_2d = d_gh.view({T * B, G});
+    auto dw_hh = d_gh_2d.t().mm(hs.narrow(0, 0, T).reshape({T * B, H}));
+    auto db_hh = d_gh_2d.sum(0);
+    auto dw_ih = d_gi_2d.t().mm(x_in.view({T * B, I}));
+    auto db_ih = d_gi_2d.sum(0);
+
+    Tensor dx, da;
+    const bool need_dx = s["need_dx"].toBool();
+    if (kind == GruKind::kAigru) {
+      const auto x_tb = s["x_tb"].toTensor();
+      auto dx_in = d_gi_2d.mm(w_ih).view({T, B, I});
+      // x_in = a * x: the mask needs no separate handling since d_gi is zero at padded steps.
+      da = (dx_in * x_tb).sum(2).t();
+      if (need_dx) dx = (dx_in * s["a_tb"].toTensor()).transpose(0, 1);
+    } else {
+      if (need_dx) dx = d_gi_2d.mm(w_ih).view({T, B, I}).transpose(0, 1);
+    }
+    if (kind == GruKind::kAugru) {
+      // g = a mask (1 - z), so dg/da = mask (1 - z).
+      auto one_minus_z = 1 - gates.narrow(2, H, H);
+      da = (dg_all * one_minus_z).sum(2).mul_(mask.squeeze(2)).t();
+    } else if (kind == GruKind::kAgru) {
+      da = dg_all.sum(2).mul_(mask.squeeze(2)).t();
+    }
+    Tensor dh0 = has_h0 ? dh : Tensor();
+    return {Tensor(), dx, Tensor(), da, dh0, dw_ih, dw_hh, db_ih, db_hh};
+  }
+};
+
+}  // namespace
+
+GruOutput gru_reference(GruKind kind, const torch::Tensor& x, const torch::Tensor& lengths,
+                        const torch::Tensor& attention, const torch::Tensor& h0,
+                        const torch::Tensor& weight_ih, const torch::Tensor& weight_hh,
+                        const torch::Tensor& bias_ih, const torch::Tensor& bias_hh) {
+  check_inputs("gru_reference", kind, x, lengths, attention, h0, weight_ih, weight_hh, bias_ih,
+               bias_hh);
+  const int64_t B = x.size(0), T = x.size(1), H = weight_hh.size(1);
+  auto len = lengths.to(x.device(), torch::kLong);
+  auto h = h0.defined() ? h0 : torch::zeros({B, H}, x.options());
+  std::vector<torch::Tensor> outputs;
+  outputs.reserve(T);
+  for (int64_t t = 0; t < T; ++t) {
+    auto x_t = x.select(1, t);
+    torch::Tensor a_t;
+    if (kind != GruKind::kGru) a_t = attention.select(1, t).unsqueeze(1);
+    if (kind == GruKind::kAigru) x_t = a_t * x_t;
+    auto gi = torch::linear(x_t, weight_ih, bias_ih).chunk(3, 1);
+    auto gh = torch::linear(h, weight_hh, bias_hh).chunk(3, 1);
+    auto r = torch::sigmoid(gi[0] + gh[0]);
+    auto z = torch::sigmoid(gi[1] + gh[1]);
+    auto n = torch::tanh(gi[2] + r * gh[2]);
+    torch::Tensor h_new;
+    switch (kind) {
+      case GruKind::kGru:
+      case GruKind::kAigru: h_new = (1 - z) * n + z * h; break;
+      case GruKind::kAgru: h_new = (1 - a_t) * h + a_t * n; break;
+      case GruKind::kAugru: {
+        auto u = a_t * (1 - z);  // DIEN's update gate weighs the new candidate: u = 1 - z
+        h_new = (1 - u) * h + u * n;
+        break;
+      }
+    }
+    auto m = (len > t).to(x.scalar_type()).unsqueeze(1);
+    h = m * h_new + (1 - m) * h;
+    outputs.push_back(m * h);
+  }
+  return {torch::stack(outputs, 1), h};
+}
+
+GruOutput gru_fused(GruKind kind, const torch::Tensor& x, const torch::Tensor& lengths,
+                    const torch::Tensor& attention, const torch::Tensor& h0,
+                    const torch::Tensor& weight_ih, const torch::Tensor& weight_hh,
+                    const torch::Tensor& bias_ih, const torch::Tensor& bias_hh) {
+  check_inputs("gru_fused", kind, x, lengths, attention, h0, weight_ih, weight_hh, bias_ih,
+               bias_hh);
+  c10::optional<torch::Tensor> a, h;
+  if (attention.defined()) a = attention;
+  if (h0.defined()) h = h0;
+  auto out = GruFusedFunction::apply(static_cast<int64_t>(kind), x, lengths, a, h, weight_ih,
+                                     weight_hh, bias_ih, bias_hh);
+  return {out[0], out[1]};
+}
+
+GruLayerImpl::GruLayerImpl(GruLayerOptions options) : options_(options) {
+  TORCH_CHECK(options_.input_size() > 0, "GruLayer: input_size must be positive, got ",
+              options_.input_size());
+  TORCH_CHECK(options_.hidden_size() > 0, "GruLayer: hidden_size must be positive, got ",
+              options_.hidden_size());
+  const int64_t I = options_.input_size(), H = options_.hidden_size();
+  weight_ih = register_parameter("weight_ih", torch::empty({3 * H, I}));
+  weight_hh = register_parameter("weight_hh", torch::empty({3 * H, H}));
+  bias_ih = register_parameter("bias_ih", torch::empty({3 * H}));
+  bias_hh = register_parameter("bias_hh", torch::empty({3 * H}));
+  reset_parameters();
+}
+
+void GruLayerImpl::reset_parameters() {
+  torch::NoGradGuard no_grad;
+  const double k = 1.0 / std::sqrt(static_cast<double>(options_.hidden_size()));
+  for (auto& p : parameters()) p.uniform_(-k, k);
+}
+
+GruOutput GruLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& lengths,
+                                const torch::Tensor& attention, const torch::Tensor& h0) {
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == options_.input_size(),
+              "GruLayer: x must be [B, T, input_size] with input_size = ", options_.input_size(),
+              ", got ", x.sizes());
+  const auto run = options_.fused() ? gru_fused : gru_reference;
+  return run(options_.kind(), x, lengths, attention, h0, weight_ih, weight_hh, bias_ih, bias_hh);
+}
+
+double time_gru_ms(bool fused, GruKind kind, int64_t B, int64_t T, int64_t I, int64_t H, int iters,
+                   torch::Device device) {
+  TORCH_CHECK(iters >= 1, "time_gru_ms: iters must be >= 1, got ", iters);
+  const auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(device);
+  const double k = 1.0 / std::sqrt(static_cast<double>(H));
+  auto x = torch::randn({B, T, I}, opts).requires_grad_();
+  auto lengths = torch::full({B}, T, torch::kLong);
+  torch::Tensor attention;
+  if (kind != GruKind::kGru) attention = torch::rand({B, T}, opts).requires_grad_();
+  auto w_ih = torch::empty({3 * H, I}, opts).uniform_(-k, k).requires_grad_();
+  auto w_hh = torch::empty({3 * H, H}, opts).uniform_(-k, k).requires_grad_();
+  auto b_ih = torch::empty({3 * H}, opts).uniform_(-k, k).requires_grad_();
+  auto b_hh = torch::empty({3 * H}, opts).uniform_(-k, k).requires_grad_();
+  std::vector<torch::Tensor> leaves{x, w_ih, w_hh, b_ih, b_hh};
+  if (attention.defined()) leaves.push_back(attention);
+
+  auto run_once = [&] {
+    const auto f = fused ? gru_fused : gru_reference;
+    auto out = f(kind, x, lengths, attention, {}, w_ih, w_hh, b_ih, b_hh);
+    (out.outputs.sum() + out.final_state.sum()).backward();
+    // Accelerators run asynchronously: reading a gradient waits for the whole backward.
+    if (!device.is_cpu()) (void)w_hh.grad().sum().item<double>();
+    for (auto& p : leaves) p.mutable_grad() = torch::Tensor();
+  };
+  run_once();
+  run_once();
+  std::vector<double> ms;
+  ms.reserve(iters);
+  for (int i = 0; i < iters; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    run_once();
+    const auto stop = std::chrono::steady_clock::now();
+    ms.push_back(std::chrono::duration<double, std::milli>(stop - start).count());
+  }
+  std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
+  return ms[ms.size() / 2];
+}
+
+}  // namespace recsys::models
