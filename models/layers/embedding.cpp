@@ -27,10 +27,10 @@ FeatureEncoderImpl::FeatureEncoderImpl(FeatureEncoderOptions options) : options_
     TORCH_CHECK(f.dim > 0, "FeatureEncoder: feature '", f.name, "' needs a positive dim");
     torch::Tensor t;
     if (f.numeric) {
-      t = register_parameter("numeric_" + f.name, torch::randn({2, f.dim}) * options_.init_std);
+      t = register_parameter("numeric_" + f.name, torch::randn({2, f.dim}) * options_.init_std());
     } else {
       TORCH_CHECK(f.vocab_size > 1, "FeatureEncoder: feature '", f.name, "' has an empty vocabulary");
-      auto w = torch::randn({f.vocab_size, f.dim}) * options_.init_std;
+      auto w = torch::randn({f.vocab_size, f.dim}) * options_.init_std();
       w[0].zero_();  // padding
       t = register_parameter("emb_" + f.name, w);
     }
