@@ -10,7 +10,10 @@
 #include "framework/cli/commands.h"
 #include "framework/data/retrieval_sources.h"
 #include "framework/train/experiment.h"
+#include "framework/train/sweep.h"
+#include "models/two_tower/retrieval_task.h"
 #include "framework/util/errors.h"
+#include "framework/util/logging.h"
 
 namespace fs = std::filesystem;
 using namespace recsys;
@@ -52,12 +55,33 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
   }
   if (out.empty()) out = default_run_dir(config_path);
   train::RunDir run_dir(out);
-  cli::setup_logging((run_dir.dir() / "log.txt").string(), log_level);
+  setup_logging((run_dir.dir() / "log.txt").string(), log_level);
   spdlog::info("run directory {}", out);
   auto results = train::run_experiment(experiment, run_dir);
   std::printf("\nTest metrics at the best validation step (%lld), %s:\n",
               static_cast<long long>(results["best_step"].get<int64_t>()), out.c_str());
   print_table(results["metrics"]);
+  return 0;
+}
+
+int cmd_mi(const std::string& config_path, const std::vector<std::string>& overrides, const std::string& out) {
+  auto config = config::resolve(config_path, overrides);
+  auto result = models::item_feature_mutual_information(config);
+  const auto& names = result["features"];
+  std::printf("mutual information between item features (nats; diagonal = entropy), %s:\n%-12s", result["source"].get<std::string>().c_str(), "");
+  for (auto& n : names) std::printf(" %11s", n.get<std::string>().substr(0, 11).c_str());
+  std::printf("\n");
+  for (size_t i = 0; i < names.size(); ++i) {
+    std::printf("%-12s", names[i].get<std::string>().substr(0, 12).c_str());
+    for (size_t j = 0; j < names.size(); ++j) std::printf(" %11.4f", result["mi"][i][j].get<double>());
+    std::printf("\n");
+  }
+  std::printf("correlated masking groups (seed -> masked together, fraction 0.5):\n");
+  for (auto it = result["groups_at_fraction_0.5"].begin(); it != result["groups_at_fraction_0.5"].end(); ++it)
+    std::printf("  %-12s -> %s\n", it.key().c_str(), it.value().dump().c_str());
+  std::string path = out.empty() ? "mi.json" : out;
+  train::write_atomic(path, result.dump(2) + "\n");
+  std::printf("saved %s\n", path.c_str());
   return 0;
 }
 
@@ -93,17 +117,36 @@ int main(int argc, char** argv) {
 
   auto* list_cmd = app.add_subcommand("list", "print every registry");
 
+  train::SweepOptions sweep;
+  auto* sweep_cmd = app.add_subcommand("sweep", "run a grid / list of variants x seeds and summarise");
+  sweep_cmd->add_option("sweep", sweep.sweep_path, "sweep JSON")->required();
+  sweep_cmd->add_option("--out", sweep.out_dir, "sweep directory (default runs/<sweep>)");
+  sweep_cmd->add_option("--set", sweep.overrides, "override applied to every run; repeatable");
+  sweep_cmd->add_option("--only", sweep.only, "run just these variants (comma-separated)")->delimiter(',');
+
+  std::string mi_config, mi_out;
+  std::vector<std::string> mi_overrides;
+  auto* mi_cmd = app.add_subcommand("mi", "print and save the item features' mutual information matrix");
+  mi_cmd->add_option("config", mi_config, "experiment JSON")->required();
+  mi_cmd->add_option("--set", mi_overrides, "override a.b.c=VALUE; repeatable");
+  mi_cmd->add_option("--out", mi_out, "output JSON (default mi.json)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int code = app.exit(e);
     return code == 0 ? 0 : 2;
   }
-  cli::setup_logging("", log_level);
+  setup_logging("", log_level);
   cli::register_builtins();
   try {
     if (*train_cmd) return cmd_train(config_path, overrides, out, dump, log_level);
     if (*list_cmd) return cmd_list();
+    if (*sweep_cmd) {
+      sweep.log_level = log_level;
+      return train::run_sweep(sweep);
+    }
+    if (*mi_cmd) return cmd_mi(mi_config, mi_overrides, mi_out);
   } catch (const ConfigError& e) {
     spdlog::error("config error: {}", e.what());
     return 2;

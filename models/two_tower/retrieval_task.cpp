@@ -8,6 +8,7 @@
 #include <random>
 
 #include "augment/augmentation.h"
+#include "augment/masking.h"
 #include "framework/data/retrieval_sources.h"
 #include "framework/eval/ranking.h"
 #include "framework/train/prefetch.h"
@@ -510,6 +511,33 @@ class RetrievalTask : public train::Task {
 
 }  // namespace
 
+
+nlohmann::json item_feature_mutual_information(const nlohmann::json& config) {
+  train::parse_experiment(config);  // full validation first
+  Reader root(config);
+  Options o = parse_options(root);
+  RetrievalData data = o.source();
+  std::vector<std::string> names = o.model.item_features;
+  if (names.empty())
+    for (auto& s : data.items.specs()) names.push_back(s.name);
+  std::vector<int64_t> cols;
+  for (auto& n : names) {
+    int64_t c = data.items.index_of(n);
+    if (c < 0) throw ConfigError("model.item_features", "unknown item feature '" + n + "'");
+    cols.push_back(c);
+  }
+  auto mi = augment::mutual_information(data.items, cols);
+  int64_t half = std::max<int64_t>(1, static_cast<int64_t>(std::llround(0.5 * static_cast<double>(cols.size()))));
+  auto groups = augment::correlated_groups(mi, half);
+  nlohmann::json g = nlohmann::json::object();
+  for (size_t f = 0; f < names.size(); ++f) {
+    std::vector<std::string> members;
+    for (auto m : groups[f]) members.push_back(names[static_cast<size_t>(m)]);
+    g[names[f]] = members;
+  }
+  return {{"source", data.source}, {"items", data.num_items()}, {"features", names}, {"mi", mi},
+          {"groups_at_fraction_0.5", g}, {"unit", "nats"}};
+}
 
 void register_retrieval_task() {
   if (train::tasks().contains("retrieval")) return;

@@ -10,5 +10,9 @@ namespace recsys::models {
 /// optional SSL on a uniformly sampled item batch, feature dropout and spread-out baselines.
 void register_retrieval_task();
 
+/// Mutual information between the item tower's features over the configured corpus (what
+/// correlated feature masking uses): {"features": [...], "mi": [[...]], "groups": {...}}.
+nlohmann::json item_feature_mutual_information(const nlohmann::json& config);
+
 
 }  // namespace recsys::models

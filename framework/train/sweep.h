@@ -1,0 +1,42 @@
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+namespace recsys::train {
+
+struct SweepOptions {
+  std::string sweep_path;
+  std::string out_dir;                 ///< default runs/<sweep stem>
+  std::vector<std::string> overrides;  ///< --set, applied to every run (after the sweep's own)
+  std::vector<std::string> only;       ///< --only: run just these variants
+  std::string log_level = "info";
+};
+
+/// One run of a sweep: a variant, a point of the grid, and the overrides that make it.
+struct SweepRun {
+  std::string variant;      ///< variant name
+  std::string group;        ///< variant plus non-seed grid values: what seeds are averaged over
+  std::string name;         ///< unique, filesystem-safe run directory name
+  int64_t seed = 0;
+  std::vector<std::string> overrides;
+};
+
+/// Expands a sweep file: {"base": CONFIG, "set": {k: v}, "variants": {name: {k: v}} or
+/// [{"name": .., "set": {..}}], "grid": {k: [values]}, "seeds": [..], "baseline": name,
+/// "metrics": [..]}. Keys of "set" objects are dotted config paths.
+std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep, const std::vector<std::string>& only);
+
+/// Runs every run not finished yet (results.json present = finished), continues after a failed
+/// run, then writes results.csv, results.md and (when python3 with matplotlib is present) a
+/// PNG chart. Returns 0 when every run succeeded, 1 otherwise.
+int run_sweep(const SweepOptions& options);
+
+/// Aggregates finished runs under `out_dir` into results.csv and results.md.
+void summarize_sweep(const nlohmann::json& sweep, const std::vector<SweepRun>& runs, const std::string& out_dir);
+
+/// Student t quantile for a two-sided 95% interval with `dof` degrees of freedom.
+double t_quantile_975(int64_t dof);
+
+}  // namespace recsys::train
