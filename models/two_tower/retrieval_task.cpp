@@ -25,7 +25,7 @@ using torch::Tensor;
 // ---------------------------------------------------------------- options
 
 struct ModelOptions {
-  std::vector<std::string> user_features{"user_id", "history"};
+  std::vector<std::string> user_features;  // empty = every user feature plus the history
   std::vector<std::string> item_features;  // empty = every item feature
   int64_t embedding_dim = 32;
   std::vector<int64_t> hidden{128, 64};
@@ -94,7 +94,6 @@ ModelOptions parse_model(const Reader& r) {
     if (h < 1) r.fail("hidden", "layer widths must be positive");
   if (m.dropout < 0 || m.dropout >= 1) r.fail("dropout", "must be in [0, 1)");
   if (m.history_length < 1) r.fail("history_length", "must be at least 1");
-  if (m.user_features.empty()) r.fail("user_features", "give at least one user feature");
   return m;
 }
 
@@ -312,6 +311,10 @@ class RetrievalTask : public train::Task {
 
  private:
   void build_columns() {
+    if (o_.model.user_features.empty()) {
+      for (auto& s : data_.users.specs()) o_.model.user_features.push_back(s.name);
+      o_.model.user_features.push_back("history");
+    }
     for (auto& name : o_.model.user_features) {
       if (name == "history") {
         user_cols_.push_back(-1);
