@@ -10,8 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def main(out_dir: str, metric: str = "recall@50") -> None:
+def main(out_dir: str, metric: str = "") -> None:
     rows = list(csv.DictReader(open(Path(out_dir) / "results.csv")))
+    if not metric:
+        ks = sorted({int(r["metric"].split("@")[1].split("/")[0]) for r in rows
+                     if r["metric"].startswith("recall@") and r["metric"].endswith("/tail")})
+        if not ks:
+            sys.exit("no recall@K/head|tail metrics in results.csv")
+        metric = "recall@50" if 50 in ks else f"recall@{ks[-1]}"
     variants = []
     for r in rows:
         if r["variant"] not in variants:

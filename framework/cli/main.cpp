@@ -122,6 +122,8 @@ int main(int argc, char** argv) {
   sweep_cmd->add_option("sweep", sweep.sweep_path, "sweep JSON")->required();
   sweep_cmd->add_option("--out", sweep.out_dir, "sweep directory (default runs/<sweep>)");
   sweep_cmd->add_option("--set", sweep.overrides, "override applied to every run; repeatable");
+  sweep_cmd->add_option("--report", sweep.report, "split summarised in results.md: test (default) or valid (for tuning)")
+      ->check(CLI::IsMember({"test", "valid"}));
   sweep_cmd->add_option("--only", sweep.only, "run just these variants (comma-separated)")->delimiter(',');
 
   std::string mi_config, mi_out;

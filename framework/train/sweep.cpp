@@ -199,7 +199,7 @@ int run_sweep(const SweepOptions& options) {
     }
   }
   setup_logging("", "info");
-  summarize_sweep(sweep, runs, out);
+  summarize_sweep(sweep, runs, out, options.report);
   std::printf("sweep: %d trained, %d skipped (finished earlier), %d failed; results in %s/results.md\n", done,
               skipped, failed, out.c_str());
   // The chart is optional: it needs python3 with matplotlib.
@@ -210,13 +210,15 @@ int run_sweep(const SweepOptions& options) {
     if (fs::exists(script)) {
       std::string python = fs::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
       std::string cmd = python + " '" + script.string() + "' '" + out + "' >/dev/null 2>&1";
-      if (std::system(cmd.c_str()) != 0) spdlog::warn("no chart: {} needs python3 with matplotlib", script.string());
+      if (std::system(cmd.c_str()) != 0) spdlog::warn("no chart from {} (needs python3 with matplotlib and recall@K/head|tail metrics)", script.string());
     }
   }
   return failed == 0 ? 0 : 1;
 }
 
-void summarize_sweep(const json& sweep, const std::vector<SweepRun>& runs, const std::string& out) {
+void summarize_sweep(const json& sweep, const std::vector<SweepRun>& runs, const std::string& out,
+                     const std::string& report) {
+  const std::string field = report == "valid" ? "valid_metrics" : "metrics";
   // group -> seed -> metrics
   std::vector<std::string> groups;
   std::map<std::string, std::map<int64_t, json>> values;
@@ -225,7 +227,7 @@ void summarize_sweep(const json& sweep, const std::vector<SweepRun>& runs, const
     fs::path res = fs::path(out) / "runs" / r.name / "results.json";
     if (!fs::exists(res)) continue;
     if (!values.count(r.group)) groups.push_back(r.group);
-    values[r.group][r.seed] = read_json(res)["metrics"];
+    values[r.group][r.seed] = read_json(res)[field];
     group_variant[r.group] = r.variant;
   }
   if (groups.empty()) return;
@@ -270,7 +272,7 @@ void summarize_sweep(const json& sweep, const std::vector<SweepRun>& runs, const
   std::ostringstream md;
   md << "# " << sweep.value("name", fs::path(out).filename().string()) << "\n\n";
   if (sweep.contains("description")) md << sweep["description"].get<std::string>() << "\n\n";
-  md << "Test metrics at the best validation step; mean ± std over seeds (n = seeds).\n\n| variant | n |";
+  md << (report == "valid" ? "VALIDATION" : "Test") << " metrics at the best validation step; mean ± std over seeds (n = seeds).\n\n| variant | n |";
   for (auto& m : metrics) md << " " << m << " |";
   md << "\n|---|---|";
   for (size_t i = 0; i < metrics.size(); ++i) md << "---|";

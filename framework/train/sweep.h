@@ -12,6 +12,7 @@ struct SweepOptions {
   std::vector<std::string> overrides;  ///< --set, applied to every run (after the sweep's own)
   std::vector<std::string> only;       ///< --only: run just these variants
   std::string log_level = "info";
+  std::string report = "test";         ///< split summarised in results.md: "test" or "valid" (for tuning)
 };
 
 /// One run of a sweep: a variant, a point of the grid, and the overrides that make it.
@@ -34,7 +35,8 @@ std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep, const std::vecto
 int run_sweep(const SweepOptions& options);
 
 /// Aggregates finished runs under `out_dir` into results.csv and results.md.
-void summarize_sweep(const nlohmann::json& sweep, const std::vector<SweepRun>& runs, const std::string& out_dir);
+void summarize_sweep(const nlohmann::json& sweep, const std::vector<SweepRun>& runs, const std::string& out_dir,
+                     const std::string& report = "test");
 
 /// Student t quantile for a two-sided 95% interval with `dof` degrees of freedom.
 double t_quantile_975(int64_t dof);
