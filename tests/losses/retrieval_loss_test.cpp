@@ -1,6 +1,7 @@
 // Retrieval losses against float64 hand computations.
 #include "losses/retrieval.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "support.h"

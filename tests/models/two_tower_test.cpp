@@ -115,7 +115,10 @@ TEST_CASE("retrieval task trains on the tiny synthetic corpus", "[model]") {
   CHECK(fs::exists(run / "checkpoints" / "best.pt"));
   CHECK(fs::exists(run / "checkpoints" / "last.pt"));
   Json saved;
-  std::ifstream(run / "results.json") >> saved;
+  {
+    std::ifstream in(run / "results.json");
+    in >> saved;
+  }
   CHECK(saved == results);
   for (const char* key : {"recall@10", "recall@10/head", "recall@10/tail", "recall@50",
                           "recall@50/head", "recall@50/tail", "ndcg@10", "ndcg@50/tail",
