@@ -87,7 +87,8 @@ Json tiny_config(const std::vector<std::string>& extra) {
   Json j = recsys::config::load_file("configs/experiments/twotower_synthetic.json");
   for (const char* o : {"data.num_users=300", "data.num_items=400", "train.epochs=2",
                         "train.progress=\"none\"", "train.log_every=1", "train.eval_every=1",
-                        "train.early_stopping.patience=0"})
+                        "train.early_stopping.patience=0",
+                        "train.threads=1"})  // one thread: fast on a shared machine
     recsys::config::apply_override(j, o);
   for (auto& o : extra) recsys::config::apply_override(j, o);
   return j;
