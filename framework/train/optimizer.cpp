@@ -170,15 +170,19 @@ void Optimizer::save(torch::serialize::OutputArchive& archive) const {
 }
 
 void Optimizer::load(torch::serialize::InputArchive& archive) {
-  torch::Tensor t;
-  archive.read("optimizer.steps", t);
-  steps_ = t.item<int64_t>();
+  // A fresh tensor per read: InputArchive::read set_()s a defined tensor onto the stored one,
+  // which fails when dtype or size differ from the previous read.
+  torch::Tensor steps;
+  archive.read("optimizer.steps", steps);
+  steps_ = steps.item<int64_t>();
   for (size_t i = 0; i < params_.size(); ++i) {
     if (state1_[i].defined()) {
+      torch::Tensor t;
       archive.read("optimizer.s1." + std::to_string(i), t);
       state1_[i].copy_(t);
     }
     if (state2_[i].defined()) {
+      torch::Tensor t;
       archive.read("optimizer.s2." + std::to_string(i), t);
       state2_[i].copy_(t);
     }

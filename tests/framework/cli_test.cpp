@@ -1,0 +1,81 @@
+// The recsys binary: exit codes and messages (runs ./build/recsys from the repository root).
+#include <sys/wait.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "framework/config/config.h"
+#include "support.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* kBinary = "./build/recsys";
+const char* kConfig = "configs/experiments/twotower_synthetic.json";
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+Result run(const std::string& args) {
+  auto dir = recsys::testing::temp_dir("cli");
+  std::string cmd = std::string(kBinary) + " " + args + " >" + (dir / "out").string() + " 2>" +
+                    (dir / "err").string();
+  int status = std::system(cmd.c_str());
+  Result r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = slurp(dir / "out");
+  r.err = slurp(dir / "err");
+  return r;
+}
+
+bool have_binary() {
+  if (fs::exists(kBinary)) return true;
+  WARN("skipped: " << kBinary << " is not built");
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("cli: a misspelt --set key exits 2 naming the key", "[cli]") {
+  if (!have_binary()) return;
+  auto r = run(std::string("train ") + kConfig + " --set train.lrr=1");
+  INFO("stderr: " << r.err);
+  CHECK(r.code == 2);
+  CHECK(r.err.find("train.lrr") != std::string::npos);
+}
+
+TEST_CASE("cli: --dump-config prints the resolved JSON", "[cli]") {
+  if (!have_binary()) return;
+  auto r = run(std::string("train ") + kConfig + " --dump-config --set train.epochs=3");
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  auto printed = nlohmann::json::parse(r.out);
+  CHECK(printed == recsys::config::resolve(kConfig, {"train.epochs=3"}));
+  CHECK(printed["train"]["epochs"] == 3);
+}
+
+TEST_CASE("cli: a missing config file exits 2", "[cli]") {
+  if (!have_binary()) return;
+  auto r = run("train configs/experiments/no_such_file.json");
+  CHECK(r.code == 2);
+  CHECK(r.err.find("no_such_file.json") != std::string::npos);
+}
+
+TEST_CASE("cli: list names the registered tasks", "[cli]") {
+  if (!have_binary()) return;
+  auto r = run("list");
+  CHECK(r.code == 0);
+  CHECK(r.out.find("retrieval") != std::string::npos);
+  CHECK(r.out.find("synthetic") != std::string::npos);
+  CHECK(run("no_such_command").code == 2);
+}

@@ -1,0 +1,178 @@
+// Feature encoder pooling, tower normalisation, and the retrieval task end to end.
+#include <spdlog/spdlog.h>
+
+#include <fstream>
+
+#include "framework/cli/commands.h"
+#include "framework/config/config.h"
+#include "framework/train/experiment.h"
+#include "models/layers/embedding.h"
+#include "models/two_tower/two_tower.h"
+#include "support.h"
+
+using namespace recsys::models;
+using recsys::testing::require_close;
+using Json = nlohmann::json;
+namespace fs = std::filesystem;
+
+TEST_CASE("FeatureEncoder mean pooling ignores padding", "[model]") {
+  std::vector<EmbeddingFeature> fs{{"tags", 6, 2, Pooling::kMean, false},
+                                   {"id", 4, 2, Pooling::kMean, false},
+                                   {"bag_sum", 6, 1, Pooling::kSum, false},
+                                   {"price", 0, 2, Pooling::kMean, true}};
+  FeatureEncoder enc(FeatureEncoderOptions(fs).sparse(false));
+  CHECK(enc->out_dim() == 7);
+  auto params = enc->named_parameters();
+  // Construction zeroes the padding rows.
+  CHECK(torch::equal(params["emb_tags"][0], torch::zeros({2})));
+  CHECK(torch::equal(params["emb_bag_sum"][0], torch::zeros({1})));
+  {
+    torch::NoGradGuard g;
+    // tags row r = (r, -r / 2) for r >= 1; id row r = (10 r, 1); bag_sum row r = r;
+    // price: x * (3, -1) + (0.5, 0.25).
+    for (int64_t r = 1; r < 6; ++r) {
+      params["emb_tags"][r].copy_(torch::tensor({1.0f * r, -0.5f * r}));
+      params["emb_bag_sum"][r].fill_(static_cast<float>(r));
+    }
+    for (int64_t r = 1; r < 4; ++r) params["emb_id"][r].copy_(torch::tensor({10.0f * r, 1.0f}));
+    params["numeric_price"].copy_(torch::tensor({3.0f, -1.0f, 0.5f, 0.25f}).reshape({2, 2}));
+  }
+  auto tags = torch::tensor({2L, 3L, 0L, 0L, 5L, 0L, 0L, 0L, 1L, 4L, 5L, 2L}).reshape({3, 4});
+  auto id = torch::tensor({1L, 3L, 2L}).reshape({3, 1});
+  auto bag = torch::tensor({2L, 3L, 0L, 0L, 0L, 0L, 1L, 1L, 5L}).reshape({3, 3});
+  auto price = torch::tensor({2.0f, -1.0f, 0.5f}).reshape({3, 1});
+  auto out = enc->forward({tags, id, bag, price});
+  // Row 0: mean of tags 2, 3 = (2.5, -1.25) (not divided by 4); row 1: tag 5 alone;
+  // row 2: (1 + 4 + 5 + 2) / 4 = 3.
+  auto expected = torch::tensor({2.5, -1.25, 10.0, 1.0, 5.0, 6.5, -1.75,
+                                 5.0, -2.5, 30.0, 1.0, 0.0, -2.5, 1.25,
+                                 3.0, -1.5, 20.0, 1.0, 7.0, 2.0, -0.25},
+                                torch::kFloat64)
+                      .reshape({3, 7});
+  require_close(out, expected, 1e-6, 1e-6);
+
+  // Sparse lookup: padding rows get no gradient.
+  FeatureEncoder sparse_enc(FeatureEncoderOptions({{"tags", 6, 2, Pooling::kMean, false}}));
+  sparse_enc->forward({tags}).sum().backward();
+  auto grad = sparse_enc->named_parameters()["emb_tags"].grad();
+  REQUIRE(grad.is_sparse());
+  auto dense = grad.to_dense();
+  CHECK(torch::equal(dense[0], torch::zeros({2})));
+  // Row 0 of the batch has two real tags, each gets 1/2; tag 5 gets 1 (row 1) + 1/4 (row 2).
+  require_close(dense.select(1, 0), torch::tensor({0.0, 0.25, 0.75, 0.5, 0.25, 1.25}, torch::kFloat64));
+}
+
+TEST_CASE("Tower outputs unit vectors", "[model]") {
+  recsys::testing::seed(5);
+  TowerOptions o({{"id", 20, 8, Pooling::kMean, false}, {"tags", 30, 8, Pooling::kMean, false}},
+                 {16, 6});
+  Tower tower(o);
+  auto id = torch::randint(1, 20, {9, 1}, torch::kInt64);
+  auto tags = torch::randint(0, 30, {9, 4}, torch::kInt64);
+  auto out = tower->forward({id, tags});
+  REQUIRE(out.sizes() == torch::IntArrayRef({9, 6}));
+  require_close(out.norm(2, 1), torch::ones({9}), 1e-5, 1e-6);
+  CHECK(tower->out_dim() == 6);
+  Tower raw(TowerOptions(o).normalize(false));
+  auto unnormalised = raw->forward({id, tags}).norm(2, 1);
+  CHECK((unnormalised - 1).abs().max().item<double>() > 1e-3);
+}
+
+// ---------------------------------------------------------------- retrieval task end to end
+
+namespace {
+
+Json tiny_config(const std::vector<std::string>& extra) {
+  recsys::cli::register_builtins();
+  Json j = recsys::config::load_file("configs/experiments/twotower_synthetic.json");
+  for (const char* o : {"data.num_users=300", "data.num_items=400", "train.epochs=2",
+                        "train.progress=\"none\"", "train.log_every=1", "train.eval_every=1",
+                        "train.early_stopping.patience=0",
+                        "train.threads=1"})  // one thread: fast on a shared machine
+    recsys::config::apply_override(j, o);
+  for (auto& o : extra) recsys::config::apply_override(j, o);
+  return j;
+}
+
+std::vector<Json> read_lines(const fs::path& path) {
+  std::ifstream in(path);
+  std::vector<Json> out;
+  std::string line;
+  while (std::getline(in, line)) out.push_back(Json::parse(line));  // throws on a bad line
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("retrieval task trains on the tiny synthetic corpus", "[model]") {
+  spdlog::set_level(spdlog::level::warn);
+  auto dir = recsys::testing::temp_dir("retrieval_smoke");
+  auto e = recsys::train::parse_experiment(tiny_config({}));
+  auto results = recsys::train::run_experiment(e, recsys::train::RunDir(dir / "run"));
+  spdlog::set_level(spdlog::level::info);
+  auto run = dir / "run";
+  REQUIRE(fs::exists(run / "results.json"));
+  REQUIRE(fs::exists(run / "config.json"));
+  CHECK(fs::exists(run / "checkpoints" / "best.pt"));
+  CHECK(fs::exists(run / "checkpoints" / "last.pt"));
+  Json saved;
+  {
+    std::ifstream in(run / "results.json");
+    in >> saved;
+  }
+  CHECK(saved == results);
+  for (const char* key : {"recall@10", "recall@10/head", "recall@10/tail", "recall@50",
+                          "recall@50/head", "recall@50/tail", "ndcg@10", "ndcg@50/tail",
+                          "test_points", "test_points/head", "test_points/tail"}) {
+    INFO(key);
+    REQUIRE(saved["metrics"].contains(key));
+    double v = saved["metrics"][key].get<double>();
+    CHECK(v >= 0);
+    if (std::string(key).find("test_points") == std::string::npos) CHECK(v <= 1);
+  }
+  CHECK(saved["metrics"]["test_points"].get<double>() ==
+        saved["metrics"]["test_points/head"].get<double>() +
+            saved["metrics"]["test_points/tail"].get<double>());
+  CHECK(saved["data"]["users"] == 300);
+  CHECK(saved["data"]["items"] == 400);
+  CHECK(saved["task"] == "retrieval");
+  // Better than chance: 50 of 400 items would recall 12.5 % at random.
+  CHECK(saved["metrics"]["recall@50"].get<double>() > 0.15);
+
+  // One metrics line per evaluation (every step here) plus the test line.
+  auto lines = read_lines(run / "metrics.jsonl");
+  const int64_t steps = saved["steps"].get<int64_t>();
+  REQUIRE(steps >= 10);
+  REQUIRE(static_cast<int64_t>(lines.size()) == steps + 1);
+  std::map<int64_t, int64_t> last_step_of_epoch;
+  for (int64_t i = 0; i < steps; ++i) {
+    CHECK(lines[i]["split"] == "valid");
+    CHECK(lines[i]["step"] == i + 1);
+    CHECK(lines[i]["metrics"].contains("recall@50"));
+    last_step_of_epoch[lines[i]["epoch"].get<int64_t>()] = i + 1;
+  }
+  CHECK(lines.back()["split"] == "test");
+  CHECK(last_step_of_epoch.size() == 2);
+
+  // The loss falls: the first full batches against the last full ones (an epoch's final batch
+  // may be small, so those are left out).
+  std::vector<double> full;
+  for (int64_t i = 0; i < steps; ++i) {
+    bool epoch_end = last_step_of_epoch[lines[i]["epoch"].get<int64_t>()] == i + 1;
+    if (!epoch_end) full.push_back(lines[i]["train_loss"].get<double>());
+  }
+  REQUIRE(full.size() >= 6);
+  double first = (full[0] + full[1] + full[2]) / 3;
+  double last = (full[full.size() - 1] + full[full.size() - 2] + full[full.size() - 3]) / 3;
+  INFO("first " << first << " last " << last);
+  CHECK(std::isfinite(first));
+  CHECK(last < first - 0.1);
+}
+
+TEST_CASE("retrieval task: a non-finite loss raises NumericError", "[model]") {
+  spdlog::set_level(spdlog::level::err);
+  auto e = recsys::train::parse_experiment(
+      tiny_config({"train.optimizer.lr=1e30", "train.epochs=1", "train.checkpoints=false"}));
+  CHECK_THROWS_AS(recsys::train::run_experiment(e, recsys::train::RunDir()), recsys::NumericError);
+  spdlog::set_level(spdlog::level::info);
+}
