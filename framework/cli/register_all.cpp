@@ -1,6 +1,7 @@
 #include "augment/augmentation.h"
 #include "framework/cli/commands.h"
 #include "framework/data/retrieval_sources.h"
+#include "models/din/ctr_task.h"
 #include "models/two_tower/retrieval_task.h"
 
 namespace recsys::cli {
@@ -9,6 +10,7 @@ void register_builtins() {
   data::register_builtin_retrieval_sources();
   augment::register_builtin_augmentations();
   models::register_retrieval_task();
+  models::register_ctr_task();
 }
 
 }  // namespace recsys::cli
