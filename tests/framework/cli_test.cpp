@@ -79,3 +79,30 @@ TEST_CASE("cli: list names the registered tasks", "[cli]") {
   CHECK(r.out.find("synthetic") != std::string::npos);
   CHECK(run("no_such_command").code == 2);
 }
+
+TEST_CASE("cli: mi prints and saves the item features' mutual information", "[cli]") {
+  if (!have_binary()) return;
+  auto dir = recsys::testing::temp_dir("cli_mi");
+  auto out = dir / "mi.json";
+  auto r = run("mi configs/tests/twotower_tiny.json --out " + out.string());
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("categories") != std::string::npos);
+  auto j = recsys::config::Json::parse(slurp(out));
+  auto n = j["features"].size();
+  REQUIRE(n == 5);
+  for (size_t a = 0; a < n; ++a)
+    for (size_t b = 0; b < n; ++b) {
+      CHECK(j["mi"][a][b].get<double>() == Approx(j["mi"][b][a].get<double>()));
+      CHECK(j["mi"][a][b].get<double>() <= j["mi"][a][a].get<double>() + 1e-9);  // MI <= entropy
+    }
+}
+
+TEST_CASE("cli: a sweep with an unknown --only variant exits 2", "[cli]") {
+  if (!have_binary()) return;
+  auto r = run("sweep configs/tests/ssl_sweep_tiny.json --only rfn --out " +
+               recsys::testing::temp_dir("cli_sweep").string());
+  INFO("stderr: " << r.err);
+  CHECK(r.code == 2);
+  CHECK(r.err.find("rfn") != std::string::npos);
+}
