@@ -35,17 +35,11 @@ DienImpl::DienImpl(DienOptions options, GruLayer evolution_layer) : options_(std
 
 void DienImpl::build(GruLayer evolution_layer) {
   const auto& o = options_;
-  TORCH_CHECK(o.num_items() > 2 && o.num_categories() > 2,
-              "Dien: num_items and num_categories must exceed 2 (0 padding, 1 unknown), got ",
-              o.num_items(), " and ", o.num_categories());
-  TORCH_CHECK(o.item_dim() > 0 && o.category_dim() > 0,
-              "Dien: item_dim and category_dim must be positive, got ", o.item_dim(), " and ",
-              o.category_dim());
   TORCH_CHECK(o.extractor_hidden() >= 0 && o.evolution_hidden() >= 0,
               "Dien: extractor_hidden / evolution_hidden must be >= 0 (0 = default width)");
   TORCH_CHECK(o.alpha_aux() >= 0, "Dien: alpha_aux must be >= 0, got ", o.alpha_aux());
-  TORCH_CHECK(o.init_std() > 0, "Dien: init_std must be positive, got ", o.init_std());
-  const int64_t e = behaviour_dim();
+  embeddings = register_module("embeddings", CtrEmbeddings(o.embeddings()));
+  const int64_t e = embeddings->dim();
   const int64_t h = o.extractor_hidden() > 0 ? o.extractor_hidden() : e;
   const auto& evo = evolution_layer->options();
   TORCH_CHECK(evo.input_size() == h, "Dien: the evolution layer's input_size must be the ",
@@ -53,27 +47,13 @@ void DienImpl::build(GruLayer evolution_layer) {
   // The options record what was built, so options().evolution() always names the layer in use.
   options_.evolution(evo.kind());
 
-  item_table =
-      register_parameter("item_table", torch::randn({o.num_items(), o.item_dim()}) * o.init_std());
-  category_table = register_parameter(
-      "category_table", torch::randn({o.num_categories(), o.category_dim()}) * o.init_std());
   extractor = register_module("extractor",
                               GruLayer(GruLayerOptions(e, h).kind(GruKind::kGru).fused(o.fused())));
   if (evo.kind() != GruKind::kGru)
     attention = register_module("attention", BilinearAttention(h, e));
   evolution = register_module("evolution", std::move(evolution_layer));
   aux = register_module("aux", AuxiliaryNet(AuxiliaryNetOptions(h, e).hidden(o.aux_hidden())));
-  auto widths = o.hidden();
-  widths.push_back(1);
-  mlp = register_module(
-      "mlp", Mlp(MlpOptions(evo.hidden_size() + 2 * e, widths).activation(o.activation())));
-}
-
-torch::Tensor DienImpl::embed(const torch::Tensor& items, const torch::Tensor& categories) {
-  const bool sparse = options_.sparse();
-  return torch::cat({torch::embedding(item_table, items, /*padding_idx=*/0, false, sparse),
-                     torch::embedding(category_table, categories, 0, false, sparse)},
-                    -1);
+  mlp = register_module("mlp", make_ctr_mlp(evo.hidden_size() + 2 * e, o.mlp()));
 }
 
 DienOutput DienImpl::forward_parts(const CtrModelInput& in) {
@@ -90,9 +70,9 @@ DienOutput DienImpl::forward_parts(const CtrModelInput& in) {
                                      : torch::arange(T, in.hist_length.options()).unsqueeze(0) <
                                            in.hist_length.unsqueeze(1);
 
-  auto candidate = embed(in.item, in.category);                  // [B, E]
-  auto behaviours = embed(in.hist_item, in.hist_category);       // [B, T, E]
-  auto fmask = mask.unsqueeze(-1).to(behaviours.scalar_type());  // [B, T, 1]
+  auto candidate = embeddings->forward(in.item, in.category);             // [B, E]
+  auto behaviours = embeddings->forward(in.hist_item, in.hist_category);  // [B, T, E]
+  auto fmask = mask.unsqueeze(-1).to(behaviours.scalar_type());           // [B, T, 1]
   // Padded steps may hold any id; only valid steps enter the sum.
   auto history_sum = (behaviours * fmask).sum(1);  // [B, E]
 
@@ -108,7 +88,7 @@ DienOutput DienImpl::forward_parts(const CtrModelInput& in) {
                 "Dien: neg_hist_item and neg_hist_category must be [B, T] like hist_item ",
                 in.hist_item.sizes(), ", got ", in.neg_hist_item.sizes(), " and ",
                 in.neg_hist_category.sizes());
-    auto negatives = embed(in.neg_hist_item, in.neg_hist_category);
+    auto negatives = embeddings->forward(in.neg_hist_item, in.neg_hist_category);
     auto pairs = losses::auxiliary_pairs(interests, behaviours, negatives, mask);
     out.aux_loss = losses::auxiliary_loss(aux->forward(pairs.states, pairs.positive),
                                           aux->forward(pairs.states, pairs.negative), pairs.mask);
@@ -131,6 +111,7 @@ CtrOutput DienImpl::forward(const CtrModelInput& input) {
   CtrOutput out;
   out.logits = parts.logits;
   if (parts.aux_loss.defined()) out.aux_loss = parts.aux_loss * options_.alpha_aux();
+  out.regularization = embeddings->regularization(input);
   return out;
 }
 

@@ -3,6 +3,7 @@
 
 #include <vector>
 
+#include "models/din/ctr_embeddings.h"
 #include "models/din/ctr_task.h"
 #include "models/layers/attention.h"
 #include "models/layers/gru.h"
@@ -40,16 +41,9 @@ class AuxiliaryNetImpl : public torch::nn::Module {
 TORCH_MODULE(AuxiliaryNet);
 
 struct DienOptions {
-  DienOptions(int64_t num_items, int64_t num_categories)
-      : num_items_(num_items), num_categories_(num_categories) {}
-  /// Rows of the item table (vocabulary size including padding 0 and unknown 1).
-  TORCH_ARG(int64_t, num_items);
-  /// Rows of the category table.
-  TORCH_ARG(int64_t, num_categories);
-  /// Item embedding width; a behaviour is [item, category], item_dim + category_dim wide.
-  TORCH_ARG(int64_t, item_dim) = 18;
-  /// Category embedding width.
-  TORCH_ARG(int64_t, category_dim) = 18;
+  explicit DienOptions(CtrEmbeddingsOptions embeddings) : embeddings_(std::move(embeddings)) {}
+  /// Item/category tables (a behaviour is [item, category]) and their regularisation.
+  TORCH_ARG(CtrEmbeddingsOptions, embeddings);
   /// State width of the interest extractor GRU; 0 = the behaviour width.
   TORCH_ARG(int64_t, extractor_hidden) = 0;
   /// State width of the interest evolution GRU; 0 = the extractor's width.
@@ -59,20 +53,14 @@ struct DienOptions {
   TORCH_ARG(GruKind, evolution) = GruKind::kAugru;
   /// Both GRUs use gru_fused (custom BPTT) when true, the per-step gru_reference when false.
   TORCH_ARG(bool, fused) = true;
-  /// Hidden widths of the output MLP over [h_final, candidate, sum of history]; a final linear
-  /// layer to 1 logit is appended.
-  TORCH_ARG(std::vector<int64_t>, hidden) = std::vector<int64_t>{200, 80};
-  /// Activation of the output MLP.
-  TORCH_ARG(Activation, activation) = Activation::kDice;
+  /// The output MLP over [h_final, candidate, sum of history] (a final layer to 1 logit is
+  /// appended); Dice 200 -> 80 by default.
+  TORCH_ARG(CtrMlpOptions, mlp);
   /// Hidden widths of the auxiliary network (see AuxiliaryNetOptions).
   TORCH_ARG(std::vector<int64_t>, aux_hidden) = std::vector<int64_t>{100, 50};
   /// Weight of the auxiliary loss in the returned CtrOutput::aux_loss (0 disables it and the
   /// negative histories).
   TORCH_ARG(double, alpha_aux) = 1.0;
-  /// Sparse gradients for the embedding tables (row-wise optimizer updates).
-  TORCH_ARG(bool, sparse) = true;
-  /// Standard deviation of the normal initialisation of embedding rows.
-  TORCH_ARG(double, init_std) = 0.05;
 };
 
 /// Everything DienImpl::forward_parts computes.
@@ -98,17 +86,20 @@ class DienImpl : public CtrModel {
   /// its input_size must be the extractor's width.
   DienImpl(DienOptions options, GruLayer evolution_layer);
 
-  /// logits, and aux_loss = alpha_aux * the auxiliary loss when the input has negatives.
+  /// logits, aux_loss = alpha_aux * the auxiliary loss when the input has negatives, and the
+  /// embeddings' regularisation term.
   CtrOutput forward(const CtrModelInput& input) override;
   /// The same pass, returning the unweighted auxiliary loss and the attention.
   DienOutput forward_parts(const CtrModelInput& input);
   bool needs_negative_history() const override { return options_.alpha_aux() > 0; }
 
   const DienOptions& options() const { return options_; }
-  int64_t behaviour_dim() const { return options_.item_dim() + options_.category_dim(); }
+  int64_t behaviour_dim() const {
+    return options_.embeddings().item_dim() + options_.embeddings().category_dim();
+  }
   GruKind evolution_kind() const { return evolution->options().kind(); }
 
-  torch::Tensor item_table, category_table;
+  CtrEmbeddings embeddings{nullptr};
   GruLayer extractor{nullptr}, evolution{nullptr};
   /// Null for kGru (no attention is used).
   BilinearAttention attention{nullptr};
@@ -117,7 +108,6 @@ class DienImpl : public CtrModel {
 
  private:
   void build(GruLayer evolution_layer);
-  torch::Tensor embed(const torch::Tensor& items, const torch::Tensor& categories);
   DienOptions options_;
 };
 TORCH_MODULE(Dien);

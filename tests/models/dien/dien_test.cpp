@@ -7,7 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "framework/config/config.h"
+#include "framework/train/experiment.h"
 #include "framework/train/optimizer.h"
+#include "framework/util/errors.h"
 #include "support.h"
 
 using namespace recsys::models;
@@ -42,12 +45,12 @@ CtrModelInput make_input(const std::vector<int64_t>& lengths, int64_t T, uint64_
 }
 
 DienOptions small_options(GruKind kind, bool fused = true) {
-  return DienOptions(kItems, kCategories)
-      .item_dim(4)
-      .category_dim(3)
+  CtrMlpOptions mlp;
+  mlp.hidden = {8, 4};
+  return DienOptions(CtrEmbeddingsOptions(kItems, kCategories).item_dim(4).category_dim(3))
       .extractor_hidden(5)
       .evolution_hidden(6)
-      .hidden({8, 4})
+      .mlp(mlp)
       .aux_hidden({6, 3})
       .evolution(kind)
       .fused(fused)
@@ -158,8 +161,8 @@ TEST_CASE("DIEN builds and trains a step with every evolution kind", "[dien]") {
       INFO("parameter " << p.key());
       REQUIRE(p.value().grad().defined());
     }
-    REQUIRE(dense(model->item_table.grad()).abs().sum().item<float>() > 0);
-    REQUIRE(model->item_table.grad().is_sparse());
+    REQUIRE(dense(model->embeddings->item_table.grad()).abs().sum().item<float>() > 0);
+    REQUIRE(model->embeddings->item_table.grad().is_sparse());
   }
 }
 
@@ -239,8 +242,9 @@ TEST_CASE("DIEN training step timing, fused vs reference GRU", "[.dien-timing]")
     std::vector<std::unique_ptr<recsys::train::Optimizer>> opts;
     for (bool fused : {true, false}) {
       recsys::testing::seed(1);
-      models.emplace_back(
-          DienOptions(kBenchItems, kBenchCategories + 1).evolution(kind).fused(fused));
+      models.emplace_back(DienOptions(CtrEmbeddingsOptions(kBenchItems, kBenchCategories + 1))
+                              .evolution(kind)
+                              .fused(fused));
       opts.push_back(std::make_unique<recsys::train::Optimizer>(models.back()->parameters(),
                                                                 recsys::train::OptimizerOptions{}));
     }
@@ -271,4 +275,99 @@ TEST_CASE("DIEN training step timing, fused vs reference GRU", "[.dien-timing]")
               << fused << " (" << 1000.0 * kBenchB / fused << " ex/s), reference " << ref << " ("
               << 1000.0 * kBenchB / ref << " ex/s), speedup " << ref / fused << "\n";
   }
+}
+
+// ---------------------------------------------------------------- through the ctr task
+
+namespace {
+
+recsys::train::Experiment parse_config(const std::string& path,
+                                       const std::vector<std::string>& overrides = {}) {
+  register_ctr_task();
+  register_dien_model();
+  return recsys::train::parse_experiment(recsys::config::resolve(path, overrides));
+}
+
+}  // namespace
+
+TEST_CASE("DIEN trains through the ctr task on the tiny synthetic config", "[dien]") {
+  auto e = parse_config("configs/tests/ctr_dien.json");
+  torch::manual_seed(e.seed);
+  torch::set_num_threads(1);
+  auto task = e.build_task(e.seed);
+  REQUIRE(task->train_examples() > 1000);
+  auto mean_loss = [&](int64_t batches, bool check_parts) {
+    torch::NoGradGuard g;
+    recsys::train::StreamOptions so;
+    so.batch_size = 64;
+    so.seed = 99;
+    so.prefetch = 0;
+    auto stream = task->train_stream(so);
+    torch::Generator gen = at::detail::createCPUGenerator(1);
+    double sum = 0;
+    for (int64_t k = 0; k < batches; ++k) {
+      auto step = task->forward(*stream->next(), gen);
+      // The task asked the model for negative histories and added the auxiliary loss.
+      if (check_parts) {
+        REQUIRE(step.parts.count("aux") == 1);
+        REQUIRE(step.parts.at("aux").item<double>() > 0);
+        require_close(step.loss.item<double>(),
+                      step.parts.at("bce").item<double>() + step.parts.at("aux").item<double>(),
+                      1e-6);
+      }
+      sum += step.loss.item<double>();
+    }
+    return sum / static_cast<double>(batches);
+  };
+  task->module().train();
+  const double before = mean_loss(10, true);
+  recsys::train::Trainer trainer(*task, e.trainer, recsys::train::RunDir(), e.config, e.seed);
+  auto results = trainer.fit();
+  task->module().train();
+  const double after = mean_loss(10, false);
+  INFO("loss " << before << " -> " << after << ", results " << results.dump());
+  REQUIRE(after < before - 0.05);
+  const double auc = results["metrics"]["auc"];
+  REQUIRE(auc > 0.6);
+  REQUIRE(auc <= 1.0);
+}
+
+TEST_CASE("DIEN experiment configs share the CTR presets and pick their evolution", "[dien]") {
+  auto din = parse_config("configs/experiments/din_taobao.json");
+  const std::map<std::string, std::string> kinds{{"dien_taobao", "augru"},
+                                                 {"dien_agru_taobao", "agru"},
+                                                 {"dien_aigru_taobao", "aigru"},
+                                                 {"dien_gru_taobao", "gru"}};
+  for (const auto& [name, kind] : kinds) {
+    INFO(name);
+    auto e = parse_config("configs/experiments/" + name + ".json");
+    REQUIRE(e.task == "ctr");
+    REQUIRE(e.config["model"]["type"] == "dien");
+    REQUIRE(e.config["model"]["evolution"] == kind);
+    REQUIRE(e.config["name"] == name);
+    // Same data, samples and training schedule as DIN: only the model differs.
+    REQUIRE(e.config["data"] == din.config["data"]);
+    REQUIRE(e.config["train"] == din.config["train"]);
+  }
+  auto syn = parse_config("configs/experiments/dien_synthetic.json");
+  REQUIRE(syn.config["data"] ==
+          parse_config("configs/experiments/din_synthetic.json").config["data"]);
+}
+
+TEST_CASE("DIEN config errors name their key", "[dien]") {
+  auto path_of = [](const std::vector<std::string>& overrides) -> std::string {
+    try {
+      parse_config("configs/tests/ctr_dien.json", overrides);
+    } catch (const recsys::ConfigError& e) {
+      INFO(e.what());
+      return e.path();
+    }
+    return "";
+  };
+  REQUIRE(path_of({}) == "");
+  REQUIRE(path_of({"model.evolution=lstm"}) == "model.evolution");
+  REQUIRE(path_of({"model.alpha_aux=-1"}) == "model.alpha_aux");
+  REQUIRE(path_of({"model.aux_hidden=[]"}) == "model.aux_hidden");
+  REQUIRE(path_of({"model.extractor_hidden=-2"}) == "model.extractor_hidden");
+  REQUIRE(path_of({"model.gru_kind=augru"}) == "model.gru_kind");  // unknown key
 }
