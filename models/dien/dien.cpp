@@ -82,7 +82,8 @@ DienOutput DienImpl::forward_parts(const CtrModelInput& in) {
   const auto nonempty = (in.hist_length > 0).unsqueeze(1).to(behaviours.scalar_type());
   auto interests = extractor->forward(behaviours, lengths).outputs;  // [B, T, H]
 
-  if (in.neg_hist_item.defined() && options_.alpha_aux() > 0 && T >= 2) {
+  // The auxiliary loss only trains the extractor: evaluation skips it (and its negatives).
+  if (is_training() && in.neg_hist_item.defined() && options_.alpha_aux() > 0 && T >= 2) {
     TORCH_CHECK(in.neg_hist_item.sizes() == in.hist_item.sizes() &&
                     in.neg_hist_category.sizes() == in.hist_item.sizes(),
                 "Dien: neg_hist_item and neg_hist_category must be [B, T] like hist_item ",

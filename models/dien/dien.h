@@ -67,8 +67,8 @@ struct DienOptions {
 struct DienOutput {
   /// [B] click logits.
   torch::Tensor logits;
-  /// Scalar auxiliary loss (losses/dien_aux.h), NOT weighted by alpha_aux; undefined without
-  /// negative histories in the input or when T < 2 (no pair exists).
+  /// Scalar auxiliary loss (losses/dien_aux.h), NOT weighted by alpha_aux; undefined in eval
+  /// mode, without negative histories in the input, or when T < 2 (no pair exists).
   torch::Tensor aux_loss;
   /// [B, T] attention of the candidate over the extractor states (undefined for kGru).
   torch::Tensor attention;
