@@ -11,6 +11,7 @@
 #include "framework/train/experiment.h"
 #include "framework/train/optimizer.h"
 #include "framework/util/errors.h"
+#include "losses/dien_aux.h"
 #include "support.h"
 
 using namespace recsys::models;
@@ -149,6 +150,18 @@ TEST_CASE("DIEN builds and trains a step with every evolution kind", "[dien]") {
       require_close(parts.attention.sum(1), torch::ones({4}), 1e-6, 1e-6);
       REQUIRE(parts.attention.masked_select(in.hist_mask.logical_not()).abs().sum().item<float>() ==
               0.0f);
+    }
+    {
+      // The model gathers the valid pairs on the CPU; the masked form over all pairs agrees.
+      torch::NoGradGuard guard;
+      auto e = model->embeddings->forward(in.hist_item, in.hist_category);
+      auto neg = model->embeddings->forward(in.neg_hist_item, in.neg_hist_category);
+      auto states = model->extractor->forward(e, in.hist_length).outputs;
+      auto pairs = recsys::losses::auxiliary_pairs(states, e, neg, in.hist_mask);
+      auto masked = recsys::losses::auxiliary_loss(
+          model->aux->forward(pairs.states, pairs.positive),
+          model->aux->forward(pairs.states, pairs.negative), pairs.mask);
+      require_close(parts.aux_loss, masked, 1e-6, 1e-7);
     }
     auto out = model->forward(in);
     require_close(out.aux_loss, parts.aux_loss * 0.5, 1e-6, 1e-7);
