@@ -48,7 +48,7 @@ void print_table(const nlohmann::json& metrics) {
 }
 
 int cmd_train(const std::string& config_path, const std::vector<std::string>& overrides, std::string out,
-              bool dump, const std::string& log_level) {
+              bool dump, bool overwrite, const std::string& log_level) {
   auto config = config::resolve(config_path, overrides);
   auto experiment = train::parse_experiment(config);
   if (dump) {
@@ -56,6 +56,8 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
     return 0;
   }
   if (out.empty()) out = default_run_dir(config_path);
+  if (!overwrite && (fs::exists(fs::path(out) / "results.json") || fs::exists(fs::path(out) / "checkpoints" / "best.pt")))
+    throw UsageError("run directory '" + out + "' already holds a run; choose another --out or pass --overwrite");
   train::RunDir run_dir(out);
   setup_logging((run_dir.dir() / "log.txt").string(), log_level);
   spdlog::info("run directory {}", out);
@@ -119,6 +121,8 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--set", overrides, "override a.b.c=VALUE (JSON, else string); repeatable");
   train_cmd->add_option("--out", out, "run directory (default runs/<config>-<time>)");
   train_cmd->add_flag("--dump-config", dump, "print the resolved config and exit");
+  bool overwrite = false;
+  train_cmd->add_flag("--overwrite", overwrite, "train into a directory that already holds a run");
 
   auto* list_cmd = app.add_subcommand("list", "print every registry");
 
@@ -147,7 +151,7 @@ int main(int argc, char** argv) {
   setup_logging("", log_level);
   cli::register_builtins();
   try {
-    if (*train_cmd) return cmd_train(config_path, overrides, out, dump, log_level);
+    if (*train_cmd) return cmd_train(config_path, overrides, out, dump, overwrite, log_level);
     if (*list_cmd) return cmd_list();
     if (*sweep_cmd) {
       sweep.log_level = log_level;

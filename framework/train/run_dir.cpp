@@ -35,6 +35,19 @@ void RunDir::append_metrics(const nlohmann::json& record) const {
   out << record.dump() << "\n";
 }
 
+void RunDir::reset_metrics() const {
+  if (enabled()) std::ofstream(dir_ / "metrics.jsonl", std::ios::trunc);
+}
+
+bool RunDir::holds_run() const {
+  if (!enabled()) return false;
+  if (fs::exists(dir_ / "results.json")) return true;
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(dir_ / "checkpoints", ec))
+    if (e.path().extension() == ".pt") return true;
+  return false;
+}
+
 void RunDir::write_results(const nlohmann::json& results) const {
   if (enabled()) write_atomic(dir_ / "results.json", results.dump(2) + "\n");
 }

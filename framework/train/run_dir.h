@@ -20,6 +20,10 @@ class RunDir {
   std::filesystem::path checkpoints() const { return dir_ / "checkpoints"; }
   void write_config(const nlohmann::json& config) const;
   void append_metrics(const nlohmann::json& record) const;
+  /// Starts metrics.jsonl afresh (a new run in an overwritten directory).
+  void reset_metrics() const;
+  /// True when the directory already holds a finished run or checkpoints.
+  bool holds_run() const;
   void write_results(const nlohmann::json& results) const;
 
  private:

@@ -217,6 +217,7 @@ void Trainer::load_checkpoint(const std::string& path) {
 nlohmann::json Trainer::fit() {
   auto& s = state_;
   run_dir_.write_config(config_);
+  run_dir_.reset_metrics();
   torch::Generator gen = at::detail::createCPUGenerator(seed_ ^ 0x5eedULL);
   task_.module().train();
   for (auto& h : hooks_) h->on_train_begin(*this);
