@@ -1,12 +1,14 @@
-// The recsys binary: train, list (more subcommands register themselves below).
+// The recsys binary: train, list, bench (more subcommands register themselves below).
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <sstream>
 
 #include "augment/augmentation.h"
+#include "framework/bench/bench.h"
 #include "framework/cli/commands.h"
 #include "framework/data/retrieval_sources.h"
 #include "framework/train/experiment.h"
@@ -93,6 +95,17 @@ int main(int argc, char** argv) {
 
   auto* list_cmd = app.add_subcommand("list", "print every registry");
 
+  bench::BenchOptions bench_options;
+  std::string bench_workloads = "twotower_ssl,din,dien";
+  auto* bench_cmd = app.add_subcommand("bench", "time the canonical training workloads (shared/bench/WORKLOADS.md)");
+  bench_cmd->add_option("--workloads", bench_workloads, "comma-separated: twotower_ssl, din, dien, pipeline");
+  bench_cmd->add_option("--threads", bench_options.threads, "LibTorch intra-op threads");
+  bench_cmd->add_option("--device", bench_options.device, "cpu or cuda");
+  bench_cmd->add_flag("--json", bench_options.json, "one JSON line per workload");
+  bench_cmd->add_flag("--peak", bench_options.peak, "measure the matmul rate and report FLOP-bound fractions");
+  bench_cmd->add_option("--steps", bench_options.steps, "timed steps after 5 warm-up steps");
+  bench_cmd->add_option("--pipeline-lines", bench_options.pipeline_lines, "lines of the generated log (pipeline)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -104,6 +117,13 @@ int main(int argc, char** argv) {
   try {
     if (*train_cmd) return cmd_train(config_path, overrides, out, dump, log_level);
     if (*list_cmd) return cmd_list();
+    if (*bench_cmd) {
+      bench_options.workloads.clear();
+      std::stringstream ss(bench_workloads);
+      for (std::string w; std::getline(ss, w, ',');)
+        if (!w.empty()) bench_options.workloads.push_back(w);
+      return bench::run_bench(bench_options);
+    }
   } catch (const ConfigError& e) {
     spdlog::error("config error: {}", e.what());
     return 2;
