@@ -1,6 +1,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <array>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <random>
@@ -78,6 +80,18 @@ class Workload {
   virtual double param_bytes() const = 0;
   virtual double optimizer_state_bytes() const = 0;
   virtual double activation_bytes_estimate() const = 0;
+  /// Milliseconds of the last step's forward (to the loss), backward and optimizer step.
+  const std::array<double, 3>& phase_ms() const { return phase_ms_; }
+
+ protected:
+  /// Marks the end of phase `i` (0 forward, 1 backward, 2 optimizer) of the current step;
+  /// phase 0 is timed from begin_step().
+  void begin_step();
+  void end_phase(int i);
+
+ private:
+  std::array<double, 3> phase_ms_{};
+  std::chrono::steady_clock::time_point phase_start_;
 };
 
 /// Names of the training workloads.

@@ -78,13 +78,17 @@ class CtrWorkload : public Workload {
 
   torch::Tensor step() override {
     size_t k = next_++ % inputs_.size();
+    begin_step();
     optimizer_->zero_grad();
     auto out = model_->forward(inputs_[k]);
     auto loss = torch::binary_cross_entropy_with_logits(out.logits, labels_[k]);
     if (out.aux_loss.defined()) loss = loss + out.aux_loss;
     if (out.regularization.defined()) loss = loss + out.regularization;
+    end_phase(0);
     loss.backward();
+    end_phase(1);
     optimizer_->step();
+    end_phase(2);
     return loss.detach();
   }
 

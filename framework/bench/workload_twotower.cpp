@@ -107,6 +107,7 @@ class TwoTowerSsl : public Workload {
 
   torch::Tensor step() override {
     const auto& b = batches_[next_++ % batches_.size()];
+    begin_step();
     optimizer_->zero_grad();
     auto [v1, v2] = augmentation_->views(b.ssl_item, gen_);
     if (!device_.is_cpu()) {
@@ -134,8 +135,11 @@ class TwoTowerSsl : public Workload {
         losses::InBatchSoftmaxOptions().temperature(s_.temperature).remove_accidental_hits(false));
     auto ssl = losses::contrastive(z1, z2, s_.temperature);
     auto loss = main.mean() + s_.ssl_weight * ssl.mean();
+    end_phase(0);
     loss.backward();
+    end_phase(1);
     optimizer_->step();
+    end_phase(2);
     return loss.detach();
   }
 
