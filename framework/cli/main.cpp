@@ -10,9 +10,11 @@
 #include "augment/augmentation.h"
 #include "framework/bench/bench.h"
 #include "framework/cli/commands.h"
+#include "framework/data/ctr_sources.h"
 #include "framework/data/retrieval_sources.h"
 #include "framework/train/experiment.h"
 #include "framework/util/errors.h"
+#include "models/din/ctr_task.h"
 
 namespace fs = std::filesystem;
 using namespace recsys;
@@ -71,8 +73,11 @@ int cmd_list() {
   show("tasks", train::tasks());
   show("retrieval datasets", data::retrieval_sources());
   show("augmentations", augment::augmentations());
+  show("CTR datasets", data::ctr_sources());
+  show("CTR models", models::ctr_models());
   std::printf("optimizers:\n  adam, adagrad, sgd   (embedding tables updated row-wise)\n");
   std::printf("retrieval metrics:\n  recall@K, ndcg@K   (overall, /head, /tail)\n");
+  std::printf("CTR metrics:\n  auc, gauc, logloss\n");
   return 0;
 }
 

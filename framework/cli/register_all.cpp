@@ -5,6 +5,7 @@
 #include "augment/augmentation.h"
 #include "framework/cli/commands.h"
 #include "framework/data/retrieval_sources.h"
+#include "models/din/ctr_task.h"
 #include "models/two_tower/retrieval_task.h"
 
 namespace recsys::cli {
@@ -13,6 +14,7 @@ void register_builtins() {
   data::register_builtin_retrieval_sources();
   augment::register_builtin_augmentations();
   models::register_retrieval_task();
+  models::register_ctr_task();
 }
 
 void setup_logging(const std::string& log_file, const std::string& level) {

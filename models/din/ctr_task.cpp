@@ -1,0 +1,363 @@
+// The "ctr" task: (history, candidate) -> click, trained with BCE on the DIN/DIEN protocol and
+// evaluated with AUC, GAUC and logloss.
+#include "models/din/ctr_task.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+
+#include "framework/data/ctr_sources.h"
+#include "framework/eval/ctr_metrics.h"
+#include "framework/train/experiment.h"
+#include "framework/train/prefetch.h"
+#include "models/baselines/base_model.h"
+#include "models/baselines/wide_deep.h"
+#include "models/din/din.h"
+
+namespace recsys::models {
+namespace {
+
+using config::Reader;
+using torch::Tensor;
+
+// ---------------------------------------------------------------- model options
+
+/// The keys every built-in CTR model shares (embeddings, output MLP, regularisation).
+struct CommonModelOptions {
+  int64_t item_dim = 18, category_dim = 18;
+  double init_std = 0.01;
+  bool sparse = true;
+  CtrRegularization regularization = CtrRegularization::kNone;
+  double reg_lambda = 0.0;
+  CtrMlpOptions mlp;
+
+  CtrEmbeddingsOptions embeddings(const CtrDataInfo& data) const {
+    return CtrEmbeddingsOptions(data.num_items, data.num_categories)
+        .item_dim(item_dim)
+        .category_dim(category_dim)
+        .init_std(init_std)
+        .sparse(sparse)
+        .regularization(regularization)
+        .lambda(reg_lambda)
+        .item_count(data.item_count)
+        .category_count(data.category_count);
+  }
+};
+
+Activation parse_activation_key(const Reader& r, const std::string& key,
+                                const std::string& fallback) {
+  return parse_activation(
+      r.choice(key, fallback, {"dice", "prelu", "relu", "sigmoid", "tanh", "none"}));
+}
+
+std::vector<int64_t> parse_widths(const Reader& r, const std::string& key,
+                                  const std::vector<int64_t>& fallback) {
+  auto widths = r.get<std::vector<int64_t>>(key, fallback);
+  if (widths.empty()) r.fail(key, "give at least one layer width");
+  for (auto w : widths)
+    if (w < 1) r.fail(key, "layer widths must be positive");
+  return widths;
+}
+
+CommonModelOptions parse_common(const Reader& r) {
+  CommonModelOptions o;
+  o.item_dim = r.get<int64_t>("item_dim", o.item_dim);
+  o.category_dim = r.get<int64_t>("category_dim", o.category_dim);
+  o.init_std = r.get<double>("init_std", o.init_std);
+  o.sparse = r.get<bool>("sparse_embeddings", o.sparse);
+  o.regularization =
+      parse_ctr_regularization(r.choice("regularization", "none", {"none", "mba", "l2"}));
+  o.reg_lambda = r.get<double>("reg_lambda", o.reg_lambda);
+  o.mlp.hidden = parse_widths(r, "hidden", o.mlp.hidden);
+  o.mlp.activation = parse_activation_key(r, "activation", "dice");
+  o.mlp.dropout = r.get<double>("dropout", o.mlp.dropout);
+  if (o.item_dim < 1) r.fail("item_dim", "must be at least 1");
+  if (o.category_dim < 1) r.fail("category_dim", "must be at least 1");
+  if (!(o.init_std > 0)) r.fail("init_std", "must be positive");
+  if (o.reg_lambda < 0) r.fail("reg_lambda", "must be >= 0");
+  if (o.regularization != CtrRegularization::kNone && o.reg_lambda == 0)
+    r.fail("reg_lambda", "regularization is on but reg_lambda is 0; set a positive weight");
+  if (o.mlp.dropout < 0 || o.mlp.dropout >= 1) r.fail("dropout", "must be in [0, 1)");
+  return o;
+}
+
+CtrModelBuilder din_factory(const Reader& r) {
+  auto common = parse_common(r);
+  auto hidden = parse_widths(r, "attention_hidden", {80, 40});
+  auto activation = parse_activation_key(r, "attention_activation", "sigmoid");
+  bool softmax = r.get<bool>("attention_softmax", false);
+  return [=](const CtrDataInfo& data) -> std::shared_ptr<CtrModel> {
+    DinOptions o(common.embeddings(data));
+    o.attention_hidden(hidden)
+        .attention_activation(activation)
+        .attention_softmax(softmax)
+        .mlp(common.mlp);
+    return Din(o).ptr();
+  };
+}
+
+CtrModelBuilder base_model_factory(const Reader& r) {
+  auto common = parse_common(r);
+  return [=](const CtrDataInfo& data) -> std::shared_ptr<CtrModel> {
+    return BaseModel(BaseModelOptions(common.embeddings(data)).mlp(common.mlp)).ptr();
+  };
+}
+
+CtrModelBuilder wide_deep_factory(const Reader& r) {
+  auto common = parse_common(r);
+  auto buckets = r.get<int64_t>("wide_buckets", int64_t{1} << 18);
+  if (buckets < 2) r.fail("wide_buckets", "must be at least 2");
+  return [=](const CtrDataInfo& data) -> std::shared_ptr<CtrModel> {
+    auto deep = BaseModelOptions(common.embeddings(data)).mlp(common.mlp);
+    return WideDeep(WideDeepOptions(deep).wide_buckets(buckets)).ptr();
+  };
+}
+
+// ---------------------------------------------------------------- task options
+
+struct Options {
+  std::string source_type;
+  data::CtrSource source;
+  data::CtrDataOptions data;
+  std::string model_type;
+  CtrModelBuilder model;
+  int64_t eval_batch_size = 1024;
+};
+
+Options parse_options(const Reader& root) {
+  Options o;
+  auto d = root.child("data");
+  o.source_type = d.get<std::string>("type", "synthetic");
+  o.source = data::ctr_sources().get(o.source_type, d.path_of("type"))(d);
+  o.data = data::parse_ctr_data_options(d);
+  auto m = root.child("model");
+  o.model_type = m.get<std::string>("type", "din");
+  o.model = ctr_models().get(o.model_type, m.path_of("type"))(m);
+  auto e = root.child("eval");
+  o.eval_batch_size = e.get<int64_t>("batch_size", o.eval_batch_size);
+  if (o.eval_batch_size < 1) e.fail("batch_size", "must be at least 1");
+  return o;
+}
+
+// ---------------------------------------------------------------- the task
+
+struct CtrTrainBatch : train::Batch {
+  data::CtrBatch batch;
+  Tensor neg_hist_item, neg_hist_category;
+  int64_t size() const override { return batch.size(); }
+};
+
+class CtrTask : public train::Task {
+ public:
+  CtrTask(Options options, uint64_t seed) : o_(std::move(options)), seed_(seed) {
+    log_ = o_.source();
+    data::filter_min_count(log_, o_.data.min_user_length);
+    splits_ = data::build_ctr_samples(log_, o_.data.samples);
+    if (splits_.train.size() == 0)
+      throw DataError(o_.source_type, 0,
+                      "no training samples: users need more than min_history + 2 behaviours "
+                      "(lower data.min_history or data.min_user_length, or use more data)");
+    CtrDataInfo info;
+    info.num_items = log_.num_items;
+    info.num_categories = log_.num_categories;
+    info.item_count = splits_.item_count;
+    info.category_count = splits_.category_count;
+    info.item_category = log_.item_category;
+    root_ = std::make_shared<torch::nn::Module>("CtrTask");
+    model_ = o_.model(info);
+    TORCH_CHECK(model_ != nullptr, "the '", o_.model_type, "' builder returned no model");
+    root_->register_module("model", model_);
+    needs_negatives_ = model_->needs_negative_history();
+    spdlog::info(
+        "ctr data {}: {} users, {} items, {} categories; samples train {} valid {} test {}; model "
+        "{}",
+        o_.source_type, log_.num_users - data::kFirstId, log_.num_items - data::kFirstId,
+        log_.num_categories - data::kFirstId, splits_.train.size(), splits_.valid.size(),
+        splits_.test.size(), o_.model_type);
+  }
+
+  torch::nn::Module& module() override { return *root_; }
+  void to(torch::Device device) override {
+    device_ = device;
+    root_->to(device);
+  }
+  int64_t train_examples() const override { return splits_.train.size(); }
+  std::pair<std::string, bool> selection_metric() const override { return {"auc", true}; }
+
+  std::unique_ptr<train::BatchStream> train_stream(const train::StreamOptions& so) override {
+    auto order = std::make_shared<std::vector<int64_t>>(splits_.train.size());
+    std::iota(order->begin(), order->end(), 0);
+    auto rng = std::make_shared<std::mt19937_64>(so.seed * 1000003ULL +
+                                                 static_cast<uint64_t>(so.epoch) + 29);
+    std::shuffle(order->begin(), order->end(), *rng);
+    auto cursor = std::make_shared<size_t>(0);
+    const size_t b = static_cast<size_t>(so.batch_size);
+    return std::make_unique<train::PrefetchStream>(
+        [this, order, rng, cursor, b]() -> std::unique_ptr<train::Batch> {
+          // A last batch of one row would give Dice a zero variance: drop it.
+          if (*cursor + 2 > order->size()) return nullptr;
+          size_t end = std::min(order->size(), *cursor + b);
+          std::vector<int64_t> rows(order->begin() + static_cast<long>(*cursor),
+                                    order->begin() + static_cast<long>(end));
+          *cursor = end;
+          return make_batch(splits_.train, rows, *rng);
+        },
+        so.prefetch);
+  }
+
+  train::StepOutput forward(train::Batch& base, torch::Generator&) override {
+    auto& b = static_cast<CtrTrainBatch&>(base);
+    auto out = model_->forward(input_of(b));
+    auto label = b.batch.label.to(device_, /*non_blocking=*/true);
+    auto bce = torch::binary_cross_entropy_with_logits(out.logits, label);
+    train::StepOutput step;
+    step.loss = bce;
+    step.parts["bce"] = bce.detach();
+    if (out.aux_loss.defined()) {
+      step.loss = step.loss + out.aux_loss;
+      step.parts["aux"] = out.aux_loss.detach();
+    }
+    if (out.regularization.defined()) {
+      step.loss = step.loss + out.regularization;
+      step.parts["reg"] = out.regularization.detach();
+    }
+    return step;
+  }
+
+  train::Metrics evaluate(const std::string& split) override {
+    torch::NoGradGuard no_grad;
+    root_->eval();
+    const auto& samples = split == "test" ? splits_.test : splits_.valid;
+    std::vector<float> logits, probs, labels;
+    std::vector<int64_t> users;
+    std::mt19937_64 rng(seed_ ^ 0xe7a1ULL);  // negative histories, when a model needs them
+    const int64_t n = samples.size();
+    for (int64_t s = 0; s < n; s += o_.eval_batch_size) {
+      std::vector<int64_t> rows(static_cast<size_t>(std::min(n, s + o_.eval_batch_size) - s));
+      std::iota(rows.begin(), rows.end(), s);
+      auto b = make_batch(samples, rows, rng);
+      auto z =
+          model_->forward(input_of(*b)).logits.to(torch::kCPU).to(torch::kFloat32).contiguous();
+      auto p = torch::sigmoid(z);
+      logits.insert(logits.end(), z.data_ptr<float>(), z.data_ptr<float>() + z.numel());
+      probs.insert(probs.end(), p.data_ptr<float>(), p.data_ptr<float>() + p.numel());
+      auto l = b->batch.label.contiguous();
+      labels.insert(labels.end(), l.data_ptr<float>(), l.data_ptr<float>() + l.numel());
+      auto u = b->batch.user.contiguous();
+      users.insert(users.end(), u.data_ptr<int64_t>(), u.data_ptr<int64_t>() + u.numel());
+    }
+    root_->train();
+    if (n == 0) spdlog::warn("ctr: the {} split is empty; its metrics are placeholders", split);
+    // Rankings use the logits: the sigmoid of large logits rounds to ties in float32.
+    return {{"auc", eval::auc(logits, labels)},
+            {"gauc", eval::gauc(logits, labels, users)},
+            {"logloss", eval::logloss(probs, labels)}};
+  }
+
+  nlohmann::json describe() const override {
+    return {{"source", o_.source_type},
+            {"model", o_.model_type},
+            {"users", log_.num_users - data::kFirstId},
+            {"items", log_.num_items - data::kFirstId},
+            {"categories", log_.num_categories - data::kFirstId},
+            {"behaviours", log_.num_interactions()},
+            {"train_samples", splits_.train.size()},
+            {"valid_samples", splits_.valid.size()},
+            {"test_samples", splits_.test.size()},
+            {"split", o_.data.samples.split},
+            {"negatives", o_.data.samples.negatives}};
+  }
+
+ private:
+  std::unique_ptr<CtrTrainBatch> make_batch(const data::CtrSamples& samples,
+                                            const std::vector<int64_t>& rows,
+                                            std::mt19937_64& rng) const {
+    auto out = std::make_unique<CtrTrainBatch>();
+    out->batch = data::make_ctr_batch(log_, samples, rows, o_.data.samples.max_history);
+    if (needs_negatives_) add_negative_history(*out, rng);
+    return out;
+  }
+
+  /// A uniformly drawn item != the true one at every valid step (DIEN's auxiliary loss).
+  void add_negative_history(CtrTrainBatch& b, std::mt19937_64& rng) const {
+    const auto& h = b.batch.hist_item;
+    b.neg_hist_item = torch::zeros_like(h);
+    b.neg_hist_category = torch::zeros_like(h);
+    const int64_t total = h.numel();
+    const int64_t* hi = h.data_ptr<int64_t>();
+    const bool* mask = b.batch.hist_mask.data_ptr<bool>();
+    int64_t* ni = b.neg_hist_item.data_ptr<int64_t>();
+    int64_t* nc = b.neg_hist_category.data_ptr<int64_t>();
+    if (log_.num_items <= data::kFirstId + 1) return;  // one real item: nothing to contrast
+    std::uniform_int_distribution<int64_t> uniform(data::kFirstId, log_.num_items - 1);
+    for (int64_t k = 0; k < total; ++k) {
+      if (!mask[k]) continue;
+      int64_t neg;
+      do {
+        neg = uniform(rng);
+      } while (neg == hi[k]);
+      ni[k] = neg;
+      nc[k] = log_.item_category[neg];
+    }
+  }
+
+  CtrModelInput input_of(CtrTrainBatch& b) const {
+    auto dev = [this](const Tensor& t) {
+      return t.defined() ? t.to(device_, /*non_blocking=*/true) : t;
+    };
+    CtrModelInput in;
+    in.item = dev(b.batch.item);
+    in.category = dev(b.batch.category);
+    in.hist_item = dev(b.batch.hist_item);
+    in.hist_category = dev(b.batch.hist_category);
+    in.hist_mask = dev(b.batch.hist_mask);
+    in.hist_length = dev(b.batch.hist_length);
+    in.neg_hist_item = dev(b.neg_hist_item);
+    in.neg_hist_category = dev(b.neg_hist_category);
+    return in;
+  }
+
+  Options o_;
+  uint64_t seed_;
+  data::InteractionLog log_;
+  data::CtrSplits splits_;
+  std::shared_ptr<torch::nn::Module> root_;
+  std::shared_ptr<CtrModel> model_;
+  bool needs_negatives_ = false;
+  torch::Device device_ = torch::kCPU;
+};
+
+}  // namespace
+
+Registry<CtrModelFactory>& ctr_models() {
+  static Registry<CtrModelFactory> registry("CTR model");
+  return registry;
+}
+
+void register_builtin_ctr_models() {
+  auto& reg = ctr_models();
+  if (reg.contains("din")) return;
+  reg.add("din", din_factory, "Deep Interest Network: candidate-aware attention over the history");
+  reg.add("base_model", base_model_factory, "Embedding&MLP: sum-pooled history + candidate");
+  reg.add("wide_deep", wide_deep_factory,
+          "BaseModel + linear model over hashed (candidate x history category) crosses");
+}
+
+void register_ctr_task() {
+  data::register_builtin_ctr_sources();
+  register_builtin_ctr_models();
+  if (train::tasks().contains("ctr")) return;
+  train::tasks().add(
+      "ctr",
+      [](const Reader& root) -> train::TaskBuilder {
+        auto options = std::make_shared<Options>(parse_options(root));
+        return [options](uint64_t seed) -> std::unique_ptr<train::Task> {
+          return std::make_unique<CtrTask>(*options, seed);
+        };
+      },
+      "CTR ranking (din, base_model, wide_deep, ...): BCE, AUC / GAUC / logloss");
+}
+
+}  // namespace recsys::models
