@@ -5,6 +5,7 @@
 #include "augment/augmentation.h"
 #include "framework/cli/commands.h"
 #include "framework/data/retrieval_sources.h"
+#include "models/dien/dien.h"
 #include "models/din/ctr_task.h"
 #include "models/two_tower/retrieval_task.h"
 
@@ -15,6 +16,7 @@ void register_builtins() {
   augment::register_builtin_augmentations();
   models::register_retrieval_task();
   models::register_ctr_task();
+  models::register_dien_model();
 }
 
 void setup_logging(const std::string& log_file, const std::string& level) {

@@ -8,6 +8,7 @@
 #include <numeric>
 #include <random>
 
+#include "framework/data/ctr_negatives.h"
 #include "framework/data/ctr_sources.h"
 #include "framework/eval/ctr_metrics.h"
 #include "framework/train/experiment.h"
@@ -276,31 +277,11 @@ class CtrTask : public train::Task {
                                             std::mt19937_64& rng) const {
     auto out = std::make_unique<CtrTrainBatch>();
     out->batch = data::make_ctr_batch(log_, samples, rows, o_.data.samples.max_history);
-    if (needs_negatives_) add_negative_history(*out, rng);
+    // DIEN's auxiliary loss: a uniformly drawn item != the true one at every valid step.
+    if (needs_negatives_)
+      data::fill_negative_history(log_, samples, rows, out->batch.hist_item.size(1),
+                                  out->neg_hist_item, out->neg_hist_category, rng);
     return out;
-  }
-
-  /// A uniformly drawn item != the true one at every valid step (DIEN's auxiliary loss).
-  void add_negative_history(CtrTrainBatch& b, std::mt19937_64& rng) const {
-    const auto& h = b.batch.hist_item;
-    b.neg_hist_item = torch::zeros_like(h);
-    b.neg_hist_category = torch::zeros_like(h);
-    const int64_t total = h.numel();
-    const int64_t* hi = h.data_ptr<int64_t>();
-    const bool* mask = b.batch.hist_mask.data_ptr<bool>();
-    int64_t* ni = b.neg_hist_item.data_ptr<int64_t>();
-    int64_t* nc = b.neg_hist_category.data_ptr<int64_t>();
-    if (log_.num_items <= data::kFirstId + 1) return;  // one real item: nothing to contrast
-    std::uniform_int_distribution<int64_t> uniform(data::kFirstId, log_.num_items - 1);
-    for (int64_t k = 0; k < total; ++k) {
-      if (!mask[k]) continue;
-      int64_t neg;
-      do {
-        neg = uniform(rng);
-      } while (neg == hi[k]);
-      ni[k] = neg;
-      nc[k] = log_.item_category[neg];
-    }
   }
 
   CtrModelInput input_of(CtrTrainBatch& b) const {

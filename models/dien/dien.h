@@ -1,0 +1,120 @@
+#pragma once
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "models/din/ctr_embeddings.h"
+#include "models/din/ctr_task.h"
+#include "models/layers/attention.h"
+#include "models/layers/gru.h"
+#include "models/layers/mlp.h"
+
+// DIEN: Deep Interest Evolution Network (Zhou et al., AAAI 2019). See docs/dien.md.
+namespace recsys::models {
+
+struct AuxiliaryNetOptions {
+  AuxiliaryNetOptions(int64_t state_dim, int64_t behaviour_dim)
+      : state_dim_(state_dim), behaviour_dim_(behaviour_dim) {}
+  /// Width H of the interest extractor's states h_t.
+  TORCH_ARG(int64_t, state_dim);
+  /// Width E of a behaviour embedding e_t.
+  TORCH_ARG(int64_t, behaviour_dim);
+  /// Hidden widths; a final linear layer to 1 logit is appended.
+  TORCH_ARG(std::vector<int64_t>, hidden) = std::vector<int64_t>{100, 50};
+  /// Activation after every hidden layer (sigmoid in the paper's reference code).
+  TORCH_ARG(Activation, activation) = Activation::kSigmoid;
+};
+
+/// The scorer of DIEN's auxiliary loss: logit of "behaviour e follows state h", an MLP over [h, e].
+class AuxiliaryNetImpl : public torch::nn::Module {
+ public:
+  explicit AuxiliaryNetImpl(AuxiliaryNetOptions options);
+  /// h [..., H], e [..., E] with the same leading dimensions -> logits [...].
+  torch::Tensor forward(const torch::Tensor& h, const torch::Tensor& e);
+  const AuxiliaryNetOptions& options() const { return options_; }
+  Mlp& mlp() { return mlp_; }
+
+ private:
+  AuxiliaryNetOptions options_;
+  Mlp mlp_{nullptr};
+};
+TORCH_MODULE(AuxiliaryNet);
+
+struct DienOptions {
+  explicit DienOptions(CtrEmbeddingsOptions embeddings) : embeddings_(std::move(embeddings)) {}
+  /// Item/category tables (a behaviour is [item, category]) and their regularisation.
+  TORCH_ARG(CtrEmbeddingsOptions, embeddings);
+  /// State width of the interest extractor GRU; 0 = the behaviour width.
+  TORCH_ARG(int64_t, extractor_hidden) = 0;
+  /// State width of the interest evolution GRU; 0 = the extractor's width.
+  TORCH_ARG(int64_t, evolution_hidden) = 0;
+  /// Interest evolution cell: kAugru (the paper's DIEN), kAgru, kAigru, or kGru (no attention:
+  /// the plain GRU control).
+  TORCH_ARG(GruKind, evolution) = GruKind::kAugru;
+  /// Both GRUs use gru_fused (custom BPTT) when true, the per-step gru_reference when false.
+  TORCH_ARG(bool, fused) = true;
+  /// The output MLP over [h_final, candidate, sum of history] (a final layer to 1 logit is
+  /// appended); Dice 200 -> 80 by default.
+  TORCH_ARG(CtrMlpOptions, mlp);
+  /// Hidden widths of the auxiliary network (see AuxiliaryNetOptions).
+  TORCH_ARG(std::vector<int64_t>, aux_hidden) = std::vector<int64_t>{100, 50};
+  /// Weight of the auxiliary loss in the returned CtrOutput::aux_loss (0 disables it and the
+  /// negative histories).
+  TORCH_ARG(double, alpha_aux) = 1.0;
+};
+
+/// Everything DienImpl::forward_parts computes.
+struct DienOutput {
+  /// [B] click logits.
+  torch::Tensor logits;
+  /// Scalar auxiliary loss (losses/dien_aux.h), NOT weighted by alpha_aux; undefined in eval
+  /// mode, without negative histories in the input, or when T < 2 (no pair exists).
+  torch::Tensor aux_loss;
+  /// [B, T] attention of the candidate over the extractor states (undefined for kGru).
+  torch::Tensor attention;
+};
+
+/// Embeddings -> interest extractor GRU (+ auxiliary loss) -> attention of the candidate over the
+/// extractor states -> interest evolution GRU (AUGRU / AGRU / AIGRU driven by the attention, or a
+/// plain GRU) -> its state at each sequence's last valid step -> MLP over
+/// [h_final, candidate, sum of the history's behaviours] -> logit.
+/// Histories of length 0 (data.min_history = 0) give a zero h_final and a zero sum.
+class DienImpl : public CtrModel {
+ public:
+  explicit DienImpl(DienOptions options);
+  /// Injects the interest-evolution layer (its kind and path win over options.evolution/fused);
+  /// its input_size must be the extractor's width.
+  DienImpl(DienOptions options, GruLayer evolution_layer);
+
+  /// logits, aux_loss = alpha_aux * the auxiliary loss when the input has negatives, and the
+  /// embeddings' regularisation term.
+  CtrOutput forward(const CtrModelInput& input) override;
+  /// The same pass, returning the unweighted auxiliary loss and the attention.
+  DienOutput forward_parts(const CtrModelInput& input);
+  bool needs_negative_history() const override { return options_.alpha_aux() > 0; }
+
+  const DienOptions& options() const { return options_; }
+  int64_t behaviour_dim() const {
+    return options_.embeddings().item_dim() + options_.embeddings().category_dim();
+  }
+  GruKind evolution_kind() const { return evolution->options().kind(); }
+
+  CtrEmbeddings embeddings{nullptr};
+  GruLayer extractor{nullptr}, evolution{nullptr};
+  /// Null for kGru (no attention is used).
+  BilinearAttention attention{nullptr};
+  AuxiliaryNet aux{nullptr};
+  Mlp mlp{nullptr};
+
+ private:
+  void build(GruLayer evolution_layer);
+  DienOptions options_;
+};
+TORCH_MODULE(Dien);
+
+}  // namespace recsys::models
+
+namespace recsys::models {
+/// Adds "dien" to ctr_models() (idempotent); call after register_ctr_task().
+void register_dien_model();
+}  // namespace recsys::models
