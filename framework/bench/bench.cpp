@@ -13,6 +13,7 @@
 #include <cstring>
 #include <set>
 
+#include "framework/bench/workloads.h"
 #include "framework/util/errors.h"
 
 namespace recsys::bench {
@@ -88,10 +89,11 @@ const std::vector<std::string>& workload_names() {
 }
 
 std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShapes& shapes,
-                                        torch::Device device, uint64_t seed) {
-  if (name == "twotower_ssl") return make_twotower_ssl(shapes.two_tower, device, seed);
-  if (name == "din") return make_din(shapes.ctr, device, seed);
-  if (name == "dien") return make_dien(shapes.ctr, device, seed);
+                                        torch::Device device, uint64_t seed, bool plain) {
+  if (name == "twotower_ssl")
+    return make_twotower_ssl(shapes.two_tower, device, seed, TwoTowerPaths{!plain});
+  if (name == "din") return make_din(shapes.ctr, device, seed, CtrPaths{!plain});
+  if (name == "dien") return make_dien(shapes.ctr, device, seed, CtrPaths{!plain});
   throw UsageError("unknown workload '" + name + "' (known: twotower_ssl, din, dien, pipeline)");
 }
 
@@ -154,7 +156,7 @@ double measure_matmul_gflops(int64_t n, int repeats) {
 nlohmann::json run_workload(const std::string& name, const BenchOptions& options) {
   torch::set_num_threads(options.threads);
   auto device = parse_device(options.device);
-  auto workload = make_workload(name, options.shapes, device);
+  auto workload = make_workload(name, options.shapes, device, 1, options.plain);
   TORCH_CHECK(options.steps >= 1, "bench: --steps must be >= 1");
   for (int i = 0; i < options.warmup; ++i) workload->step();
   sync(device);
@@ -177,6 +179,7 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   r["threads"] = options.threads;
   r["device"] = options.device;
   r["torch"] = TORCH_VERSION;
+  r["path"] = options.plain ? "plain" : "optimised";
   r["peak_rss_mb"] = nullptr;  // filled in by the parent (wait4) when the workload ran in a child
   r["param_mb"] = workload->param_bytes() / kMiB;
   r["optimizer_state_mb"] = workload->optimizer_state_bytes() / kMiB;

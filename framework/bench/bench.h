@@ -59,6 +59,8 @@ struct BenchOptions {
   int warmup = 5;
   /// Run each workload in a forked child (its own peak RSS). Tests run in-process.
   bool fork = true;
+  /// Use every workload's plain path (the oracle of its optimised one), for before/after ratios.
+  bool plain = false;
   /// Lines of the generated interaction log for the pipeline benchmark.
   int64_t pipeline_lines = 2000000;
   BenchShapes shapes;
@@ -98,7 +100,7 @@ class Workload {
 const std::vector<std::string>& workload_names();
 /// Builds a workload (throws UsageError for an unknown name).
 std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShapes& shapes,
-                                        torch::Device device, uint64_t seed = 1);
+                                        torch::Device device, uint64_t seed = 1, bool plain = false);
 
 std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Device device,
                                             uint64_t seed);

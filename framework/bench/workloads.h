@@ -16,6 +16,16 @@ struct TwoTowerPaths {
 std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Device device,
                                             uint64_t seed, TwoTowerPaths paths);
 
+struct CtrPaths {
+  /// din: the activation unit's fused first layer; dien: both GRUs through gru_fused.
+  bool fused = true;
+};
+
+std::unique_ptr<Workload> make_din(const CtrShapes& s, torch::Device device, uint64_t seed,
+                                   CtrPaths paths);
+std::unique_ptr<Workload> make_dien(const CtrShapes& s, torch::Device device, uint64_t seed,
+                                    CtrPaths paths);
+
 /// Builds the CTR model of a workload for the given shapes.
 using CtrModelBuilder = std::function<std::shared_ptr<models::CtrModel>(const CtrShapes&)>;
 

@@ -94,6 +94,32 @@ TEST_CASE("bench: twotower_ssl runs at tiny shapes with finite positive figures"
   REQUIRE(r["optimizer_state_mb"].get<double>() == Approx(2 * r["param_mb"].get<double>()));
 }
 
+TEST_CASE("bench: din and dien run at tiny shapes with finite positive figures", "[bench]") {
+  for (const char* name : {"din", "dien"}) {
+    auto r = run_workload(name, tiny_options());
+    for (auto* key : {"examples_per_s", "step_ms_median", "param_mb", "optimizer_state_mb",
+                      "batch_activation_mb_estimate", "flops_per_example", "final_loss"})
+      require_finite_positive(r, key);
+    REQUIRE(r["workload"] == name);
+  }
+}
+
+TEST_CASE("bench: din and dien's fused paths give the losses of their plain paths", "[bench]") {
+  auto s = BenchShapes::tiny().ctr;
+  auto din_fast = make_din(s, torch::kCPU, 4, CtrPaths{true});
+  auto din_plain = make_din(s, torch::kCPU, 4, CtrPaths{false});
+  auto dien_fast = make_dien(s, torch::kCPU, 4, CtrPaths{true});
+  auto dien_plain = make_dien(s, torch::kCPU, 4, CtrPaths{false});
+  for (int i = 0; i < 4; ++i) {
+    double a = din_fast->step().item<double>(), b = din_plain->step().item<double>();
+    REQUIRE(std::isfinite(a));
+    REQUIRE(a == Approx(b).epsilon(1e-5));
+    double c = dien_fast->step().item<double>(), d = dien_plain->step().item<double>();
+    REQUIRE(std::isfinite(c));
+    REQUIRE(c == Approx(d).epsilon(1e-5));
+  }
+}
+
 TEST_CASE("bench: the batched item tower gives the losses of three separate passes", "[bench]") {
   auto s = BenchShapes::tiny().two_tower;
   auto fast = make_twotower_ssl(s, torch::kCPU, 5, TwoTowerPaths{true});
