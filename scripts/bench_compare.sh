@@ -6,7 +6,8 @@
 #
 #   scripts/bench_compare.sh                       # 2 threads, twotower_ssl,din,dien, REPS=3
 #   THREADS=2 REPS=5 WORKLOADS=din STEPS=30 scripts/bench_compare.sh
-#   OMP_WAIT_POLICY=PASSIVE scripts/bench_compare.sh   # applies to both sides
+#   OMP_WAIT_POLICY=ACTIVE scripts/bench_compare.sh   # applies to both sides (default PASSIVE:
+#                                                    # recsys bench sets it too when unset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
@@ -15,6 +16,7 @@ STEPS=${STEPS:-30}
 WORKLOADS=${WORKLOADS:-twotower_ssl,din,dien}
 PYTHON=${PYTHON:-/usr/bin/python3}   # Debian's python3-torch (LibTorch 1.13, as build/recsys)
 BIN=${BIN:-build/recsys}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 
@@ -180,6 +181,8 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   r["device"] = options.device;
   r["torch"] = TORCH_VERSION;
   r["path"] = options.plain ? "plain" : "optimised";
+  const char* wait = std::getenv("OMP_WAIT_POLICY");
+  r["omp_wait_policy"] = wait ? wait : "unset";
   r["peak_rss_mb"] = nullptr;  // filled in by the parent (wait4) when the workload ran in a child
   r["param_mb"] = workload->param_bytes() / kMiB;
   r["optimizer_state_mb"] = workload->optimizer_state_bytes() / kMiB;
@@ -305,6 +308,14 @@ void print_table(const std::vector<nlohmann::json>& rows, bool peak) {
 }
 
 }  // namespace
+
+void ensure_passive_omp_wait(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  execv("/proc/self/exe", argv);  // returns only on failure: then run with the current policy
+}
 
 int run_bench(const BenchOptions& options) {
   std::set<std::string> known(workload_names().begin(), workload_names().end());

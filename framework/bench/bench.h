@@ -135,6 +135,13 @@ double measure_matmul_gflops(int64_t n = 1024, int repeats = 20);
 /// options.fork), then the table or the JSON lines on stdout. Returns the exit status.
 int run_bench(const BenchOptions& options);
 
+/// libgomp reads OMP_WAIT_POLICY once, when it is loaded: when the variable is unset this sets it
+/// to PASSIVE and re-executes the binary (/proc/self/exe) with the same arguments, so that idle
+/// OpenMP threads sleep instead of spinning (on a shared 2-core machine spinning threads steal
+/// the cores the workers need: measured about 8x slower, docs/performance.md). Returns only when
+/// nothing had to be done or the exec failed.
+void ensure_passive_omp_wait(char** argv);
+
 /// Sum of the bytes of `tensors`.
 double tensor_bytes(const std::vector<torch::Tensor>& tensors);
 

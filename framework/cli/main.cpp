@@ -124,6 +124,7 @@ int main(int argc, char** argv) {
     if (*train_cmd) return cmd_train(config_path, overrides, out, dump, log_level);
     if (*list_cmd) return cmd_list();
     if (*bench_cmd) {
+      bench::ensure_passive_omp_wait(argv);
       bench_options.workloads.clear();
       std::stringstream ss(bench_workloads);
       for (std::string w; std::getline(ss, w, ',');)
