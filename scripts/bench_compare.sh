@@ -42,19 +42,22 @@ for x in rows:
         print("error:", r, file=sys.stderr)
         continue
     by.setdefault(r["workload"], {}).setdefault(x["rep"], {})[x["impl"]] = r
-print(f"{'workload':<13} {'C++ ex/s':>10} {'Python ex/s':>12} {'ratio':>7} {'target':>7} "
+print(f"{'workload':<13} {'C++ ex/s':>10} {'Python ex/s':>12} {'ratio':>7} {'cpu ratio':>9} {'target':>7} "
       f"{'MFLOP/ex':>9} {'bound frac':>10} {'C++ RSS MB':>10} {'py RSS MB':>9}  ratios per rep")
 for name, reps in by.items():
     pairs = [(v["cpp"], v["py"]) for v in reps.values() if "cpp" in v and "py" in v]
     if not pairs:
         continue
     ratios = [c["examples_per_s"] / p["examples_per_s"] for c, p in pairs]
+    cpu_ratios = [c["examples_per_cpu_s"] / p["examples_per_cpu_s"] for c, p in pairs
+                  if "examples_per_cpu_s" in c and "examples_per_cpu_s" in p]
     med = lambda xs: statistics.median(xs)
     c_eps = med([c["examples_per_s"] for c, _ in pairs])
     p_eps = med([p["examples_per_s"] for _, p in pairs])
     frac = med([c.get("flop_bound_fraction", float("nan")) for c, _ in pairs])
     mflop = pairs[0][0].get("flops_per_example", float("nan")) / 1e6
-    print(f"{name:<13} {c_eps:>10.0f} {p_eps:>12.0f} {med(ratios):>7.2f} {targets.get(name, 0):>7.1f} "
+    cr = med(cpu_ratios) if cpu_ratios else float("nan")
+    print(f"{name:<13} {c_eps:>10.0f} {p_eps:>12.0f} {med(ratios):>7.2f} {cr:>9.2f} {targets.get(name, 0):>7.1f} "
           f"{mflop:>9.2f} {frac:>10.3f} {med([c['peak_rss_mb'] for c, _ in pairs]):>10.0f} "
           f"{med([p['peak_rss_mb'] for _, p in pairs]):>9.0f}  "
           + " ".join(f"{r:.2f}" for r in ratios))

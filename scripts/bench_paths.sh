@@ -30,13 +30,15 @@ by = {}
 for x in rows:
     if "examples_per_s" in x["r"]:
         by.setdefault(x["r"]["workload"], {}).setdefault(x["rep"], {})[x["label"]] = x["r"]["examples_per_s"]
-print(f"{'workload':<13} {'plain ex/s':>11} {'optimised':>10} {'opt/plain':>10} {'ACTIVE ex/s':>12} {'PASSIVE/ACTIVE':>15}")
+        by[x["r"]["workload"]][x["rep"]][x["label"] + "_cpu"] = x["r"]["cpu_ms_per_step"]
+print(f"{'workload':<13} {'plain ex/s':>11} {'optimised':>10} {'opt/plain':>10} {'cpu ratio':>10} {'ACTIVE ex/s':>12} {'PASSIVE/ACTIVE':>15}")
 for name, reps in by.items():
     med = statistics.median
     get = lambda k: [v[k] for v in reps.values() if k in v]
     r1 = [v["optimised"] / v["plain"] for v in reps.values() if "plain" in v and "optimised" in v]
     r2 = [v["optimised"] / v["active"] for v in reps.values() if "active" in v and "optimised" in v]
-    print(f"{name:<13} {med(get('plain')):>11.0f} {med(get('optimised')):>10.0f} {med(r1):>10.2f} "
+    r3 = [v["plain_cpu"] / v["optimised_cpu"] for v in reps.values() if "plain_cpu" in v and "optimised_cpu" in v]
+    print(f"{name:<13} {med(get('plain')):>11.0f} {med(get('optimised')):>10.0f} {med(r1):>10.2f} {med(r3):>10.2f} "
           f"{med(get('active')):>12.0f} {med(r2):>15.2f}   per rep: "
           + " ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(r1, r2)))
 PY

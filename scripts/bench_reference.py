@@ -11,6 +11,7 @@ rest); the faster variant is reported, as WORKLOADS.md prescribes.
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
@@ -279,15 +280,19 @@ def run(name, sparse, steps):
     for i in range(WARMUP):
         step(model, opts, batches[i % BATCHES])
     times = []
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     for i in range(steps):
         t0 = time.perf_counter()
         loss = step(model, opts, batches[(WARMUP + i) % BATCHES])
         times.append(time.perf_counter() - t0)
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_ms = 1000 * (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / steps
     ms = sorted(times)[len(times) // 2] * 1000 if len(times) % 2 else \
         0.5 * sum(sorted(times)[len(times) // 2 - 1:len(times) // 2 + 1]) * 1000
     params = sum(p.numel() * 4 for p in model.parameters()) / 2**20
     return {"workload": name, "examples_per_s": examples / (ms / 1000), "step_ms_median": ms,
-            "variant": "sparse+SparseAdam" if sparse else "dense+Adam", "final_loss": float(loss),
+            "variant": "sparse+SparseAdam" if sparse else "dense+Adam",
+            "cpu_ms_per_step": cpu_ms, "examples_per_cpu_s": examples / (cpu_ms / 1000), "final_loss": float(loss),
             "param_mb": params}
 
 
