@@ -73,12 +73,16 @@ TEST_CASE("bench: Zipf sampler follows (k + 1)^-1.1", "[bench]") {
   std::mt19937_64 rng(3);
   std::vector<int> counts(5, 0);
   const int n = 200000;
+  int out_of_range = 0;
   for (int i = 0; i < n; ++i) {
     auto r = z(rng);
-    REQUIRE(r >= 0);
-    REQUIRE(r < 5);
+    if (r < 0 || r >= 5) {
+      ++out_of_range;
+      continue;
+    }
     ++counts[static_cast<size_t>(r)];
   }
+  REQUIRE(out_of_range == 0);
   for (int k = 0; k < 5; ++k)
     REQUIRE(counts[static_cast<size_t>(k)] / static_cast<double>(n) ==
             Approx(std::exp(z.log_prob(k))).margin(0.005));
