@@ -49,7 +49,9 @@ constexpr double kMiB = 1024.0 * 1024.0;
 double process_cpu_s() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
-  auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + 1e-6 * static_cast<double>(t.tv_usec); };
+  auto s = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + 1e-6 * static_cast<double>(t.tv_usec);
+  };
   return s(ru.ru_utime) + s(ru.ru_stime);
 }
 
@@ -59,7 +61,8 @@ void Workload::begin_step() { phase_start_ = Clock::now(); }
 
 void Workload::end_phase(int i) {
   auto now = Clock::now();
-  phase_ms_[static_cast<size_t>(i)] = std::chrono::duration<double, std::milli>(now - phase_start_).count();
+  phase_ms_[static_cast<size_t>(i)] =
+      std::chrono::duration<double, std::milli>(now - phase_start_).count();
   phase_start_ = now;
 }
 
@@ -225,11 +228,13 @@ void add_bound(nlohmann::json& r, double gflops) {
 template <class Fn>
 nlohmann::json in_child(const std::string& name, Fn fn) {
   int fds[2];
-  if (pipe(fds) != 0) throw std::runtime_error("bench: pipe() failed: " + std::string(std::strerror(errno)));
+  if (pipe(fds) != 0)
+    throw std::runtime_error("bench: pipe() failed: " + std::string(std::strerror(errno)));
   std::fflush(stdout);
   std::fflush(stderr);
   pid_t pid = fork();
-  if (pid < 0) throw std::runtime_error("bench: fork() failed: " + std::string(std::strerror(errno)));
+  if (pid < 0)
+    throw std::runtime_error("bench: fork() failed: " + std::string(std::strerror(errno)));
   if (pid == 0) {
     close(fds[0]);
     std::string out;
@@ -263,7 +268,8 @@ nlohmann::json in_child(const std::string& name, Fn fn) {
   try {
     r = nlohmann::json::parse(text);
   } catch (const std::exception&) {
-    r = {{"workload", name}, {"error", "child exited with status " + std::to_string(status) + " without a result"}};
+    r = {{"workload", name},
+         {"error", "child exited with status " + std::to_string(status) + " without a result"}};
   }
   r["peak_rss_mb"] = static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
   return r;
@@ -309,7 +315,8 @@ void print_table(const std::vector<nlohmann::json>& rows, bool peak) {
                 fmt(r, "parse_csv_lines_per_s", "%.0f").c_str(),
                 fmt(r, "parse_csv_lines_per_cpu_s", "%.0f").c_str());
     std::printf("  make_ctr_batch (256 rows)   %12s batches/s %12s examples/s\n",
-                fmt(r, "ctr_batches_per_s", "%.0f").c_str(), fmt(r, "ctr_examples_per_s", "%.0f").c_str());
+                fmt(r, "ctr_batches_per_s", "%.0f").c_str(),
+                fmt(r, "ctr_examples_per_s", "%.0f").c_str());
     std::printf("  retrieval gather (1024)     %12s batches/s %12s examples/s\n",
                 fmt(r, "retrieval_batches_per_s", "%.0f").c_str(),
                 fmt(r, "retrieval_examples_per_s", "%.0f").c_str());
@@ -361,10 +368,12 @@ int run_bench(const BenchOptions& options) {
     if (name == "pipeline") continue;
     auto r = run(name, [&] { return run_workload(name, options); });
     if (options.peak) add_bound(r, gflops);
-    if (r.contains("examples_per_s")) fastest = std::max(fastest, r["examples_per_s"].get<double>());
+    if (r.contains("examples_per_s"))
+      fastest = std::max(fastest, r["examples_per_s"].get<double>());
     rows.push_back(r);
   }
-  if (std::find(options.workloads.begin(), options.workloads.end(), "pipeline") != options.workloads.end())
+  if (std::find(options.workloads.begin(), options.workloads.end(), "pipeline") !=
+      options.workloads.end())
     rows.push_back(run("pipeline", [&] { return run_pipeline(options, fastest); }));
 
   bool failed = false;
@@ -372,7 +381,8 @@ int run_bench(const BenchOptions& options) {
   if (options.json) {
     for (auto& r : rows) std::printf("%s\n", r.dump().c_str());
   } else {
-    if (options.peak) std::printf("float32 matmul rate: %.1f GFLOP/s at %d threads\n", gflops, options.threads);
+    if (options.peak)
+      std::printf("float32 matmul rate: %.1f GFLOP/s at %d threads\n", gflops, options.threads);
     print_table(rows, options.peak);
   }
   std::fflush(stdout);

@@ -5,11 +5,10 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 // `recsys bench`: the canonical training workloads of WORKLOADS.md (shared/bench) run through the
 // framework's own models, losses and optimizer on in-memory synthetic batches, plus a benchmark of
@@ -100,7 +99,8 @@ class Workload {
 const std::vector<std::string>& workload_names();
 /// Builds a workload (throws UsageError for an unknown name).
 std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShapes& shapes,
-                                        torch::Device device, uint64_t seed = 1, bool plain = false);
+                                        torch::Device device, uint64_t seed = 1,
+                                        bool plain = false);
 
 std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Device device,
                                             uint64_t seed);

@@ -1,6 +1,7 @@
 // The data-pipeline benchmark: parse a generated Taobao-format log, build CTR and retrieval
 // batches, and compare their rates with the training throughput.
 #include <time.h>
+#include <torch/version.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -8,7 +9,6 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
-#include <torch/version.h>
 
 #include "framework/bench/bench.h"
 #include "framework/data/ctr_data.h"
@@ -53,9 +53,10 @@ void write_taobao_log(const fs::path& path, int64_t lines, uint64_t seed) {
     int k = kind(rng);
     const char* b = kinds[k < 89 ? 0 : k < 95 ? 1 : k < 98 ? 2 : 3];
     time += static_cast<int64_t>(rng() % 3);
-    int len = std::snprintf(line, sizeof line, "%lld,%lld,%lld,%s,%lld\n",
-                            static_cast<long long>(user(rng)), static_cast<long long>(item),
-                            static_cast<long long>(item % 1000 + 1), b, static_cast<long long>(time));
+    int len =
+        std::snprintf(line, sizeof line, "%lld,%lld,%lld,%s,%lld\n",
+                      static_cast<long long>(user(rng)), static_cast<long long>(item),
+                      static_cast<long long>(item % 1000 + 1), b, static_cast<long long>(time));
     buf.append(line, static_cast<size_t>(len));
     if (buf.size() > (1 << 20) - 128) {
       out.write(buf.data(), static_cast<std::streamsize>(buf.size()));
@@ -171,7 +172,8 @@ nlohmann::json run_pipeline(const BenchOptions& options, double fastest_examples
     r["retrieval_examples_per_cpu_s"] = static_cast<double>(batches * n) / (thread_cpu_s() - c0);
     if (fastest_examples_per_s > 0) {
       r["fastest_workload_examples_per_s"] = fastest_examples_per_s;
-      r["ctr_batching_over_training"] = r["ctr_examples_per_s"].get<double>() / fastest_examples_per_s;
+      r["ctr_batching_over_training"] =
+          r["ctr_examples_per_s"].get<double>() / fastest_examples_per_s;
       r["retrieval_batching_over_training"] =
           r["retrieval_examples_per_s"].get<double>() / fastest_examples_per_s;
     }

@@ -12,10 +12,15 @@ namespace {
 
 class CtrWorkload : public Workload {
  public:
-  CtrWorkload(std::string name, const CtrShapes& s, int64_t batch, bool negatives, torch::Device device,
-              uint64_t seed, const CtrModelBuilder& build, std::function<double(const CtrShapes&)> flops,
+  CtrWorkload(std::string name, const CtrShapes& s, int64_t batch, bool negatives,
+              torch::Device device, uint64_t seed, const CtrModelBuilder& build,
+              std::function<double(const CtrShapes&)> flops,
               std::function<double(const CtrShapes&, int64_t)> activations)
-      : name_(std::move(name)), s_(s), batch_(batch), device_(device), flops_(flops(s)),
+      : name_(std::move(name)),
+        s_(s),
+        batch_(batch),
+        device_(device),
+        flops_(flops(s)),
         activations_(activations(s, batch)) {
     torch::manual_seed(seed);
     model_ = build(s);
@@ -135,7 +140,7 @@ double dien_flops_per_example(const CtrShapes& s) {
   aux.push_back(1);
   std::vector<int64_t> mlp = s.mlp;
   mlp.push_back(1);
-  double fwd = gru                                             // interest extractor
+  double fwd = gru                                               // interest extractor
                + 2 * (T - 1) * mlp_forward_flops(H + e, aux, 1)  // aux: positive and negative
                + mlp_forward_flops(e, {H}, 1) + 2 * T * H        // W e_candidate, then h_t . (W e)
                + gru                                             // AUGRU
@@ -158,18 +163,19 @@ std::unique_ptr<Workload> make_ctr_workload(const std::string& name, const CtrSh
           for (auto h : s.mlp) per_ex += 3.0 * h;  // linear, Dice's normalised input, output
           return 4.0 * B * per_ex;
         });
-  return std::make_unique<CtrWorkload>(
-      name, s, s.dien_batch, true, device, seed, build, dien_flops_per_example,
-      [](const CtrShapes& s, int64_t B) {
-        const double H = static_cast<double>(s.gru_hidden), e = 2.0 * s.dim;
-        // Per position: behaviour and negative embeddings, two GRUs' gates and states, the aux
-        // MLP on the positive and the negative pair.
-        double per_pos = 2 * e + 2 * (4 * H + 3 * H);
-        for (auto h : s.aux) per_pos += 2 * 2.0 * h;
-        double per_ex = per_pos * s.max_len + 3 * e;
-        for (auto h : s.mlp) per_ex += 3.0 * h;
-        return 4.0 * B * per_ex;
-      });
+  return std::make_unique<CtrWorkload>(name, s, s.dien_batch, true, device, seed, build,
+                                       dien_flops_per_example, [](const CtrShapes& s, int64_t B) {
+                                         const double H = static_cast<double>(s.gru_hidden),
+                                                      e = 2.0 * s.dim;
+                                         // Per position: behaviour and negative embeddings, two
+                                         // GRUs' gates and states, the aux MLP on the positive and
+                                         // the negative pair.
+                                         double per_pos = 2 * e + 2 * (4 * H + 3 * H);
+                                         for (auto h : s.aux) per_pos += 2 * 2.0 * h;
+                                         double per_ex = per_pos * s.max_len + 3 * e;
+                                         for (auto h : s.mlp) per_ex += 3.0 * h;
+                                         return 4.0 * B * per_ex;
+                                       });
 }
 
 }  // namespace recsys::bench

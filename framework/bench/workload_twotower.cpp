@@ -31,16 +31,20 @@ struct TwoTowerBatch {
 class TwoTowerSsl : public Workload {
  public:
   TwoTowerSsl(const TwoTowerShapes& s, torch::Device device, uint64_t seed, TwoTowerPaths paths)
-      : s_(s), device_(device), paths_(paths), gen_(torch::make_generator<at::CPUGeneratorImpl>(seed)) {
+      : s_(s),
+        device_(device),
+        paths_(paths),
+        gen_(torch::make_generator<at::CPUGeneratorImpl>(seed)) {
     const int64_t d = s.dim;
     std::vector<EmbeddingFeature> user = {{"user_id", rows_of(s.users), d, Pooling::kMean, false},
                                           {"history", rows_of(s.items), d, Pooling::kMean, false},
                                           {"age", rows_of(s.ages), d, Pooling::kMean, false},
                                           {"gender", rows_of(s.genders), d, Pooling::kMean, false}};
-    std::vector<EmbeddingFeature> item = {{"item_id", rows_of(s.items), d, Pooling::kMean, false},
-                                          {"categories", rows_of(s.categories), d, Pooling::kMean, false},
-                                          {"keywords", rows_of(s.keywords), d, Pooling::kMean, false},
-                                          {"city", rows_of(s.cities), d, Pooling::kMean, false}};
+    std::vector<EmbeddingFeature> item = {
+        {"item_id", rows_of(s.items), d, Pooling::kMean, false},
+        {"categories", rows_of(s.categories), d, Pooling::kMean, false},
+        {"keywords", rows_of(s.keywords), d, Pooling::kMean, false},
+        {"city", rows_of(s.cities), d, Pooling::kMean, false}};
     torch::manual_seed(seed);
     model_ = models::TwoTower(models::TwoTowerOptions(models::TowerOptions(user, s.hidden),
                                                       models::TowerOptions(item, s.hidden)));
@@ -53,8 +57,10 @@ class TwoTowerSsl : public Workload {
     config::Reader reader(cfg);
     augment::AugmentContext ctx;
     for (auto& f : item)
-      ctx.specs.push_back({f.name, f.name == "categories" || f.name == "keywords" ? data::FeatureKind::kMulti
-                                                                               : data::FeatureKind::kSingle,
+      ctx.specs.push_back({f.name,
+                           f.name == "categories" || f.name == "keywords"
+                               ? data::FeatureKind::kMulti
+                               : data::FeatureKind::kSingle,
                            f.vocab_size, 1});
     augmentation_ = augment::augmentations().get("complementary")(reader)(ctx);
 
@@ -147,9 +153,9 @@ class TwoTowerSsl : public Workload {
     const double n = static_cast<double>(s_.batch), m = static_cast<double>(s_.ssl_batch);
     const double D = static_cast<double>(s_.hidden.back());
     const int64_t in = 4 * s_.dim;
-    double fwd = mlp_forward_flops(in, s_.hidden, n)             // user tower
-                 + mlp_forward_flops(in, s_.hidden, n + 2 * m)   // item tower: positives + 2 views
-                 + 2 * n * n * D + 2 * m * m * D;                // the two logit matrices
+    double fwd = mlp_forward_flops(in, s_.hidden, n)            // user tower
+                 + mlp_forward_flops(in, s_.hidden, n + 2 * m)  // item tower: positives + 2 views
+                 + 2 * n * n * D + 2 * m * m * D;               // the two logit matrices
     return 3 * fwd / n;
   }
   double param_bytes() const override { return tensor_bytes(params_); }
@@ -182,12 +188,13 @@ class TwoTowerSsl : public Workload {
 
 }  // namespace
 
-std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Device device, uint64_t seed,
-                                            TwoTowerPaths paths) {
+std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Device device,
+                                            uint64_t seed, TwoTowerPaths paths) {
   return std::make_unique<TwoTowerSsl>(s, device, seed, paths);
 }
 
-std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Device device, uint64_t seed) {
+std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Device device,
+                                            uint64_t seed) {
   return make_twotower_ssl(s, device, seed, TwoTowerPaths{});
 }
 

@@ -1,10 +1,11 @@
+#include "framework/bench/bench.h"
+
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
 
-#include "framework/bench/bench.h"
 #include "framework/bench/workloads.h"
 #include "support.h"
 
@@ -173,8 +174,9 @@ TEST_CASE("bench: the recsys binary runs workloads in child processes", "[bench]
     return;
   }
   auto out = recsys::testing::temp_dir("bench_cli") / "out.json";
-  std::string cmd = "build/recsys bench --workloads pipeline --pipeline-lines 2000 --json --threads 1 > " +
-                    out.string();
+  std::string cmd =
+      "build/recsys bench --workloads pipeline --pipeline-lines 2000 --json --threads 1 > " +
+      out.string();
   REQUIRE(std::system(cmd.c_str()) == 0);
   std::ifstream in(out);
   std::string line;
