@@ -1,12 +1,14 @@
-// The recsys binary: train, list (more subcommands register themselves below).
+// The recsys binary: train, list, bench (more subcommands register themselves below).
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <sstream>
 
 #include "augment/augmentation.h"
+#include "framework/bench/bench.h"
 #include "framework/cli/commands.h"
 #include "framework/data/ctr_sources.h"
 #include "framework/data/retrieval_sources.h"
@@ -141,6 +143,17 @@ int main(int argc, char** argv) {
   mi_cmd->add_option("config", mi_config, "experiment JSON")->required();
   mi_cmd->add_option("--set", mi_overrides, "override a.b.c=VALUE; repeatable");
   mi_cmd->add_option("--out", mi_out, "output JSON (default mi.json)");
+  bench::BenchOptions bench_options;
+  std::string bench_workloads = "twotower_ssl,din,dien";
+  auto* bench_cmd = app.add_subcommand("bench", "time the canonical training workloads (shared/bench/WORKLOADS.md)");
+  bench_cmd->add_option("--workloads", bench_workloads, "comma-separated: twotower_ssl, din, dien, pipeline");
+  bench_cmd->add_option("--threads", bench_options.threads, "LibTorch intra-op threads");
+  bench_cmd->add_option("--device", bench_options.device, "cpu or cuda");
+  bench_cmd->add_flag("--json", bench_options.json, "one JSON line per workload");
+  bench_cmd->add_flag("--peak", bench_options.peak, "measure the matmul rate and report FLOP-bound fractions");
+  bench_cmd->add_option("--steps", bench_options.steps, "timed steps after 5 warm-up steps");
+  bench_cmd->add_flag("--plain", bench_options.plain, "run every workload's plain (unoptimised) path");
+  bench_cmd->add_option("--pipeline-lines", bench_options.pipeline_lines, "lines of the generated log (pipeline)");
 
   try {
     app.parse(argc, argv);
@@ -158,6 +171,14 @@ int main(int argc, char** argv) {
       return train::run_sweep(sweep);
     }
     if (*mi_cmd) return cmd_mi(mi_config, mi_overrides, mi_out);
+    if (*bench_cmd) {
+      bench::ensure_passive_omp_wait(argv);
+      bench_options.workloads.clear();
+      std::stringstream ss(bench_workloads);
+      for (std::string w; std::getline(ss, w, ',');)
+        if (!w.empty()) bench_options.workloads.push_back(w);
+      return bench::run_bench(bench_options);
+    }
   } catch (const ConfigError& e) {
     spdlog::error("config error: {}", e.what());
     return 2;

@@ -59,10 +59,15 @@ bool parse_int64(std::string_view s, int64_t& out) {
 class Vocabulary {
  public:
   Vocabulary() : names_{kPadName, kUnkName} {}
-  int64_t index(const std::string& name) {
-    auto [it, inserted] = map_.emplace(name, static_cast<int64_t>(names_.size()));
-    if (inserted) names_.push_back(name);
-    return it->second;
+  int64_t index(std::string_view name) {
+    // Look up before inserting: emplace would allocate a node (and a key copy) for every row.
+    key_.assign(name.data(), name.size());
+    auto it = map_.find(key_);
+    if (it != map_.end()) return it->second;
+    const auto id = static_cast<int64_t>(names_.size());
+    map_.emplace(key_, id);
+    names_.push_back(key_);
+    return id;
   }
   int64_t find(const std::string& name) const {
     auto it = map_.find(name);
@@ -74,13 +79,14 @@ class Vocabulary {
  private:
   std::unordered_map<std::string, int64_t> map_;
   std::vector<std::string> names_;
+  std::string key_;  // reused lookup buffer
 };
 
 /// Accumulates behaviours, then sorts each user's sequence by time.
 class LogBuilder {
  public:
   /// Records one behaviour; an item keeps the first category it was seen with.
-  void add(const std::string& user, const std::string& item, int64_t category, int64_t time) {
+  void add(std::string_view user, std::string_view item, int64_t category, int64_t time) {
     int64_t u = users_.index(user);
     int64_t i = items_.index(item);
     if (static_cast<int64_t>(user_items_.size()) <= u) {
@@ -139,29 +145,37 @@ class LogBuilder {
   std::vector<std::vector<int64_t>> user_items_, user_times_;
 };
 
-std::vector<std::string_view> split(std::string_view line, char delimiter) {
-  std::vector<std::string_view> fields;
+/// Splits `line` at every `delimiter` into `fields` (reused between lines: no allocation once
+/// its capacity suffices).
+void split(std::string_view line, char delimiter, std::vector<std::string_view>& fields) {
+  fields.clear();
   size_t start = 0;
   while (true) {
     size_t end = line.find(delimiter, start);
     if (end == std::string_view::npos) {
       fields.push_back(line.substr(start));
-      return fields;
+      return;
     }
     fields.push_back(line.substr(start, end - start));
     start = end + 1;
   }
 }
 
-/// Splits one CSV record: fields may be double-quoted, with "" standing for a quote.
-std::vector<std::string> split_csv(const std::string& line, char delimiter,
-                                   const LineReader& reader) {
-  std::vector<std::string> fields;
-  std::string field;
+/// Splits one CSV record into `fields` (reused between lines: the strings keep their capacity):
+/// fields may be double-quoted, with "" standing for a quote.
+void split_csv(const std::string& line, char delimiter, const LineReader& reader,
+               std::vector<std::string>& fields) {
+  size_t count = 0;
   size_t i = 0;
   const size_t n = line.size();
+  auto next_field = [&]() -> std::string& {
+    if (count == fields.size()) fields.emplace_back();
+    auto& f = fields[count++];
+    f.clear();
+    return f;
+  };
   while (true) {
-    field.clear();
+    std::string& field = next_field();
     if (i < n && line[i] == '"') {
       ++i;
       bool closed = false;
@@ -185,16 +199,26 @@ std::vector<std::string> split_csv(const std::string& line, char delimiter,
         reader.fail(std::string("unexpected character after a closing quote (expected '") +
                     delimiter + "' or the end of the line)");
     } else {
-      while (i < n && line[i] != delimiter) field += line[i++];
+      size_t end = line.find(delimiter, i);
+      if (end == std::string::npos) end = n;
+      field.assign(line, i, end - i);
+      i = end;
     }
-    fields.push_back(field);
-    if (i >= n) return fields;
+    if (i >= n) break;
     ++i;  // skip the delimiter; a trailing delimiter yields a last empty field
     if (i == n) {
-      fields.emplace_back();
-      return fields;
+      next_field();
+      break;
     }
   }
+  fields.resize(count);
+}
+
+std::vector<std::string> split_csv(const std::string& line, char delimiter,
+                                   const LineReader& reader) {
+  std::vector<std::string> fields;
+  split_csv(line, delimiter, reader, fields);
+  return fields;
 }
 
 /// Converts a python literal (single-quoted strings, True/False/None) into JSON text.
@@ -293,11 +317,11 @@ InteractionLog load_taobao(const std::string& path, const std::vector<std::strin
   LogBuilder builder;
   std::string line;
   bool any_line = false;
-  std::unordered_map<std::string, int64_t> category_cache;
+  std::vector<std::string_view> f;
   while (reader.next(line)) {
     if (is_blank(line)) continue;
     any_line = true;
-    auto f = split(line, ',');
+    split(line, ',', f);
     if (f.size() != 5)
       reader.fail("expected 5 columns user,item,category,behavior,timestamp, got " +
                   std::to_string(f.size()));
@@ -307,8 +331,8 @@ InteractionLog load_taobao(const std::string& path, const std::vector<std::strin
     if (f[0].empty() || f[1].empty() || f[2].empty())
       reader.fail("empty user, item or category id");
     if (!keep.count(f[3])) continue;
-    int64_t category = builder.categories().index(std::string(f[2]));
-    builder.add(std::string(f[0]), std::string(f[1]), category, time);
+    int64_t category = builder.categories().index(f[2]);
+    builder.add(f[0], f[1], category, time);
   }
   if (!any_line) throw DataError(path, 0, "empty file");
   std::string kept;
@@ -440,9 +464,11 @@ InteractionLog load_interactions_csv(const CsvOptions& options) {
     builder.add(user, item, category, time);
   };
   if (first_row_is_data) consume(fields);
+  std::vector<std::string> row;
   while (reader.next(line)) {
     if (is_blank(line)) continue;
-    consume(split_csv(line, options.delimiter, reader));
+    split_csv(line, options.delimiter, reader, row);
+    consume(row);
   }
   return builder.finish(options.path);
 }

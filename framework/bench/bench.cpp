@@ -1,0 +1,392 @@
+#include "framework/bench/bench.h"
+
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <torch/cuda.h>
+#include <torch/version.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <set>
+
+#include "framework/bench/workloads.h"
+#include "framework/util/errors.h"
+
+namespace recsys::bench {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+void sync(torch::Device device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+torch::Device parse_device(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (name == "cuda") {
+    if (!torch::cuda::is_available())
+      throw UsageError("--device cuda: this LibTorch build sees no CUDA device (use --device cpu)");
+    return torch::Device(torch::kCUDA, 0);
+  }
+  throw UsageError("--device must be cpu or cuda, got '" + name + "'");
+}
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+double process_cpu_s() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  auto s = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + 1e-6 * static_cast<double>(t.tv_usec);
+  };
+  return s(ru.ru_utime) + s(ru.ru_stime);
+}
+
+}  // namespace
+
+void Workload::begin_step() { phase_start_ = Clock::now(); }
+
+void Workload::end_phase(int i) {
+  auto now = Clock::now();
+  phase_ms_[static_cast<size_t>(i)] =
+      std::chrono::duration<double, std::milli>(now - phase_start_).count();
+  phase_start_ = now;
+}
+
+BenchShapes BenchShapes::tiny() {
+  BenchShapes s;
+  auto& t = s.two_tower;
+  t.users = 50;
+  t.items = 80;
+  t.dim = 8;
+  t.history = 4;
+  t.categories = 20;
+  t.keywords = 30;
+  t.cities = 7;
+  t.hidden = {16, 8};
+  t.batch = 16;
+  t.ssl_batch = 12;
+  auto& c = s.ctr;
+  c.items = 60;
+  c.categories = 9;
+  c.dim = 4;
+  c.batch = 8;
+  c.dien_batch = 6;
+  c.max_len = 7;
+  c.min_len = 2;
+  c.attention = {6, 4};
+  c.mlp = {10, 5};
+  c.gru_hidden = 5;
+  c.aux = {6, 3};
+  return s;
+}
+
+const std::vector<std::string>& workload_names() {
+  static const std::vector<std::string> names = {"twotower_ssl", "din", "dien"};
+  return names;
+}
+
+std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShapes& shapes,
+                                        torch::Device device, uint64_t seed, bool plain) {
+  if (name == "twotower_ssl")
+    return make_twotower_ssl(shapes.two_tower, device, seed, TwoTowerPaths{!plain});
+  if (name == "din") return make_din(shapes.ctr, device, seed, CtrPaths{!plain});
+  if (name == "dien") return make_dien(shapes.ctr, device, seed, CtrPaths{!plain});
+  throw UsageError("unknown workload '" + name + "' (known: twotower_ssl, din, dien, pipeline)");
+}
+
+ZipfSampler::ZipfSampler(int64_t n, double exponent) : exponent_(exponent) {
+  TORCH_CHECK(n >= 1, "ZipfSampler: needs at least one rank, got ", n);
+  cdf_.resize(static_cast<size_t>(n));
+  double total = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    total += std::pow(static_cast<double>(k + 1), -exponent);
+    cdf_[static_cast<size_t>(k)] = total;
+  }
+  for (auto& c : cdf_) c /= total;
+  log_norm_ = std::log(total);
+}
+
+int64_t ZipfSampler::operator()(std::mt19937_64& rng) const {
+  double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+  auto it = std::lower_bound(cdf_.begin(), cdf_.end(), u);
+  if (it == cdf_.end()) --it;
+  return static_cast<int64_t>(it - cdf_.begin());
+}
+
+double ZipfSampler::log_prob(int64_t rank) const {
+  return -exponent_ * std::log(static_cast<double>(rank + 1)) - log_norm_;
+}
+
+double mlp_forward_flops(int64_t in_dim, const std::vector<int64_t>& hidden, double rows) {
+  double flops = 0;
+  int64_t in = in_dim;
+  for (auto out : hidden) {
+    flops += 2.0 * static_cast<double>(in) * static_cast<double>(out) * rows;
+    in = out;
+  }
+  return flops;
+}
+
+double tensor_bytes(const std::vector<torch::Tensor>& tensors) {
+  double b = 0;
+  for (auto& t : tensors)
+    if (t.defined()) b += static_cast<double>(t.numel()) * static_cast<double>(t.element_size());
+  return b;
+}
+
+double measure_matmul_gflops(int64_t n, int repeats) {
+  torch::NoGradGuard no_grad;
+  auto a = torch::randn({n, n});
+  auto b = torch::randn({n, n});
+  auto c = torch::empty({n, n});
+  for (int i = 0; i < 3; ++i) torch::mm_out(c, a, b);
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    auto t0 = Clock::now();
+    torch::mm_out(c, a, b);
+    times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  return 2.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(n) /
+         median(times) / 1e9;
+}
+
+nlohmann::json run_workload(const std::string& name, const BenchOptions& options) {
+  torch::set_num_threads(options.threads);
+  auto device = parse_device(options.device);
+  auto workload = make_workload(name, options.shapes, device, 1, options.plain);
+  TORCH_CHECK(options.steps >= 1, "bench: --steps must be >= 1");
+  for (int i = 0; i < options.warmup; ++i) workload->step();
+  sync(device);
+  std::vector<double> ms;
+  std::array<std::vector<double>, 3> phases;
+  ms.reserve(static_cast<size_t>(options.steps));
+  torch::Tensor loss;
+  const double cpu0 = process_cpu_s();
+  for (int i = 0; i < options.steps; ++i) {
+    auto t0 = Clock::now();
+    loss = workload->step();
+    sync(device);
+    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    for (size_t p = 0; p < 3; ++p) phases[p].push_back(workload->phase_ms()[p]);
+  }
+  const double cpu_ms = 1000.0 * (process_cpu_s() - cpu0) / options.steps;
+  double step_ms = median(ms);
+  nlohmann::json r;
+  r["workload"] = name;
+  r["examples_per_s"] = static_cast<double>(workload->examples_per_step()) / (step_ms / 1000.0);
+  r["step_ms_median"] = step_ms;
+  // CPU time (all threads, user + system) per step: on a shared machine the wall time includes
+  // waiting for the cores; this measures the work (idle OpenMP threads sleep when PASSIVE).
+  r["cpu_ms_per_step"] = cpu_ms;
+  r["examples_per_cpu_s"] = static_cast<double>(workload->examples_per_step()) / (cpu_ms / 1000.0);
+  r["threads"] = options.threads;
+  r["device"] = options.device;
+  r["torch"] = TORCH_VERSION;
+  r["path"] = options.plain ? "plain" : "optimised";
+  const char* wait = std::getenv("OMP_WAIT_POLICY");
+  r["omp_wait_policy"] = wait ? wait : "unset";
+  r["peak_rss_mb"] = nullptr;  // filled in by the parent (wait4) when the workload ran in a child
+  r["param_mb"] = workload->param_bytes() / kMiB;
+  r["optimizer_state_mb"] = workload->optimizer_state_bytes() / kMiB;
+  r["batch_activation_mb_estimate"] = workload->activation_bytes_estimate() / kMiB;
+  r["flops_per_example"] = workload->flops_per_example();
+  r["final_loss"] = loss.item<double>();
+  // Phase medians (on an accelerator without a sync between phases: indicative only).
+  r["forward_ms_median"] = median(phases[0]);
+  r["backward_ms_median"] = median(phases[1]);
+  r["optimizer_ms_median"] = median(phases[2]);
+  return r;
+}
+
+namespace {
+
+void add_bound(nlohmann::json& r, double gflops) {
+  if (!r.contains("flops_per_example") || gflops <= 0) return;
+  double bound = gflops * 1e9 / r["flops_per_example"].get<double>();
+  r["peak_gflops"] = gflops;
+  r["flop_bound_examples_per_s"] = bound;
+  r["flop_bound_fraction"] = r["examples_per_s"].get<double>() / bound;
+}
+
+/// Runs `fn` in a forked child that writes one JSON document to a pipe; returns it with the
+/// child's own peak RSS (wait4 reports the rusage of that child alone, whereas
+/// getrusage(RUSAGE_CHILDREN) would give the largest of all children so far).
+template <class Fn>
+nlohmann::json in_child(const std::string& name, Fn fn) {
+  int fds[2];
+  if (pipe(fds) != 0)
+    throw std::runtime_error("bench: pipe() failed: " + std::string(std::strerror(errno)));
+  std::fflush(stdout);
+  std::fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0)
+    throw std::runtime_error("bench: fork() failed: " + std::string(std::strerror(errno)));
+  if (pid == 0) {
+    close(fds[0]);
+    std::string out;
+    int code = 0;
+    try {
+      out = fn().dump();
+    } catch (const std::exception& e) {
+      out = nlohmann::json{{"workload", name}, {"error", e.what()}}.dump();
+      code = 1;
+    }
+    out += "\n";
+    size_t off = 0;
+    while (off < out.size()) {
+      ssize_t w = write(fds[1], out.data() + off, out.size() - off);
+      if (w <= 0) break;
+      off += static_cast<size_t>(w);
+    }
+    close(fds[1]);
+    _exit(code);
+  }
+  close(fds[1]);
+  std::string text;
+  char buf[4096];
+  ssize_t got;
+  while ((got = read(fds[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(got));
+  close(fds[0]);
+  int status = 0;
+  struct rusage ru {};
+  wait4(pid, &status, 0, &ru);
+  nlohmann::json r;
+  try {
+    r = nlohmann::json::parse(text);
+  } catch (const std::exception&) {
+    r = {{"workload", name},
+         {"error", "child exited with status " + std::to_string(status) + " without a result"}};
+  }
+  r["peak_rss_mb"] = static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+  return r;
+}
+
+std::string fmt(const nlohmann::json& r, const char* key, const char* f) {
+  if (!r.contains(key) || !r[key].is_number()) return "-";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, r[key].get<double>());
+  return buf;
+}
+
+void print_table(const std::vector<nlohmann::json>& rows, bool peak) {
+  std::printf("%-13s %12s %9s %7s %9s %9s %9s %9s", "workload", "examples/s", "step ms", "threads",
+              "RSS MB", "param MB", "optim MB", "act MB");
+  if (peak) std::printf(" %10s %9s %9s", "MFLOP/ex", "bound/s", "fraction");
+  std::printf("\n");
+  for (auto& r : rows) {
+    if (r.contains("error")) {
+      std::printf("%-13s error: %s\n", r["workload"].get<std::string>().c_str(),
+                  r["error"].get<std::string>().c_str());
+      continue;
+    }
+    if (r["workload"] == "pipeline") continue;
+    double mflop = r.contains("flops_per_example") ? r["flops_per_example"].get<double>() / 1e6 : 0;
+    std::printf("%-13s %12s %9s %7d %9s %9s %9s %9s", r["workload"].get<std::string>().c_str(),
+                fmt(r, "examples_per_s", "%.0f").c_str(), fmt(r, "step_ms_median", "%.2f").c_str(),
+                r["threads"].get<int>(), fmt(r, "peak_rss_mb", "%.0f").c_str(),
+                fmt(r, "param_mb", "%.1f").c_str(), fmt(r, "optimizer_state_mb", "%.1f").c_str(),
+                fmt(r, "batch_activation_mb_estimate", "%.1f").c_str());
+    if (peak)
+      std::printf(" %10.2f %9s %9s", mflop, fmt(r, "flop_bound_examples_per_s", "%.0f").c_str(),
+                  fmt(r, "flop_bound_fraction", "%.3f").c_str());
+    std::printf("\n");
+  }
+  for (auto& r : rows) {
+    if (r["workload"] != "pipeline" || r.contains("error")) continue;
+    std::printf("\npipeline (%s lines, one core):\n", fmt(r, "lines", "%.0f").c_str());
+    std::printf("  parse load_taobao           %12s lines/s (%s per CPU second)\n",
+                fmt(r, "parse_taobao_lines_per_s", "%.0f").c_str(),
+                fmt(r, "parse_taobao_lines_per_cpu_s", "%.0f").c_str());
+    std::printf("  parse load_interactions_csv %12s lines/s (%s per CPU second)\n",
+                fmt(r, "parse_csv_lines_per_s", "%.0f").c_str(),
+                fmt(r, "parse_csv_lines_per_cpu_s", "%.0f").c_str());
+    std::printf("  make_ctr_batch (256 rows)   %12s batches/s %12s examples/s\n",
+                fmt(r, "ctr_batches_per_s", "%.0f").c_str(),
+                fmt(r, "ctr_examples_per_s", "%.0f").c_str());
+    std::printf("  retrieval gather (1024)     %12s batches/s %12s examples/s\n",
+                fmt(r, "retrieval_batches_per_s", "%.0f").c_str(),
+                fmt(r, "retrieval_examples_per_s", "%.0f").c_str());
+    if (r.contains("fastest_workload_examples_per_s"))
+      std::printf("  fastest workload trains     %12s examples/s (ctr batching is %sx that)\n",
+                  fmt(r, "fastest_workload_examples_per_s", "%.0f").c_str(),
+                  fmt(r, "ctr_batching_over_training", "%.1f").c_str());
+  }
+}
+
+}  // namespace
+
+void ensure_passive_omp_wait(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  execv("/proc/self/exe", argv);  // returns only on failure: then run with the current policy
+}
+
+int run_bench(const BenchOptions& options) {
+  std::set<std::string> known(workload_names().begin(), workload_names().end());
+  known.insert("pipeline");
+  for (auto& w : options.workloads)
+    if (!known.count(w))
+      throw UsageError("--workloads: unknown workload '" + w +
+                       "' (known: twotower_ssl, din, dien, pipeline)");
+  if (options.threads < 1) throw UsageError("--threads must be >= 1");
+  if (options.steps < 1) throw UsageError("--steps must be >= 1");
+  if (options.device != "cpu" && options.device != "cuda")
+    throw UsageError("--device must be cpu or cuda, got '" + options.device + "'");
+
+  auto run = [&](const std::string& name, auto fn) -> nlohmann::json {
+    if (options.fork) return in_child(name, fn);
+    return fn();
+  };
+
+  double gflops = 0;
+  if (options.peak) {
+    auto r = run("peak", [&] {
+      torch::set_num_threads(options.threads);
+      return nlohmann::json{{"gflops", measure_matmul_gflops()}};
+    });
+    if (r.contains("gflops")) gflops = r["gflops"].get<double>();
+  }
+  std::vector<nlohmann::json> rows;
+  double fastest = 0;
+  for (auto& name : options.workloads) {
+    if (name == "pipeline") continue;
+    auto r = run(name, [&] { return run_workload(name, options); });
+    if (options.peak) add_bound(r, gflops);
+    if (r.contains("examples_per_s"))
+      fastest = std::max(fastest, r["examples_per_s"].get<double>());
+    rows.push_back(r);
+  }
+  if (std::find(options.workloads.begin(), options.workloads.end(), "pipeline") !=
+      options.workloads.end())
+    rows.push_back(run("pipeline", [&] { return run_pipeline(options, fastest); }));
+
+  bool failed = false;
+  for (auto& r : rows) failed = failed || r.contains("error");
+  if (options.json) {
+    for (auto& r : rows) std::printf("%s\n", r.dump().c_str());
+  } else {
+    if (options.peak)
+      std::printf("float32 matmul rate: %.1f GFLOP/s at %d threads\n", gflops, options.threads);
+    print_table(rows, options.peak);
+  }
+  std::fflush(stdout);
+  return failed ? 1 : 0;
+}
+
+}  // namespace recsys::bench

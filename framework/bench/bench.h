@@ -1,0 +1,148 @@
+#pragma once
+#include <torch/torch.h>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+// `recsys bench`: the canonical training workloads of WORKLOADS.md (shared/bench) run through the
+// framework's own models, losses and optimizer on in-memory synthetic batches, plus a benchmark of
+// the data pipeline (log parsing and batch building).
+namespace recsys::bench {
+
+/// Shapes of the twotower_ssl workload (defaults: WORKLOADS.md).
+struct TwoTowerShapes {
+  int64_t users = 100000, items = 200000, dim = 64, history = 20;
+  int64_t ages = 10, genders = 3, categories = 1000, category_bag = 3, keywords = 10000,
+          keyword_bag = 5, cities = 500;
+  std::vector<int64_t> hidden = {256, 128, 64};
+  int64_t batch = 1024, ssl_batch = 1024;
+  double temperature = 0.05, ssl_weight = 0.5;
+};
+
+/// Shapes of the din and dien workloads (defaults: WORKLOADS.md; `batch` is din's, dien uses
+/// `dien_batch`).
+struct CtrShapes {
+  int64_t items = 100000, categories = 1000, dim = 18;
+  int64_t batch = 256, dien_batch = 128, max_len = 50, min_len = 5;
+  std::vector<int64_t> attention = {80, 40};
+  std::vector<int64_t> mlp = {200, 80};
+  int64_t gru_hidden = 36;
+  std::vector<int64_t> aux = {100, 50};
+};
+
+struct BenchShapes {
+  TwoTowerShapes two_tower;
+  CtrShapes ctr;
+  /// Tiny shapes for tests (every code path, a few milliseconds a step).
+  static BenchShapes tiny();
+};
+
+struct BenchOptions {
+  /// twotower_ssl, din, dien, pipeline (and the hidden peak).
+  std::vector<std::string> workloads = {"twotower_ssl", "din", "dien"};
+  /// LibTorch intra-op threads.
+  int threads = 2;
+  std::string device = "cpu";
+  /// One JSON line per workload instead of a table.
+  bool json = false;
+  /// Measure the float32 matmul rate and report FLOP-bound fractions.
+  bool peak = false;
+  /// Timed steps after the warm-up.
+  int steps = 30;
+  int warmup = 5;
+  /// Run each workload in a forked child (its own peak RSS). Tests run in-process.
+  bool fork = true;
+  /// Use every workload's plain path (the oracle of its optimised one), for before/after ratios.
+  bool plain = false;
+  /// Lines of the generated interaction log for the pipeline benchmark.
+  int64_t pipeline_lines = 2000000;
+  BenchShapes shapes;
+};
+
+/// One training workload: owns its model, optimizer and pre-generated batches.
+class Workload {
+ public:
+  virtual ~Workload() = default;
+  virtual std::string name() const = 0;
+  virtual int64_t examples_per_step() const = 0;
+  /// One optimizer step on the next pre-generated batch (round robin). Returns the loss tensor
+  /// (not synchronised: reading it is the caller's choice).
+  virtual torch::Tensor step() = 0;
+  /// Forward + backward floating-point operations per example, counted from the shapes
+  /// (matmuls 2mnk, backward 2x forward for matmuls; see flops.h of each workload).
+  virtual double flops_per_example() const = 0;
+  /// Bytes of trainable parameters, of optimizer state, and an estimate of one batch's activations.
+  virtual double param_bytes() const = 0;
+  virtual double optimizer_state_bytes() const = 0;
+  virtual double activation_bytes_estimate() const = 0;
+  /// Milliseconds of the last step's forward (to the loss), backward and optimizer step.
+  const std::array<double, 3>& phase_ms() const { return phase_ms_; }
+
+ protected:
+  /// Marks the end of phase `i` (0 forward, 1 backward, 2 optimizer) of the current step;
+  /// phase 0 is timed from begin_step().
+  void begin_step();
+  void end_phase(int i);
+
+ private:
+  std::array<double, 3> phase_ms_{};
+  std::chrono::steady_clock::time_point phase_start_;
+};
+
+/// Names of the training workloads.
+const std::vector<std::string>& workload_names();
+/// Builds a workload (throws UsageError for an unknown name).
+std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShapes& shapes,
+                                        torch::Device device, uint64_t seed = 1,
+                                        bool plain = false);
+
+std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Device device,
+                                            uint64_t seed);
+std::unique_ptr<Workload> make_din(const CtrShapes& s, torch::Device device, uint64_t seed);
+std::unique_ptr<Workload> make_dien(const CtrShapes& s, torch::Device device, uint64_t seed);
+
+/// Zipf(exponent) over ranks 0..n-1 (P(k) proportional to (k + 1)^-exponent), by inverse CDF.
+class ZipfSampler {
+ public:
+  ZipfSampler(int64_t n, double exponent);
+  int64_t operator()(std::mt19937_64& rng) const;
+  /// log P(rank).
+  double log_prob(int64_t rank) const;
+
+ private:
+  std::vector<double> cdf_;
+  double log_norm_, exponent_;
+};
+
+/// FLOPs of one forward pass of an MLP with widths in_dim -> hidden... over `rows` rows: 2 in out
+/// per layer and row (biases and activations are not counted).
+double mlp_forward_flops(int64_t in_dim, const std::vector<int64_t>& hidden, double rows);
+
+/// Runs warm-up + timed steps of one workload in this process; returns its JSON record.
+nlohmann::json run_workload(const std::string& name, const BenchOptions& options);
+/// The data-pipeline benchmark; `fastest_examples_per_s` (0 = unknown) is the comparison point.
+nlohmann::json run_pipeline(const BenchOptions& options, double fastest_examples_per_s);
+/// Float32 matmul rate in GFLOP/s (median of timed 1024x1024 products), at the current threads.
+double measure_matmul_gflops(int64_t n = 1024, int repeats = 20);
+
+/// The `recsys bench` command: every workload (each in its own child process when
+/// options.fork), then the table or the JSON lines on stdout. Returns the exit status.
+int run_bench(const BenchOptions& options);
+
+/// libgomp reads OMP_WAIT_POLICY once, when it is loaded: when the variable is unset this sets it
+/// to PASSIVE and re-executes the binary (/proc/self/exe) with the same arguments, so that idle
+/// OpenMP threads sleep instead of spinning (on a shared 2-core machine spinning threads steal
+/// the cores the workers need: measured about 8x slower, docs/performance.md). Returns only when
+/// nothing had to be done or the exec failed.
+void ensure_passive_omp_wait(char** argv);
+
+/// Sum of the bytes of `tensors`.
+double tensor_bytes(const std::vector<torch::Tensor>& tensors);
+
+}  // namespace recsys::bench

@@ -1,0 +1,78 @@
+// The models behind the din and dien workloads: models::Din and models::Dien with the shapes of
+// WORKLOADS.md (ids 1..items with 0 as padding, so the tables have items + 1 and categories + 1
+// rows).
+#include "framework/bench/workloads.h"
+#include "models/dien/dien.h"
+#include "models/din/din.h"
+
+namespace recsys::bench {
+
+namespace {
+
+models::CtrEmbeddingsOptions embeddings(const CtrShapes& s) {
+  return models::CtrEmbeddingsOptions(s.items + 1, s.categories + 1)
+      .item_dim(s.dim)
+      .category_dim(s.dim)
+      .sparse(true);
+}
+
+models::CtrMlpOptions output_mlp(const CtrShapes& s) {
+  models::CtrMlpOptions o;
+  o.hidden = s.mlp;
+  o.activation = models::Activation::kDice;
+  return o;
+}
+
+}  // namespace
+
+std::unique_ptr<Workload> make_din(const CtrShapes& s, torch::Device device, uint64_t seed,
+                                   CtrPaths paths) {
+  return make_ctr_workload("din", s, device, seed, [paths](const CtrShapes& s) {
+    auto din = models::Din(models::DinOptions(embeddings(s))
+                               .attention_hidden(s.attention)
+                               .attention_activation(models::Activation::kSigmoid)
+                               .attention_softmax(false)
+                               .mlp(output_mlp(s)));
+    if (!paths.fused) {
+      // The plain activation unit (concatenated [q, k, q - k, q * k]), same parameters.
+      auto plain = models::ActivationUnit(models::ActivationUnitOptions(2 * s.dim)
+                                              .hidden(s.attention)
+                                              .activation(models::Activation::kSigmoid)
+                                              .softmax(false)
+                                              .fused_first_layer(false));
+      {
+        // Same parameters as the unit it replaces, so both paths compute the same losses.
+        torch::NoGradGuard no_grad;
+        auto from = din->attention->named_parameters();
+        for (auto& p : plain->named_parameters()) p.value().copy_(from[p.key()]);
+      }
+      din->attention = din->replace_module("attention", plain);
+    }
+    return std::static_pointer_cast<models::CtrModel>(din.ptr());
+  });
+}
+
+std::unique_ptr<Workload> make_dien(const CtrShapes& s, torch::Device device, uint64_t seed,
+                                    CtrPaths paths) {
+  return make_ctr_workload("dien", s, device, seed, [paths](const CtrShapes& s) {
+    auto dien = models::Dien(models::DienOptions(embeddings(s))
+                                 .extractor_hidden(s.gru_hidden)
+                                 .evolution_hidden(s.gru_hidden)
+                                 .evolution(models::GruKind::kAugru)
+                                 .fused(paths.fused)
+                                 .mlp(output_mlp(s))
+                                 .aux_hidden(s.aux)
+                                 .alpha_aux(1.0));
+    return std::static_pointer_cast<models::CtrModel>(dien.ptr());
+  });
+}
+
+std::unique_ptr<Workload> make_din(const CtrShapes& s, torch::Device device, uint64_t seed) {
+  return make_din(s, device, seed, CtrPaths{});
+}
+
+std::unique_ptr<Workload> make_dien(const CtrShapes& s, torch::Device device, uint64_t seed) {
+  return make_dien(s, device, seed, CtrPaths{});
+}
+
+}  // namespace recsys::bench

@@ -1,0 +1,42 @@
+#pragma once
+// Switches between each workload's optimised path and the plain path that serves as its oracle
+// (tests run both and compare the losses).
+#include <functional>
+
+#include "framework/bench/bench.h"
+#include "models/din/ctr_task.h"
+
+namespace recsys::bench {
+
+struct TwoTowerPaths {
+  /// Positives and both SSL views through the item tower as one batch (else three passes).
+  bool batched_item_tower = true;
+};
+
+std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Device device,
+                                            uint64_t seed, TwoTowerPaths paths);
+
+struct CtrPaths {
+  /// din: the activation unit's fused first layer; dien: both GRUs through gru_fused.
+  bool fused = true;
+};
+
+std::unique_ptr<Workload> make_din(const CtrShapes& s, torch::Device device, uint64_t seed,
+                                   CtrPaths paths);
+std::unique_ptr<Workload> make_dien(const CtrShapes& s, torch::Device device, uint64_t seed,
+                                    CtrPaths paths);
+
+/// Builds the CTR model of a workload for the given shapes.
+using CtrModelBuilder = std::function<std::shared_ptr<models::CtrModel>(const CtrShapes&)>;
+
+/// din (batch s.batch) or dien (batch s.dien_batch, with a negative history) around any CtrModel.
+std::unique_ptr<Workload> make_ctr_workload(const std::string& name, const CtrShapes& s,
+                                            torch::Device device, uint64_t seed,
+                                            const CtrModelBuilder& build);
+
+/// Forward + backward FLOPs per example (matmuls only, 2mnk, backward = 2x forward), over every
+/// padded history position, of the canonical formulation (DIN's attention on the 4x-wide input).
+double din_flops_per_example(const CtrShapes& s);
+double dien_flops_per_example(const CtrShapes& s);
+
+}  // namespace recsys::bench

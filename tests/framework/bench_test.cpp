@@ -1,0 +1,188 @@
+#include "framework/bench/bench.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "framework/bench/workloads.h"
+#include "support.h"
+
+using namespace recsys;
+using namespace recsys::bench;
+
+namespace {
+
+BenchOptions tiny_options() {
+  BenchOptions o;
+  o.threads = 1;
+  o.steps = 2;
+  o.warmup = 1;
+  o.fork = false;
+  o.shapes = BenchShapes::tiny();
+  return o;
+}
+
+void require_finite_positive(const nlohmann::json& r, const char* key) {
+  INFO(r.dump() << " key " << key);
+  REQUIRE(r.contains(key));
+  double v = r[key].get<double>();
+  REQUIRE(std::isfinite(v));
+  REQUIRE(v > 0);
+}
+
+}  // namespace
+
+TEST_CASE("bench: mlp_forward_flops counts 2 in out per layer and row", "[bench]") {
+  // 3 -> 4 -> 2 over 5 rows: 2 * (3 * 4 + 4 * 2) * 5 = 200.
+  REQUIRE(mlp_forward_flops(3, {4, 2}, 5) == Approx(200.0));
+  REQUIRE(mlp_forward_flops(7, {}, 3) == 0.0);
+}
+
+TEST_CASE("bench: workload FLOP counts match hand counts at tiny shapes", "[bench]") {
+  CtrShapes s;
+  s.dim = 1;  // a behaviour is 2 wide
+  s.max_len = 2;
+  s.attention = {3};
+  s.mlp = {2};
+  s.gru_hidden = 1;
+  s.aux = {2};
+  // DIN: attention 8 -> 3 -> 1 at 2 positions: 2 * (24 + 3) * 2 = 108; output MLP 6 -> 2 -> 1:
+  // 2 * (12 + 2) = 28. Forward + backward = 3 * 136.
+  REQUIRE(din_flops_per_example(s) == Approx(408.0));
+  // DIEN (I = 2, H = 1, T = 2): one GRU = 2 * (2 * (2 * 3) + 2 * (1 * 3)) = 36, two GRUs 72;
+  // aux MLP 3 -> 2 -> 1 = 2 * (6 + 2) = 16, on T - 1 = 1 position for the positive and the
+  // negative = 32; W e = 2 * 2 * 1 = 4 and the scores 2 * T * H = 4; output MLP 5 -> 2 -> 1 =
+  // 2 * (10 + 2) = 24. Total 136, times 3.
+  REQUIRE(dien_flops_per_example(s) == Approx(408.0));
+
+  TwoTowerShapes t = BenchShapes::tiny().two_tower;  // dim 8, hidden {16, 8}, n 16, m 12
+  auto w = make_twotower_ssl(t, torch::kCPU, 1);
+  // Tower MLP per row: 2 * (32 * 16 + 16 * 8) = 1280; user rows 16, item rows 16 + 24 = 40;
+  // logits 2 * 16 * 16 * 8 + 2 * 12 * 12 * 8 = 6400. Forward 1280 * 56 + 6400 = 78080,
+  // times 3 over 16 examples.
+  REQUIRE(w->flops_per_example() == Approx(3.0 * 78080.0 / 16.0));
+}
+
+TEST_CASE("bench: Zipf sampler follows (k + 1)^-1.1", "[bench]") {
+  ZipfSampler z(5, 1.1);
+  double h = 0;
+  for (int k = 1; k <= 5; ++k) h += std::pow(k, -1.1);
+  REQUIRE(z.log_prob(0) == Approx(-std::log(h)));
+  REQUIRE(z.log_prob(4) == Approx(-1.1 * std::log(5.0) - std::log(h)));
+  std::mt19937_64 rng(3);
+  std::vector<int> counts(5, 0);
+  const int n = 200000;
+  int out_of_range = 0;
+  for (int i = 0; i < n; ++i) {
+    auto r = z(rng);
+    if (r < 0 || r >= 5) {
+      ++out_of_range;
+      continue;
+    }
+    ++counts[static_cast<size_t>(r)];
+  }
+  REQUIRE(out_of_range == 0);
+  for (int k = 0; k < 5; ++k)
+    REQUIRE(counts[static_cast<size_t>(k)] / static_cast<double>(n) ==
+            Approx(std::exp(z.log_prob(k))).margin(0.005));
+}
+
+TEST_CASE("bench: twotower_ssl runs at tiny shapes with finite positive figures", "[bench]") {
+  auto r = run_workload("twotower_ssl", tiny_options());
+  for (auto* key : {"examples_per_s", "step_ms_median", "param_mb", "optimizer_state_mb",
+                    "batch_activation_mb_estimate", "flops_per_example", "final_loss"})
+    require_finite_positive(r, key);
+  REQUIRE(r["workload"] == "twotower_ssl");
+  REQUIRE(r["threads"] == 1);
+  REQUIRE(r["optimizer_state_mb"].get<double>() == Approx(2 * r["param_mb"].get<double>()));
+}
+
+TEST_CASE("bench: din and dien run at tiny shapes with finite positive figures", "[bench]") {
+  for (const char* name : {"din", "dien"}) {
+    auto r = run_workload(name, tiny_options());
+    for (auto* key : {"examples_per_s", "step_ms_median", "param_mb", "optimizer_state_mb",
+                      "batch_activation_mb_estimate", "flops_per_example", "final_loss"})
+      require_finite_positive(r, key);
+    REQUIRE(r["workload"] == name);
+  }
+}
+
+TEST_CASE("bench: din and dien's fused paths give the losses of their plain paths", "[bench]") {
+  auto s = BenchShapes::tiny().ctr;
+  auto din_fast = make_din(s, torch::kCPU, 4, CtrPaths{true});
+  auto din_plain = make_din(s, torch::kCPU, 4, CtrPaths{false});
+  auto dien_fast = make_dien(s, torch::kCPU, 4, CtrPaths{true});
+  auto dien_plain = make_dien(s, torch::kCPU, 4, CtrPaths{false});
+  for (int i = 0; i < 4; ++i) {
+    double a = din_fast->step().item<double>(), b = din_plain->step().item<double>();
+    REQUIRE(std::isfinite(a));
+    REQUIRE(a == Approx(b).epsilon(1e-5));
+    double c = dien_fast->step().item<double>(), d = dien_plain->step().item<double>();
+    REQUIRE(std::isfinite(c));
+    REQUIRE(c == Approx(d).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("bench: the batched item tower gives the losses of three separate passes", "[bench]") {
+  auto s = BenchShapes::tiny().two_tower;
+  auto fast = make_twotower_ssl(s, torch::kCPU, 5, TwoTowerPaths{true});
+  auto plain = make_twotower_ssl(s, torch::kCPU, 5, TwoTowerPaths{false});
+  // Same seed: same parameters, batches and masks; the updates keep them in step.
+  for (int i = 0; i < 4; ++i) {
+    double a = fast->step().item<double>(), b = plain->step().item<double>();
+    REQUIRE(std::isfinite(a));
+    REQUIRE(a == Approx(b).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("bench: training lowers the twotower_ssl loss on its batches", "[bench]") {
+  auto s = BenchShapes::tiny().two_tower;
+  auto w = make_twotower_ssl(s, torch::kCPU, 2);
+  double first = 0, last = 0;
+  for (int i = 0; i < 8; ++i) first += w->step().item<double>();
+  for (int i = 0; i < 200; ++i) w->step();
+  for (int i = 0; i < 8; ++i) last += w->step().item<double>();
+  REQUIRE(last < first);
+}
+
+TEST_CASE("bench: unknown workloads and bad options are usage errors", "[bench]") {
+  auto o = tiny_options();
+  o.workloads = {"nope"};
+  REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("known: twotower_ssl"));
+  o.workloads = {"twotower_ssl"};
+  o.threads = 0;
+  REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("--threads"));
+}
+
+TEST_CASE("bench: the pipeline benchmark parses and batches a generated log", "[bench]") {
+  auto o = tiny_options();
+  o.pipeline_lines = 3000;
+  auto r = run_pipeline(o, 1000.0);
+  for (auto* key : {"parse_taobao_lines_per_s", "parse_csv_lines_per_s", "ctr_batches_per_s",
+                    "ctr_examples_per_s", "retrieval_batches_per_s", "retrieval_examples_per_s",
+                    "ctr_batching_over_training"})
+    require_finite_positive(r, key);
+  REQUIRE(r["ctr_examples_per_s"].get<double>() ==
+          Approx(256 * r["ctr_batches_per_s"].get<double>()));
+}
+
+TEST_CASE("bench: the recsys binary runs workloads in child processes", "[bench]") {
+  if (!std::filesystem::exists("build/recsys")) {
+    WARN("build/recsys not found (run the tests from the repository root after building): skipped");
+    return;
+  }
+  auto out = recsys::testing::temp_dir("bench_cli") / "out.json";
+  std::string cmd =
+      "build/recsys bench --workloads pipeline --pipeline-lines 2000 --json --threads 1 > " +
+      out.string();
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  std::ifstream in(out);
+  std::string line;
+  REQUIRE(std::getline(in, line));
+  auto r = nlohmann::json::parse(line);
+  REQUIRE(r["workload"] == "pipeline");
+  require_finite_positive(r, "peak_rss_mb");
+  require_finite_positive(r, "parse_taobao_lines_per_s");
+}
