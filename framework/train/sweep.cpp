@@ -46,6 +46,14 @@ json read_json(const fs::path& p) {
   return json::parse(in);
 }
 
+bool summary_has_recall(const std::string& out) {
+  std::ifstream in(fs::path(out) / "results.csv");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.find(",recall@") != std::string::npos) return true;
+  return false;
+}
+
 }  // namespace
 
 double t_quantile_975(int64_t dof) {
@@ -207,7 +215,8 @@ int run_sweep(const SweepOptions& options) {
   ssize_t n = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
   if (n > 0) {
     fs::path script = fs::path(exe).parent_path().parent_path() / "scripts" / "plot_sweep.py";
-    if (fs::exists(script)) {
+    bool retrieval = summary_has_recall(out);
+    if (fs::exists(script) && retrieval) {
       std::string python = fs::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
       std::string cmd = python + " '" + script.string() + "' '" + out + "' >/dev/null 2>&1";
       if (std::system(cmd.c_str()) != 0) spdlog::warn("no chart from {} (needs python3 with matplotlib and recall@K/head|tail metrics)", script.string());
