@@ -239,6 +239,15 @@ T& slot(std::vector<T>& table, int64_t id) {
   return table[static_cast<size_t>(id)];
 }
 
+/// The entry for a newly declared id; a second declaration of the same id is a data error.
+template <typename T>
+T& declare(std::vector<T>& table, int64_t id, const char* what, const std::string& path, long ln) {
+  T& entry = slot(table, id);
+  if (entry.present) throw DataError(path, ln, std::string("duplicate ") + what + " id " + std::to_string(id));
+  entry.present = true;
+  return entry;
+}
+
 struct Parsed {
   std::string source;
   bool has_user_features = false;
@@ -266,9 +275,7 @@ void read_100k_items(const std::string& path, Parsed& out) {
     if (n != 24)
       throw DataError(path, ln, "expected 24 '|'-separated fields, got " + std::to_string(n));
     int64_t id = parse_id(f[0], "movie id", path, ln);
-    Movie& m = slot(out.movies, id);
-    if (m.present) throw DataError(path, ln, "duplicate movie id " + std::to_string(id));
-    m.present = true;
+    Movie& m = declare(out.movies, id, "movie", path, ln);
     m.title = latin1_to_utf8(f[1]);
     // Release dates look like "01-Jan-1995" or "4-Feb-1971"; empty for one movie.
     std::string_view date = f[2];
@@ -319,9 +326,7 @@ void read_1m_items(const std::string& path, Parsed& out) {
     if (n != 3)
       throw DataError(path, ln, "expected 3 '::'-separated fields, got " + std::to_string(n));
     int64_t id = parse_id(f[0], "movie id", path, ln);
-    Movie& m = slot(out.movies, id);
-    if (m.present) throw DataError(path, ln, "duplicate movie id " + std::to_string(id));
-    m.present = true;
+    Movie& m = declare(out.movies, id, "movie", path, ln);
     m.title = latin1_to_utf8(f[1]);
     m.year = year_from_title(m.title);
     add_genres(f[2], m);
@@ -349,9 +354,7 @@ void read_csv_items(const std::string& path, Parsed& out) {
       throw DataError(path, ln,
                       "expected 3 comma-separated fields, got " + std::to_string(f.size()));
     int64_t id = parse_id(f[0], "movie id", path, ln);
-    Movie& m = slot(out.movies, id);
-    if (m.present) throw DataError(path, ln, "duplicate movie id " + std::to_string(id));
-    m.present = true;
+    Movie& m = declare(out.movies, id, "movie", path, ln);
     m.title = std::move(f[1]);
     m.year = year_from_title(m.title);
     add_genres(f[2], m);
@@ -372,9 +375,7 @@ void read_100k_users(const std::string& path, Parsed& out) {
     if (n != 5)
       throw DataError(path, ln, "expected 5 '|'-separated fields, got " + std::to_string(n));
     int64_t id = parse_id(f[0], "user id", path, ln);
-    User& u = slot(out.users, id);
-    if (u.present) throw DataError(path, ln, "duplicate user id " + std::to_string(id));
-    u.present = true;
+    User& u = declare(out.users, id, "user", path, ln);
     u.age_group = age_group_of_years(parse_int(f[1], "age", path, ln));
     u.gender = latin1_to_utf8(f[2]);
     u.occupation = latin1_to_utf8(f[3]);
@@ -392,9 +393,7 @@ void read_1m_users(const std::string& path, Parsed& out) {
     if (n != 5)
       throw DataError(path, ln, "expected 5 '::'-separated fields, got " + std::to_string(n));
     int64_t id = parse_id(f[0], "user id", path, ln);
-    User& u = slot(out.users, id);
-    if (u.present) throw DataError(path, ln, "duplicate user id " + std::to_string(id));
-    u.present = true;
+    User& u = declare(out.users, id, "user", path, ln);
     u.gender = latin1_to_utf8(f[1]);
     u.age_group = age_group_of_code(parse_int(f[2], "age code", path, ln));
     parse_int(f[3], "occupation code", path, ln);
