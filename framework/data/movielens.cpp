@@ -257,6 +257,24 @@ struct Parsed {
   std::vector<Positive> positives;
 };
 
+/// Calls `fn(fields, line_number)` for every line of a headerless file of `n_fields` fields
+/// separated by `sep`; a line with another field count is a DataError naming file:line.
+template <typename Fn>
+void for_each_record(const std::string& path, std::string_view sep, size_t n_fields, Fn fn) {
+  FileBuffer buf = read_file(path);
+  LineReader lines(buf);
+  std::string_view line;
+  std::vector<std::string_view> f(n_fields);
+  while (lines.next(line)) {
+    const long ln = lines.line_number();
+    size_t n = split(line, sep, f);
+    if (n != n_fields)
+      throw DataError(path, ln, "expected " + std::to_string(n_fields) + " '" + std::string(sep) +
+                                    "'-separated fields, got " + std::to_string(n));
+    fn(f, ln);
+  }
+}
+
 // ---- item files ---------------------------------------------------------------------------
 
 const char* const k100kGenres[] = {
@@ -265,15 +283,7 @@ const char* const k100kGenres[] = {
     "Romance",     "Sci-Fi", "Thriller",  "War",       "Western"};
 
 void read_100k_items(const std::string& path, Parsed& out) {
-  FileBuffer buf = read_file(path);
-  LineReader lines(buf);
-  std::string_view line;
-  std::vector<std::string_view> f(24);
-  while (lines.next(line)) {
-    const long ln = lines.line_number();
-    size_t n = split(line, "|", f);
-    if (n != 24)
-      throw DataError(path, ln, "expected 24 '|'-separated fields, got " + std::to_string(n));
+  for_each_record(path, "|", 24, [&](const std::vector<std::string_view>& f, long ln) {
     int64_t id = parse_id(f[0], "movie id", path, ln);
     Movie& m = declare(out.movies, id, "movie", path, ln);
     m.title = latin1_to_utf8(f[1]);
@@ -300,7 +310,7 @@ void read_100k_items(const std::string& path, Parsed& out) {
                             ", expected 0 or 1");
       }
     }
-  }
+  });
 }
 
 void add_genres(std::string_view genres, Movie& m) {
@@ -316,21 +326,13 @@ void add_genres(std::string_view genres, Movie& m) {
 }
 
 void read_1m_items(const std::string& path, Parsed& out) {
-  FileBuffer buf = read_file(path);
-  LineReader lines(buf);
-  std::string_view line;
-  std::vector<std::string_view> f(3);
-  while (lines.next(line)) {
-    const long ln = lines.line_number();
-    size_t n = split(line, "::", f);
-    if (n != 3)
-      throw DataError(path, ln, "expected 3 '::'-separated fields, got " + std::to_string(n));
+  for_each_record(path, "::", 3, [&](const std::vector<std::string_view>& f, long ln) {
     int64_t id = parse_id(f[0], "movie id", path, ln);
     Movie& m = declare(out.movies, id, "movie", path, ln);
     m.title = latin1_to_utf8(f[1]);
     m.year = year_from_title(m.title);
     add_genres(f[2], m);
-  }
+  });
 }
 
 void read_csv_items(const std::string& path, Parsed& out) {
@@ -365,40 +367,24 @@ void read_csv_items(const std::string& path, Parsed& out) {
 // ---- user files ---------------------------------------------------------------------------
 
 void read_100k_users(const std::string& path, Parsed& out) {
-  FileBuffer buf = read_file(path);
-  LineReader lines(buf);
-  std::string_view line;
-  std::vector<std::string_view> f(5);
-  while (lines.next(line)) {
-    const long ln = lines.line_number();
-    size_t n = split(line, "|", f);
-    if (n != 5)
-      throw DataError(path, ln, "expected 5 '|'-separated fields, got " + std::to_string(n));
+  for_each_record(path, "|", 5, [&](const std::vector<std::string_view>& f, long ln) {
     int64_t id = parse_id(f[0], "user id", path, ln);
     User& u = declare(out.users, id, "user", path, ln);
     u.age_group = age_group_of_years(parse_int(f[1], "age", path, ln));
     u.gender = latin1_to_utf8(f[2]);
     u.occupation = latin1_to_utf8(f[3]);
-  }
+  });
 }
 
 void read_1m_users(const std::string& path, Parsed& out) {
-  FileBuffer buf = read_file(path);
-  LineReader lines(buf);
-  std::string_view line;
-  std::vector<std::string_view> f(5);
-  while (lines.next(line)) {
-    const long ln = lines.line_number();
-    size_t n = split(line, "::", f);
-    if (n != 5)
-      throw DataError(path, ln, "expected 5 '::'-separated fields, got " + std::to_string(n));
+  for_each_record(path, "::", 5, [&](const std::vector<std::string_view>& f, long ln) {
     int64_t id = parse_id(f[0], "user id", path, ln);
     User& u = declare(out.users, id, "user", path, ln);
     u.gender = latin1_to_utf8(f[1]);
     u.age_group = age_group_of_code(parse_int(f[2], "age code", path, ln));
     parse_int(f[3], "occupation code", path, ln);
     u.occupation = std::string(f[3]);
-  }
+  });
 }
 
 // ---- ratings ------------------------------------------------------------------------------
