@@ -1,5 +1,7 @@
 #include "framework/train/optimizer.h"
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
 
 namespace recsys::train {
@@ -64,6 +66,21 @@ void Optimizer::zero_grad() {
 void Optimizer::step() {
   torch::NoGradGuard no_grad;
   ++steps_;
+  bool fused = options_.fused;
+  for (size_t i = 0; fused && i < params_.size(); ++i)
+    if (params_[i].grad().defined() && !fusable(i)) fused = false;
+  if (fused) {
+    try {
+      step_fused();  // throws before updating anything (bad rows are found while grouping)
+    } catch (...) {
+      --steps_;
+      throw;
+    }
+  } else
+    step_plain();
+}
+
+void Optimizer::step_plain() {
   std::vector<torch::Tensor> grads(params_.size());
   for (size_t i = 0; i < params_.size(); ++i) {
     const auto& g = params_[i].grad();
@@ -159,6 +176,202 @@ void Optimizer::update_sparse(size_t i, torch::Tensor& p, const torch::Tensor& g
       break;
   }
   p.index_copy_(0, rows, prow);
+}
+
+bool Optimizer::fusable(size_t i) const {
+  const auto& p = params_[i];
+  const auto& g = p.grad();
+  if (!p.device().is_cpu() || p.scalar_type() != torch::kFloat || !p.is_contiguous() ||
+      g.scalar_type() != torch::kFloat || p.dim() == 0)
+    return false;
+  if (g.is_sparse()) return g.sparse_dim() == 1 && p.dim() >= 1;
+  return g.layout() == torch::kStrided;
+}
+
+void Optimizer::group_rows(size_t i, const torch::Tensor& indices, RowGroups& out) {
+  const int64_t num_rows = params_[i].size(0);
+  auto& slot = slot_[i];
+  if (static_cast<int64_t>(slot.size()) != num_rows) slot.assign(num_rows, -1);
+  auto ix_t = indices.select(0, 0).contiguous();
+  const int64_t* ix = ix_t.data_ptr<int64_t>();
+  const int64_t nnz = ix_t.numel();
+  out.rows.clear();
+  std::vector<int32_t> entry_slot(nnz);
+  std::vector<int64_t> count;
+  for (int64_t j = 0; j < nnz; ++j) {
+    const int64_t r = ix[j];
+    if (r < 0 || r >= num_rows) {
+      for (auto row : out.rows) slot[row] = -1;
+      TORCH_CHECK(false, "Optimizer: sparse gradient row ", r, " is outside the parameter's ",
+                  num_rows, " rows");
+    }
+    int32_t s = slot[r];
+    if (s < 0) {
+      s = slot[r] = static_cast<int32_t>(out.rows.size());
+      out.rows.push_back(r);
+      count.push_back(0);
+    }
+    ++count[s];
+    entry_slot[j] = s;
+  }
+  for (auto row : out.rows) slot[row] = -1;
+  const size_t u = out.rows.size();
+  out.start.assign(u + 1, 0);
+  for (size_t k = 0; k < u; ++k) out.start[k + 1] = out.start[k] + count[k];
+  std::vector<int64_t> fill(out.start.begin(), out.start.end() - 1);
+  out.order.resize(nnz);
+  for (int64_t j = 0; j < nnz; ++j) out.order[fill[entry_slot[j]]++] = j;
+}
+
+namespace {
+
+// The per-element rules of the fused path, in float as ATen's CPU kernels compute them. One loop
+// per rule over a contiguous span (a row, or a dense parameter's chunk), built for AVX2 and
+// AVX-512 as well as the baseline ISA; the loader picks the best the CPU has.
+struct Rule {
+  float lr, beta1, beta2, eps, one_minus_beta1, one_minus_beta2, inv_sqrt_bc2, step_size;
+  float momentum, weight_decay, scale;
+};
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define RECSYS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define RECSYS_CLONES
+#endif
+
+RECSYS_CLONES void adam_span(const Rule& r, const float* __restrict g, float* __restrict p,
+                             float* __restrict m, float* __restrict v, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    float gi = g[c] * r.scale + r.weight_decay * p[c];
+    float mi = m[c] * r.beta1 + gi * r.one_minus_beta1;
+    float vi = v[c] * r.beta2 + r.one_minus_beta2 * gi * gi;
+    m[c] = mi;
+    v[c] = vi;
+    p[c] += r.step_size * (mi / (std::sqrt(vi) * r.inv_sqrt_bc2 + r.eps));
+  }
+}
+
+RECSYS_CLONES void adagrad_span(const Rule& r, const float* __restrict g, float* __restrict p,
+                                float* __restrict s, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    float gi = g[c] * r.scale + r.weight_decay * p[c];
+    float si = s[c] + gi * gi;
+    s[c] = si;
+    p[c] += -r.lr * (gi / (std::sqrt(si) + 1e-10f));
+  }
+}
+
+RECSYS_CLONES void sgd_span(const Rule& r, const float* __restrict g, float* __restrict p,
+                            float* __restrict b, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    float gi = g[c] * r.scale + r.weight_decay * p[c];
+    if (b) {
+      gi = b[c] * r.momentum + gi;
+      b[c] = gi;
+    }
+    p[c] += -r.lr * gi;
+  }
+}
+
+RECSYS_CLONES void add_span(const float* __restrict src, float* __restrict dst, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) dst[c] += src[c];
+}
+
+void apply_span(OptimizerKind kind, const Rule& r, const float* g, float* p, float* s1, float* s2,
+                int64_t n) {
+  switch (kind) {
+    case OptimizerKind::kAdam:
+      adam_span(r, g, p, s1, s2, n);
+      break;
+    case OptimizerKind::kAdagrad:
+      adagrad_span(r, g, p, s1, n);
+      break;
+    case OptimizerKind::kSgd:
+      sgd_span(r, g, p, s1, n);
+      break;
+  }
+}
+
+}  // namespace
+
+void Optimizer::step_fused() {
+  const auto& o = options_;
+  if (slot_.size() != params_.size()) slot_.resize(params_.size());
+  const size_t n = params_.size();
+  std::vector<RowGroups> groups(n);
+  std::vector<torch::Tensor> grads(n);  // dense: the gradient; sparse: per-row sums [U, rowlen]
+  for (size_t i = 0; i < n; ++i) {
+    const auto& g = params_[i].grad();
+    if (!g.defined()) continue;
+    if (!g.is_sparse()) {
+      grads[i] = g.contiguous();
+      continue;
+    }
+    group_rows(i, g._indices(), groups[i]);
+    const int64_t row_len = params_[i].numel() / params_[i].size(0);
+    auto values = g._values().contiguous().view({-1, row_len});
+    const auto& gr = groups[i];
+    auto sums = torch::empty({static_cast<int64_t>(gr.rows.size()), row_len}, values.options());
+    const float* vp = values.data_ptr<float>();
+    float* sp = sums.data_ptr<float>();
+    at::parallel_for(0, static_cast<int64_t>(gr.rows.size()), 64, [&](int64_t b, int64_t e) {
+      for (int64_t u = b; u < e; ++u) {
+        float* out = sp + u * row_len;
+        int64_t k = gr.start[u];
+        std::copy(vp + gr.order[k] * row_len, vp + (gr.order[k] + 1) * row_len, out);
+        for (++k; k < gr.start[u + 1]; ++k) add_span(vp + gr.order[k] * row_len, out, row_len);
+      }
+    });
+    grads[i] = sums;
+  }
+
+  float scale = 1.0f;
+  if (o.grad_clip > 0) {
+    double total = 0;
+    for (auto& g : grads)
+      if (g.defined()) total += g.pow(2).sum().item<double>();
+    double norm = std::sqrt(total);
+    if (norm > o.grad_clip) scale = static_cast<float>(o.grad_clip / (norm + 1e-6));
+  }
+
+  const double bc1 = 1 - std::pow(o.beta1, static_cast<double>(steps_));
+  const double bc2 = 1 - std::pow(o.beta2, static_cast<double>(steps_));
+  Rule rule{static_cast<float>(o.lr),
+            static_cast<float>(o.beta1),
+            static_cast<float>(o.beta2),
+            static_cast<float>(o.eps),
+            static_cast<float>(1 - o.beta1),
+            static_cast<float>(1 - o.beta2),
+            static_cast<float>(1 / std::sqrt(bc2)),
+            static_cast<float>(-o.lr / bc1),
+            static_cast<float>(o.momentum),
+            static_cast<float>(o.weight_decay),
+            scale};
+
+  for (size_t i = 0; i < n; ++i) {
+    if (!grads[i].defined()) continue;
+    float* p = params_[i].data_ptr<float>();
+    float* s1 = state1_[i].defined() ? state1_[i].data_ptr<float>() : nullptr;
+    float* s2 = state2_[i].defined() ? state2_[i].data_ptr<float>() : nullptr;
+    const float* g = grads[i].data_ptr<float>();
+    if (params_[i].grad().is_sparse()) {
+      if (o.kind == OptimizerKind::kSgd) s1 = nullptr;  // momentum is for dense parameters only
+      const auto& rows = groups[i].rows;
+      const int64_t row_len = grads[i].size(1);
+      at::parallel_for(0, static_cast<int64_t>(rows.size()), 64, [&](int64_t b, int64_t e) {
+        for (int64_t u = b; u < e; ++u) {
+          const int64_t off = rows[u] * row_len;
+          apply_span(o.kind, rule, g + u * row_len, p + off, s1 ? s1 + off : nullptr,
+                     s2 ? s2 + off : nullptr, row_len);
+        }
+      });
+    } else {
+      at::parallel_for(0, grads[i].numel(), 16384, [&](int64_t b, int64_t e) {
+        apply_span(o.kind, rule, g + b, p + b, s1 ? s1 + b : nullptr, s2 ? s2 + b : nullptr,
+                   e - b);
+      });
+    }
+  }
 }
 
 void Optimizer::save(torch::serialize::OutputArchive& archive) const {

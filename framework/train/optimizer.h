@@ -18,6 +18,11 @@ struct OptimizerOptions {
   double momentum = 0.0;                          ///< SGD (dense parameters only)
   double weight_decay = 0.0;                      ///< L2 added to the gradient (touched rows only for sparse)
   double grad_clip = 0.0;                         ///< max global gradient norm; 0 disables
+  /// float32 CPU parameters: one fused pass per parameter (sparse gradients grouped by row with
+  /// a counting sort instead of coalesce's sort, then m, v and the row updated together). false
+  /// keeps the tensor-op path, which is the fused path's test oracle and what other devices and
+  /// dtypes always use.
+  bool fused = true;
 
   static OptimizerOptions from_config(const config::Reader& r);
 };
@@ -42,10 +47,21 @@ class Optimizer {
  private:
   void update_dense(size_t i, torch::Tensor& p, torch::Tensor g);
   void update_sparse(size_t i, torch::Tensor& p, const torch::Tensor& g);
+  bool fusable(size_t i) const;
+  void step_plain();
+  void step_fused();
+
+  /// A sparse gradient grouped by row: rows[u] is the u-th distinct row (first-seen order) and
+  /// its entries are order[start[u] .. start[u + 1]).
+  struct RowGroups {
+    std::vector<int64_t> rows, start, order;
+  };
+  void group_rows(size_t i, const torch::Tensor& indices, RowGroups& out);
 
   std::vector<torch::Tensor> params_;
   OptimizerOptions options_;
   std::vector<torch::Tensor> state1_, state2_;  // Adam m/v, Adagrad sum, SGD momentum
+  std::vector<std::vector<int32_t>> slot_;      // fused path: row -> group, -1 between steps
   int64_t steps_ = 0;
 };
 

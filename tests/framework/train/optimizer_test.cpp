@@ -93,6 +93,9 @@ struct Reference {
 };
 
 void check_sparse_against_reference(OptimizerOptions o) {
+  for (bool fused : {true, false}) {
+    INFO("fused " << fused);
+    o.fused = fused;
   auto table = initial_table().requires_grad_(true);
   Optimizer opt({table}, o);
   Reference ref(o, table.detach());
@@ -131,6 +134,7 @@ void check_sparse_against_reference(OptimizerOptions o) {
   // Never-touched rows still hold their initial values.
   auto init = initial_table();
   for (int64_t r : {0, 2, 5, 6}) CHECK(torch::equal(table.detach()[r], init[r]));
+  }
 }
 
 }  // namespace
@@ -167,7 +171,10 @@ namespace {
 
 /// Runs `steps` steps of ours and torch's optimizer on copies of the same linear layer.
 template <class TorchOptimizer, class TorchOptions>
-void compare_dense(const OptimizerOptions& ours, TorchOptions theirs, int steps) {
+void compare_dense(OptimizerOptions ours, TorchOptions theirs, int steps) {
+  for (bool fused : {true, false}) {
+  INFO("fused " << fused);
+  ours.fused = fused;
   recsys::testing::seed(3);
   torch::nn::Linear a(4, 3), b(4, 3);
   {
@@ -192,6 +199,7 @@ void compare_dense(const OptimizerOptions& ours, TorchOptions theirs, int steps)
     require_close(a->bias, b->bias, 1e-5, 1e-6);
   }
   CHECK_FALSE(torch::allclose(a->weight.detach(), initial));  // the parameters did move
+  }
 }
 
 }  // namespace
@@ -223,13 +231,16 @@ TEST_CASE("dense Adagrad and momentum SGD match torch::optim", "[optim]") {
 }
 
 TEST_CASE("grad_clip scales the global norm over sparse and dense gradients", "[optim]") {
-  auto run = [](double clip, torch::Tensor& table, torch::Tensor& w) {
+  for (bool fused : {true, false}) {
+  INFO("fused " << fused);
+  auto run = [fused](double clip, torch::Tensor& table, torch::Tensor& w) {
     table = initial_table().requires_grad_(true);
     w = torch::tensor({1.0f, 2.0f, 3.0f}).requires_grad_(true);
     OptimizerOptions o;
     o.kind = OptimizerKind::kSgd;
     o.lr = 1.0;
     o.grad_clip = clip;
+    o.fused = fused;
     Optimizer opt({table, w}, o);
     // Row 1 is looked up twice: its gradient is the sum (0.5, -1, 2) + (0.5, 1, 1) = (1, 0, 3).
     auto ids = torch::tensor({1L, 1L, 4L});
@@ -257,6 +268,83 @@ TEST_CASE("grad_clip scales the global norm over sparse and dense gradients", "[
   run(10.0, table, w);
   require_close(table.detach()[1], init[1] - torch::tensor({1.0, 0.0, 3.0}, torch::kFloat64), 1e-6, 1e-7);
   require_close(w.detach(), torch::tensor({-1.0, 2.0, 4.0}, torch::kFloat64), 1e-6, 1e-7);
+  }
+}
+
+TEST_CASE("fused optimizer path matches the tensor-op path on large random problems", "[optim]") {
+  // Two tables (one looked up twice, so its gradient arrives in two uncoalesced pieces), many
+  // duplicate rows, a dense matrix and a bias; every rule, with weight decay and clipping.
+  struct Case {
+    OptimizerKind kind;
+    double lr, weight_decay, clip, momentum;
+  };
+  for (const Case& c : {Case{OptimizerKind::kAdam, 0.01, 0.0, 0.0, 0.0},
+                        Case{OptimizerKind::kAdam, 0.02, 0.01, 0.5, 0.0},
+                        Case{OptimizerKind::kAdagrad, 0.05, 0.01, 0.0, 0.0},
+                        Case{OptimizerKind::kSgd, 0.1, 0.0, 1.0, 0.9}}) {
+    INFO("kind " << static_cast<int>(c.kind) << " clip " << c.clip);
+    std::vector<std::vector<torch::Tensor>> params(2);
+    recsys::testing::seed(11);
+    auto t1 = torch::randn({5000, 16}) * 0.1, t2 = torch::randn({300, 8}) * 0.1;
+    auto w = torch::randn({24, 4}) * 0.1, bias = torch::randn({4}) * 0.1;
+    std::vector<Optimizer> opts;
+    for (int k = 0; k < 2; ++k) {
+      for (const auto& t : {t1, t2, w, bias}) params[k].push_back(t.clone().requires_grad_(true));
+      OptimizerOptions o;
+      o.kind = c.kind;
+      o.lr = c.lr;
+      o.weight_decay = c.weight_decay;
+      o.grad_clip = c.clip;
+      o.momentum = c.momentum;
+      o.fused = k == 0;
+      opts.emplace_back(params[k], o);
+    }
+    for (int step = 0; step < 4; ++step) {
+      INFO("step " << step + 1);
+      auto ids1 = torch::randint(0, 700, {256, 6});  // many duplicates, some padding
+      auto ids1b = torch::randint(0, 5000, {64});
+      auto ids2 = torch::randint(0, 300, {256});
+      auto y = torch::randn({256, 4});
+      for (int k = 0; k < 2; ++k) {
+        auto& p = params[k];
+        opts[k].zero_grad();
+        auto a = recsys::models::pooled_lookup(p[0], ids1, recsys::models::Pooling::kMean, true);
+        auto b = recsys::models::pooled_lookup(p[1], ids2, recsys::models::Pooling::kMean, true);
+        auto extra = torch::embedding(p[0], ids1b, 0, false, true).sum(0);
+        auto out = torch::mm(torch::cat({a, b}, 1), p[2]) + p[3] + extra.narrow(0, 0, 4);
+        (out - y).pow(2).mean().backward();
+        REQUIRE(p[0].grad().is_sparse());
+        opts[k].step();
+      }
+      for (size_t i = 0; i < 4; ++i) {
+        INFO("param " << i);
+        require_close(params[0][i], params[1][i].detach().to(torch::kFloat64), 1e-5, 1e-6);
+      }
+      auto s0 = opts[0].state_tensors(), s1 = opts[1].state_tensors();
+      REQUIRE(s0.size() == s1.size());
+      for (size_t i = 0; i < s0.size(); ++i) {
+        INFO("state " << i);
+        require_close(s0[i], s1[i].to(torch::kFloat64), 1e-5, 1e-8);
+      }
+    }
+    CHECK_FALSE(torch::allclose(params[0][0].detach(), t1));
+  }
+}
+
+TEST_CASE("fused optimizer names a sparse gradient row outside the table", "[optim]") {
+  auto table = torch::zeros({4, 2}).requires_grad_(true);
+  Optimizer opt({table}, OptimizerOptions{});
+  table.mutable_grad() = torch::_sparse_coo_tensor_unsafe(torch::tensor({{1L, 9L}}),
+                                                          torch::ones({2, 2}), {4, 2});
+  CHECK_THROWS_WITH(opt.step(), Catch::Contains("row 9 is outside"));
+  // Nothing was updated, and a later valid gradient still works (no row left marked).
+  CHECK(torch::equal(table.detach(), torch::zeros({4, 2})));
+  CHECK(opt.steps() == 0);
+  table.mutable_grad() = torch::sparse_coo_tensor(torch::tensor({{1L, 1L}}), torch::ones({2, 2}),
+                                                  {4, 2});
+  opt.step();
+  CHECK(table.detach()[1][0].item<float>() < 0);
+  CHECK(table.detach()[2][0].item<float>() == 0);
 }
 
 TEST_CASE("Optimizer state round-trips through save/load", "[optim]") {
