@@ -72,6 +72,44 @@ ActivationUnitImpl::ActivationUnitImpl(ActivationUnitOptions options)
       Mlp(MlpOptions(hidden[0], rest).activation(options_.activation()).activate_last(false)));
 }
 
+std::pair<torch::Tensor, torch::Tensor> ActivationUnitImpl::fused_weights() {
+  const int64_t d = options_.dim();
+  // W = [Wq | Wk | Wd | Wp] along the input dimension (Linear stores [out, in]).
+  const auto& w = first_->weight;
+  auto wq = w.narrow(1, 0, d), wk = w.narrow(1, d, d), wd = w.narrow(1, 2 * d, d),
+       wp = w.narrow(1, 3 * d, d);
+  return {wq + wd, torch::cat({wk - wd, wp}, 1)};
+}
+
+bool ActivationUnitImpl::packs(const torch::Device& device) const {
+  return options_.pack_valid() && options_.fused_first_layer() && device.is_cpu() &&
+         options_.activation() != Activation::kDice;
+}
+
+AttentionOutput ActivationUnitImpl::forward_packed(const torch::Tensor& query,
+                                                   const torch::Tensor& keys,
+                                                   const torch::Tensor& mask) {
+  const int64_t B = keys.size(0), T = keys.size(1), d = options_.dim();
+  auto index = mask.reshape(-1).nonzero().squeeze(1);                    // [N] = b * T + t
+  auto row = torch::div(index, T, /*rounding_mode=*/"floor");            // [N] = b
+  auto k = keys.reshape({B * T, d}).index_select(0, index);              // [N, D]
+  auto q = query.index_select(0, row);                                   // [N, D]
+  auto [w_query, w_key] = fused_weights();
+  auto q_part = torch::nn::functional::linear(query, w_query, first_->bias);  // [B, H1]
+  auto pre = torch::addmm(q_part.index_select(0, row), torch::cat({k, q * k}, 1), w_key.t());
+  auto s = tail_->forward(first_activation_.forward(pre)).squeeze(1);    // [N]
+  AttentionOutput out;
+  if (options_.softmax()) {
+    auto full = torch::zeros({B * T}, s.options()).index_copy(0, index, s).view({B, T});
+    out.weights = masked_softmax(full, mask);
+    out.pooled = (out.weights.unsqueeze(-1) * keys).sum(1);
+  } else {
+    out.weights = torch::zeros({B * T}, s.options()).index_copy(0, index, s).view({B, T});
+    out.pooled = torch::zeros({B, d}, k.options()).index_add(0, row, k * s.unsqueeze(1));
+  }
+  return out;
+}
+
 torch::Tensor ActivationUnitImpl::scores(const torch::Tensor& query, const torch::Tensor& keys) {
   const int64_t d = options_.dim();
   TORCH_CHECK(query.dim() == 2 && query.size(1) == d, "ActivationUnit: query must be [B, ", d,
@@ -82,14 +120,10 @@ torch::Tensor ActivationUnitImpl::scores(const torch::Tensor& query, const torch
   auto q = query.unsqueeze(1);  // [B, 1, D], broadcast over T
   torch::Tensor pre;
   if (options_.fused_first_layer()) {
-    // W = [Wq | Wk | Wd | Wp] along the input dimension (Linear stores [out, in]).
-    const auto& w = first_->weight;
-    auto wq = w.narrow(1, 0, d), wk = w.narrow(1, d, d), wd = w.narrow(1, 2 * d, d),
-         wp = w.narrow(1, 3 * d, d);
-    auto q_part = torch::nn::functional::linear(query, wq + wd, first_->bias);  // [B, H1]
-    auto k_part = torch::matmul(keys, (wk - wd).t());                           // [B, T, H1]
-    auto p_part = torch::matmul(q * keys, wp.t());                              // [B, T, H1]
-    pre = q_part.unsqueeze(1) + k_part + p_part;
+    auto [w_query, w_key] = fused_weights();
+    auto q_part = torch::nn::functional::linear(query, w_query, first_->bias);  // [B, H1]
+    auto kp_part = torch::matmul(torch::cat({keys, q * keys}, -1), w_key.t());  // [B, T, H1]
+    pre = q_part.unsqueeze(1) + kp_part;
   } else {
     auto qe = q.expand_as(keys);
     pre = first_->forward(torch::cat({qe, keys, qe - keys, qe * keys}, -1));
@@ -101,11 +135,20 @@ torch::Tensor ActivationUnitImpl::scores(const torch::Tensor& query, const torch
 
 AttentionOutput ActivationUnitImpl::forward(const torch::Tensor& query, const torch::Tensor& keys,
                                             const torch::Tensor& mask) {
-  auto s = scores(query, keys);
+  TORCH_CHECK(keys.dim() == 3, "ActivationUnit: keys must be [B, T, D], got ", keys.sizes());
   check_mask("ActivationUnit", mask, keys.size(0), keys.size(1));
+  if (packs(keys.device())) {
+    TORCH_CHECK(query.dim() == 2 && query.size(1) == options_.dim() &&
+                    keys.size(0) == query.size(0) && keys.size(2) == options_.dim(),
+                "ActivationUnit: query must be [B, ", options_.dim(), "] and keys [B, T, ",
+                options_.dim(), "], got ", query.sizes(), " and ", keys.sizes());
+    return forward_packed(query, keys, mask);
+  }
+  auto s = scores(query, keys);
   AttentionOutput out;
   out.weights = options_.softmax() ? masked_softmax(s, mask) : s.masked_fill(~mask, 0.0);
-  out.pooled = out.weights.unsqueeze(1).bmm(keys).squeeze(1);  // [B, D]
+  // Elementwise rather than bmm: a [B, 1, T] x [B, T, D] bmm runs B tiny products.
+  out.pooled = (out.weights.unsqueeze(-1) * keys).sum(1);  // [B, D]
   return out;
 }
 
@@ -129,8 +172,8 @@ torch::Tensor BilinearAttentionImpl::forward(const torch::Tensor& query,
       "BilinearAttention: states must be [B, T, ", options_.dim_h(), "] with B = ", query.size(0),
       ", got ", states.sizes());
   check_mask("BilinearAttention", mask, states.size(0), states.size(1));
-  auto wq = torch::matmul(query, weight.t());         // [B, Dh]
-  auto s = states.bmm(wq.unsqueeze(-1)).squeeze(-1);  // [B, T]
+  auto wq = torch::matmul(query, weight.t());          // [B, Dh]
+  auto s = (states * wq.unsqueeze(1)).sum(-1);         // [B, T]; a bmm would run B tiny products
   return masked_softmax(s, mask);
 }
 

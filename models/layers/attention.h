@@ -33,6 +33,11 @@ struct ActivationUnitOptions {
   /// Compute the first layer as q (Wq + Wd) + k (Wk - Wd) + (q * k) Wp instead of concatenating
   /// [q, k, q - k, q * k]: same parameters and same function, without the [B, T, 4D] tensor.
   TORCH_ARG(bool, fused_first_layer) = true;
+  /// On the CPU, with the fused first layer and an elementwise activation (not Dice, whose batch
+  /// statistics would change), score only the valid steps: the steps are gathered into one
+  /// [N, D] matrix (N = number of valid steps) and the pooled sum is an index_add. Same function
+  /// and gradients as scoring every padded step and masking.
+  TORCH_ARG(bool, pack_valid) = true;
 };
 
 /// DIN's local activation unit (Zhou et al., KDD 2018, fig. 2): scores each behaviour key against
@@ -51,6 +56,9 @@ class ActivationUnitImpl : public torch::nn::Module {
   /// Unnormalised scores [B, T] (no masking applied).
   torch::Tensor scores(const torch::Tensor& query, const torch::Tensor& keys);
 
+  /// Whether forward takes the packed path for tensors on `device`.
+  bool packs(const torch::Device& device) const;
+
   const ActivationUnitOptions& options() const { return options_; }
   /// The first layer: in 4D (blocks q, k, q - k, q * k), out hidden[0].
   torch::nn::Linear& first_layer() { return first_; }
@@ -64,6 +72,12 @@ class ActivationUnitImpl : public torch::nn::Module {
   torch::nn::Linear first_{nullptr};
   torch::nn::AnyModule first_activation_;
   Mlp tail_{nullptr};
+
+  /// The fused first layer's weights: W_q + W_d for the per-example part, and [W_k - W_d, W_p]
+  /// stacked along the input for [k, q * k].
+  std::pair<torch::Tensor, torch::Tensor> fused_weights();
+  AttentionOutput forward_packed(const torch::Tensor& query, const torch::Tensor& keys,
+                                 const torch::Tensor& mask);
 };
 TORCH_MODULE(ActivationUnit);
 

@@ -106,19 +106,24 @@ TEST_CASE("ActivationUnit ignores padded keys and gives them zero weight", "[din
   }
 }
 
-TEST_CASE("ActivationUnit fused first layer equals the concatenation path", "[din]") {
+TEST_CASE("ActivationUnit fused first layer (packed or not) equals the concatenation path",
+          "[din]") {
   for (auto act : {Activation::kSigmoid, Activation::kDice, Activation::kPrelu}) {
     for (bool softmax : {false, true}) {
+     for (bool pack : {true, false}) {
+      INFO("activation " << static_cast<int>(act) << " softmax " << softmax << " pack " << pack);
       recsys::testing::seed(2);
       auto opts = ActivationUnitOptions(5).hidden({7, 6}).activation(act).softmax(softmax);
-      ActivationUnit fused(ActivationUnitOptions(opts).fused_first_layer(true));
+      ActivationUnit fused(ActivationUnitOptions(opts).fused_first_layer(true).pack_valid(pack));
+      CHECK(fused->packs(torch::kCPU) == (pack && act != Activation::kDice));
       ActivationUnit plain(ActivationUnitOptions(opts).fused_first_layer(false));
       fused->to(torch::kFloat64);
       plain->to(torch::kFloat64);
       copy_state(*fused, *plain);
-      auto q0 = torch::randn({3, 5}, torch::kFloat64);
-      auto k0 = torch::randn({3, 4, 5}, torch::kFloat64);
-      auto mask = example_mask();
+      auto q0 = torch::randn({4, 5}, torch::kFloat64);
+      auto k0 = torch::randn({4, 4, 5}, torch::kFloat64);
+      // Row 3 has no valid step at all.
+      auto mask = torch::cat({example_mask(), torch::zeros({1, 4}, torch::kBool)});
       auto run = [&](ActivationUnit& unit) {
         auto q = q0.clone().requires_grad_(true);
         auto k = k0.clone().requires_grad_(true);
@@ -137,6 +142,9 @@ TEST_CASE("ActivationUnit fused first layer equals the concatenation path", "[di
         INFO(p.key());
         require_close(p.value().grad(), pp[p.key()].grad(), 0, 1e-10);
       }
+      CHECK((of.weights.masked_select(~mask) == 0).all().item<bool>());
+      CHECK((of.pooled[3] == 0).all().item<bool>());
+     }
     }
   }
 }
