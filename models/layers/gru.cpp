@@ -278,6 +278,281 @@ class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
   }
 };
 
+
+// ---------------------------------------------------------------------------------------------
+// Packed path (CPU): sequences sorted by length, longest first, so that the sequences still
+// running at step t are the first bt[t] rows; the valid (t, b) steps are packed time-major into
+// [N, .] matrices (N = sum of the lengths, as PackedSequence). Padded steps cost nothing, each
+// step is one [bt, H] x [H, 3H] product plus one loop over its gates, and backward is one loop
+// plus one product per step. Same math as GruFusedFunction (g, c as documented there).
+struct Packing {
+  std::vector<int64_t> perm;  // perm[j] = original row of sorted row j
+  std::vector<int64_t> bt;    // bt[t] = sequences with length > t, t < steps
+  std::vector<int64_t> off;   // off[t] = first packed row of step t; off[steps] = N
+  torch::Tensor index;        // [N] int64: packed row -> b * T + t
+  torch::Tensor final_index;  // [B] int64: original row b -> packed row of its last step
+
+  // For the autograd context (saved_data holds IValues).
+  void save(torch::autograd::AutogradContext* ctx) const {
+    auto& s = ctx->saved_data;
+    s["perm"] = torch::tensor(perm, torch::kLong);
+    s["bt"] = torch::tensor(bt, torch::kLong);
+    s["off"] = torch::tensor(off, torch::kLong);
+    s["index"] = index;
+  }
+  static Packing load(torch::autograd::AutogradContext* ctx) {
+    auto& s = ctx->saved_data;
+    auto vec = [](const torch::Tensor& t) {
+      const int64_t* p = t.data_ptr<int64_t>();
+      return std::vector<int64_t>(p, p + t.numel());
+    };
+    Packing p;
+    p.perm = vec(s["perm"].toTensor());
+    p.bt = vec(s["bt"].toTensor());
+    p.off = vec(s["off"].toTensor());
+    p.index = s["index"].toTensor();
+    return p;
+  }
+};
+
+Packing make_packing(const Tensor& lengths, int64_t T) {
+  auto len_t = lengths.to(torch::kLong).contiguous();
+  const int64_t* len = len_t.data_ptr<int64_t>();
+  const int64_t B = len_t.numel();
+  Packing p;
+  p.perm.resize(B);
+  for (int64_t b = 0; b < B; ++b) p.perm[b] = b;
+  std::stable_sort(p.perm.begin(), p.perm.end(),
+                   [len](int64_t a, int64_t b) { return len[a] > len[b]; });
+  const int64_t steps = B > 0 ? len[p.perm[0]] : 0;
+  p.bt.assign(steps, 0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < len[b]; ++t) ++p.bt[t];
+  p.off.assign(steps + 1, 0);
+  for (int64_t t = 0; t < steps; ++t) p.off[t + 1] = p.off[t] + p.bt[t];
+  p.index = torch::empty({p.off[steps]}, torch::kLong);
+  p.final_index = torch::empty({B}, torch::kLong);
+  int64_t* ix = p.index.data_ptr<int64_t>();
+  int64_t* fi = p.final_index.data_ptr<int64_t>();
+  for (int64_t t = 0; t < steps; ++t)
+    for (int64_t j = 0; j < p.bt[t]; ++j) {
+      ix[p.off[t] + j] = p.perm[j] * T + t;
+      if (len[p.perm[j]] == t + 1) fi[p.perm[j]] = p.off[t] + j;
+    }
+  return p;
+}
+
+// One forward step over rows [0, n) of step t. gates: r | z | n pre-activations of x (in), the
+// activated r, z, n (out); gh: h W_hh^T + b_hh; a: attention per row (or null).
+template <typename S>
+void packed_forward_step(GruKind kind, int64_t n, int64_t H, S* gates, const S* gh, const S* a,
+                         const S* hprev, S* hout, S* hnext, int64_t n_next) {
+  const int64_t G = 3 * H;
+  for (int64_t j = 0; j < n; ++j) {
+    S* gi = gates + j * G;
+    const S* hh = gh + j * G;
+    const S* h = hprev + j * H;
+    S* o = hout + j * H;
+    const S aj = a ? a[j] : S(1);
+    for (int64_t c = 0; c < H; ++c) {
+      const S r = S(1) / (S(1) + std::exp(-(gi[c] + hh[c])));
+      const S z = S(1) / (S(1) + std::exp(-(gi[H + c] + hh[H + c])));
+      const S nn = std::tanh(gi[2 * H + c] + r * hh[2 * H + c]);
+      gi[c] = r;
+      gi[H + c] = z;
+      gi[2 * H + c] = nn;
+      S g;
+      switch (kind) {
+        case GruKind::kAgru: g = aj; break;
+        case GruKind::kAugru: g = aj * (S(1) - z); break;
+        default: g = S(1) - z; break;
+      }
+      o[c] = h[c] + g * (nn - h[c]);
+    }
+    if (j < n_next) std::copy(o, o + H, hnext + j * H);
+  }
+}
+
+// One backward step over rows [0, n): dh (in: d loss / d h' of each sorted row; out: the direct
+// part (1 - g) dh of d loss / d h, the W_hh part is added by the caller), d_gi, d_gh (out),
+// da (out, kAgru / kAugru only).
+template <typename S>
+void packed_backward_step(GruKind kind, int64_t n, int64_t H, const S* gates, const S* gh,
+                          const S* a, const S* hprev, const S* dout, S* dh, S* d_gi, S* d_gh,
+                          S* da) {
+  const int64_t G = 3 * H;
+  for (int64_t j = 0; j < n; ++j) {
+    const S* act = gates + j * G;
+    const S* hh = gh + j * G;
+    const S* h = hprev + j * H;
+    S* dhj = dh + j * H;
+    S* dgi = d_gi + j * G;
+    S* dgh = d_gh + j * G;
+    const S aj = a ? a[j] : S(1);
+    S da_sum = 0;
+    for (int64_t c = 0; c < H; ++c) {
+      const S r = act[c], z = act[H + c], nn = act[2 * H + c];
+      const S d = dhj[c] + (dout ? dout[j * H + c] : S(0));
+      S g, dz;
+      const S dg = d * (nn - h[c]);
+      switch (kind) {
+        case GruKind::kAgru:
+          g = aj;
+          dz = 0;
+          da_sum += dg;
+          break;
+        case GruKind::kAugru:
+          g = aj * (S(1) - z);
+          dz = -aj * dg;
+          da_sum += dg * (S(1) - z);
+          break;
+        default:
+          g = S(1) - z;
+          dz = -dg;
+          break;
+      }
+      const S dn = d * g;
+      const S dpre_n = dn * (S(1) - nn * nn);
+      const S dpre_r = dpre_n * hh[2 * H + c] * r * (S(1) - r);
+      const S dpre_z = dz * z * (S(1) - z);
+      dgi[c] = dgh[c] = dpre_r;
+      dgi[H + c] = dgh[H + c] = dpre_z;
+      dgi[2 * H + c] = dpre_n;
+      dgh[2 * H + c] = dpre_n * r;
+      dhj[c] = d - dn;
+    }
+    if (da) da[j] = da_sum;
+  }
+}
+
+class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, int64_t kind_id, const Tensor& x,
+                               const Tensor& lengths, const c10::optional<Tensor>& attention,
+                               const c10::optional<Tensor>& h0, const Tensor& w_ih,
+                               const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh) {
+    const auto kind = static_cast<GruKind>(kind_id);
+    const int64_t B = x.size(0), T = x.size(1), I = x.size(2), H = w_hh.size(1), G = 3 * H;
+    const Packing packing = make_packing(lengths, T);
+    const Packing* pk = &packing;
+    const int64_t steps = static_cast<int64_t>(pk->bt.size()), N = pk->off[steps];
+    auto x_p = x.reshape({B * T, I}).index_select(0, pk->index);  // [N, I]
+    Tensor a_p;
+    if (attention.has_value()) a_p = attention->reshape({B * T}).index_select(0, pk->index);
+    auto x_in = kind == GruKind::kAigru ? x_p * a_p.unsqueeze(1) : x_p;
+    auto gates = at::addmm(b_ih, x_in, w_ih.t()).contiguous();  // [N, G]
+    auto gh = at::empty({N, G}, x.options());
+    auto hprev = at::empty({N, H}, x.options());
+    auto hout = at::empty({N, H}, x.options());
+    if (steps > 0) {
+      auto first = hprev.narrow(0, 0, pk->bt[0]);
+      if (h0.has_value())
+        first.copy_(h0->index_select(0, torch::tensor(pk->perm, torch::kLong)));
+      else
+        first.zero_();
+    }
+    const auto w_hh_t = w_hh.t();
+    const bool scores = kind == GruKind::kAgru || kind == GruKind::kAugru;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_packed_forward", [&] {
+      scalar_t* gp = gates.data_ptr<scalar_t>();
+      const scalar_t* ap = scores ? a_p.data_ptr<scalar_t>() : nullptr;
+      for (int64_t t = 0; t < steps; ++t) {
+        const int64_t o = pk->off[t], n = pk->bt[t];
+        auto gh_t = gh.narrow(0, o, n);
+        at::addmm_out(gh_t, b_hh, hprev.narrow(0, o, n), w_hh_t);
+        const int64_t n_next = t + 1 < steps ? pk->bt[t + 1] : 0;
+        packed_forward_step<scalar_t>(
+            kind, n, H, gp + o * G, gh.data_ptr<scalar_t>() + o * G, ap ? ap + o : nullptr,
+            hprev.data_ptr<scalar_t>() + o * H, hout.data_ptr<scalar_t>() + o * H,
+            n_next ? hprev.data_ptr<scalar_t>() + pk->off[t + 1] * H : nullptr, n_next);
+      }
+    });
+    auto outputs = at::zeros({B * T, H}, x.options()).index_copy_(0, pk->index, hout);
+    auto final_state = hout.index_select(0, pk->final_index);
+
+    ctx->save_for_backward({w_ih, w_hh});
+    auto& s = ctx->saved_data;
+    s["kind"] = kind_id;
+    s["has_h0"] = h0.has_value();
+    s["need_dx"] = x.requires_grad();
+    s["B"] = B;
+    s["T"] = T;
+    s["gates"] = gates;
+    s["gh"] = gh;
+    s["hprev"] = hprev;
+    s["x_in"] = x_in;
+    if (kind == GruKind::kAigru) s["x_p"] = x_p;
+    if (a_p.defined()) s["a_p"] = a_p;
+    packing.save(ctx);
+    ctx->set_materialize_grads(false);
+    return {outputs.view({B, T, H}), final_state};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& w_ih = saved[0];
+    const auto& w_hh = saved[1];
+    auto& s = ctx->saved_data;
+    const auto kind = static_cast<GruKind>(s["kind"].toInt());
+    const int64_t B = s["B"].toInt(), T = s["T"].toInt();
+    const auto gates = s["gates"].toTensor();
+    const auto gh = s["gh"].toTensor();
+    const auto hprev = s["hprev"].toTensor();
+    const auto x_in = s["x_in"].toTensor();
+    const Packing packing = Packing::load(ctx);
+    const Packing* pk = &packing;
+    const int64_t G = gates.size(1), H = G / 3, I = x_in.size(1);
+    const int64_t steps = static_cast<int64_t>(pk->bt.size()), N = pk->off[steps];
+    const auto opts = gates.options();
+    const bool scores = kind == GruKind::kAgru || kind == GruKind::kAugru;
+    Tensor a_p = s.count("a_p") ? s["a_p"].toTensor() : Tensor();
+
+    const auto& d_out = grads[0];
+    const auto& d_final = grads[1];
+    auto perm = torch::tensor(pk->perm, torch::kLong);
+    auto dh = d_final.defined() ? d_final.index_select(0, perm).contiguous()
+                                : at::zeros({B, H}, opts);
+    Tensor dout_p;
+    if (d_out.defined()) dout_p = d_out.reshape({B * T, H}).index_select(0, pk->index);
+    auto d_gi = at::empty({N, G}, opts);
+    auto d_gh = at::empty({N, G}, opts);
+    Tensor da_p = scores ? at::empty({N}, opts) : Tensor();
+
+    AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "gru_packed_backward", [&] {
+      for (int64_t t = steps - 1; t >= 0; --t) {
+        const int64_t o = pk->off[t], n = pk->bt[t];
+        packed_backward_step<scalar_t>(
+            kind, n, H, gates.data_ptr<scalar_t>() + o * G, gh.data_ptr<scalar_t>() + o * G,
+            scores ? a_p.data_ptr<scalar_t>() + o : nullptr, hprev.data_ptr<scalar_t>() + o * H,
+            dout_p.defined() ? dout_p.data_ptr<scalar_t>() + o * H : nullptr,
+            dh.data_ptr<scalar_t>(), d_gi.data_ptr<scalar_t>() + o * G,
+            d_gh.data_ptr<scalar_t>() + o * G, scores ? da_p.data_ptr<scalar_t>() + o : nullptr);
+        auto dh_t = dh.narrow(0, 0, n);
+        dh_t.addmm_(d_gh.narrow(0, o, n), w_hh);
+      }
+    });
+
+    auto dw_hh = d_gh.t().mm(hprev);
+    auto db_hh = d_gh.sum(0);
+    auto dw_ih = d_gi.t().mm(x_in);
+    auto db_ih = d_gi.sum(0);
+    Tensor dx, da;
+    const bool need_dx = s["need_dx"].toBool();
+    if (kind == GruKind::kAigru) {
+      auto dx_in = d_gi.mm(w_ih);  // [N, I]
+      da_p = (dx_in * s["x_p"].toTensor()).sum(1);
+      if (need_dx) dx = dx_in * a_p.unsqueeze(1);
+    } else if (need_dx) {
+      dx = d_gi.mm(w_ih);
+    }
+    if (dx.defined())
+      dx = at::zeros({B * T, I}, opts).index_copy_(0, pk->index, dx).view({B, T, I});
+    if (da_p.defined()) da = at::zeros({B * T}, opts).index_copy_(0, pk->index, da_p).view({B, T});
+    Tensor dh0;
+    if (s["has_h0"].toBool()) dh0 = at::empty_like(dh).index_copy_(0, perm, dh);
+    return {Tensor(), dx, Tensor(), da, dh0, dw_ih, dw_hh, db_ih, db_hh};
+  }
+};
 }  // namespace
 
 GruOutput gru_reference(GruKind kind, const torch::Tensor& x, const torch::Tensor& lengths,
@@ -333,6 +608,22 @@ GruOutput gru_fused(GruKind kind, const torch::Tensor& x, const torch::Tensor& l
   return {out[0], out[1]};
 }
 
+GruOutput gru_packed(GruKind kind, const torch::Tensor& x, const torch::Tensor& lengths,
+                     const torch::Tensor& attention, const torch::Tensor& h0,
+                     const torch::Tensor& weight_ih, const torch::Tensor& weight_hh,
+                     const torch::Tensor& bias_ih, const torch::Tensor& bias_hh) {
+  check_inputs("gru_packed", kind, x, lengths, attention, h0, weight_ih, weight_hh, bias_ih,
+               bias_hh);
+  TORCH_CHECK(x.device().is_cpu() && lengths.device().is_cpu(),
+              "gru_packed: runs on the CPU (x and lengths); use gru_fused on an accelerator");
+  c10::optional<torch::Tensor> a, h;
+  if (attention.defined()) a = attention.contiguous();
+  if (h0.defined()) h = h0;
+  auto out = GruPackedFunction::apply(static_cast<int64_t>(kind), x.contiguous(), lengths, a, h,
+                                      weight_ih, weight_hh, bias_ih, bias_hh);
+  return {out[0], out[1]};
+}
+
 GruLayerImpl::GruLayerImpl(GruLayerOptions options) : options_(options) {
   TORCH_CHECK(options_.input_size() > 0, "GruLayer: input_size must be positive, got ",
               options_.input_size());
@@ -357,7 +648,10 @@ GruOutput GruLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& len
   TORCH_CHECK(x.dim() == 3 && x.size(2) == options_.input_size(),
               "GruLayer: x must be [B, T, input_size] with input_size = ", options_.input_size(),
               ", got ", x.sizes());
-  const auto run = options_.fused() ? gru_fused : gru_reference;
+  const auto run = !options_.fused() ? gru_reference
+                   : options_.packed() && x.device().is_cpu() && lengths.device().is_cpu()
+                       ? gru_packed
+                       : gru_fused;
   return run(options_.kind(), x, lengths, attention, h0, weight_ih, weight_hh, bias_ih, bias_hh);
 }
 

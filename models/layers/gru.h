@@ -56,6 +56,14 @@ GruOutput gru_fused(GruKind kind, const torch::Tensor& x, const torch::Tensor& l
                     const torch::Tensor& weight_ih, const torch::Tensor& weight_hh,
                     const torch::Tensor& bias_ih, const torch::Tensor& bias_hh);
 
+/// The same math on the CPU with the valid steps packed (sequences sorted by length, the steps
+/// still running at time t as one block, padded steps skipped entirely) and each step's gate
+/// math as one loop: one autograd node, hand-written BPTT, float32 or float64.
+GruOutput gru_packed(GruKind kind, const torch::Tensor& x, const torch::Tensor& lengths,
+                     const torch::Tensor& attention, const torch::Tensor& h0,
+                     const torch::Tensor& weight_ih, const torch::Tensor& weight_hh,
+                     const torch::Tensor& bias_ih, const torch::Tensor& bias_hh);
+
 struct GruLayerOptions {
   GruLayerOptions(int64_t input_size, int64_t hidden_size)
       : input_size_(input_size), hidden_size_(hidden_size) {}
@@ -67,6 +75,8 @@ struct GruLayerOptions {
   TORCH_ARG(GruKind, kind) = GruKind::kGru;
   /// Whether forward uses gru_fused (fast) or gru_reference (the oracle); same results.
   TORCH_ARG(bool, fused) = true;
+  /// With fused: on the CPU take gru_packed rather than gru_fused (same results).
+  TORCH_ARG(bool, packed) = true;
 };
 
 /// A single-layer, unidirectional GRU over padded batches, with DIEN's AIGRU/AGRU/AUGRU variants.

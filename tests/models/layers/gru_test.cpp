@@ -47,8 +47,11 @@ GruCase make_case(GruKind kind, int64_t B, int64_t T, int64_t I, int64_t H,
   return c;
 }
 
-GruOutput run(bool fused, GruKind kind, const GruCase& c) {
-  const auto f = fused ? recsys::models::gru_fused : recsys::models::gru_reference;
+// path: 0 gru_reference, 1 gru_fused, 2 gru_packed (a bool picks the first two).
+GruOutput run(int path, GruKind kind, const GruCase& c) {
+  const auto f = path == 2   ? recsys::models::gru_packed
+                 : path == 1 ? recsys::models::gru_fused
+                             : recsys::models::gru_reference;
   return f(kind, c.x, c.lengths, c.attention, c.h0, c.w_ih, c.w_hh, c.b_ih, c.b_hh);
 }
 
@@ -111,7 +114,7 @@ GruOutput plain_gru(GruKind kind, const GruCase& c) {
 }
 
 // loss = <outputs, g_out> + <final_state, g_final>; returns d loss / d leaves.
-std::vector<torch::Tensor> grads_of(bool fused, GruKind kind, const GruCase& c,
+std::vector<torch::Tensor> grads_of(int fused, GruKind kind, const GruCase& c,
                                     const torch::Tensor& g_out, const torch::Tensor& g_final) {
   auto out = run(fused, kind, c);
   auto loss = (out.outputs * g_out).sum() + (out.final_state * g_final).sum();
@@ -153,21 +156,22 @@ TEST_CASE("gru_reference matches DIEN's equations written with scalars", "[gru]"
   }
 }
 
-TEST_CASE("gru_fused matches gru_reference in values and every gradient", "[gru]") {
+TEST_CASE("gru_fused and gru_packed match gru_reference in values and every gradient", "[gru]") {
+  for (int path : {1, 2}) {
   for (auto kind : kAllKinds) {
     for (bool with_h0 : {true, false}) {
-      CAPTURE(recsys::models::gru_kind_name(kind), with_h0);
+      CAPTURE(path, recsys::models::gru_kind_name(kind), with_h0);
       recsys::testing::seed(7);
       const int64_t B = 5, T = 6, I = 3, H = 4;
       auto c = make_case(kind, B, T, I, H, {6, 2, 1, 4, 5}, with_h0);
       auto g_out = torch::randn({B, T, H}, torch::kFloat64);
       auto g_final = torch::randn({B, H}, torch::kFloat64);
       auto ref = run(false, kind, c);
-      auto fused = run(true, kind, c);
+      auto fused = run(path, kind, c);
       require_close(fused.outputs, ref.outputs, 0, 1e-10);
       require_close(fused.final_state, ref.final_state, 0, 1e-10);
       auto g_ref = grads_of(false, kind, c, g_out, g_final);
-      auto g_fused = grads_of(true, kind, c, g_out, g_final);
+      auto g_fused = grads_of(path, kind, c, g_out, g_final);
       REQUIRE(g_ref.size() == g_fused.size());
       REQUIRE(g_ref.size() == 5 + (c.attention.defined() ? 1u : 0u) + (with_h0 ? 1u : 0u));
       for (size_t i = 0; i < g_ref.size(); ++i) {
@@ -176,28 +180,60 @@ TEST_CASE("gru_fused matches gru_reference in values and every gradient", "[gru]
         require_close(g_fused[i], g_ref[i], 0, 1e-10);
       }
       // Only one of the two outputs used.
-      auto only_final = [&](bool f) {
+      auto only_final = [&](int f) {
         auto out = run(f, kind, c);
         return torch::autograd::grad({(out.final_state * g_final).sum()}, c.leaves());
       };
-      auto a = only_final(false), b = only_final(true);
+      auto a = only_final(0), b = only_final(path);
       for (size_t i = 0; i < a.size(); ++i) require_close(b[i], a[i], 0, 1e-10);
+      // Only the outputs used (no gradient reaches the final state).
+      auto only_outputs = [&](int f) {
+        auto out = run(f, kind, c);
+        return torch::autograd::grad({(out.outputs * g_out).sum()}, c.leaves());
+      };
+      auto oa = only_outputs(0), ob = only_outputs(path);
+      for (size_t i = 0; i < oa.size(); ++i) require_close(ob[i], oa[i], 0, 1e-10);
+    }
+  }
+  }
+}
+
+TEST_CASE("gru_packed matches gru_reference in float32 on DIEN-sized batches", "[gru]") {
+  for (auto kind : {GruKind::kGru, GruKind::kAugru}) {
+    CAPTURE(recsys::models::gru_kind_name(kind));
+    recsys::testing::seed(21);
+    const int64_t B = 64, T = 50, I = 36, H = 36;
+    auto lengths = (torch::randint(5, 51, {B}, torch::kLong));
+    std::vector<int64_t> len(lengths.data_ptr<int64_t>(), lengths.data_ptr<int64_t>() + B);
+    auto c = make_case(kind, B, T, I, H, len, /*with_h0=*/false, torch::kFloat32);
+    auto g_out = torch::randn({B, T, H});
+    auto g_final = torch::randn({B, H});
+    auto ref = run(0, kind, c), packed = run(2, kind, c);
+    require_close(packed.outputs, ref.outputs.to(torch::kFloat64), 1e-4, 1e-5);
+    require_close(packed.final_state, ref.final_state.to(torch::kFloat64), 1e-4, 1e-5);
+    auto g_ref = grads_of(0, kind, c, g_out, g_final);
+    auto g_packed = grads_of(2, kind, c, g_out, g_final);
+    for (size_t i = 0; i < g_ref.size(); ++i) {
+      CAPTURE(i);
+      const double scale = g_ref[i].abs().max().item<double>();
+      require_close(g_packed[i], g_ref[i].to(torch::kFloat64), 1e-3, 1e-4 * scale);
     }
   }
 }
 
-TEST_CASE("gru_fused backward agrees with central finite differences", "[gru]") {
+TEST_CASE("gru_fused and gru_packed backward agree with central finite differences", "[gru]") {
+  for (int path : {1, 2}) {
   for (auto kind : kAllKinds) {
-    CAPTURE(recsys::models::gru_kind_name(kind));
+    CAPTURE(path, recsys::models::gru_kind_name(kind));
     recsys::testing::seed(3);
     const int64_t B = 2, T = 3, I = 2, H = 3;
     auto c = make_case(kind, B, T, I, H, {3, 2}, /*with_h0=*/true);
     auto g_out = torch::randn({B, T, H}, torch::kFloat64);
     auto g_final = torch::randn({B, H}, torch::kFloat64);
-    auto analytic = grads_of(true, kind, c, g_out, g_final);
+    auto analytic = grads_of(path, kind, c, g_out, g_final);
     auto loss = [&] {
       torch::NoGradGuard no_grad;
-      auto out = run(true, kind, c);
+      auto out = run(path, kind, c);
       return ((out.outputs * g_out).sum() + (out.final_state * g_final).sum()).item<double>();
     };
     const double eps = 1e-6;
@@ -218,11 +254,12 @@ TEST_CASE("gru_fused backward agrees with central finite differences", "[gru]") 
       require_close(analytic[l].reshape({-1}), numeric, 1e-6, 1e-6);
     }
   }
+  }
 }
 
 TEST_CASE("padding to a longer T changes nothing on valid steps", "[gru]") {
   for (auto kind : kAllKinds) {
-    for (bool fused : {true, false}) {
+    for (int fused : {2, 1, 0}) {
       CAPTURE(recsys::models::gru_kind_name(kind), fused);
       recsys::testing::seed(11);
       const int64_t B = 3, T = 4, I = 3, H = 5, extra = 3;
@@ -244,7 +281,7 @@ TEST_CASE("padding to a longer T changes nothing on valid steps", "[gru]") {
 
 TEST_CASE("AUGRU with attention 1 is GRU; AGRU and AUGRU with attention 0 keep the state",
           "[gru]") {
-  for (bool fused : {true, false}) {
+  for (int fused : {2, 1, 0}) {
     CAPTURE(fused);
     recsys::testing::seed(5);
     const int64_t B = 3, T = 4, I = 2, H = 3;
@@ -275,7 +312,7 @@ TEST_CASE("AUGRU with attention 1 is GRU; AGRU and AUGRU with attention 0 keep t
 TEST_CASE("GRU inputs out of range are rejected with a message that says what to fix", "[gru]") {
   recsys::testing::seed(2);
   auto c = make_case(GruKind::kAugru, 2, 3, 2, 2, {3, 2}, /*with_h0=*/false);
-  for (bool fused : {true, false}) {
+  for (int fused : {2, 1, 0}) {
     CAPTURE(fused);
     GruCase bad = c;
     bad.lengths = torch::tensor({3, 0}, torch::kLong);
