@@ -343,14 +343,15 @@ Packing make_packing(const Tensor& lengths, int64_t T) {
 }
 
 // One forward step over rows [0, n) of step t. gates: r | z | n pre-activations of x (in), the
-// activated r, z, n (out); gh: h W_hh^T + b_hh; a: attention per row (or null).
+// activated r, z, n (out); gh: h W_hh^T (in), + b_hh (out); a: attention per row (or null).
 template <typename S>
-void packed_forward_step(GruKind kind, int64_t n, int64_t H, S* gates, const S* gh, const S* a,
-                         const S* hprev, S* hout, S* hnext, int64_t n_next) {
+void packed_forward_step(GruKind kind, int64_t n, int64_t H, S* gates, S* gh, const S* b_hh,
+                         const S* a, const S* hprev, S* hout, S* hnext, int64_t n_next) {
   const int64_t G = 3 * H;
   for (int64_t j = 0; j < n; ++j) {
     S* gi = gates + j * G;
-    const S* hh = gh + j * G;
+    S* hh = gh + j * G;  // h W_hh^T in, + b_hh out (backward reads its n block)
+    for (int64_t c = 0; c < G; ++c) hh[c] += b_hh[c];
     const S* h = hprev + j * H;
     S* o = hout + j * H;
     const S aj = a ? a[j] : S(1);
@@ -456,13 +457,15 @@ class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_packed_forward", [&] {
       scalar_t* gp = gates.data_ptr<scalar_t>();
       const scalar_t* ap = scores ? a_p.data_ptr<scalar_t>() : nullptr;
+      const auto b_hh_c = b_hh.contiguous();
+      const scalar_t* bh = b_hh_c.data_ptr<scalar_t>();
       for (int64_t t = 0; t < steps; ++t) {
         const int64_t o = pk->off[t], n = pk->bt[t];
         auto gh_t = gh.narrow(0, o, n);
-        at::addmm_out(gh_t, b_hh, hprev.narrow(0, o, n), w_hh_t);
+        at::mm_out(gh_t, hprev.narrow(0, o, n), w_hh_t);  // the bias is added by the loop
         const int64_t n_next = t + 1 < steps ? pk->bt[t + 1] : 0;
         packed_forward_step<scalar_t>(
-            kind, n, H, gp + o * G, gh.data_ptr<scalar_t>() + o * G, ap ? ap + o : nullptr,
+            kind, n, H, gp + o * G, gh.data_ptr<scalar_t>() + o * G, bh, ap ? ap + o : nullptr,
             hprev.data_ptr<scalar_t>() + o * H, hout.data_ptr<scalar_t>() + o * H,
             n_next ? hprev.data_ptr<scalar_t>() + pk->off[t + 1] * H : nullptr, n_next);
       }
