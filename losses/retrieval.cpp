@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "losses/cross_entropy.h"
+
 namespace recsys::losses {
 
 torch::Tensor inbatch_softmax(const torch::Tensor& user, const torch::Tensor& item,
@@ -27,8 +29,7 @@ torch::Tensor inbatch_softmax(const torch::Tensor& user, const torch::Tensor& it
     logits = logits.masked_fill(same & ~diag, -1e9);
   }
   auto targets = torch::arange(B, torch::TensorOptions().dtype(torch::kInt64).device(user.device()));
-  return torch::nn::functional::cross_entropy(
-      logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  return rowwise_cross_entropy(logits, targets);
 }
 
 torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, double temperature,
@@ -37,10 +38,8 @@ torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, doub
   // Scaling z1 [M, D] rather than the [M, M] logits: the same products, M / D times less work.
   auto logits = torch::mm(z1 * (1.0 / temperature), z2.t());
   auto targets = torch::arange(z1.size(0), torch::TensorOptions().dtype(torch::kInt64).device(z1.device()));
-  namespace F = torch::nn::functional;
-  auto opts = F::CrossEntropyFuncOptions().reduction(torch::kNone);
-  auto loss = F::cross_entropy(logits, targets, opts);
-  if (symmetric) loss = 0.5 * (loss + F::cross_entropy(logits.t(), targets, opts));
+  auto loss = rowwise_cross_entropy(logits, targets);
+  if (symmetric) loss = 0.5 * (loss + rowwise_cross_entropy(logits.t(), targets));
   return loss;
 }
 
