@@ -9,16 +9,36 @@ DinImpl::DinImpl(DinOptions options) : options_(std::move(options)) {
       register_module("attention", ActivationUnit(ActivationUnitOptions(d)
                                                       .hidden(options_.attention_hidden())
                                                       .activation(options_.attention_activation())
-                                                      .softmax(options_.attention_softmax())));
+                                                      .softmax(options_.attention_softmax())
+                                                      .pack_valid(options_.pack_valid())));
   mlp = register_module("mlp", make_ctr_mlp(3 * d, options_.mlp()));
 }
 
 CtrOutput DinImpl::forward(const CtrModelInput& in) {
-  auto candidate = embeddings->forward(in.item, in.category);             // [B, D]
-  auto behaviours = embeddings->forward(in.hist_item, in.hist_category);  // [B, T, D]
-  auto att = attention->forward(candidate, behaviours, in.hist_mask);
-  last_attention_ = att.weights.detach();
-  auto x = torch::cat({att.pooled, candidate, masked_sum(behaviours, in.hist_mask)}, 1);
+  auto candidate = embeddings->forward(in.item, in.category);  // [B, D]
+  torch::Tensor pooled, history_sum;
+  if (attention->packs(in.hist_item.device()) && in.hist_item.dim() == 2 &&
+      in.hist_mask.scalar_type() == torch::kBool && in.hist_mask.sizes() == in.hist_item.sizes() &&
+      in.hist_category.sizes() == in.hist_item.sizes()) {
+    // Only the valid steps are looked up, scored and summed: the [B, T, D] behaviour tensor
+    // (mostly padding on short histories) is never built.
+    const int64_t B = in.hist_item.size(0), T = in.hist_item.size(1);
+    auto index = in.hist_mask.reshape(-1).nonzero().squeeze(1);  // [N] = b * T + t
+    auto row = torch::div(index, T, /*rounding_mode=*/"floor");
+    auto keys = embeddings->forward(in.hist_item.reshape(-1).index_select(0, index),
+                                    in.hist_category.reshape(-1).index_select(0, index));
+    auto att = attention->forward_packed(candidate, keys, row, index, T);
+    last_attention_ = att.weights.detach();
+    pooled = att.pooled;
+    history_sum = torch::zeros({B, keys.size(1)}, keys.options()).index_add(0, row, keys);
+  } else {
+    auto behaviours = embeddings->forward(in.hist_item, in.hist_category);  // [B, T, D]
+    auto att = attention->forward(candidate, behaviours, in.hist_mask);
+    last_attention_ = att.weights.detach();
+    pooled = att.pooled;
+    history_sum = masked_sum(behaviours, in.hist_mask);
+  }
+  auto x = torch::cat({pooled, candidate, history_sum}, 1);
   CtrOutput out;
   out.logits = mlp->forward(x).squeeze(1);
   out.regularization = embeddings->regularization(in);

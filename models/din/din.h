@@ -21,6 +21,9 @@ struct DinOptions {
   /// Normalise the attention scores with a softmax over the valid steps (DIN keeps raw scores).
   TORCH_ARG(bool, attention_softmax) = false;
   /// The output MLP: [interest, candidate, sum of history] -> hidden -> 1.
+  /// Look up, score and sum only the valid history steps on the CPU (ActivationUnitOptions::
+  /// pack_valid); false builds the padded [B, T, D] behaviours. Same function either way.
+  TORCH_ARG(bool, pack_valid) = true;
   TORCH_ARG(CtrMlpOptions, mlp);
 };
 

@@ -86,23 +86,41 @@ bool ActivationUnitImpl::packs(const torch::Device& device) const {
          options_.activation() != Activation::kDice;
 }
 
-AttentionOutput ActivationUnitImpl::forward_packed(const torch::Tensor& query,
-                                                   const torch::Tensor& keys,
-                                                   const torch::Tensor& mask) {
+AttentionOutput ActivationUnitImpl::forward_masked_packed(const torch::Tensor& query,
+                                                          const torch::Tensor& keys,
+                                                          const torch::Tensor& mask) {
   const int64_t B = keys.size(0), T = keys.size(1), d = options_.dim();
-  auto index = mask.reshape(-1).nonzero().squeeze(1);                    // [N] = b * T + t
-  auto row = torch::div(index, T, /*rounding_mode=*/"floor");            // [N] = b
-  auto k = keys.reshape({B * T, d}).index_select(0, index);              // [N, D]
-  auto q = query.index_select(0, row);                                   // [N, D]
+  auto index = mask.reshape(-1).nonzero().squeeze(1);          // [N] = b * T + t
+  auto row = torch::div(index, T, /*rounding_mode=*/"floor");  // [N] = b
+  auto k = keys.reshape({B * T, d}).index_select(0, index);    // [N, D]
+  return forward_packed(query, k, row, index, T);
+}
+
+AttentionOutput ActivationUnitImpl::forward_packed(const torch::Tensor& query,
+                                                   const torch::Tensor& k,
+                                                   const torch::Tensor& row,
+                                                   const torch::Tensor& index, int64_t T) {
+  const int64_t B = query.size(0), d = options_.dim();
+  TORCH_CHECK(query.dim() == 2 && query.size(1) == d && k.dim() == 2 && k.size(1) == d &&
+                  row.dim() == 1 && row.size(0) == k.size(0) && index.sizes() == row.sizes(),
+              "ActivationUnit::forward_packed: query must be [B, ", d, "], keys [N, ", d,
+              "], row and index [N]; got ", query.sizes(), ", ", k.sizes(), ", ", row.sizes(),
+              " and ", index.sizes());
+  auto q = query.index_select(0, row);  // [N, D]
   auto [w_query, w_key] = fused_weights();
   auto q_part = torch::nn::functional::linear(query, w_query, first_->bias);  // [B, H1]
   auto pre = torch::addmm(q_part.index_select(0, row), torch::cat({k, q * k}, 1), w_key.t());
   auto s = tail_->forward(first_activation_.forward(pre)).squeeze(1);    // [N]
   AttentionOutput out;
   if (options_.softmax()) {
-    auto full = torch::zeros({B * T}, s.options()).index_copy(0, index, s).view({B, T});
-    out.weights = masked_softmax(full, mask);
-    out.pooled = (out.weights.unsqueeze(-1) * keys).sum(1);
+    // Softmax over each row's valid steps: exp(s - max of its row) / the row's sum.
+    auto row_max = torch::zeros({B}, s.options())
+                       .index_reduce_(0, row, s.detach(), "amax", /*include_self=*/false);
+    auto e = torch::exp(s - row_max.index_select(0, row));
+    auto denom = torch::zeros({B}, s.options()).index_add(0, row, e);
+    auto w = e / denom.index_select(0, row);
+    out.weights = torch::zeros({B * T}, s.options()).index_copy(0, index, w).view({B, T});
+    out.pooled = torch::zeros({B, d}, k.options()).index_add(0, row, k * w.unsqueeze(1));
   } else {
     out.weights = torch::zeros({B * T}, s.options()).index_copy(0, index, s).view({B, T});
     out.pooled = torch::zeros({B, d}, k.options()).index_add(0, row, k * s.unsqueeze(1));
@@ -142,7 +160,7 @@ AttentionOutput ActivationUnitImpl::forward(const torch::Tensor& query, const to
                     keys.size(0) == query.size(0) && keys.size(2) == options_.dim(),
                 "ActivationUnit: query must be [B, ", options_.dim(), "] and keys [B, T, ",
                 options_.dim(), "], got ", query.sizes(), " and ", keys.sizes());
-    return forward_packed(query, keys, mask);
+    return forward_masked_packed(query, keys, mask);
   }
   auto s = scores(query, keys);
   AttentionOutput out;

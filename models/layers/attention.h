@@ -59,6 +59,12 @@ class ActivationUnitImpl : public torch::nn::Module {
   /// Whether forward takes the packed path for tensors on `device`.
   bool packs(const torch::Device& device) const;
 
+  /// The packed path on keys that are already packed: keys [N, D] are the valid steps, step k
+  /// being position index[k] = row[k] * T + t of the [B, T] history (index ascending). Returns
+  /// the [B, T] weights (0 at padding) and the [B, D] pooled keys, as forward would.
+  AttentionOutput forward_packed(const torch::Tensor& query, const torch::Tensor& keys,
+                                 const torch::Tensor& row, const torch::Tensor& index, int64_t T);
+
   const ActivationUnitOptions& options() const { return options_; }
   /// The first layer: in 4D (blocks q, k, q - k, q * k), out hidden[0].
   torch::nn::Linear& first_layer() { return first_; }
@@ -76,8 +82,8 @@ class ActivationUnitImpl : public torch::nn::Module {
   /// The fused first layer's weights: W_q + W_d for the per-example part, and [W_k - W_d, W_p]
   /// stacked along the input for [k, q * k].
   std::pair<torch::Tensor, torch::Tensor> fused_weights();
-  AttentionOutput forward_packed(const torch::Tensor& query, const torch::Tensor& keys,
-                                 const torch::Tensor& mask);
+  AttentionOutput forward_masked_packed(const torch::Tensor& query, const torch::Tensor& keys,
+                                        const torch::Tensor& mask);
 };
 TORCH_MODULE(ActivationUnit);
 
