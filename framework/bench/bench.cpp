@@ -46,6 +46,22 @@ torch::Device parse_device(const std::string& name) {
 
 constexpr double kMiB = 1024.0 * 1024.0;
 
+/// A "VmXXX:" line of /proc/self/status in MiB (0 when unavailable).
+double proc_status_mb(const char* key) {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return 0;
+  char line[256];
+  double kb = 0;
+  const size_t n = std::strlen(key);
+  while (std::fgets(line, sizeof line, f))
+    if (std::strncmp(line, key, n) == 0) {
+      kb = std::atof(line + n);
+      break;
+    }
+  std::fclose(f);
+  return kb / 1024.0;
+}
+
 double process_cpu_s() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
@@ -165,6 +181,9 @@ double measure_matmul_gflops(int64_t n, int repeats) {
 }
 
 nlohmann::json run_workload(const std::string& name, const BenchOptions& options) {
+  // The process before the workload allocates anything: LibTorch, OpenBLAS and the framework's
+  // code and static data. What the workload adds is measured against its own sizes.
+  const double rss_baseline = proc_status_mb("VmRSS:");
   torch::set_num_threads(options.threads);
   auto device = parse_device(options.device);
   auto workload = make_workload(name, options.shapes, device, 1, options.plain);
@@ -199,7 +218,8 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   r["path"] = options.plain ? "plain" : "optimised";
   const char* wait = std::getenv("OMP_WAIT_POLICY");
   r["omp_wait_policy"] = wait ? wait : "unset";
-  r["peak_rss_mb"] = nullptr;  // filled in by the parent (wait4) when the workload ran in a child
+  r["peak_rss_mb"] = proc_status_mb("VmHWM:");  // replaced by the parent's wait4 figure in a child
+  r["rss_baseline_mb"] = rss_baseline;
   r["param_mb"] = workload->param_bytes() / kMiB;
   r["optimizer_state_mb"] = workload->optimizer_state_bytes() / kMiB;
   r["batch_activation_mb_estimate"] = workload->activation_bytes_estimate() / kMiB;
@@ -220,6 +240,18 @@ void add_bound(nlohmann::json& r, double gflops) {
   r["peak_gflops"] = gflops;
   r["flop_bound_examples_per_s"] = bound;
   r["flop_bound_fraction"] = r["examples_per_s"].get<double>() / bound;
+}
+
+/// workload_rss_mb: peak RSS above the process baseline; memory_ratio: that over parameters +
+/// optimizer state + one batch's activations (the budget of WORKLOADS.md is 1.5).
+void add_memory_ratio(nlohmann::json& r) {
+  if (!r.contains("rss_baseline_mb") || !r.contains("param_mb") || !r["peak_rss_mb"].is_number())
+    return;
+  const double above = r["peak_rss_mb"].get<double>() - r["rss_baseline_mb"].get<double>();
+  const double model = r["param_mb"].get<double>() + r["optimizer_state_mb"].get<double>() +
+                       r["batch_activation_mb_estimate"].get<double>();
+  r["workload_rss_mb"] = above;
+  r["memory_ratio"] = above / model;
 }
 
 /// Runs `fn` in a forked child that writes one JSON document to a pipe; returns it with the
@@ -272,6 +304,7 @@ nlohmann::json in_child(const std::string& name, Fn fn) {
          {"error", "child exited with status " + std::to_string(status) + " without a result"}};
   }
   r["peak_rss_mb"] = static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+  add_memory_ratio(r);
   return r;
 }
 
@@ -283,8 +316,8 @@ std::string fmt(const nlohmann::json& r, const char* key, const char* f) {
 }
 
 void print_table(const std::vector<nlohmann::json>& rows, bool peak) {
-  std::printf("%-13s %12s %9s %7s %9s %9s %9s %9s", "workload", "examples/s", "step ms", "threads",
-              "RSS MB", "param MB", "optim MB", "act MB");
+  std::printf("%-13s %12s %9s %7s %9s %9s %9s %9s %9s %9s", "workload", "examples/s", "step ms",
+              "threads", "RSS MB", "+RSS MB", "param MB", "optim MB", "act MB", "mem ratio");
   if (peak) std::printf(" %10s %9s %9s", "MFLOP/ex", "bound/s", "fraction");
   std::printf("\n");
   for (auto& r : rows) {
@@ -295,11 +328,13 @@ void print_table(const std::vector<nlohmann::json>& rows, bool peak) {
     }
     if (r["workload"] == "pipeline") continue;
     double mflop = r.contains("flops_per_example") ? r["flops_per_example"].get<double>() / 1e6 : 0;
-    std::printf("%-13s %12s %9s %7d %9s %9s %9s %9s", r["workload"].get<std::string>().c_str(),
-                fmt(r, "examples_per_s", "%.0f").c_str(), fmt(r, "step_ms_median", "%.2f").c_str(),
-                r["threads"].get<int>(), fmt(r, "peak_rss_mb", "%.0f").c_str(),
+    std::printf("%-13s %12s %9s %7d %9s %9s %9s %9s %9s %9s",
+                r["workload"].get<std::string>().c_str(), fmt(r, "examples_per_s", "%.0f").c_str(),
+                fmt(r, "step_ms_median", "%.2f").c_str(), r["threads"].get<int>(),
+                fmt(r, "peak_rss_mb", "%.0f").c_str(), fmt(r, "workload_rss_mb", "%.0f").c_str(),
                 fmt(r, "param_mb", "%.1f").c_str(), fmt(r, "optimizer_state_mb", "%.1f").c_str(),
-                fmt(r, "batch_activation_mb_estimate", "%.1f").c_str());
+                fmt(r, "batch_activation_mb_estimate", "%.1f").c_str(),
+                fmt(r, "memory_ratio", "%.2f").c_str());
     if (peak)
       std::printf(" %10.2f %9s %9s", mflop, fmt(r, "flop_bound_examples_per_s", "%.0f").c_str(),
                   fmt(r, "flop_bound_fraction", "%.3f").c_str());
@@ -351,7 +386,9 @@ int run_bench(const BenchOptions& options) {
 
   auto run = [&](const std::string& name, auto fn) -> nlohmann::json {
     if (options.fork) return in_child(name, fn);
-    return fn();
+    auto r = fn();
+    add_memory_ratio(r);  // without a child: this process's own VmHWM so far
+    return r;
   };
 
   double gflops = 0;
