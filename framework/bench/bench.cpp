@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <set>
+#include <thread>
 
 #include "framework/bench/workloads.h"
 #include "framework/util/errors.h"
@@ -217,7 +218,12 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   r["torch"] = TORCH_VERSION;
   r["path"] = options.plain ? "plain" : "optimised";
   const char* wait = std::getenv("OMP_WAIT_POLICY");
-  r["omp_wait_policy"] = wait ? wait : "unset";
+  const char* spin = std::getenv("GOMP_SPINCOUNT");
+  const char* choice = std::getenv("RECSYS_OMP_CHOICE");
+  r["omp_wait_policy"] = choice  ? std::string(choice)
+                         : wait  ? std::string(wait)
+                         : spin  ? "GOMP_SPINCOUNT=" + std::string(spin)
+                                 : std::string("unset");
   r["peak_rss_mb"] = proc_status_mb("VmHWM:");  // replaced by the parent's wait4 figure in a child
   r["rss_baseline_mb"] = rss_baseline;
   r["param_mb"] = workload->param_bytes() / kMiB;
@@ -364,9 +370,50 @@ void print_table(const std::vector<nlohmann::json>& rows, bool peak) {
 
 }  // namespace
 
-void ensure_passive_omp_wait(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+namespace {
+
+/// Busy and total jiffies of all CPUs from /proc/stat's first line (false when unreadable).
+bool cpu_jiffies(double& busy, double& total) {
+  std::FILE* f = std::fopen("/proc/stat", "r");
+  if (!f) return false;
+  double v[8] = {0};
+  const int got = std::fscanf(f, "cpu %lf %lf %lf %lf %lf %lf %lf %lf", &v[0], &v[1], &v[2],
+                              &v[3], &v[4], &v[5], &v[6], &v[7]);
+  std::fclose(f);
+  if (got < 4) return false;
+  total = 0;
+  for (double x : v) total += x;
+  busy = total - v[3] - v[4];  // minus idle and iowait
+  return total > 0;
+}
+
+}  // namespace
+
+double other_busy_cores(int sample_ms) {
+  double b0, t0, b1, t1;
+  if (!cpu_jiffies(b0, t0)) return -1;
+  std::this_thread::sleep_for(std::chrono::milliseconds(sample_ms));
+  if (!cpu_jiffies(b1, t1) || t1 <= t0) return -1;
+  const double cpus = std::max(1u, std::thread::hardware_concurrency());
+  return (b1 - b0) / (t1 - t0) * cpus;
+}
+
+void ensure_omp_wait_policy(char** argv, int threads) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr)
+    return;
+  const double cpus = std::max(1u, std::thread::hardware_concurrency());
+  const double busy = other_busy_cores(200);
+  char choice[96];
+  if (busy >= 0 && busy + threads <= cpus + 0.25) {
+    // Cores to spare: a short spin (about 20k iterations, tens of microseconds) before sleeping
+    // keeps the workers of back-to-back small parallel regions awake.
+    setenv("GOMP_SPINCOUNT", "20000", 1);
+    std::snprintf(choice, sizeof choice, "spin 20000 (other load %.2f of %.0f cores)", busy, cpus);
+  } else {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    std::snprintf(choice, sizeof choice, "PASSIVE (other load %.2f of %.0f cores)", busy, cpus);
+  }
+  setenv("RECSYS_OMP_CHOICE", choice, 1);
   std::fflush(stdout);
   std::fflush(stderr);
   execv("/proc/self/exe", argv);  // returns only on failure: then run with the current policy

@@ -135,12 +135,18 @@ double measure_matmul_gflops(int64_t n = 1024, int repeats = 20);
 /// options.fork), then the table or the JSON lines on stdout. Returns the exit status.
 int run_bench(const BenchOptions& options);
 
-/// libgomp reads OMP_WAIT_POLICY once, when it is loaded: when the variable is unset this sets it
-/// to PASSIVE and re-executes the binary (/proc/self/exe) with the same arguments, so that idle
-/// OpenMP threads sleep instead of spinning (on a shared 2-core machine spinning threads steal
-/// the cores the workers need: measured about 8x slower, docs/performance.md). Returns only when
-/// nothing had to be done or the exec failed.
-void ensure_passive_omp_wait(char** argv);
+/// Cores kept busy by other processes, from /proc/stat sampled over `sample_ms` (-1 when
+/// unavailable). Called before this process starts any work.
+double other_busy_cores(int sample_ms);
+
+/// libgomp reads its wait policy once, when it is loaded. When neither OMP_WAIT_POLICY nor
+/// GOMP_SPINCOUNT is set, this picks one from the machine's current load and re-executes the
+/// binary (/proc/self/exe) with the same arguments: with cores to spare for `threads` workers, a
+/// short spin (GOMP_SPINCOUNT=20000) so that workers stay awake between back-to-back parallel
+/// regions; on a loaded machine OMP_WAIT_POLICY=PASSIVE, because spinning workers steal the cores
+/// the others need (measured 10-40x slower; docs/performance.md). The choice is reported as
+/// omp_wait_policy. Returns only when nothing had to be done or the exec failed.
+void ensure_omp_wait_policy(char** argv, int threads);
 
 /// Sum of the bytes of `tensors`.
 double tensor_bytes(const std::vector<torch::Tensor>& tensors);

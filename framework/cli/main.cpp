@@ -172,7 +172,7 @@ int main(int argc, char** argv) {
     }
     if (*mi_cmd) return cmd_mi(mi_config, mi_overrides, mi_out);
     if (*bench_cmd) {
-      bench::ensure_passive_omp_wait(argv);
+      bench::ensure_omp_wait_policy(argv, bench_options.threads);
       bench_options.workloads.clear();
       std::stringstream ss(bench_workloads);
       for (std::string w; std::getline(ss, w, ',');)
