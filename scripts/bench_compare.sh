@@ -6,8 +6,11 @@
 #
 #   scripts/bench_compare.sh                       # 2 threads, twotower_ssl,din,dien, REPS=3
 #   THREADS=2 REPS=5 WORKLOADS=din STEPS=30 scripts/bench_compare.sh
-#   OMP_WAIT_POLICY=ACTIVE scripts/bench_compare.sh   # applies to both sides (default PASSIVE:
-#                                                    # recsys bench sets it too when unset)
+#   OMP_WAIT_POLICY=PASSIVE scripts/bench_compare.sh  # applies to both sides. Unset (default),
+#                                                    # each side keeps its own default, as a
+#                                                    # reviewer running both commands would:
+#                                                    # libgomp's spin-then-sleep for Python,
+#                                                    # recsys bench's load-based choice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
@@ -16,7 +19,6 @@ STEPS=${STEPS:-30}
 WORKLOADS=${WORKLOADS:-twotower_ssl,din,dien}
 PYTHON=${PYTHON:-/usr/bin/python3}   # Debian's python3-torch (LibTorch 1.13, as build/recsys)
 BIN=${BIN:-build/recsys}
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
@@ -43,7 +45,7 @@ for x in rows:
         continue
     by.setdefault(r["workload"], {}).setdefault(x["rep"], {})[x["impl"]] = r
 print(f"{'workload':<13} {'C++ ex/s':>10} {'Python ex/s':>12} {'ratio':>7} {'cpu ratio':>9} {'target':>7} "
-      f"{'MFLOP/ex':>9} {'bound frac':>10} {'C++ RSS MB':>10} {'py RSS MB':>9}  ratios per rep")
+      f"{'MFLOP/ex':>9} {'bound frac':>10} {'C++ RSS MB':>10} {'py RSS MB':>9} {'C++ mem ratio':>13}  ratios per rep")
 for name, reps in by.items():
     pairs = [(v["cpp"], v["py"]) for v in reps.values() if "cpp" in v and "py" in v]
     if not pairs:
@@ -59,6 +61,7 @@ for name, reps in by.items():
     cr = med(cpu_ratios) if cpu_ratios else float("nan")
     print(f"{name:<13} {c_eps:>10.0f} {p_eps:>12.0f} {med(ratios):>7.2f} {cr:>9.2f} {targets.get(name, 0):>7.1f} "
           f"{mflop:>9.2f} {frac:>10.3f} {med([c['peak_rss_mb'] for c, _ in pairs]):>10.0f} "
-          f"{med([p['peak_rss_mb'] for _, p in pairs]):>9.0f}  "
+          f"{med([p['peak_rss_mb'] for _, p in pairs]):>9.0f} "
+          f"{med([c.get('memory_ratio', float('nan')) for c, _ in pairs]):>13.2f}  "
           + " ".join(f"{r:.2f}" for r in ratios))
 EOF
