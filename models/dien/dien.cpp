@@ -1,5 +1,7 @@
 #include "models/dien/dien.h"
 
+#include <limits>
+
 #include "losses/dien_aux.h"
 
 namespace recsys::models {
@@ -20,6 +22,21 @@ torch::Tensor AuxiliaryNetImpl::forward(const torch::Tensor& h, const torch::Ten
               "AuxiliaryNet: h must end in ", options_.state_dim(), " and e in ",
               options_.behaviour_dim(), ", got ", h.sizes(), " and ", e.sizes());
   return mlp_->forward(torch::cat({h, e}, -1)).squeeze(-1);
+}
+
+torch::Tensor AuxiliaryNetImpl::forward_pairs(const torch::Tensor& h, const torch::Tensor& positive,
+                                             const torch::Tensor& negative) {
+  const int64_t H = options_.state_dim(), E = options_.behaviour_dim();
+  TORCH_CHECK(h.dim() == 2 && h.size(1) == H && positive.dim() == 2 && positive.size(1) == E &&
+                  negative.sizes() == positive.sizes() && positive.size(0) == h.size(0),
+              "AuxiliaryNet::forward_pairs: h must be [P, ", H, "] and positive, negative [P, ", E,
+              "], got ", h.sizes(), ", ", positive.sizes(), " and ", negative.sizes());
+  auto& first = mlp_->linears()[0];
+  auto w_h = first->weight.narrow(1, 0, H), w_e = first->weight.narrow(1, H, E);
+  auto h_part = torch::addmm(first->bias, h, w_h.t());                       // [P, hidden]
+  auto e_part = torch::mm(torch::cat({positive, negative}), w_e.t());        // [2P, hidden]
+  auto pre = e_part + h_part.repeat({2, 1});
+  return mlp_->forward_from(pre, 0).squeeze(-1);
 }
 
 DienImpl::DienImpl(DienOptions options) : options_(std::move(options)) {
@@ -56,7 +73,85 @@ void DienImpl::build(GruLayer evolution_layer) {
   mlp = register_module("mlp", make_ctr_mlp(evo.hidden_size() + 2 * e, o.mlp()));
 }
 
+bool DienImpl::packs(const CtrModelInput& in) const {
+  if (!options_.pack_valid() || !in.hist_item.defined() || !in.hist_item.device().is_cpu() ||
+      !in.hist_length.defined() || !in.hist_length.device().is_cpu())
+    return false;
+  for (const auto* g : {&extractor, &evolution})
+    if (!(*g)->options().fused() || !(*g)->options().packed()) return false;
+  if (in.hist_item.dim() != 2 || in.hist_category.sizes() != in.hist_item.sizes() ||
+      in.hist_length.dim() != 1 || in.hist_length.size(0) != in.hist_item.size(0) ||
+      in.hist_item.size(1) < 1 || in.hist_length.numel() == 0)
+    return false;
+  // Every history non-empty and within T, and the mask (when given) the one the lengths imply.
+  const int64_t T = in.hist_item.size(1);
+  if (in.hist_length.min().item<int64_t>() < 1 || in.hist_length.max().item<int64_t>() > T)
+    return false;
+  if (in.hist_mask.defined()) {
+    auto implied = torch::arange(T, in.hist_length.options()).unsqueeze(0) <
+                   in.hist_length.unsqueeze(1);
+    if (in.hist_mask.scalar_type() != torch::kBool || in.hist_mask.sizes() != implied.sizes() ||
+        !torch::equal(in.hist_mask, implied))
+      return false;
+  }
+  return true;
+}
+
+DienOutput DienImpl::forward_packed(const CtrModelInput& in) {
+  const int64_t B = in.hist_item.size(0), T = in.hist_item.size(1);
+  const auto layout = PackedLayout::from_lengths(in.hist_length, T);
+  const auto& index = layout.index;
+  const auto& row = layout.row;
+  auto candidate = embeddings->forward(in.item, in.category);  // [B, E]
+  auto x = embeddings->forward(in.hist_item.reshape(-1).index_select(0, index),
+                               in.hist_category.reshape(-1).index_select(0, index));  // [N, E]
+  auto history_sum = torch::zeros({B, x.size(1)}, x.options()).index_add(0, row, x);
+  auto interests = extractor->forward_packed(layout, x).outputs;  // [N, H]
+
+  DienOutput out;
+  if (is_training() && in.neg_hist_item.defined() && options_.alpha_aux() > 0 && T >= 2) {
+    TORCH_CHECK(in.neg_hist_item.sizes() == in.hist_item.sizes() &&
+                    in.neg_hist_category.sizes() == in.hist_item.sizes(),
+                "Dien: neg_hist_item and neg_hist_category must be [B, T] like hist_item ",
+                in.hist_item.sizes(), ", got ", in.neg_hist_item.sizes(), " and ",
+                in.neg_hist_category.sizes());
+    const int64_t P = layout.pair_first.size(0);
+    if (P == 0) {
+      out.aux_loss = torch::zeros({}, x.options());  // no (h_t, e_{t+1}) pair in the batch
+    } else {
+      auto next = index.index_select(0, layout.pair_next);  // b * T + t + 1 of each pair
+      auto negatives = embeddings->forward(in.neg_hist_item.reshape(-1).index_select(0, next),
+                                           in.neg_hist_category.reshape(-1).index_select(0, next));
+      auto logits = aux->forward_pairs(interests.index_select(0, layout.pair_first),
+                                       x.index_select(0, layout.pair_next), negatives);
+      out.aux_loss = losses::auxiliary_loss(logits.narrow(0, 0, P).unsqueeze(0),
+                                            logits.narrow(0, P, P).unsqueeze(0),
+                                            torch::ones({1, P}, torch::kBool));
+    }
+  }
+
+  torch::Tensor final_state;
+  if (evolution_kind() == GruKind::kGru) {
+    final_state = evolution->forward_packed(layout, interests).final_state;
+  } else {
+    // The softmax of h_t . (W q) over each sequence's valid steps, on the packed steps.
+    auto wq = torch::matmul(candidate, attention->weight.t());        // [B, H]
+    auto s = (interests * wq.index_select(0, row)).sum(1);            // [N]
+    auto shift = torch::full({B * T}, -std::numeric_limits<double>::infinity(), s.options())
+                     .index_copy_(0, index, s.detach())
+                     .view({B, T})
+                     .amax(1);  // each row's max (rows have >= 1 step)
+    auto e = torch::exp(s - shift.index_select(0, row));
+    auto a = e / torch::zeros({B}, s.options()).index_add(0, row, e).index_select(0, row);
+    out.attention = torch::zeros({B * T}, a.options()).index_copy(0, index, a).view({B, T});
+    final_state = evolution->forward_packed(layout, interests, a).final_state;
+  }
+  out.logits = mlp->forward(torch::cat({final_state, candidate, history_sum}, -1)).squeeze(-1);
+  return out;
+}
+
 DienOutput DienImpl::forward_parts(const CtrModelInput& in) {
+  if (packs(in)) return forward_packed(in);
   TORCH_CHECK(in.hist_item.dim() == 2 && in.hist_category.sizes() == in.hist_item.sizes(),
               "Dien: hist_item and hist_category must both be [B, T], got ", in.hist_item.sizes(),
               " and ", in.hist_category.sizes());
@@ -102,8 +197,7 @@ DienOutput DienImpl::forward_parts(const CtrModelInput& in) {
       auto h = gather(pairs.states);
       const int64_t n = h.size(0);
       // One MLP call for the positive and the negative behaviours.
-      auto logits = aux->forward(torch::cat({h, h}),
-                                 torch::cat({gather(pairs.positive), gather(pairs.negative)}));
+      auto logits = aux->forward_pairs(h, gather(pairs.positive), gather(pairs.negative));
       out.aux_loss = losses::auxiliary_loss(logits.narrow(0, 0, n).unsqueeze(0),
                                             logits.narrow(0, n, n).unsqueeze(0),
                                             torch::ones({1, n}, pairs.mask.options()));

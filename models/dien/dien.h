@@ -31,6 +31,11 @@ class AuxiliaryNetImpl : public torch::nn::Module {
   explicit AuxiliaryNetImpl(AuxiliaryNetOptions options);
   /// h [..., H], e [..., E] with the same leading dimensions -> logits [...].
   torch::Tensor forward(const torch::Tensor& h, const torch::Tensor& e);
+  /// Logits of (h, positive) and (h, negative) for rows h [P, H], positive and negative [P, E]:
+  /// the first layer's h part is computed once for both ([h, e] W = h W_h + e W_e). Returns
+  /// [2P]: the positives' logits, then the negatives'.
+  torch::Tensor forward_pairs(const torch::Tensor& h, const torch::Tensor& positive,
+                              const torch::Tensor& negative);
   const AuxiliaryNetOptions& options() const { return options_; }
   Mlp& mlp() { return mlp_; }
 
@@ -53,6 +58,12 @@ struct DienOptions {
   TORCH_ARG(GruKind, evolution) = GruKind::kAugru;
   /// Both GRUs use gru_fused (custom BPTT) when true, the per-step gru_reference when false.
   TORCH_ARG(bool, fused) = true;
+  /// On the CPU (with fused), run the whole model in the packed layout of the valid steps
+  /// (PackedLayout): only valid steps are looked up, fed to the GRUs, scored by the attention
+  /// and paired for the auxiliary loss; nothing [B, T]-shaped is built but the reported
+  /// attention. Same function as the padded path (its test oracle); histories of length 0 take
+  /// the padded path.
+  TORCH_ARG(bool, pack_valid) = true;
   /// The output MLP over [h_final, candidate, sum of history] (a final layer to 1 logit is
   /// appended); Dice 200 -> 80 by default.
   TORCH_ARG(CtrMlpOptions, mlp);
@@ -98,6 +109,8 @@ class DienImpl : public CtrModel {
     return options_.embeddings().item_dim() + options_.embeddings().category_dim();
   }
   GruKind evolution_kind() const { return evolution->options().kind(); }
+  /// Whether forward_parts takes the packed path for this input.
+  bool packs(const CtrModelInput& input) const;
 
   CtrEmbeddings embeddings{nullptr};
   GruLayer extractor{nullptr}, evolution{nullptr};
@@ -108,6 +121,7 @@ class DienImpl : public CtrModel {
 
  private:
   void build(GruLayer evolution_layer);
+  DienOutput forward_packed(const CtrModelInput& input);
   DienOptions options_;
 };
 TORCH_MODULE(Dien);

@@ -1,6 +1,7 @@
 #include "models/layers/attention.h"
 
 #include <cmath>
+#include <limits>
 
 #include "models/layers/dice.h"
 
@@ -114,8 +115,11 @@ AttentionOutput ActivationUnitImpl::forward_packed(const torch::Tensor& query,
   AttentionOutput out;
   if (options_.softmax()) {
     // Softmax over each row's valid steps: exp(s - max of its row) / the row's sum.
-    auto row_max = torch::zeros({B}, s.options())
-                       .index_reduce_(0, row, s.detach(), "amax", /*include_self=*/false);
+    // Each row's max over its valid steps (-inf for a row without any; no step refers to it).
+    auto row_max = torch::full({B * T}, -std::numeric_limits<double>::infinity(), s.options())
+                       .index_copy_(0, index, s.detach())
+                       .view({B, T})
+                       .amax(1);
     auto e = torch::exp(s - row_max.index_select(0, row));
     auto denom = torch::zeros({B}, s.options()).index_add(0, row, e);
     auto w = e / denom.index_select(0, row);

@@ -287,60 +287,26 @@ class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
 // [N, .] matrices (N = sum of the lengths, as PackedSequence). Padded steps cost nothing, each
 // step is one [bt, H] x [H, 3H] product plus one loop over its gates, and backward is one loop
 // plus one product per step. Same math as GruFusedFunction (g, c as documented there).
-struct Packing {
-  std::vector<int64_t> perm;  // perm[j] = original row of sorted row j
-  std::vector<int64_t> bt;    // bt[t] = sequences with length > t, t < steps
-  std::vector<int64_t> off;   // off[t] = first packed row of step t; off[steps] = N
-  torch::Tensor index;        // [N] int64: packed row -> b * T + t
-  torch::Tensor final_index;  // [B] int64: original row b -> packed row of its last step
+// Saves a layout's vectors in an autograd context (saved_data holds IValues) and reads them back.
+void save_layout(AutogradContext* ctx, const PackedLayout& p) {
+  auto& s = ctx->saved_data;
+  s["perm"] = torch::tensor(p.perm, torch::kLong);
+  s["bt"] = torch::tensor(p.bt, torch::kLong);
+  s["off"] = torch::tensor(p.off, torch::kLong);
+  s["batch"] = p.batch;
+}
 
-  // For the autograd context (saved_data holds IValues).
-  void save(torch::autograd::AutogradContext* ctx) const {
-    auto& s = ctx->saved_data;
-    s["perm"] = torch::tensor(perm, torch::kLong);
-    s["bt"] = torch::tensor(bt, torch::kLong);
-    s["off"] = torch::tensor(off, torch::kLong);
-    s["index"] = index;
-  }
-  static Packing load(torch::autograd::AutogradContext* ctx) {
-    auto& s = ctx->saved_data;
-    auto vec = [](const torch::Tensor& t) {
-      const int64_t* p = t.data_ptr<int64_t>();
-      return std::vector<int64_t>(p, p + t.numel());
-    };
-    Packing p;
-    p.perm = vec(s["perm"].toTensor());
-    p.bt = vec(s["bt"].toTensor());
-    p.off = vec(s["off"].toTensor());
-    p.index = s["index"].toTensor();
-    return p;
-  }
-};
-
-Packing make_packing(const Tensor& lengths, int64_t T) {
-  auto len_t = lengths.to(torch::kLong).contiguous();
-  const int64_t* len = len_t.data_ptr<int64_t>();
-  const int64_t B = len_t.numel();
-  Packing p;
-  p.perm.resize(B);
-  for (int64_t b = 0; b < B; ++b) p.perm[b] = b;
-  std::stable_sort(p.perm.begin(), p.perm.end(),
-                   [len](int64_t a, int64_t b) { return len[a] > len[b]; });
-  const int64_t steps = B > 0 ? len[p.perm[0]] : 0;
-  p.bt.assign(steps, 0);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < len[b]; ++t) ++p.bt[t];
-  p.off.assign(steps + 1, 0);
-  for (int64_t t = 0; t < steps; ++t) p.off[t + 1] = p.off[t] + p.bt[t];
-  p.index = torch::empty({p.off[steps]}, torch::kLong);
-  p.final_index = torch::empty({B}, torch::kLong);
-  int64_t* ix = p.index.data_ptr<int64_t>();
-  int64_t* fi = p.final_index.data_ptr<int64_t>();
-  for (int64_t t = 0; t < steps; ++t)
-    for (int64_t j = 0; j < p.bt[t]; ++j) {
-      ix[p.off[t] + j] = p.perm[j] * T + t;
-      if (len[p.perm[j]] == t + 1) fi[p.perm[j]] = p.off[t] + j;
-    }
+PackedLayout load_layout(AutogradContext* ctx) {
+  auto& s = ctx->saved_data;
+  auto vec = [](const torch::Tensor& t) {
+    const int64_t* q = t.data_ptr<int64_t>();
+    return std::vector<int64_t>(q, q + t.numel());
+  };
+  PackedLayout p;
+  p.perm = vec(s["perm"].toTensor());
+  p.bt = vec(s["bt"].toTensor());
+  p.off = vec(s["off"].toTensor());
+  p.batch = s["batch"].toInt();
   return p;
 }
 
@@ -350,109 +316,159 @@ inline double gate_sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline float gate_tanh(float x) { return fast::tanh(x); }
 inline double gate_tanh(double x) { return std::tanh(x); }
 
-// One forward step over rows [0, n) of step t. gates: r | z | n pre-activations of x (in), the
-// activated r, z, n (out); gh: h W_hh^T (in), + b_hh (out); a: attention per row (or null).
+// The kinds differ only in g (the weight of n - h) and in what the attention a receives, so the
+// row loops take them as per-row coefficients and stay branch-free (vectorisable):
+//   g = ca (1 - z) + cb;  dz = -ca dg;  da = sum_c dg (ua (1 - z) + ub)
+//   kGru, kAigru: ca = 1, cb = 0, ua = ub = 0;  kAugru: ca = a;  ua = 1;  kAgru: ca = 0, cb = a, ub = 1.
+struct RowCoef {
+  double ca, cb, ua, ub;
+};
+inline RowCoef row_coef(GruKind kind, double a) {
+  switch (kind) {
+    case GruKind::kAugru: return {a, 0, 1, 0};
+    case GruKind::kAgru: return {0, a, 0, 1};
+    default: return {1, 0, 0, 0};
+  }
+}
+
+// One row of a forward step. gi: r | z | n pre-activations of x (in), activated r, z, n (out);
+// hh: h W_hh^T (in), + b_hh (out; backward reads its n block); h: state before, o: after.
+template <typename S>
+inline void forward_row(int64_t H, S* __restrict gi, S* __restrict hh, const S* __restrict bh,
+                        S ca, S cb, const S* __restrict h, S* __restrict o) {
+  for (int64_t c = 0; c < 3 * H; ++c) hh[c] += bh[c];
+  for (int64_t c = 0; c < H; ++c) {
+    const S r = gate_sigmoid(gi[c] + hh[c]);
+    const S z = gate_sigmoid(gi[H + c] + hh[H + c]);
+    const S nn = gate_tanh(gi[2 * H + c] + r * hh[2 * H + c]);
+    gi[c] = r;
+    gi[H + c] = z;
+    gi[2 * H + c] = nn;
+    const S g = ca * (S(1) - z) + cb;
+    o[c] = h[c] + g * (nn - h[c]);
+  }
+}
+
+// One row of a backward step: d (in: d loss / d h' incl. the output's gradient; out: the direct
+// part (1 - g) d of d loss / d h); d_gi, d_gh (out); dg_buf: scratch [H]. Returns d loss / d a.
+template <typename S>
+inline S backward_row(int64_t H, const S* __restrict act, const S* __restrict hh,
+                      const S* __restrict h, S* __restrict d, S* __restrict dgi,
+                      S* __restrict dgh, S ca, S cb, S ua, S ub, S* __restrict dg_buf) {
+  for (int64_t c = 0; c < H; ++c) {
+    const S r = act[c], z = act[H + c], nn = act[2 * H + c];
+    const S dc = d[c];
+    const S dg = dc * (nn - h[c]);
+    const S g = ca * (S(1) - z) + cb;
+    const S dn = dc * g;
+    const S dpre_n = dn * (S(1) - nn * nn);
+    const S dpre_r = dpre_n * hh[2 * H + c] * r * (S(1) - r);
+    const S dpre_z = -ca * dg * z * (S(1) - z);
+    dgi[c] = dpre_r;
+    dgh[c] = dpre_r;
+    dgi[H + c] = dpre_z;
+    dgh[H + c] = dpre_z;
+    dgi[2 * H + c] = dpre_n;
+    dgh[2 * H + c] = dpre_n * r;
+    d[c] = dc - dn;
+    dg_buf[c] = dg * (ua * (S(1) - z) + ub);
+  }
+  S da = 0;
+  for (int64_t c = 0; c < H; ++c) da += dg_buf[c];
+  return da;
+}
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define RECSYS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define RECSYS_CLONES
+#endif
+
+// float32 rows built for AVX2 / AVX-512 as well (target_clones does not take templates).
+RECSYS_CLONES void forward_row_f32(int64_t H, float* gi, float* hh, const float* bh, float ca,
+                                   float cb, const float* h, float* o) {
+  forward_row<float>(H, gi, hh, bh, ca, cb, h, o);
+}
+RECSYS_CLONES float backward_row_f32(int64_t H, const float* act, const float* hh, const float* h,
+                                     float* d, float* dgi, float* dgh, float ca, float cb,
+                                     float ua, float ub, float* dg_buf) {
+  return backward_row<float>(H, act, hh, h, d, dgi, dgh, ca, cb, ua, ub, dg_buf);
+}
+inline void forward_row_any(int64_t H, float* gi, float* hh, const float* bh, float ca, float cb,
+                            const float* h, float* o) {
+  forward_row_f32(H, gi, hh, bh, ca, cb, h, o);
+}
+inline void forward_row_any(int64_t H, double* gi, double* hh, const double* bh, double ca,
+                            double cb, const double* h, double* o) {
+  forward_row<double>(H, gi, hh, bh, ca, cb, h, o);
+}
+inline float backward_row_any(int64_t H, const float* act, const float* hh, const float* h,
+                              float* d, float* dgi, float* dgh, float ca, float cb, float ua,
+                              float ub, float* dg_buf) {
+  return backward_row_f32(H, act, hh, h, d, dgi, dgh, ca, cb, ua, ub, dg_buf);
+}
+inline double backward_row_any(int64_t H, const double* act, const double* hh, const double* h,
+                               double* d, double* dgi, double* dgh, double ca, double cb,
+                               double ua, double ub, double* dg_buf) {
+  return backward_row<double>(H, act, hh, h, d, dgi, dgh, ca, cb, ua, ub, dg_buf);
+}
+
+// One forward step over rows [0, n); a: attention per row (or null); the first n_next rows'
+// new states are also the next step's previous states (hnext).
 template <typename S>
 void packed_forward_step(GruKind kind, int64_t n, int64_t H, S* gates, S* gh, const S* b_hh,
                          const S* a, const S* hprev, S* hout, S* hnext, int64_t n_next) {
   const int64_t G = 3 * H;
   for (int64_t j = 0; j < n; ++j) {
-    S* gi = gates + j * G;
-    S* hh = gh + j * G;  // h W_hh^T in, + b_hh out (backward reads its n block)
-    for (int64_t c = 0; c < G; ++c) hh[c] += b_hh[c];
-    const S* h = hprev + j * H;
+    const auto k = row_coef(kind, a ? static_cast<double>(a[j]) : 1.0);
     S* o = hout + j * H;
-    const S aj = a ? a[j] : S(1);
-    for (int64_t c = 0; c < H; ++c) {
-      const S r = gate_sigmoid(gi[c] + hh[c]);
-      const S z = gate_sigmoid(gi[H + c] + hh[H + c]);
-      const S nn = gate_tanh(gi[2 * H + c] + r * hh[2 * H + c]);
-      gi[c] = r;
-      gi[H + c] = z;
-      gi[2 * H + c] = nn;
-      S g;
-      switch (kind) {
-        case GruKind::kAgru: g = aj; break;
-        case GruKind::kAugru: g = aj * (S(1) - z); break;
-        default: g = S(1) - z; break;
-      }
-      o[c] = h[c] + g * (nn - h[c]);
-    }
+    forward_row_any(H, gates + j * G, gh + j * G, b_hh, static_cast<S>(k.ca),
+                    static_cast<S>(k.cb), hprev + j * H, o);
     if (j < n_next) std::copy(o, o + H, hnext + j * H);
   }
 }
 
 // One backward step over rows [0, n): dh (in: d loss / d h' of each sorted row; out: the direct
-// part (1 - g) dh of d loss / d h, the W_hh part is added by the caller), d_gi, d_gh (out),
-// da (out, kAgru / kAugru only).
+// part of d loss / d h, the W_hh part is added by the caller), dout: the outputs' gradient (or
+// null), d_gi, d_gh (out), da (out, kAgru / kAugru only).
 template <typename S>
 void packed_backward_step(GruKind kind, int64_t n, int64_t H, const S* gates, const S* gh,
                           const S* a, const S* hprev, const S* dout, S* dh, S* d_gi, S* d_gh,
                           S* da) {
   const int64_t G = 3 * H;
+  std::vector<S> dg_buf(static_cast<size_t>(H));
   for (int64_t j = 0; j < n; ++j) {
-    const S* act = gates + j * G;
-    const S* hh = gh + j * G;
-    const S* h = hprev + j * H;
+    const auto k = row_coef(kind, a ? static_cast<double>(a[j]) : 1.0);
     S* dhj = dh + j * H;
-    S* dgi = d_gi + j * G;
-    S* dgh = d_gh + j * G;
-    const S aj = a ? a[j] : S(1);
-    S da_sum = 0;
-    for (int64_t c = 0; c < H; ++c) {
-      const S r = act[c], z = act[H + c], nn = act[2 * H + c];
-      const S d = dhj[c] + (dout ? dout[j * H + c] : S(0));
-      S g, dz;
-      const S dg = d * (nn - h[c]);
-      switch (kind) {
-        case GruKind::kAgru:
-          g = aj;
-          dz = 0;
-          da_sum += dg;
-          break;
-        case GruKind::kAugru:
-          g = aj * (S(1) - z);
-          dz = -aj * dg;
-          da_sum += dg * (S(1) - z);
-          break;
-        default:
-          g = S(1) - z;
-          dz = -dg;
-          break;
-      }
-      const S dn = d * g;
-      const S dpre_n = dn * (S(1) - nn * nn);
-      const S dpre_r = dpre_n * hh[2 * H + c] * r * (S(1) - r);
-      const S dpre_z = dz * z * (S(1) - z);
-      dgi[c] = dgh[c] = dpre_r;
-      dgi[H + c] = dgh[H + c] = dpre_z;
-      dgi[2 * H + c] = dpre_n;
-      dgh[2 * H + c] = dpre_n * r;
-      dhj[c] = d - dn;
-    }
-    if (da) da[j] = da_sum;
+    if (dout)
+      for (int64_t c = 0; c < H; ++c) dhj[c] += dout[j * H + c];
+    const S dsum = backward_row_any(H, gates + j * G, gh + j * G, hprev + j * H, dhj,
+                                    d_gi + j * G, d_gh + j * G, static_cast<S>(k.ca),
+                                    static_cast<S>(k.cb), static_cast<S>(k.ua),
+                                    static_cast<S>(k.ub), dg_buf.data());
+    if (da) da[j] = dsum;
   }
 }
 
+// Autograd node of gru_packed_sequences: packed x [N, I] (and attention [N]) in, packed states
+// [N, H] and the final states [B, H] (original order) out.
 class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, int64_t kind_id, const Tensor& x,
-                               const Tensor& lengths, const c10::optional<Tensor>& attention,
+  static variable_list forward(AutogradContext* ctx, int64_t kind_id, const PackedLayout* layout,
+                               const Tensor& x_p, const c10::optional<Tensor>& attention,
                                const c10::optional<Tensor>& h0, const Tensor& w_ih,
                                const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh) {
     const auto kind = static_cast<GruKind>(kind_id);
-    const int64_t B = x.size(0), T = x.size(1), I = x.size(2), H = w_hh.size(1), G = 3 * H;
-    const Packing packing = make_packing(lengths, T);
-    const Packing* pk = &packing;
-    const int64_t steps = static_cast<int64_t>(pk->bt.size()), N = pk->off[steps];
-    auto x_p = x.reshape({B * T, I}).index_select(0, pk->index);  // [N, I]
+    const PackedLayout* pk = layout;
+    const int64_t H = w_hh.size(1), G = 3 * H;
+    const int64_t steps = pk->steps(), N = pk->size();
     Tensor a_p;
-    if (attention.has_value()) a_p = attention->reshape({B * T}).index_select(0, pk->index);
+    if (attention.has_value()) a_p = *attention;
     auto x_in = kind == GruKind::kAigru ? x_p * a_p.unsqueeze(1) : x_p;
     auto gates = at::addmm(b_ih, x_in, w_ih.t()).contiguous();  // [N, G]
-    auto gh = at::empty({N, G}, x.options());
-    auto hprev = at::empty({N, H}, x.options());
-    auto hout = at::empty({N, H}, x.options());
+    auto gh = at::empty({N, G}, x_p.options());
+    auto hprev = at::empty({N, H}, x_p.options());
+    auto hout = at::empty({N, H}, x_p.options());
     if (steps > 0) {
       auto first = hprev.narrow(0, 0, pk->bt[0]);
       if (h0.has_value())
@@ -462,7 +478,7 @@ class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
     }
     const auto w_hh_rows = w_hh.t().contiguous();  // [H, 3H]: row p holds column p of W_hh
     const bool scores = kind == GruKind::kAgru || kind == GruKind::kAugru;
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_packed_forward", [&] {
+    AT_DISPATCH_FLOATING_TYPES(x_p.scalar_type(), "gru_packed_forward", [&] {
       scalar_t* gp = gates.data_ptr<scalar_t>();
       const scalar_t* ap = scores ? a_p.data_ptr<scalar_t>() : nullptr;
       const auto b_hh_c = b_hh.contiguous();
@@ -480,25 +496,22 @@ class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
             n_next ? hprev.data_ptr<scalar_t>() + pk->off[t + 1] * H : nullptr, n_next);
       }
     });
-    auto outputs = at::zeros({B * T, H}, x.options()).index_copy_(0, pk->index, hout);
     auto final_state = hout.index_select(0, pk->final_index);
 
     ctx->save_for_backward({w_ih, w_hh});
     auto& s = ctx->saved_data;
     s["kind"] = kind_id;
     s["has_h0"] = h0.has_value();
-    s["need_dx"] = x.requires_grad();
-    s["B"] = B;
-    s["T"] = T;
+    s["need_dx"] = x_p.requires_grad();
     s["gates"] = gates;
     s["gh"] = gh;
     s["hprev"] = hprev;
     s["x_in"] = x_in;
     if (kind == GruKind::kAigru) s["x_p"] = x_p;
     if (a_p.defined()) s["a_p"] = a_p;
-    packing.save(ctx);
+    save_layout(ctx, *pk);
     ctx->set_materialize_grads(false);
-    return {outputs.view({B, T, H}), final_state};
+    return {hout, final_state};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -507,26 +520,25 @@ class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
     const auto& w_hh = saved[1];
     auto& s = ctx->saved_data;
     const auto kind = static_cast<GruKind>(s["kind"].toInt());
-    const int64_t B = s["B"].toInt(), T = s["T"].toInt();
     const auto gates = s["gates"].toTensor();
     const auto gh = s["gh"].toTensor();
     const auto hprev = s["hprev"].toTensor();
     const auto x_in = s["x_in"].toTensor();
-    const Packing packing = Packing::load(ctx);
-    const Packing* pk = &packing;
-    const int64_t G = gates.size(1), H = G / 3, I = x_in.size(1);
-    const int64_t steps = static_cast<int64_t>(pk->bt.size()), N = pk->off[steps];
+    const PackedLayout layout = load_layout(ctx);
+    const PackedLayout* pk = &layout;
+    const int64_t G = gates.size(1), H = G / 3, B = pk->batch;
+    const int64_t steps = pk->steps(), N = pk->size();
     const auto opts = gates.options();
     const bool scores = kind == GruKind::kAgru || kind == GruKind::kAugru;
     Tensor a_p = s.count("a_p") ? s["a_p"].toTensor() : Tensor();
 
-    const auto& d_out = grads[0];
+    const auto& d_out = grads[0];  // [N, H] packed
     const auto& d_final = grads[1];
     auto perm = torch::tensor(pk->perm, torch::kLong);
     auto dh = d_final.defined() ? d_final.index_select(0, perm).contiguous()
                                 : at::zeros({B, H}, opts);
     Tensor dout_p;
-    if (d_out.defined()) dout_p = d_out.reshape({B * T, H}).index_select(0, pk->index);
+    if (d_out.defined()) dout_p = d_out.contiguous();
     auto d_gi = at::empty({N, G}, opts);
     auto d_gh = at::empty({N, G}, opts);
     Tensor da_p = scores ? at::empty({N}, opts) : Tensor();
@@ -550,7 +562,7 @@ class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
     auto db_hh = d_gh.sum(0);
     auto dw_ih = d_gi.t().mm(x_in);
     auto db_ih = d_gi.sum(0);
-    Tensor dx, da;
+    Tensor dx;
     const bool need_dx = s["need_dx"].toBool();
     if (kind == GruKind::kAigru) {
       auto dx_in = d_gi.mm(w_ih);  // [N, I]
@@ -559,14 +571,12 @@ class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
     } else if (need_dx) {
       dx = d_gi.mm(w_ih);
     }
-    if (dx.defined())
-      dx = at::zeros({B * T, I}, opts).index_copy_(0, pk->index, dx).view({B, T, I});
-    if (da_p.defined()) da = at::zeros({B * T}, opts).index_copy_(0, pk->index, da_p).view({B, T});
     Tensor dh0;
     if (s["has_h0"].toBool()) dh0 = at::empty_like(dh).index_copy_(0, perm, dh);
-    return {Tensor(), dx, Tensor(), da, dh0, dw_ih, dw_hh, db_ih, db_hh};
+    return {Tensor(), Tensor(), dx, da_p, dh0, dw_ih, dw_hh, db_ih, db_hh};
   }
 };
+
 }  // namespace
 
 GruOutput gru_reference(GruKind kind, const torch::Tensor& x, const torch::Tensor& lengths,
@@ -622,6 +632,82 @@ GruOutput gru_fused(GruKind kind, const torch::Tensor& x, const torch::Tensor& l
   return {out[0], out[1]};
 }
 
+PackedLayout PackedLayout::from_lengths(const torch::Tensor& lengths, int64_t T) {
+  TORCH_CHECK(lengths.dim() == 1 && lengths.device().is_cpu(),
+              "PackedLayout: lengths must be a 1-D CPU tensor, got ", lengths.sizes());
+  auto len_t = lengths.to(torch::kLong).contiguous();
+  const int64_t* len = len_t.data_ptr<int64_t>();
+  const int64_t B = len_t.numel();
+  PackedLayout p;
+  p.batch = B;
+  p.max_len = T;
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK(len[b] >= 1 && len[b] <= T, "PackedLayout: lengths must lie in [1, T] = [1, ", T,
+                "], got ", len[b], " at row ", b);
+  p.perm.resize(B);
+  for (int64_t b = 0; b < B; ++b) p.perm[b] = b;
+  std::stable_sort(p.perm.begin(), p.perm.end(),
+                   [len](int64_t a, int64_t b) { return len[a] > len[b]; });
+  const int64_t steps = B > 0 ? len[p.perm[0]] : 0;
+  p.bt.assign(steps, 0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < len[b]; ++t) ++p.bt[t];
+  p.off.assign(steps + 1, 0);
+  for (int64_t t = 0; t < steps; ++t) p.off[t + 1] = p.off[t] + p.bt[t];
+  const int64_t N = p.off[steps];
+  int64_t pairs = N - B;  // every step but each sequence's first has a predecessor
+  p.index = torch::empty({N}, torch::kLong);
+  p.row = torch::empty({N}, torch::kLong);
+  p.final_index = torch::empty({B}, torch::kLong);
+  p.pair_first = torch::empty({pairs}, torch::kLong);
+  p.pair_next = torch::empty({pairs}, torch::kLong);
+  int64_t* ix = p.index.data_ptr<int64_t>();
+  int64_t* rw = p.row.data_ptr<int64_t>();
+  int64_t* fi = p.final_index.data_ptr<int64_t>();
+  int64_t* pf = p.pair_first.data_ptr<int64_t>();
+  int64_t* pn = p.pair_next.data_ptr<int64_t>();
+  int64_t k = 0;
+  for (int64_t t = 0; t < steps; ++t)
+    for (int64_t j = 0; j < p.bt[t]; ++j) {
+      const int64_t b = p.perm[j], r = p.off[t] + j;
+      ix[r] = b * T + t;
+      rw[r] = b;
+      if (len[b] == t + 1) fi[b] = r;
+      if (t + 1 < steps && j < p.bt[t + 1]) {
+        pf[k] = r;
+        pn[k] = p.off[t + 1] + j;
+        ++k;
+      }
+    }
+  return p;
+}
+
+GruOutput gru_packed_sequences(GruKind kind, const PackedLayout& layout, const torch::Tensor& x,
+                               const torch::Tensor& attention, const torch::Tensor& h0,
+                               const torch::Tensor& weight_ih, const torch::Tensor& weight_hh,
+                               const torch::Tensor& bias_ih, const torch::Tensor& bias_hh) {
+  const int64_t N = layout.size();
+  TORCH_CHECK(x.dim() == 2 && x.size(0) == N && x.device().is_cpu(),
+              "gru_packed_sequences: x must be the packed [N, I] = [", N, ", I] CPU tensor, got ",
+              x.sizes());
+  // The shape checks of the padded API on a [N, 1, I] view (lengths all 1).
+  check_inputs("gru_packed_sequences", kind, x.unsqueeze(1), torch::ones({N}, torch::kLong),
+               attention.defined() ? attention.reshape({N, 1}) : attention,
+               torch::Tensor(), weight_ih, weight_hh, bias_ih, bias_hh);
+  if (attention.defined())
+    TORCH_CHECK(attention.dim() == 1, "gru_packed_sequences: attention must be packed [N], got ",
+                attention.sizes());
+  if (h0.defined())
+    TORCH_CHECK(h0.dim() == 2 && h0.size(0) == layout.batch && h0.size(1) == weight_hh.size(1),
+                "gru_packed_sequences: h0 must be [B, H], got ", h0.sizes());
+  c10::optional<torch::Tensor> a, h;
+  if (attention.defined()) a = attention.contiguous();
+  if (h0.defined()) h = h0;
+  auto out = GruPackedFunction::apply(static_cast<int64_t>(kind), &layout, x.contiguous(), a, h,
+                                      weight_ih, weight_hh, bias_ih, bias_hh);
+  return {out[0], out[1]};
+}
+
 GruOutput gru_packed(GruKind kind, const torch::Tensor& x, const torch::Tensor& lengths,
                      const torch::Tensor& attention, const torch::Tensor& h0,
                      const torch::Tensor& weight_ih, const torch::Tensor& weight_hh,
@@ -630,12 +716,16 @@ GruOutput gru_packed(GruKind kind, const torch::Tensor& x, const torch::Tensor& 
                bias_hh);
   TORCH_CHECK(x.device().is_cpu() && lengths.device().is_cpu(),
               "gru_packed: runs on the CPU (x and lengths); use gru_fused on an accelerator");
-  c10::optional<torch::Tensor> a, h;
-  if (attention.defined()) a = attention.contiguous();
-  if (h0.defined()) h = h0;
-  auto out = GruPackedFunction::apply(static_cast<int64_t>(kind), x.contiguous(), lengths, a, h,
-                                      weight_ih, weight_hh, bias_ih, bias_hh);
-  return {out[0], out[1]};
+  const int64_t B = x.size(0), T = x.size(1), I = x.size(2);
+  const auto layout = PackedLayout::from_lengths(lengths, T);
+  auto x_p = x.reshape({B * T, I}).index_select(0, layout.index);
+  torch::Tensor a_p;
+  if (attention.defined()) a_p = attention.reshape({B * T}).index_select(0, layout.index);
+  auto out = gru_packed_sequences(kind, layout, x_p, a_p, h0, weight_ih, weight_hh, bias_ih,
+                                  bias_hh);
+  const int64_t H = weight_hh.size(1);
+  auto outputs = torch::zeros({B * T, H}, x.options()).index_copy(0, layout.index, out.outputs);
+  return {outputs.view({B, T, H}), out.final_state};
 }
 
 GruLayerImpl::GruLayerImpl(GruLayerOptions options) : options_(options) {
@@ -667,6 +757,15 @@ GruOutput GruLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& len
                        ? gru_packed
                        : gru_fused;
   return run(options_.kind(), x, lengths, attention, h0, weight_ih, weight_hh, bias_ih, bias_hh);
+}
+
+GruOutput GruLayerImpl::forward_packed(const PackedLayout& layout, const torch::Tensor& x,
+                                       const torch::Tensor& attention, const torch::Tensor& h0) {
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == options_.input_size(),
+              "GruLayer: packed x must be [N, input_size] with input_size = ",
+              options_.input_size(), ", got ", x.sizes());
+  return gru_packed_sequences(options_.kind(), layout, x, attention, h0, weight_ih, weight_hh,
+                              bias_ih, bias_hh);
 }
 
 double time_gru_ms(bool fused, GruKind kind, int64_t B, int64_t T, int64_t I, int64_t H, int iters,

@@ -64,6 +64,33 @@ GruOutput gru_packed(GruKind kind, const torch::Tensor& x, const torch::Tensor& 
                      const torch::Tensor& weight_ih, const torch::Tensor& weight_hh,
                      const torch::Tensor& bias_ih, const torch::Tensor& bias_hh);
 
+/// A batch of padded sequences packed time-major by decreasing length (PackedSequence's layout):
+/// sequences sorted longest first (stable), packed row off[t] + j is step t of the j-th longest
+/// sequence, and the sequences still running at step t are the first bt[t] of the sorted order.
+struct PackedLayout {
+  int64_t batch = 0;    ///< B
+  int64_t max_len = 0;  ///< T of the padded [B, T] batch
+  std::vector<int64_t> perm, bt, off;  ///< sorted j -> row b; running at t; first packed row of t
+  torch::Tensor index;        ///< [N] int64: b * T + t of each packed row
+  torch::Tensor row;          ///< [N] int64: b of each packed row
+  torch::Tensor final_index;  ///< [B] int64: packed row of each sequence's last step
+  /// [N - B] int64 each: packed rows (t, j) and (t + 1, j), for every step with a successor.
+  torch::Tensor pair_first, pair_next;
+
+  int64_t size() const { return off.empty() ? 0 : off.back(); }
+  int64_t steps() const { return static_cast<int64_t>(bt.size()); }
+  /// lengths [B] (CPU, each in [1, T]).
+  static PackedLayout from_lengths(const torch::Tensor& lengths, int64_t T);
+};
+
+/// gru_packed on inputs already in a PackedLayout: x [N, I], attention [N] (or undefined), h0
+/// [B, H] in the original order (or undefined). Returns outputs [N, H] in the packed order and
+/// final_state [B, H] in the original order. CPU; float32 or float64.
+GruOutput gru_packed_sequences(GruKind kind, const PackedLayout& layout, const torch::Tensor& x,
+                               const torch::Tensor& attention, const torch::Tensor& h0,
+                               const torch::Tensor& weight_ih, const torch::Tensor& weight_hh,
+                               const torch::Tensor& bias_ih, const torch::Tensor& bias_hh);
+
 struct GruLayerOptions {
   GruLayerOptions(int64_t input_size, int64_t hidden_size)
       : input_size_(input_size), hidden_size_(hidden_size) {}
@@ -87,6 +114,10 @@ class GruLayerImpl : public torch::nn::Module {
   /// x [B, T, I]; lengths [B]; attention [B, T] (undefined for kGru); h0 [B, H] or undefined.
   GruOutput forward(const torch::Tensor& x, const torch::Tensor& lengths,
                     const torch::Tensor& attention = {}, const torch::Tensor& h0 = {});
+
+  /// gru_packed_sequences with this layer's weights (any options().fused / packed).
+  GruOutput forward_packed(const PackedLayout& layout, const torch::Tensor& x,
+                           const torch::Tensor& attention = {}, const torch::Tensor& h0 = {});
 
   /// Uniform(-1/sqrt(H), 1/sqrt(H)) for every parameter, as torch::nn::GRU.
   void reset_parameters();

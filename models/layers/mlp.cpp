@@ -52,8 +52,15 @@ MlpImpl::MlpImpl(MlpOptions options) : options_(std::move(options)) {
 }
 
 torch::Tensor MlpImpl::forward(torch::Tensor x) {
-  for (size_t i = 0; i < linears_.size(); ++i) {
-    x = linears_[i]->forward(x);
+  TORCH_CHECK(!linears_.empty(), "Mlp: no layers");
+  return forward_from(linears_[0]->forward(x), 0);
+}
+
+torch::Tensor MlpImpl::forward_from(torch::Tensor x, size_t layer) {
+  TORCH_CHECK(layer < linears_.size(), "Mlp::forward_from: layer ", layer, " of ",
+              linears_.size());
+  for (size_t i = layer; i < linears_.size(); ++i) {
+    if (i > layer) x = linears_[i]->forward(x);
     if (i < activations_.size()) {
       x = activations_[i].forward(x);
       if (options_.dropout() > 0) x = torch::dropout(x, options_.dropout(), is_training());

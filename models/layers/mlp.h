@@ -30,6 +30,9 @@ class MlpImpl : public torch::nn::Module {
  public:
   explicit MlpImpl(MlpOptions options);
   torch::Tensor forward(torch::Tensor x);
+  /// The rest of forward given the output of linear layer `layer` (before its activation): for
+  /// callers that compute a layer's product in an algebraically cheaper way.
+  torch::Tensor forward_from(torch::Tensor linear_out, size_t layer);
   int64_t out_dim() const { return options_.hidden().back(); }
   const MlpOptions& options() const { return options_; }
   std::vector<torch::nn::Linear>& linears() { return linears_; }

@@ -391,3 +391,43 @@ TEST_CASE("DIEN config errors name their key", "[dien]") {
   REQUIRE(path_of({"model.extractor_hidden=-2"}) == "model.extractor_hidden");
   REQUIRE(path_of({"model.gru_kind=augru"}) == "model.gru_kind");  // unknown key
 }
+
+TEST_CASE("DIEN's packed path equals the padded one: logits, aux loss, attention, gradients",
+          "[dien]") {
+  for (auto kind : kAllKinds) {
+    INFO("evolution " << gru_kind_name(kind));
+    recsys::testing::seed(12);
+    Dien packed(small_options(kind, true));
+    Dien padded(small_options(kind, true).pack_valid(false));
+    packed->to(torch::kFloat64);
+    padded->to(torch::kFloat64);
+    copy_parameters(*packed, *padded);
+    // Garbage ids in the padding: only the lengths may decide what is a step.
+    auto in = make_input({4, 1, 7, 3, 7, 2, 5}, 7, 9, /*pad_id=*/3);
+    REQUIRE(packed->packs(in));
+    REQUIRE_FALSE(padded->packs(in));
+    auto labels = torch::tensor({1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0}, torch::kFloat64);
+    auto run = [&](Dien& m) {
+      auto out = m->forward_parts(in);
+      auto loss = torch::binary_cross_entropy_with_logits(out.logits, labels) + out.aux_loss;
+      loss.backward();
+      return out;
+    };
+    auto a = run(packed), b = run(padded);
+    require_close(a.logits, b.logits, 0, 1e-12);
+    require_close(a.aux_loss, b.aux_loss, 0, 1e-12);
+    if (kind != GruKind::kGru) require_close(a.attention, b.attention, 0, 1e-12);
+    auto gb = padded->named_parameters();
+    for (auto& p : packed->named_parameters()) {
+      INFO("parameter " << p.key());
+      REQUIRE(p.value().grad().defined());
+      require_close(dense(p.value().grad()), dense(gb[p.key()].grad()), 1e-10, 1e-12);
+    }
+    // Inputs the packed path leaves to the padded one.
+    auto empty = make_input({3, 0, 2}, 4, 5);
+    CHECK_FALSE(packed->packs(empty));
+    auto inconsistent = make_input({3, 2, 2}, 4, 5);
+    inconsistent.hist_mask[1][3] = true;
+    CHECK_FALSE(packed->packs(inconsistent));
+  }
+}
