@@ -183,9 +183,16 @@ double measure_matmul_gflops(int64_t n, int repeats) {
 
 nlohmann::json run_workload(const std::string& name, const BenchOptions& options) {
   // The process before the workload allocates anything: LibTorch, OpenBLAS and the framework's
-  // code and static data. What the workload adds is measured against its own sizes.
-  const double rss_baseline = proc_status_mb("VmRSS:");
+  // code and static data, with the thread pools and OpenBLAS's per-thread work buffers started
+  // by one product at the bench's thread count (fixed costs of any LibTorch process, about 10
+  // MB at 2 threads). What the workload adds is measured against its own sizes.
   torch::set_num_threads(options.threads);
+  {
+    torch::NoGradGuard no_grad;
+    auto a = torch::ones({512, 512});
+    (void)torch::mm(a, a).sum().item<float>();
+  }
+  const double rss_baseline = proc_status_mb("VmRSS:");
   auto device = parse_device(options.device);
   auto workload = make_workload(name, options.shapes, device, 1, options.plain);
   TORCH_CHECK(options.steps >= 1, "bench: --steps must be >= 1");
