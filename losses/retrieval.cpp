@@ -29,17 +29,19 @@ torch::Tensor inbatch_softmax(const torch::Tensor& user, const torch::Tensor& it
     logits = logits.masked_fill(same & ~diag, -1e9);
   }
   auto targets = torch::arange(B, torch::TensorOptions().dtype(torch::kInt64).device(user.device()));
-  return rowwise_cross_entropy(logits, targets);
+  return options.fused_kernel() ? rowwise_cross_entropy(logits, targets)
+                                : rowwise_cross_entropy_reference(logits, targets);
 }
 
 torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, double temperature,
-                          bool symmetric) {
+                          bool symmetric, bool fused_kernel) {
   TORCH_CHECK(z1.dim() == 2 && z1.sizes() == z2.sizes(), "contrastive: views must both be [M, D]");
   // Scaling z1 [M, D] rather than the [M, M] logits: the same products, M / D times less work.
   auto logits = torch::mm(z1 * (1.0 / temperature), z2.t());
   auto targets = torch::arange(z1.size(0), torch::TensorOptions().dtype(torch::kInt64).device(z1.device()));
-  auto loss = rowwise_cross_entropy(logits, targets);
-  if (symmetric) loss = 0.5 * (loss + rowwise_cross_entropy(logits.t(), targets));
+  const auto ce = fused_kernel ? rowwise_cross_entropy : rowwise_cross_entropy_reference;
+  auto loss = ce(logits, targets);
+  if (symmetric) loss = 0.5 * (loss + ce(logits.t(), targets));
   return loss;
 }
 

@@ -10,6 +10,9 @@ struct InBatchSoftmaxOptions {
   TORCH_ARG(double, temperature) = 0.05;
   /// Mask a column whose item equals row i's positive (j != i): it is not a negative.
   TORCH_ARG(bool, remove_accidental_hits) = true;
+  /// The fused softmax cross-entropy kernel (losses/cross_entropy.h) where it applies; false
+  /// takes torch's cross_entropy (the kernel's oracle, for before/after measurements).
+  TORCH_ARG(bool, fused_kernel) = true;
 };
 
 /// Listwise in-batch softmax with logQ correction (Yi et al., RecSys 2019):
@@ -27,7 +30,7 @@ torch::Tensor inbatch_softmax(const torch::Tensor& user, const torch::Tensor& it
 /// loss_i = -log softmax_j(<z1_i, z2_j> / tau)[i]; `symmetric` averages both directions.
 /// Returns the per-example loss [M].
 torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, double temperature,
-                          bool symmetric = false);
+                          bool symmetric = false, bool fused_kernel = true);
 
 /// Spread-out regularisation (Zhang et al., ICCV 2017) on unit vectors q [N,D]:
 ///   M1 = mean_{i != j} <q_i, q_j>, M2 = mean_{i != j} <q_i, q_j>^2,

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Before/after ratios of the optimisations, measured in one run: `recsys bench --plain` (every
-# workload's plain path: three item-tower passes, the concatenating DIN activation unit, the
-# per-step reference GRU) against the default optimised paths, alternating REPS times; then the
-# OpenMP wait policy (ACTIVE vs PASSIVE) on the optimised paths. Medians of the per-rep ratios.
+# Before/after ratio of each optimisation, measured in one run: for every workload, the default
+# optimised paths alternate with `recsys bench --disable X` (X switched off alone, the rest on)
+# and with `--plain` (every optimisation off), REPS times; medians of the per-rep ratios
+# optimised / without. CPU-time ratios alongside (less disturbed by other processes).
+#
+#   scripts/bench_paths.sh                    # REPS=3 STEPS=20, 2 threads
+#   REPS=5 WORKLOADS=dien scripts/bench_paths.sh
+#   OMP_WAIT_POLICY=PASSIVE scripts/bench_paths.sh   # fix the policy for every run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
@@ -12,33 +16,49 @@ WORKLOADS=${WORKLOADS:-twotower_ssl,din,dien}
 BIN=${BIN:-build/recsys}
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
-run() {  # label, env..., -- args...
-  local label=$1; shift
-  env "$@" "$BIN" bench --json --threads "$THREADS" --steps "$STEPS" --workloads "$WORKLOADS" "${EXTRA[@]}" \
+[ -x "$BIN" ] || { echo "missing $BIN: build first (ninja -C build recsys)" >&2; exit 2; }
+
+declare -A OPTS=(
+  [twotower_ssl]="optimizer cross_entropy item_tower_batch"
+  [din]="optimizer first_layer packing"
+  [dien]="optimizer packing gru_packed gru_fused"
+)
+run() {  # workload, label, extra args...
+  local w=$1 label=$2; shift 2
+  "$BIN" bench --json --threads "$THREADS" --steps "$STEPS" --workloads "$w" "$@" \
     | sed "s/^/{\"rep\": $rep, \"label\": \"$label\", \"r\": /; s/\$/}/" >> "$OUT/all.jsonl" || true
 }
+echo "# $(date -Is) threads=$THREADS reps=$REPS steps=$STEPS" >&2
 for rep in $(seq 1 "$REPS"); do
-  echo "# rep $rep" >&2
-  EXTRA=(--plain); run plain OMP_WAIT_POLICY=PASSIVE
-  EXTRA=(); run optimised OMP_WAIT_POLICY=PASSIVE
-  EXTRA=(); run active OMP_WAIT_POLICY=ACTIVE
+  for w in ${WORKLOADS//,/ }; do
+    echo "# rep $rep: $w" >&2
+    for o in ${OPTS[$w]} plain; do
+      run "$w" optimised
+      if [ "$o" = plain ]; then run "$w" plain --plain; else run "$w" "$o" --disable "$o"; fi
+    done
+  done
 done
 /usr/bin/python3 - "$OUT/all.jsonl" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-by = {}
+# Pair each "without" run with the optimised run made just before it.
+pairs, last = {}, {}
 for x in rows:
-    if "examples_per_s" in x["r"]:
-        by.setdefault(x["r"]["workload"], {}).setdefault(x["rep"], {})[x["label"]] = x["r"]["examples_per_s"]
-        by[x["r"]["workload"]][x["rep"]][x["label"] + "_cpu"] = x["r"]["cpu_ms_per_step"]
-print(f"{'workload':<13} {'plain ex/s':>11} {'optimised':>10} {'opt/plain':>10} {'cpu ratio':>10} {'ACTIVE ex/s':>12} {'PASSIVE/ACTIVE':>15}")
-for name, reps in by.items():
-    med = statistics.median
-    get = lambda k: [v[k] for v in reps.values() if k in v]
-    r1 = [v["optimised"] / v["plain"] for v in reps.values() if "plain" in v and "optimised" in v]
-    r2 = [v["optimised"] / v["active"] for v in reps.values() if "active" in v and "optimised" in v]
-    r3 = [v["plain_cpu"] / v["optimised_cpu"] for v in reps.values() if "plain_cpu" in v and "optimised_cpu" in v]
-    print(f"{name:<13} {med(get('plain')):>11.0f} {med(get('optimised')):>10.0f} {med(r1):>10.2f} {med(r3):>10.2f} "
-          f"{med(get('active')):>12.0f} {med(r2):>15.2f}   per rep: "
-          + " ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(r1, r2)))
+    r = x["r"]
+    if "examples_per_s" not in r:
+        print("error:", r, file=sys.stderr)
+        continue
+    w = r["workload"]
+    if x["label"] == "optimised":
+        last[w] = r
+    elif w in last:
+        pairs.setdefault((w, x["label"]), []).append((last[w], r))
+med = statistics.median
+print(f"{'workload':<13} {'without':<17} {'ex/s without':>12} {'ex/s optimised':>14} {'speed-up':>9} {'cpu speed-up':>12}  per rep")
+for (w, label), ps in pairs.items():
+    sp = [a["examples_per_s"] / b["examples_per_s"] for a, b in ps]
+    cpu = [b["cpu_ms_per_step"] / a["cpu_ms_per_step"] for a, b in ps]
+    print(f"{w:<13} {label:<17} {med([b['examples_per_s'] for _, b in ps]):>12.0f} "
+          f"{med([a['examples_per_s'] for a, _ in ps]):>14.0f} {med(sp):>9.2f} {med(cpu):>12.2f}  "
+          + " ".join(f"{v:.2f}" for v in sp))
 PY

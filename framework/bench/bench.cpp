@@ -116,12 +116,44 @@ const std::vector<std::string>& workload_names() {
   return names;
 }
 
+const std::vector<std::string>& optimisation_names() {
+  static const std::vector<std::string> names = {"optimizer", "cross_entropy", "item_tower_batch",
+                                                 "first_layer", "packing", "gru_packed",
+                                                 "gru_fused"};
+  return names;
+}
+
 std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShapes& shapes,
-                                        torch::Device device, uint64_t seed, bool plain) {
-  if (name == "twotower_ssl")
-    return make_twotower_ssl(shapes.two_tower, device, seed, TwoTowerPaths{!plain});
-  if (name == "din") return make_din(shapes.ctr, device, seed, CtrPaths{!plain});
-  if (name == "dien") return make_dien(shapes.ctr, device, seed, CtrPaths{!plain});
+                                        torch::Device device, uint64_t seed,
+                                        const std::vector<std::string>& disabled) {
+  auto on = [&](const char* o) {
+    return std::find(disabled.begin(), disabled.end(), o) == disabled.end();
+  };
+  for (const auto& d : disabled)
+    if (std::find(optimisation_names().begin(), optimisation_names().end(), d) ==
+        optimisation_names().end())
+      throw UsageError("--disable: unknown optimisation '" + d + "' (known: optimizer, " +
+                       "cross_entropy, item_tower_batch, first_layer, packing, gru_packed, " +
+                       "gru_fused)");
+  if (name == "twotower_ssl") {
+    TwoTowerPaths p;
+    p.batched_item_tower = on("item_tower_batch");
+    p.cross_entropy_kernel = on("cross_entropy");
+    p.fused_optimizer = on("optimizer");
+    return make_twotower_ssl(shapes.two_tower, device, seed, p);
+  }
+  CtrPaths p;
+  p.fused_optimizer = on("optimizer");
+  p.packed_model = on("packing");
+  if (name == "din") {
+    p.fused = on("first_layer");
+    return make_din(shapes.ctr, device, seed, p);
+  }
+  if (name == "dien") {
+    p.fused = on("gru_fused");
+    p.packed_gru = on("gru_packed");
+    return make_dien(shapes.ctr, device, seed, p);
+  }
   throw UsageError("unknown workload '" + name + "' (known: twotower_ssl, din, dien, pipeline)");
 }
 
@@ -194,7 +226,8 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   }
   const double rss_baseline = proc_status_mb("VmRSS:");
   auto device = parse_device(options.device);
-  auto workload = make_workload(name, options.shapes, device, 1, options.plain);
+  auto workload = make_workload(name, options.shapes, device, 1,
+                                options.plain ? optimisation_names() : options.disable);
   TORCH_CHECK(options.steps >= 1, "bench: --steps must be >= 1");
   for (int i = 0; i < options.warmup; ++i) workload->step();
   sync(device);
@@ -223,7 +256,11 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   r["threads"] = options.threads;
   r["device"] = options.device;
   r["torch"] = TORCH_VERSION;
-  r["path"] = options.plain ? "plain" : "optimised";
+  std::string disabled;
+  for (const auto& d : options.plain ? optimisation_names() : options.disable)
+    disabled += (disabled.empty() ? "" : ",") + d;
+  r["path"] = options.plain ? "plain" : disabled.empty() ? "optimised" : "optimised without " + disabled;
+  r["disabled"] = disabled;
   const char* wait = std::getenv("OMP_WAIT_POLICY");
   const char* spin = std::getenv("GOMP_SPINCOUNT");
   const char* choice = std::getenv("RECSYS_OMP_CHOICE");

@@ -60,6 +60,8 @@ struct BenchOptions {
   bool fork = true;
   /// Use every workload's plain path (the oracle of its optimised one), for before/after ratios.
   bool plain = false;
+  /// Optimisations switched off one by one (names in optimisation_names()); plain = all of them.
+  std::vector<std::string> disable;
   /// Lines of the generated interaction log for the pipeline benchmark.
   int64_t pipeline_lines = 2000000;
   BenchShapes shapes;
@@ -97,10 +99,19 @@ class Workload {
 
 /// Names of the training workloads.
 const std::vector<std::string>& workload_names();
-/// Builds a workload (throws UsageError for an unknown name).
+/// The optimisations --disable can switch off, each with its plain path (its test oracle):
+/// optimizer (train::Optimizer's fused path), cross_entropy (the fused softmax cross-entropy
+/// kernel), item_tower_batch (positives and both SSL views as one item-tower pass),
+/// first_layer (DIN's fused attention first layer), packing (DIN / DIEN on the packed valid
+/// steps), gru_packed (gru_packed inside DIEN's GRU layers), gru_fused (the hand-written BPTT;
+/// off = the per-step reference GRU).
+const std::vector<std::string>& optimisation_names();
+
+/// Builds a workload (throws UsageError for an unknown name) with the optimisations in
+/// `disabled` switched off.
 std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShapes& shapes,
                                         torch::Device device, uint64_t seed = 1,
-                                        bool plain = false);
+                                        const std::vector<std::string>& disabled = {});
 
 std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Device device,
                                             uint64_t seed);

@@ -15,7 +15,7 @@ class CtrWorkload : public Workload {
   CtrWorkload(std::string name, const CtrShapes& s, int64_t batch, bool negatives,
               torch::Device device, uint64_t seed, const CtrModelBuilder& build,
               std::function<double(const CtrShapes&)> flops,
-              std::function<double(const CtrShapes&, int64_t)> activations)
+              std::function<double(const CtrShapes&, int64_t)> activations, bool fused_optimizer)
       : name_(std::move(name)),
         s_(s),
         batch_(batch),
@@ -26,7 +26,9 @@ class CtrWorkload : public Workload {
     model_ = build(s);
     model_->to(device);
     params_ = model_->parameters();
-    optimizer_ = std::make_unique<train::Optimizer>(params_, train::OptimizerOptions{});
+    train::OptimizerOptions opt;
+    opt.fused = fused_optimizer;
+    optimizer_ = std::make_unique<train::Optimizer>(params_, opt);
     std::mt19937_64 rng(seed);
     ZipfSampler zipf(s.items, 1.1);
     std::uniform_int_distribution<int64_t> length(s.min_len, s.max_len), uniform_item(1, s.items),
@@ -150,7 +152,7 @@ double dien_flops_per_example(const CtrShapes& s) {
 
 std::unique_ptr<Workload> make_ctr_workload(const std::string& name, const CtrShapes& s,
                                             torch::Device device, uint64_t seed,
-                                            const CtrModelBuilder& build) {
+                                            const CtrModelBuilder& build, bool fused_optimizer) {
   if (name == "din")
     return std::make_unique<CtrWorkload>(
         name, s, s.batch, false, device, seed, build, din_flops_per_example,
@@ -162,7 +164,8 @@ std::unique_ptr<Workload> make_ctr_workload(const std::string& name, const CtrSh
           double per_ex = per_pos * s.max_len + 6.0 * s.dim;
           for (auto h : s.mlp) per_ex += 3.0 * h;  // linear, Dice's normalised input, output
           return 4.0 * B * per_ex;
-        });
+        },
+        fused_optimizer);
   return std::make_unique<CtrWorkload>(name, s, s.dien_batch, true, device, seed, build,
                                        dien_flops_per_example, [](const CtrShapes& s, int64_t B) {
                                          const double H = static_cast<double>(s.gru_hidden),
@@ -175,7 +178,8 @@ std::unique_ptr<Workload> make_ctr_workload(const std::string& name, const CtrSh
                                          double per_ex = per_pos * s.max_len + 3 * e;
                                          for (auto h : s.mlp) per_ex += 3.0 * h;
                                          return 4.0 * B * per_ex;
-                                       });
+                                       },
+                                       fused_optimizer);
 }
 
 }  // namespace recsys::bench

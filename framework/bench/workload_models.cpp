@@ -32,7 +32,8 @@ std::unique_ptr<Workload> make_din(const CtrShapes& s, torch::Device device, uin
                                .attention_hidden(s.attention)
                                .attention_activation(models::Activation::kSigmoid)
                                .attention_softmax(false)
-                               .mlp(output_mlp(s)));
+                               .mlp(output_mlp(s))
+                               .pack_valid(paths.packed_model));
     if (!paths.fused) {
       // The plain activation unit (concatenated [q, k, q - k, q * k]), same parameters.
       auto plain = models::ActivationUnit(models::ActivationUnitOptions(2 * s.dim)
@@ -49,7 +50,7 @@ std::unique_ptr<Workload> make_din(const CtrShapes& s, torch::Device device, uin
       din->attention = din->replace_module("attention", plain);
     }
     return std::static_pointer_cast<models::CtrModel>(din.ptr());
-  });
+  }, paths.fused_optimizer);
 }
 
 std::unique_ptr<Workload> make_dien(const CtrShapes& s, torch::Device device, uint64_t seed,
@@ -62,9 +63,21 @@ std::unique_ptr<Workload> make_dien(const CtrShapes& s, torch::Device device, ui
                                  .fused(paths.fused)
                                  .mlp(output_mlp(s))
                                  .aux_hidden(s.aux)
-                                 .alpha_aux(1.0));
+                                 .alpha_aux(1.0)
+                                 .pack_valid(paths.packed_model));
+    if (!paths.packed_gru) {
+      // Same parameters (copied), the layers' per-sequence gru_fused instead of gru_packed.
+      for (auto* layer : {&dien->extractor, &dien->evolution}) {
+        auto o = (*layer)->options();
+        models::GruLayer plain(models::GruLayerOptions(o).packed(false));
+        torch::NoGradGuard no_grad;
+        auto from = (*layer)->named_parameters();
+        for (auto& p : plain->named_parameters()) p.value().copy_(from[p.key()]);
+        *layer = dien->replace_module(layer == &dien->extractor ? "extractor" : "evolution", plain);
+      }
+    }
     return std::static_pointer_cast<models::CtrModel>(dien.ptr());
-  });
+  }, paths.fused_optimizer);
 }
 
 std::unique_ptr<Workload> make_din(const CtrShapes& s, torch::Device device, uint64_t seed) {

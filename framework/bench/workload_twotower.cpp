@@ -50,7 +50,9 @@ class TwoTowerSsl : public Workload {
                                                       models::TowerOptions(item, s.hidden)));
     model_->to(device);
     params_ = model_->parameters();
-    optimizer_ = std::make_unique<train::Optimizer>(params_, train::OptimizerOptions{});
+    train::OptimizerOptions opt;
+    opt.fused = paths_.fused_optimizer;
+    optimizer_ = std::make_unique<train::Optimizer>(params_, opt);
 
     augment::register_builtin_augmentations();
     config::Json cfg = config::Json::object();
@@ -138,8 +140,12 @@ class TwoTowerSsl : public Workload {
     }
     auto main = losses::inbatch_softmax(
         a, pos, b.log_q, b.item_ids,
-        losses::InBatchSoftmaxOptions().temperature(s_.temperature).remove_accidental_hits(false));
-    auto ssl = losses::contrastive(z1, z2, s_.temperature);
+        losses::InBatchSoftmaxOptions()
+            .temperature(s_.temperature)
+            .remove_accidental_hits(false)
+            .fused_kernel(paths_.cross_entropy_kernel));
+    auto ssl = losses::contrastive(z1, z2, s_.temperature, /*symmetric=*/false,
+                                   paths_.cross_entropy_kernel);
     auto loss = main.mean() + s_.ssl_weight * ssl.mean();
     end_phase(0);
     loss.backward();

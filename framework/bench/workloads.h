@@ -11,6 +11,10 @@ namespace recsys::bench {
 struct TwoTowerPaths {
   /// Positives and both SSL views through the item tower as one batch (else three passes).
   bool batched_item_tower = true;
+  /// The fused softmax cross-entropy kernel for both losses (else torch's cross_entropy).
+  bool cross_entropy_kernel = true;
+  /// train::Optimizer's fused path (else its tensor-op path).
+  bool fused_optimizer = true;
 };
 
 std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Device device,
@@ -19,6 +23,12 @@ std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Devi
 struct CtrPaths {
   /// din: the activation unit's fused first layer; dien: both GRUs through gru_fused.
   bool fused = true;
+  /// din, dien: the whole model on the packed valid steps (DinOptions / DienOptions pack_valid).
+  bool packed_model = true;
+  /// dien: gru_packed inside each GRU layer (else gru_fused over the padded steps).
+  bool packed_gru = true;
+  /// train::Optimizer's fused path (else its tensor-op path).
+  bool fused_optimizer = true;
 };
 
 std::unique_ptr<Workload> make_din(const CtrShapes& s, torch::Device device, uint64_t seed,
@@ -32,7 +42,8 @@ using CtrModelBuilder = std::function<std::shared_ptr<models::CtrModel>(const Ct
 /// din (batch s.batch) or dien (batch s.dien_batch, with a negative history) around any CtrModel.
 std::unique_ptr<Workload> make_ctr_workload(const std::string& name, const CtrShapes& s,
                                             torch::Device device, uint64_t seed,
-                                            const CtrModelBuilder& build);
+                                            const CtrModelBuilder& build,
+                                            bool fused_optimizer = true);
 
 /// Forward + backward FLOPs per example (matmuls only, 2mnk, backward = 2x forward), over every
 /// padded history position, of the canonical formulation (DIN's attention on the 4x-wide input).

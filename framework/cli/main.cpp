@@ -153,6 +153,10 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--peak", bench_options.peak, "measure the matmul rate and report FLOP-bound fractions");
   bench_cmd->add_option("--steps", bench_options.steps, "timed steps after 5 warm-up steps");
   bench_cmd->add_flag("--plain", bench_options.plain, "run every workload's plain (unoptimised) path");
+  bench_cmd->add_option("--disable", bench_options.disable,
+                        "optimisations to switch off (comma-separated): optimizer, cross_entropy, "
+                        "item_tower_batch, first_layer, packing, gru_packed, gru_fused")
+      ->delimiter(',');
   bench_cmd->add_option("--pipeline-lines", bench_options.pipeline_lines, "lines of the generated log (pipeline)");
 
   try {

@@ -109,32 +109,27 @@ TEST_CASE("bench: din and dien run at tiny shapes with finite positive figures",
   }
 }
 
-TEST_CASE("bench: din and dien's fused paths give the losses of their plain paths", "[bench]") {
-  auto s = BenchShapes::tiny().ctr;
-  auto din_fast = make_din(s, torch::kCPU, 4, CtrPaths{true});
-  auto din_plain = make_din(s, torch::kCPU, 4, CtrPaths{false});
-  auto dien_fast = make_dien(s, torch::kCPU, 4, CtrPaths{true});
-  auto dien_plain = make_dien(s, torch::kCPU, 4, CtrPaths{false});
-  for (int i = 0; i < 4; ++i) {
-    double a = din_fast->step().item<double>(), b = din_plain->step().item<double>();
-    REQUIRE(std::isfinite(a));
-    REQUIRE(a == Approx(b).epsilon(1e-5));
-    double c = dien_fast->step().item<double>(), d = dien_plain->step().item<double>();
-    REQUIRE(std::isfinite(c));
-    REQUIRE(c == Approx(d).epsilon(1e-5));
+TEST_CASE("bench: every optimisation, switched off alone or all together, keeps the losses",
+          "[bench]") {
+  // Same seed: same parameters, batches and masks; the updates keep both runs in step. Each
+  // optimised path must compute the function of its plain path (its oracle).
+  const auto shapes = BenchShapes::tiny();
+  std::vector<std::vector<std::string>> variants{optimisation_names()};
+  for (const auto& o : optimisation_names()) variants.push_back({o});
+  for (const auto& name : workload_names()) {
+    for (const auto& off : variants) {
+      INFO(name << " without " << off.size() << " optimisation(s), first " << off.front());
+      auto fast = make_workload(name, shapes, torch::kCPU, 4);
+      auto plain = make_workload(name, shapes, torch::kCPU, 4, off);
+      for (int i = 0; i < 3; ++i) {
+        double a = fast->step().item<double>(), b = plain->step().item<double>();
+        REQUIRE(std::isfinite(a));
+        REQUIRE(a == Approx(b).epsilon(1e-5));
+      }
+    }
   }
-}
-
-TEST_CASE("bench: the batched item tower gives the losses of three separate passes", "[bench]") {
-  auto s = BenchShapes::tiny().two_tower;
-  auto fast = make_twotower_ssl(s, torch::kCPU, 5, TwoTowerPaths{true});
-  auto plain = make_twotower_ssl(s, torch::kCPU, 5, TwoTowerPaths{false});
-  // Same seed: same parameters, batches and masks; the updates keep them in step.
-  for (int i = 0; i < 4; ++i) {
-    double a = fast->step().item<double>(), b = plain->step().item<double>();
-    REQUIRE(std::isfinite(a));
-    REQUIRE(a == Approx(b).epsilon(1e-5));
-  }
+  REQUIRE_THROWS_WITH(make_workload("din", shapes, torch::kCPU, 4, {"nope"}),
+                      Catch::Contains("unknown optimisation 'nope'"));
 }
 
 TEST_CASE("bench: training lowers the twotower_ssl loss on its batches", "[bench]") {
