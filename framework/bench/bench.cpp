@@ -470,6 +470,12 @@ int run_bench(const BenchOptions& options) {
     if (!known.count(w))
       throw UsageError("--workloads: unknown workload '" + w +
                        "' (known: twotower_ssl, din, dien, pipeline)");
+  for (const auto& d : options.disable)
+    if (std::find(optimisation_names().begin(), optimisation_names().end(), d) ==
+        optimisation_names().end())
+      throw UsageError("--disable: unknown optimisation '" + d + "' (known: optimizer, " +
+                       "cross_entropy, item_tower_batch, first_layer, packing, gru_packed, " +
+                       "gru_fused)");
   if (options.threads < 1) throw UsageError("--threads must be >= 1");
   if (options.steps < 1) throw UsageError("--steps must be >= 1");
   if (options.device != "cpu" && options.device != "cuda")

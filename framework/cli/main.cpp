@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 #include "augment/augmentation.h"
 #include "framework/bench/bench.h"
@@ -168,6 +169,10 @@ int main(int argc, char** argv) {
   setup_logging("", log_level);
   cli::register_builtins();
   try {
+    // Training on a loaded machine with spinning OpenMP workers is many times slower; pick the
+    // wait policy from the current load as the bench does (a no-op when the user set one).
+    if (*train_cmd || *sweep_cmd)
+      bench::ensure_omp_wait_policy(argv, static_cast<int>(std::thread::hardware_concurrency()));
     if (*train_cmd) return cmd_train(config_path, overrides, out, dump, overwrite, log_level);
     if (*list_cmd) return cmd_list();
     if (*sweep_cmd) {

@@ -149,6 +149,9 @@ TEST_CASE("bench: unknown workloads and bad options are usage errors", "[bench]"
   o.workloads = {"twotower_ssl"};
   o.threads = 0;
   REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("--threads"));
+  o.threads = 1;
+  o.disable = {"packing", "nope"};
+  REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("unknown optimisation 'nope'"));
 }
 
 TEST_CASE("bench: the pipeline benchmark parses and batches a generated log", "[bench]") {
