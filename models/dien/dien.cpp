@@ -73,6 +73,18 @@ void DienImpl::build(GruLayer evolution_layer) {
   mlp = register_module("mlp", make_ctr_mlp(evo.hidden_size() + 2 * e, o.mlp()));
 }
 
+bool DienImpl::wants_aux(const CtrModelInput& in) const {
+  if (!is_training() || !in.neg_hist_item.defined() || options_.alpha_aux() <= 0 ||
+      in.hist_item.size(1) < 2)
+    return false;
+  TORCH_CHECK(in.neg_hist_item.sizes() == in.hist_item.sizes() &&
+                  in.neg_hist_category.sizes() == in.hist_item.sizes(),
+              "Dien: neg_hist_item and neg_hist_category must be [B, T] like hist_item ",
+              in.hist_item.sizes(), ", got ", in.neg_hist_item.sizes(), " and ",
+              in.neg_hist_category.sizes());
+  return true;
+}
+
 bool DienImpl::packs(const CtrModelInput& in) const {
   if (!options_.pack_valid() || !in.hist_item.defined() || !in.hist_item.device().is_cpu() ||
       !in.hist_length.defined() || !in.hist_length.device().is_cpu())
@@ -109,12 +121,7 @@ DienOutput DienImpl::forward_packed(const CtrModelInput& in) {
   auto interests = extractor->forward_packed(layout, x).outputs;  // [N, H]
 
   DienOutput out;
-  if (is_training() && in.neg_hist_item.defined() && options_.alpha_aux() > 0 && T >= 2) {
-    TORCH_CHECK(in.neg_hist_item.sizes() == in.hist_item.sizes() &&
-                    in.neg_hist_category.sizes() == in.hist_item.sizes(),
-                "Dien: neg_hist_item and neg_hist_category must be [B, T] like hist_item ",
-                in.hist_item.sizes(), ", got ", in.neg_hist_item.sizes(), " and ",
-                in.neg_hist_category.sizes());
+  if (wants_aux(in)) {
     const int64_t P = layout.pair_first.size(0);
     if (P == 0) {
       out.aux_loss = torch::zeros({}, x.options());  // no (h_t, e_{t+1}) pair in the batch
@@ -178,12 +185,7 @@ DienOutput DienImpl::forward_parts(const CtrModelInput& in) {
   auto interests = extractor->forward(behaviours, lengths).outputs;  // [B, T, H]
 
   // The auxiliary loss only trains the extractor: evaluation skips it (and its negatives).
-  if (is_training() && in.neg_hist_item.defined() && options_.alpha_aux() > 0 && T >= 2) {
-    TORCH_CHECK(in.neg_hist_item.sizes() == in.hist_item.sizes() &&
-                    in.neg_hist_category.sizes() == in.hist_item.sizes(),
-                "Dien: neg_hist_item and neg_hist_category must be [B, T] like hist_item ",
-                in.hist_item.sizes(), ", got ", in.neg_hist_item.sizes(), " and ",
-                in.neg_hist_category.sizes());
+  if (wants_aux(in)) {
     auto negatives = embeddings->forward(in.neg_hist_item, in.neg_hist_category);
     auto pairs = losses::auxiliary_pairs(interests, behaviours, negatives, mask);
     if (pairs.mask.device().is_cpu()) {

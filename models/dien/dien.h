@@ -122,6 +122,9 @@ class DienImpl : public CtrModel {
  private:
   void build(GruLayer evolution_layer);
   DienOutput forward_packed(const CtrModelInput& input);
+  /// Whether this pass computes the auxiliary loss (training, negatives given, alpha_aux > 0,
+  /// T >= 2); checks the negatives' shapes.
+  bool wants_aux(const CtrModelInput& input) const;
   DienOptions options_;
 };
 TORCH_MODULE(Dien);
