@@ -443,8 +443,13 @@ double other_busy_cores(int sample_ms) {
 }
 
 void ensure_omp_wait_policy(char** argv, int threads) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr)
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) {
+    // The user's (or a parent's) setting stands; a choice note inherited from a parent
+    // recsys is only kept when it describes what is set.
+    if (std::getenv("RECSYS_OMP_CHOICE") != nullptr && std::getenv("RECSYS_OMP_CHOSEN") == nullptr)
+      unsetenv("RECSYS_OMP_CHOICE");
     return;
+  }
   const double cpus = std::max(1u, std::thread::hardware_concurrency());
   const double busy = other_busy_cores(200);
   char choice[96];
@@ -458,9 +463,13 @@ void ensure_omp_wait_policy(char** argv, int threads) {
     std::snprintf(choice, sizeof choice, "PASSIVE (other load %.2f of %.0f cores)", busy, cpus);
   }
   setenv("RECSYS_OMP_CHOICE", choice, 1);
+  setenv("RECSYS_OMP_CHOSEN", "1", 1);
   std::fflush(stdout);
   std::fflush(stderr);
-  execv("/proc/self/exe", argv);  // returns only on failure: then run with the current policy
+  execv("/proc/self/exe", argv);
+  // Only on failure: libgomp already runs with its defaults; say nothing that is not in effect.
+  for (const char* v : {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "RECSYS_OMP_CHOICE", "RECSYS_OMP_CHOSEN"})
+    unsetenv(v);
 }
 
 int run_bench(const BenchOptions& options) {

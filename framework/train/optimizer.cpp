@@ -182,7 +182,7 @@ bool Optimizer::fusable(size_t i) const {
   const auto& p = params_[i];
   const auto& g = p.grad();
   if (!p.device().is_cpu() || p.scalar_type() != torch::kFloat || !p.is_contiguous() ||
-      g.scalar_type() != torch::kFloat || p.dim() == 0)
+      g.scalar_type() != torch::kFloat || p.dim() == 0 || p.numel() == 0)
     return false;
   if (g.is_sparse()) return g.sparse_dim() == 1 && p.dim() >= 1;
   return g.layout() == torch::kStrided;
@@ -207,9 +207,10 @@ void Optimizer::group_rows(size_t i, const torch::Tensor& indices, RowGroups& ou
     }
     int32_t s = slot[r];
     if (s < 0) {
-      s = slot[r] = static_cast<int32_t>(out.rows.size());
+      // Recorded in rows before the slot is set, so that the reset below always finds it.
       out.rows.push_back(r);
       count.push_back(0);
+      s = slot[r] = static_cast<int32_t>(out.rows.size() - 1);
     }
     ++count[s];
     entry_slot[j] = s;

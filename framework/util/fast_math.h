@@ -27,7 +27,8 @@ inline float exp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(kf) + 127) << 23;
+  const float kn = kf == kf ? kf : 0.0f;  // NaN: any exponent will do, p is NaN already
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(kn) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   const float y = p * scale;

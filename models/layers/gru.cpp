@@ -697,9 +697,11 @@ GruOutput gru_packed_sequences(GruKind kind, const PackedLayout& layout, const t
   if (attention.defined())
     TORCH_CHECK(attention.dim() == 1, "gru_packed_sequences: attention must be packed [N], got ",
                 attention.sizes());
-  if (h0.defined())
+  if (h0.defined()) {
     TORCH_CHECK(h0.dim() == 2 && h0.size(0) == layout.batch && h0.size(1) == weight_hh.size(1),
                 "gru_packed_sequences: h0 must be [B, H], got ", h0.sizes());
+    check_same("gru_packed_sequences", "h0", h0, x);
+  }
   c10::optional<torch::Tensor> a, h;
   if (attention.defined()) a = attention.contiguous();
   if (h0.defined()) h = h0;

@@ -409,3 +409,22 @@ TEST_CASE("OptimizerOptions::from_config validates by path", "[optim]") {
   CHECK(o.kind == OptimizerKind::kAdagrad);
   CHECK(o.lr == 0.05);
 }
+
+TEST_CASE("optimizer steps over empty parameters and empty sparse gradients", "[optim]") {
+  for (bool fused : {true, false}) {
+    CAPTURE(fused);
+    auto empty_rows = torch::zeros({0, 3}).requires_grad_(true);
+    auto empty_cols = torch::zeros({4, 0}).requires_grad_(true);
+    auto table = torch::ones({5, 2}).requires_grad_(true);
+    OptimizerOptions o;
+    o.fused = fused;
+    Optimizer opt({empty_rows, empty_cols, table}, o);
+    auto none = torch::zeros({0}, torch::kLong);
+    (torch::embedding(empty_rows, none, -1, false, true).sum() +
+     torch::embedding(empty_cols, torch::tensor({1L, 2L}), -1, false, true).sum() +
+     torch::embedding(table, none, -1, false, true).sum())
+        .backward();
+    REQUIRE_NOTHROW(opt.step());
+    CHECK(torch::equal(table.detach(), torch::ones({5, 2})));
+  }
+}

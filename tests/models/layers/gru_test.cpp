@@ -335,6 +335,16 @@ TEST_CASE("GRU inputs out of range are rejected with a message that says what to
   }
   REQUIRE_THROWS_WITH(recsys::models::GruLayer(recsys::models::GruLayerOptions(0, 4)),
                       Catch::Contains("input_size must be positive"));
+  // The packed entry point checks h0 like the padded ones.
+  auto layout = recsys::models::PackedLayout::from_lengths(c.lengths, 3);
+  auto x_p = c.x.detach().reshape({6, 2}).index_select(0, layout.index);
+  auto a_p = c.attention.detach().reshape({6}).index_select(0, layout.index);
+  REQUIRE_THROWS_WITH(recsys::models::gru_packed_sequences(GruKind::kAugru, layout, x_p, a_p,
+                                                           torch::zeros({2, 2}, torch::kFloat32),
+                                                           c.w_ih, c.w_hh, c.b_ih, c.b_hh),
+                      Catch::Contains("h0 has dtype"));
+  REQUIRE_THROWS_WITH(recsys::models::PackedLayout::from_lengths(torch::tensor({3L, 0L}), 3),
+                      Catch::Contains("lengths must lie in [1, T]"));
 }
 
 TEST_CASE("GruLayer holds PyTorch-shaped parameters and both paths agree", "[gru]") {
