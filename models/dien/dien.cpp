@@ -114,21 +114,30 @@ DienOutput DienImpl::forward_packed(const CtrModelInput& in) {
   const auto layout = PackedLayout::from_lengths(in.hist_length, T);
   const auto& index = layout.index;
   const auto& row = layout.row;
-  auto candidate = embeddings->forward(in.item, in.category);  // [B, E]
-  auto x = embeddings->forward(in.hist_item.reshape(-1).index_select(0, index),
-                               in.hist_category.reshape(-1).index_select(0, index));  // [N, E]
+  const int64_t N = layout.size();
+  // One lookup per table for the candidates, the packed steps and (with the auxiliary loss) the
+  // negatives at each pair's next step: one sparse gradient per table instead of three.
+  const bool aux_on = wants_aux(in);
+  const int64_t P = aux_on ? layout.pair_first.size(0) : 0;
+  std::vector<torch::Tensor> items{in.item, in.hist_item.reshape(-1).index_select(0, index)};
+  std::vector<torch::Tensor> cats{in.category, in.hist_category.reshape(-1).index_select(0, index)};
+  if (P > 0) {
+    auto next = index.index_select(0, layout.pair_next);  // b * T + t + 1 of each pair
+    items.push_back(in.neg_hist_item.reshape(-1).index_select(0, next));
+    cats.push_back(in.neg_hist_category.reshape(-1).index_select(0, next));
+  }
+  auto all = embeddings->forward(torch::cat(items), torch::cat(cats));  // [B + N + P, E]
+  auto candidate = all.narrow(0, 0, B);
+  auto x = all.narrow(0, B, N);
   auto history_sum = torch::zeros({B, x.size(1)}, x.options()).index_add(0, row, x);
   auto interests = extractor->forward_packed(layout, x).outputs;  // [N, H]
 
   DienOutput out;
-  if (wants_aux(in)) {
-    const int64_t P = layout.pair_first.size(0);
+  if (aux_on) {
     if (P == 0) {
       out.aux_loss = torch::zeros({}, x.options());  // no (h_t, e_{t+1}) pair in the batch
     } else {
-      auto next = index.index_select(0, layout.pair_next);  // b * T + t + 1 of each pair
-      auto negatives = embeddings->forward(in.neg_hist_item.reshape(-1).index_select(0, next),
-                                           in.neg_hist_category.reshape(-1).index_select(0, next));
+      auto negatives = all.narrow(0, B + N, P);
       auto logits = aux->forward_pairs(interests.index_select(0, layout.pair_first),
                                        x.index_select(0, layout.pair_next), negatives);
       out.aux_loss = losses::auxiliary_loss(logits.narrow(0, 0, P).unsqueeze(0),

@@ -15,8 +15,7 @@ DinImpl::DinImpl(DinOptions options) : options_(std::move(options)) {
 }
 
 CtrOutput DinImpl::forward(const CtrModelInput& in) {
-  auto candidate = embeddings->forward(in.item, in.category);  // [B, D]
-  torch::Tensor pooled, history_sum;
+  torch::Tensor candidate, pooled, history_sum;
   if (attention->packs(in.hist_item.device()) && in.hist_item.dim() == 2 &&
       in.hist_mask.scalar_type() == torch::kBool && in.hist_mask.sizes() == in.hist_item.sizes() &&
       in.hist_category.sizes() == in.hist_item.sizes()) {
@@ -25,13 +24,18 @@ CtrOutput DinImpl::forward(const CtrModelInput& in) {
     const int64_t B = in.hist_item.size(0), T = in.hist_item.size(1);
     auto index = in.hist_mask.reshape(-1).nonzero().squeeze(1);  // [N] = b * T + t
     auto row = torch::div(index, T, /*rounding_mode=*/"floor");
-    auto keys = embeddings->forward(in.hist_item.reshape(-1).index_select(0, index),
-                                    in.hist_category.reshape(-1).index_select(0, index));
+    // One lookup per table for the candidates and the valid steps (one sparse gradient each).
+    auto all = embeddings->forward(
+        torch::cat({in.item, in.hist_item.reshape(-1).index_select(0, index)}),
+        torch::cat({in.category, in.hist_category.reshape(-1).index_select(0, index)}));
+    candidate = all.narrow(0, 0, B);
+    auto keys = all.narrow(0, B, all.size(0) - B);
     auto att = attention->forward_packed(candidate, keys, row, index, T);
     last_attention_ = att.weights.detach();
     pooled = att.pooled;
     history_sum = torch::zeros({B, keys.size(1)}, keys.options()).index_add(0, row, keys);
   } else {
+    candidate = embeddings->forward(in.item, in.category);                  // [B, D]
     auto behaviours = embeddings->forward(in.hist_item, in.hist_category);  // [B, T, D]
     auto att = attention->forward(candidate, behaviours, in.hist_mask);
     last_attention_ = att.weights.detach();
