@@ -23,7 +23,7 @@ CtrEmbeddingsImpl::CtrEmbeddingsImpl(CtrEmbeddingsOptions options) : options_(st
               "CtrEmbeddings: item_dim and category_dim must be >= 1");
   TORCH_CHECK(o.lambda() >= 0, "CtrEmbeddings: lambda must be >= 0, got ", o.lambda());
   auto init = [&](int64_t rows, int64_t dim) {
-    auto t = torch::randn({rows, dim}) * o.init_std();
+    auto t = torch::randn({rows, dim}).mul_(o.init_std());  // in place: no second table-sized buffer
     t[0].zero_();
     return t;
   };

@@ -30,7 +30,7 @@ FeatureEncoderImpl::FeatureEncoderImpl(FeatureEncoderOptions options) : options_
       t = register_parameter("numeric_" + f.name, torch::randn({2, f.dim}) * options_.init_std());
     } else {
       TORCH_CHECK(f.vocab_size > 1, "FeatureEncoder: feature '", f.name, "' has an empty vocabulary");
-      auto w = torch::randn({f.vocab_size, f.dim}) * options_.init_std();
+      auto w = torch::randn({f.vocab_size, f.dim}).mul_(options_.init_std());  // in place
       w[0].zero_();  // padding
       t = register_parameter("emb_" + f.name, w);
     }
