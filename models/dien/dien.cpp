@@ -127,8 +127,10 @@ DienOutput DienImpl::forward_packed(const CtrModelInput& in) {
     cats.push_back(in.neg_hist_category.reshape(-1).index_select(0, next));
   }
   auto all = embeddings->forward(torch::cat(items), torch::cat(cats));  // [B + N + P, E]
-  auto candidate = all.narrow(0, 0, B);
-  auto x = all.narrow(0, B, N);
+  // split, not narrows: one backward node concatenates the parts' gradients.
+  auto parts = P > 0 ? all.split_with_sizes({B, N, P}) : all.split_with_sizes({B, N});
+  auto candidate = parts[0];
+  auto x = parts[1];
   auto history_sum = torch::zeros({B, x.size(1)}, x.options()).index_add(0, row, x);
   auto interests = extractor->forward_packed(layout, x).outputs;  // [N, H]
 
@@ -137,7 +139,7 @@ DienOutput DienImpl::forward_packed(const CtrModelInput& in) {
     if (P == 0) {
       out.aux_loss = torch::zeros({}, x.options());  // no (h_t, e_{t+1}) pair in the batch
     } else {
-      auto negatives = all.narrow(0, B + N, P);
+      auto negatives = parts[2];
       auto logits = aux->forward_pairs(interests.index_select(0, layout.pair_first),
                                        x.index_select(0, layout.pair_next), negatives);
       out.aux_loss = losses::auxiliary_loss(logits.narrow(0, 0, P).unsqueeze(0),

@@ -28,8 +28,11 @@ CtrOutput DinImpl::forward(const CtrModelInput& in) {
     auto all = embeddings->forward(
         torch::cat({in.item, in.hist_item.reshape(-1).index_select(0, index)}),
         torch::cat({in.category, in.hist_category.reshape(-1).index_select(0, index)}));
-    candidate = all.narrow(0, 0, B);
-    auto keys = all.narrow(0, B, all.size(0) - B);
+    // split, not two narrows: one backward node concatenates the gradients (narrow's backward
+    // would build two full-size zero tensors and add them).
+    auto parts = all.split_with_sizes({B, all.size(0) - B});
+    candidate = parts[0];
+    auto keys = parts[1];
     auto att = attention->forward_packed(candidate, keys, row, index, T);
     last_attention_ = att.weights.detach();
     pooled = att.pooled;
