@@ -1,5 +1,7 @@
 #include "framework/bench/bench.h"
 
+#include <sys/wait.h>
+
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -183,4 +185,41 @@ TEST_CASE("bench: the recsys binary runs workloads in child processes", "[bench]
   REQUIRE(r["workload"] == "pipeline");
   require_finite_positive(r, "peak_rss_mb");
   require_finite_positive(r, "parse_taobao_lines_per_s");
+}
+
+TEST_CASE("bench: the binary picks an OpenMP wait policy and reports memory against the model",
+          "[bench]") {
+  if (!std::filesystem::exists("build/recsys")) {
+    WARN("build/recsys not found (run the tests from the repository root after building): skipped");
+    return;
+  }
+  auto dir = recsys::testing::temp_dir("bench_policy");
+  auto out = dir / "out.json";
+  std::string cmd = "env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u RECSYS_OMP_CHOICE "
+                    "build/recsys bench --workloads din --steps 1 --json --threads 1 > " +
+                    out.string();
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  std::ifstream in(out);
+  std::string line;
+  REQUIRE(std::getline(in, line));
+  auto r = nlohmann::json::parse(line);
+  const auto policy = r["omp_wait_policy"].get<std::string>();
+  INFO(policy);
+  CHECK((policy.rfind("spin 20000", 0) == 0 || policy.rfind("PASSIVE", 0) == 0));
+  require_finite_positive(r, "rss_baseline_mb");
+  require_finite_positive(r, "workload_rss_mb");
+  require_finite_positive(r, "memory_ratio");
+  // A policy the user set is kept and reported as such.
+  cmd = "OMP_WAIT_POLICY=PASSIVE build/recsys bench --workloads din --steps 1 --json --threads 1 > " +
+        out.string();
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  std::ifstream in2(out);
+  REQUIRE(std::getline(in2, line));
+  CHECK(nlohmann::json::parse(line)["omp_wait_policy"] == "PASSIVE");
+  // An unknown optimisation is a usage error: exit status 2.
+  cmd = "build/recsys bench --workloads din --disable nope > /dev/null 2>&1";
+  const int status = std::system(cmd.c_str());
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 2);
+  CHECK(recsys::bench::other_busy_cores(20) >= -1);
 }
