@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "framework/util/fast_math.h"
+#include "framework/util/simd.h"
 
 namespace recsys::losses {
 
@@ -14,12 +15,6 @@ namespace {
 using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define RECSYS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define RECSYS_CLONES
-#endif
 
 // logsumexp of x[0..c). The reductions run in 16 independent lanes (a fixed-width inner loop
 // the compiler vectorises; a plain float reduction it may not reorder).

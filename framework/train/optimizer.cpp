@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "framework/util/simd.h"
+
 namespace recsys::train {
 
 OptimizerOptions OptimizerOptions::from_config(const config::Reader& r) {
@@ -233,12 +235,6 @@ struct Rule {
   float lr, beta1, beta2, eps, one_minus_beta1, one_minus_beta2, inv_sqrt_bc2, step_size;
   float momentum, weight_decay, scale;
 };
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define RECSYS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define RECSYS_CLONES
-#endif
 
 RECSYS_CLONES void adam_span(const Rule& r, const float* __restrict g, float* __restrict p,
                              float* __restrict m, float* __restrict v, int64_t n) {

@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "losses/dien_aux.h"
+#include "models/layers/rows.h"
 
 namespace recsys::models {
 
@@ -131,7 +132,7 @@ DienOutput DienImpl::forward_packed(const CtrModelInput& in) {
   auto parts = P > 0 ? all.split_with_sizes({B, N, P}) : all.split_with_sizes({B, N});
   auto candidate = parts[0];
   auto x = parts[1];
-  auto history_sum = torch::zeros({B, x.size(1)}, x.options()).index_add(0, row, x);
+  auto history_sum = scatter_add_rows(x, row, B);
   auto interests = extractor->forward_packed(layout, x).outputs;  // [N, H]
 
   DienOutput out;
@@ -140,8 +141,8 @@ DienOutput DienImpl::forward_packed(const CtrModelInput& in) {
       out.aux_loss = torch::zeros({}, x.options());  // no (h_t, e_{t+1}) pair in the batch
     } else {
       auto negatives = parts[2];
-      auto logits = aux->forward_pairs(interests.index_select(0, layout.pair_first),
-                                       x.index_select(0, layout.pair_next), negatives);
+      auto logits = aux->forward_pairs(gather_rows(interests, layout.pair_first),
+                                       gather_rows(x, layout.pair_next), negatives);
       out.aux_loss = losses::auxiliary_loss(logits.narrow(0, 0, P).unsqueeze(0),
                                             logits.narrow(0, P, P).unsqueeze(0),
                                             torch::ones({1, P}, torch::kBool));
@@ -154,13 +155,13 @@ DienOutput DienImpl::forward_packed(const CtrModelInput& in) {
   } else {
     // The softmax of h_t . (W q) over each sequence's valid steps, on the packed steps.
     auto wq = torch::matmul(candidate, attention->weight.t());        // [B, H]
-    auto s = (interests * wq.index_select(0, row)).sum(1);            // [N]
+    auto s = (interests * gather_rows(wq, row)).sum(1);               // [N]
     auto shift = torch::full({B * T}, -std::numeric_limits<double>::infinity(), s.options())
                      .index_copy_(0, index, s.detach())
                      .view({B, T})
                      .amax(1);  // each row's max (rows have >= 1 step)
     auto e = torch::exp(s - shift.index_select(0, row));
-    auto a = e / torch::zeros({B}, s.options()).index_add(0, row, e).index_select(0, row);
+    auto a = e / gather_rows(scatter_add_rows(e, row, B), row);
     out.attention = torch::zeros({B * T}, a.options()).index_copy(0, index, a).view({B, T});
     final_state = evolution->forward_packed(layout, interests, a).final_state;
   }

@@ -1,5 +1,7 @@
 #include "models/din/din.h"
 
+#include "models/layers/rows.h"
+
 namespace recsys::models {
 
 DinImpl::DinImpl(DinOptions options) : options_(std::move(options)) {
@@ -36,7 +38,7 @@ CtrOutput DinImpl::forward(const CtrModelInput& in) {
     auto att = attention->forward_packed(candidate, keys, row, index, T);
     last_attention_ = att.weights.detach();
     pooled = att.pooled;
-    history_sum = torch::zeros({B, keys.size(1)}, keys.options()).index_add(0, row, keys);
+    history_sum = scatter_add_rows(keys, row, B);
   } else {
     candidate = embeddings->forward(in.item, in.category);                  // [B, D]
     auto behaviours = embeddings->forward(in.hist_item, in.hist_category);  // [B, T, D]

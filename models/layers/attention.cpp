@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "models/layers/dice.h"
+#include "models/layers/rows.h"
 
 namespace recsys::models {
 
@@ -93,7 +94,7 @@ AttentionOutput ActivationUnitImpl::forward_masked_packed(const torch::Tensor& q
   const int64_t B = keys.size(0), T = keys.size(1), d = options_.dim();
   auto index = mask.reshape(-1).nonzero().squeeze(1);          // [N] = b * T + t
   auto row = torch::div(index, T, /*rounding_mode=*/"floor");  // [N] = b
-  auto k = keys.reshape({B * T, d}).index_select(0, index);    // [N, D]
+  auto k = gather_rows(keys.reshape({B * T, d}), index);       // [N, D]
   return forward_packed(query, k, row, index, T);
 }
 
@@ -107,10 +108,10 @@ AttentionOutput ActivationUnitImpl::forward_packed(const torch::Tensor& query,
               "ActivationUnit::forward_packed: query must be [B, ", d, "], keys [N, ", d,
               "], row and index [N]; got ", query.sizes(), ", ", k.sizes(), ", ", row.sizes(),
               " and ", index.sizes());
-  auto q = query.index_select(0, row);  // [N, D]
+  auto q = gather_rows(query, row);  // [N, D]
   auto [w_query, w_key] = fused_weights();
   auto q_part = torch::nn::functional::linear(query, w_query, first_->bias);  // [B, H1]
-  auto pre = torch::addmm(q_part.index_select(0, row), torch::cat({k, q * k}, 1), w_key.t());
+  auto pre = torch::addmm(gather_rows(q_part, row), torch::cat({k, q * k}, 1), w_key.t());
   auto s = tail_->forward(first_activation_.forward(pre)).squeeze(1);    // [N]
   AttentionOutput out;
   if (options_.softmax()) {
@@ -121,13 +122,12 @@ AttentionOutput ActivationUnitImpl::forward_packed(const torch::Tensor& query,
                        .view({B, T})
                        .amax(1);
     auto e = torch::exp(s - row_max.index_select(0, row));
-    auto denom = torch::zeros({B}, s.options()).index_add(0, row, e);
-    auto w = e / denom.index_select(0, row);
+    auto w = e / gather_rows(scatter_add_rows(e, row, B), row);
     out.weights = torch::zeros({B * T}, s.options()).index_copy(0, index, w).view({B, T});
-    out.pooled = torch::zeros({B, d}, k.options()).index_add(0, row, k * w.unsqueeze(1));
+    out.pooled = scatter_add_rows(k * w.unsqueeze(1), row, B);
   } else {
     out.weights = torch::zeros({B * T}, s.options()).index_copy(0, index, s).view({B, T});
-    out.pooled = torch::zeros({B, d}, k.options()).index_add(0, row, k * s.unsqueeze(1));
+    out.pooled = scatter_add_rows(k * s.unsqueeze(1), row, B);
   }
   return out;
 }

@@ -1,6 +1,7 @@
 #include "models/layers/gru.h"
 
 #include "framework/util/fast_math.h"
+#include "framework/util/simd.h"
 
 #include <algorithm>
 #include <chrono>
@@ -377,12 +378,6 @@ inline S backward_row(int64_t H, const S* __restrict act, const S* __restrict hh
   for (int64_t c = 0; c < H; ++c) da += dg_buf[c];
   return da;
 }
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define RECSYS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define RECSYS_CLONES
-#endif
 
 // float32 rows built for AVX2 / AVX-512 as well (target_clones does not take templates).
 RECSYS_CLONES void forward_row_f32(int64_t H, float* gi, float* hh, const float* bh, float ca,

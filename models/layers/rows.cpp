@@ -1,0 +1,119 @@
+#include "models/layers/rows.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "framework/util/simd.h"
+
+namespace recsys::models {
+
+namespace {
+
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+bool fast_path(const Tensor& t) {
+  return t.device().is_cpu() &&
+         (t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kDouble);
+}
+
+void check_index(const char* who, const Tensor& index, int64_t n, int64_t rows) {
+  TORCH_CHECK(index.dim() == 1 && index.scalar_type() == torch::kLong && index.size(0) == n, who,
+              ": index must be a 1-D int64 tensor of ", n, " entries, got ", index.scalar_type(),
+              " ", index.sizes());
+  if (n == 0 || !index.device().is_cpu()) return;
+  const int64_t* ix = index.data_ptr<int64_t>();
+  const auto [lo, hi] = std::minmax_element(ix, ix + n);
+  TORCH_CHECK(*lo >= 0 && *hi < rows, who, ": index entries must lie in [0, ", rows, "), got ",
+              *lo, " .. ", *hi);
+}
+
+RECSYS_CLONES void add_row_f32(const float* __restrict src, float* __restrict dst, int64_t d) {
+  for (int64_t c = 0; c < d; ++c) dst[c] += src[c];
+}
+inline void add_row(const float* src, float* dst, int64_t d) { add_row_f32(src, dst, d); }
+inline void add_row(const double* src, double* dst, int64_t d) {
+  for (int64_t c = 0; c < d; ++c) dst[c] += src[c];
+}
+
+// out [rows, d] = 0, then out[index[k]] += src[k] for every k (in order).
+Tensor scatter_add_kernel(const Tensor& src_in, const Tensor& index, int64_t rows) {
+  auto src = src_in.contiguous();
+  const int64_t n = index.size(0), d = n > 0 ? src.numel() / n : 0;
+  std::vector<int64_t> shape(src.sizes().begin(), src.sizes().end());
+  shape[0] = rows;
+  auto out = torch::zeros(shape, src.options());
+  if (n == 0 || d == 0) return out;
+  const int64_t* ix = index.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "scatter_add_rows", [&] {
+    const scalar_t* s = src.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    for (int64_t k = 0; k < n; ++k) add_row(s + k * d, o + ix[k] * d, d);
+  });
+  return out;
+}
+
+// out [n, d] = src[index[k]].
+Tensor gather_kernel(const Tensor& src_in, const Tensor& index) {
+  auto src = src_in.contiguous();
+  const int64_t n = index.size(0), rows = src.size(0), d = rows > 0 ? src.numel() / rows : 0;
+  std::vector<int64_t> shape(src.sizes().begin(), src.sizes().end());
+  shape[0] = n;
+  auto out = torch::empty(shape, src.options());
+  if (n == 0 || d == 0) return out;
+  const int64_t* ix = index.data_ptr<int64_t>();
+  const size_t bytes = static_cast<size_t>(d) * src.element_size();
+  const char* s = static_cast<const char*>(src.data_ptr());
+  char* o = static_cast<char*>(out.data_ptr());
+  for (int64_t k = 0; k < n; ++k) std::memcpy(o + k * bytes, s + ix[k] * bytes, bytes);
+  return out;
+}
+
+class GatherRows : public torch::autograd::Function<GatherRows> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& src, const Tensor& index) {
+    ctx->save_for_backward({index});
+    ctx->saved_data["rows"] = src.size(0);
+    return gather_kernel(src, index);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto index = ctx->get_saved_variables()[0];
+    return {scatter_add_kernel(grads[0], index, ctx->saved_data["rows"].toInt()), Tensor()};
+  }
+};
+
+class ScatterAddRows : public torch::autograd::Function<ScatterAddRows> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& src, const Tensor& index,
+                        int64_t rows) {
+    ctx->save_for_backward({index});
+    return scatter_add_kernel(src, index, rows);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto index = ctx->get_saved_variables()[0];
+    return {gather_kernel(grads[0], index), Tensor(), Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor gather_rows(const torch::Tensor& src, const torch::Tensor& index) {
+  TORCH_CHECK(src.dim() >= 1, "gather_rows: src needs at least one dimension");
+  check_index("gather_rows", index, index.dim() == 1 ? index.size(0) : -1, src.size(0));
+  if (fast_path(src) && index.device().is_cpu()) return GatherRows::apply(src, index);
+  return src.index_select(0, index);
+}
+
+torch::Tensor scatter_add_rows(const torch::Tensor& src, const torch::Tensor& index,
+                               int64_t rows) {
+  TORCH_CHECK(src.dim() >= 1, "scatter_add_rows: src needs at least one dimension");
+  TORCH_CHECK(rows >= 0, "scatter_add_rows: rows must be >= 0, got ", rows);
+  check_index("scatter_add_rows", index, src.size(0), rows);
+  if (fast_path(src) && index.device().is_cpu()) return ScatterAddRows::apply(src, index, rows);
+  std::vector<int64_t> shape(src.sizes().begin(), src.sizes().end());
+  shape[0] = rows;
+  return torch::zeros(shape, src.options()).index_add(0, index, src);
+}
+
+}  // namespace recsys::models
