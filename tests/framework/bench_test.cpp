@@ -168,20 +168,29 @@ TEST_CASE("bench: the pipeline benchmark parses and batches a generated log", "[
           Approx(256 * r["ctr_batches_per_s"].get<double>()));
 }
 
-TEST_CASE("bench: the recsys binary runs workloads in child processes", "[bench]") {
-  if (!std::filesystem::exists("build/recsys")) {
-    WARN("build/recsys not found (run the tests from the repository root after building): skipped");
-    return;
-  }
+namespace {
+
+/// Runs `env_prefix build/recsys bench ARGS --json` and returns its first JSON line (undefined
+/// JSON when the binary is missing: the caller skips).
+nlohmann::json bench_cli(const std::string& env_prefix, const std::string& args) {
+  if (!std::filesystem::exists("build/recsys")) return nlohmann::json();
   auto out = recsys::testing::temp_dir("bench_cli") / "out.json";
-  std::string cmd =
-      "build/recsys bench --workloads pipeline --pipeline-lines 2000 --json --threads 1 > " +
-      out.string();
+  std::string cmd = env_prefix + " build/recsys bench " + args + " --json > " + out.string();
   REQUIRE(std::system(cmd.c_str()) == 0);
   std::ifstream in(out);
   std::string line;
   REQUIRE(std::getline(in, line));
-  auto r = nlohmann::json::parse(line);
+  return nlohmann::json::parse(line);
+}
+
+}  // namespace
+
+TEST_CASE("bench: the recsys binary runs workloads in child processes", "[bench]") {
+  auto r = bench_cli("", "--workloads pipeline --pipeline-lines 2000 --threads 1");
+  if (r.is_null()) {
+    WARN("build/recsys not found (run the tests from the repository root after building): skipped");
+    return;
+  }
   REQUIRE(r["workload"] == "pipeline");
   require_finite_positive(r, "peak_rss_mb");
   require_finite_positive(r, "parse_taobao_lines_per_s");
@@ -189,20 +198,12 @@ TEST_CASE("bench: the recsys binary runs workloads in child processes", "[bench]
 
 TEST_CASE("bench: the binary picks an OpenMP wait policy and reports memory against the model",
           "[bench]") {
-  if (!std::filesystem::exists("build/recsys")) {
+  auto r = bench_cli("env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u RECSYS_OMP_CHOICE",
+                     "--workloads din --steps 1 --threads 1");
+  if (r.is_null()) {
     WARN("build/recsys not found (run the tests from the repository root after building): skipped");
     return;
   }
-  auto dir = recsys::testing::temp_dir("bench_policy");
-  auto out = dir / "out.json";
-  std::string cmd = "env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u RECSYS_OMP_CHOICE "
-                    "build/recsys bench --workloads din --steps 1 --json --threads 1 > " +
-                    out.string();
-  REQUIRE(std::system(cmd.c_str()) == 0);
-  std::ifstream in(out);
-  std::string line;
-  REQUIRE(std::getline(in, line));
-  auto r = nlohmann::json::parse(line);
   const auto policy = r["omp_wait_policy"].get<std::string>();
   INFO(policy);
   CHECK((policy.rfind("spin 20000", 0) == 0 || policy.rfind("PASSIVE", 0) == 0));
@@ -210,15 +211,10 @@ TEST_CASE("bench: the binary picks an OpenMP wait policy and reports memory agai
   require_finite_positive(r, "workload_rss_mb");
   require_finite_positive(r, "memory_ratio");
   // A policy the user set is kept and reported as such.
-  cmd = "OMP_WAIT_POLICY=PASSIVE build/recsys bench --workloads din --steps 1 --json --threads 1 > " +
-        out.string();
-  REQUIRE(std::system(cmd.c_str()) == 0);
-  std::ifstream in2(out);
-  REQUIRE(std::getline(in2, line));
-  CHECK(nlohmann::json::parse(line)["omp_wait_policy"] == "PASSIVE");
+  auto kept = bench_cli("OMP_WAIT_POLICY=PASSIVE", "--workloads din --steps 1 --threads 1");
+  CHECK(kept["omp_wait_policy"] == "PASSIVE");
   // An unknown optimisation is a usage error: exit status 2.
-  cmd = "build/recsys bench --workloads din --disable nope > /dev/null 2>&1";
-  const int status = std::system(cmd.c_str());
+  const int status = std::system("build/recsys bench --workloads din --disable nope > /dev/null 2>&1");
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 2);
   CHECK(recsys::bench::other_busy_cores(20) >= -1);
