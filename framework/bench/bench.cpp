@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "framework/bench/workloads.h"
+#include "framework/train/optimizer.h"
 #include "framework/util/errors.h"
 
 namespace recsys::bench {
@@ -83,6 +84,15 @@ void Workload::end_phase(int i) {
   phase_start_ = now;
 }
 
+torch::Tensor Workload::finish_step(const torch::Tensor& loss, train::Optimizer& optimizer) {
+  end_phase(0);
+  loss.backward();
+  end_phase(1);
+  optimizer.step();
+  end_phase(2);
+  return loss.detach();
+}
+
 BenchShapes BenchShapes::tiny() {
   BenchShapes s;
   auto& t = s.two_tower;
@@ -123,18 +133,27 @@ const std::vector<std::string>& optimisation_names() {
   return names;
 }
 
+namespace {
+
+void check_optimisation_names(const std::vector<std::string>& names) {
+  const auto& known = optimisation_names();
+  for (const auto& d : names) {
+    if (std::find(known.begin(), known.end(), d) != known.end()) continue;
+    std::string list;
+    for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+    throw UsageError("--disable: unknown optimisation '" + d + "' (known: " + list + ")");
+  }
+}
+
+}  // namespace
+
 std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShapes& shapes,
                                         torch::Device device, uint64_t seed,
                                         const std::vector<std::string>& disabled) {
   auto on = [&](const char* o) {
     return std::find(disabled.begin(), disabled.end(), o) == disabled.end();
   };
-  for (const auto& d : disabled)
-    if (std::find(optimisation_names().begin(), optimisation_names().end(), d) ==
-        optimisation_names().end())
-      throw UsageError("--disable: unknown optimisation '" + d + "' (known: optimizer, " +
-                       "cross_entropy, item_tower_batch, first_layer, packing, gru_packed, " +
-                       "gru_fused)");
+  check_optimisation_names(disabled);
   if (name == "twotower_ssl") {
     TwoTowerPaths p;
     p.batched_item_tower = on("item_tower_batch");
@@ -479,12 +498,7 @@ int run_bench(const BenchOptions& options) {
     if (!known.count(w))
       throw UsageError("--workloads: unknown workload '" + w +
                        "' (known: twotower_ssl, din, dien, pipeline)");
-  for (const auto& d : options.disable)
-    if (std::find(optimisation_names().begin(), optimisation_names().end(), d) ==
-        optimisation_names().end())
-      throw UsageError("--disable: unknown optimisation '" + d + "' (known: optimizer, " +
-                       "cross_entropy, item_tower_batch, first_layer, packing, gru_packed, " +
-                       "gru_fused)");
+  check_optimisation_names(options.disable);
   if (options.threads < 1) throw UsageError("--threads must be >= 1");
   if (options.steps < 1) throw UsageError("--steps must be >= 1");
   if (options.device != "cpu" && options.device != "cuda")

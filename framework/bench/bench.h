@@ -10,6 +10,10 @@
 #include <string>
 #include <vector>
 
+namespace recsys::train {
+class Optimizer;
+}
+
 // `recsys bench`: the canonical training workloads of WORKLOADS.md (shared/bench) run through the
 // framework's own models, losses and optimizer on in-memory synthetic batches, plus a benchmark of
 // the data pipeline (log parsing and batch building).
@@ -91,6 +95,9 @@ class Workload {
   /// phase 0 is timed from begin_step().
   void begin_step();
   void end_phase(int i);
+  /// The rest of a step once the loss is computed: ends the forward phase, runs backward and
+  /// the optimizer step (each timed as its phase); returns the detached loss.
+  torch::Tensor finish_step(const torch::Tensor& loss, train::Optimizer& optimizer);
 
  private:
   std::array<double, 3> phase_ms_{};

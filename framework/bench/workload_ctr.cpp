@@ -91,12 +91,7 @@ class CtrWorkload : public Workload {
     auto loss = torch::binary_cross_entropy_with_logits(out.logits, labels_[k]);
     if (out.aux_loss.defined()) loss = loss + out.aux_loss;
     if (out.regularization.defined()) loss = loss + out.regularization;
-    end_phase(0);
-    loss.backward();
-    end_phase(1);
-    optimizer_->step();
-    end_phase(2);
-    return loss.detach();
+    return finish_step(loss, *optimizer_);
   }
 
   double flops_per_example() const override { return flops_; }

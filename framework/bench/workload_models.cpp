@@ -33,22 +33,8 @@ std::unique_ptr<Workload> make_din(const CtrShapes& s, torch::Device device, uin
                                .attention_activation(models::Activation::kSigmoid)
                                .attention_softmax(false)
                                .mlp(output_mlp(s))
-                               .pack_valid(paths.packed_model));
-    if (!paths.fused) {
-      // The plain activation unit (concatenated [q, k, q - k, q * k]), same parameters.
-      auto plain = models::ActivationUnit(models::ActivationUnitOptions(2 * s.dim)
-                                              .hidden(s.attention)
-                                              .activation(models::Activation::kSigmoid)
-                                              .softmax(false)
-                                              .fused_first_layer(false));
-      {
-        // Same parameters as the unit it replaces, so both paths compute the same losses.
-        torch::NoGradGuard no_grad;
-        auto from = din->attention->named_parameters();
-        for (auto& p : plain->named_parameters()) p.value().copy_(from[p.key()]);
-      }
-      din->attention = din->replace_module("attention", plain);
-    }
+                               .pack_valid(paths.packed_model)
+                               .attention_fused_first_layer(paths.fused));
     return std::static_pointer_cast<models::CtrModel>(din.ptr());
   }, paths.fused_optimizer);
 }
@@ -64,18 +50,8 @@ std::unique_ptr<Workload> make_dien(const CtrShapes& s, torch::Device device, ui
                                  .mlp(output_mlp(s))
                                  .aux_hidden(s.aux)
                                  .alpha_aux(1.0)
-                                 .pack_valid(paths.packed_model));
-    if (!paths.packed_gru) {
-      // Same parameters (copied), the layers' per-sequence gru_fused instead of gru_packed.
-      for (auto* layer : {&dien->extractor, &dien->evolution}) {
-        auto o = (*layer)->options();
-        models::GruLayer plain(models::GruLayerOptions(o).packed(false));
-        torch::NoGradGuard no_grad;
-        auto from = (*layer)->named_parameters();
-        for (auto& p : plain->named_parameters()) p.value().copy_(from[p.key()]);
-        *layer = dien->replace_module(layer == &dien->extractor ? "extractor" : "evolution", plain);
-      }
-    }
+                                 .pack_valid(paths.packed_model)
+                                 .packed_gru(paths.packed_gru));
     return std::static_pointer_cast<models::CtrModel>(dien.ptr());
   }, paths.fused_optimizer);
 }

@@ -147,12 +147,7 @@ class TwoTowerSsl : public Workload {
     auto ssl = losses::contrastive(z1, z2, s_.temperature, /*symmetric=*/false,
                                    paths_.cross_entropy_kernel);
     auto loss = main.mean() + s_.ssl_weight * ssl.mean();
-    end_phase(0);
-    loss.backward();
-    end_phase(1);
-    optimizer_->step();
-    end_phase(2);
-    return loss.detach();
+    return finish_step(loss, *optimizer_);
   }
 
   double flops_per_example() const override {

@@ -123,8 +123,7 @@ void Optimizer::update_dense(size_t i, torch::Tensor& p, torch::Tensor g) {
       auto& v = state2_[i];
       m.mul_(o.beta1).add_(g, 1 - o.beta1);
       v.mul_(o.beta2).addcmul_(g, g, 1 - o.beta2);
-      double bc1 = 1 - std::pow(o.beta1, static_cast<double>(steps_));
-      double bc2 = 1 - std::pow(o.beta2, static_cast<double>(steps_));
+      const auto [bc1, bc2] = bias_corrections();
       auto denom = (v.sqrt() / std::sqrt(bc2)).add_(o.eps);
       p.addcdiv_(m, denom, -o.lr / bc1);
       break;
@@ -161,8 +160,7 @@ void Optimizer::update_sparse(size_t i, torch::Tensor& p, const torch::Tensor& g
       auto v = state2_[i].index_select(0, rows).mul_(o.beta2).addcmul_(vals, vals, 1 - o.beta2);
       state1_[i].index_copy_(0, rows, m);
       state2_[i].index_copy_(0, rows, v);
-      double bc1 = 1 - std::pow(o.beta1, static_cast<double>(steps_));
-      double bc2 = 1 - std::pow(o.beta2, static_cast<double>(steps_));
+      const auto [bc1, bc2] = bias_corrections();
       auto denom = (v.sqrt_() / std::sqrt(bc2)).add_(o.eps);
       prow.addcdiv_(m, denom, -o.lr / bc1);
       break;
@@ -178,6 +176,11 @@ void Optimizer::update_sparse(size_t i, torch::Tensor& p, const torch::Tensor& g
       break;
   }
   p.index_copy_(0, rows, prow);
+}
+
+std::pair<double, double> Optimizer::bias_corrections() const {
+  const double t = static_cast<double>(steps_);
+  return {1 - std::pow(options_.beta1, t), 1 - std::pow(options_.beta2, t)};
 }
 
 bool Optimizer::fusable(size_t i) const {
@@ -331,8 +334,7 @@ void Optimizer::step_fused() {
     if (norm > o.grad_clip) scale = static_cast<float>(o.grad_clip / (norm + 1e-6));
   }
 
-  const double bc1 = 1 - std::pow(o.beta1, static_cast<double>(steps_));
-  const double bc2 = 1 - std::pow(o.beta2, static_cast<double>(steps_));
+  const auto [bc1, bc2] = bias_corrections();
   Rule rule{static_cast<float>(o.lr),
             static_cast<float>(o.beta1),
             static_cast<float>(o.beta2),

@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "framework/config/config.h"
@@ -48,6 +49,8 @@ class Optimizer {
   void update_dense(size_t i, torch::Tensor& p, torch::Tensor g);
   void update_sparse(size_t i, torch::Tensor& p, const torch::Tensor& g);
   bool fusable(size_t i) const;
+  /// Adam's 1 - beta1^t and 1 - beta2^t at the current step t.
+  std::pair<double, double> bias_corrections() const;
   void step_plain();
   void step_fused();
 

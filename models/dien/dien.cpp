@@ -43,7 +43,10 @@ torch::Tensor AuxiliaryNetImpl::forward_pairs(const torch::Tensor& h, const torc
 DienImpl::DienImpl(DienOptions options) : options_(std::move(options)) {
   const int64_t h = options_.extractor_hidden() > 0 ? options_.extractor_hidden() : behaviour_dim();
   const int64_t h2 = options_.evolution_hidden() > 0 ? options_.evolution_hidden() : h;
-  build(GruLayer(GruLayerOptions(h, h2).kind(options_.evolution()).fused(options_.fused())));
+  build(GruLayer(GruLayerOptions(h, h2)
+                     .kind(options_.evolution())
+                     .fused(options_.fused())
+                     .packed(options_.packed_gru())));
 }
 
 DienImpl::DienImpl(DienOptions options, GruLayer evolution_layer) : options_(std::move(options)) {
@@ -66,7 +69,10 @@ void DienImpl::build(GruLayer evolution_layer) {
   options_.evolution(evo.kind());
 
   extractor = register_module("extractor",
-                              GruLayer(GruLayerOptions(e, h).kind(GruKind::kGru).fused(o.fused())));
+                              GruLayer(GruLayerOptions(e, h)
+                                           .kind(GruKind::kGru)
+                                           .fused(o.fused())
+                                           .packed(o.packed_gru())));
   if (evo.kind() != GruKind::kGru)
     attention = register_module("attention", BilinearAttention(h, e));
   evolution = register_module("evolution", std::move(evolution_layer));

@@ -64,6 +64,9 @@ struct DienOptions {
   /// attention. Same function as the padded path (its test oracle); histories of length 0 take
   /// the padded path.
   TORCH_ARG(bool, pack_valid) = true;
+  /// With fused, both GRU layers take gru_packed on the CPU (GruLayerOptions::packed); false
+  /// keeps gru_fused over the padded steps (and so the padded model path).
+  TORCH_ARG(bool, packed_gru) = true;
   /// The output MLP over [h_final, candidate, sum of history] (a final layer to 1 logit is
   /// appended); Dice 200 -> 80 by default.
   TORCH_ARG(CtrMlpOptions, mlp);

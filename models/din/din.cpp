@@ -12,7 +12,9 @@ DinImpl::DinImpl(DinOptions options) : options_(std::move(options)) {
                                                       .hidden(options_.attention_hidden())
                                                       .activation(options_.attention_activation())
                                                       .softmax(options_.attention_softmax())
-                                                      .pack_valid(options_.pack_valid())));
+                                                      .pack_valid(options_.pack_valid())
+                                                      .fused_first_layer(
+                                                          options_.attention_fused_first_layer())));
   mlp = register_module("mlp", make_ctr_mlp(3 * d, options_.mlp()));
 }
 

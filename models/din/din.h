@@ -24,6 +24,10 @@ struct DinOptions {
   /// Look up, score and sum only the valid history steps on the CPU (ActivationUnitOptions::
   /// pack_valid); false builds the padded [B, T, D] behaviours. Same function either way.
   TORCH_ARG(bool, pack_valid) = true;
+  /// The attention's first layer computed as q (Wq + Wd) + [k, q * k] [Wk - Wd; Wp] (same
+  /// parameters and function); false concatenates [q, k, q - k, q * k] (the plain path, which
+  /// also scores every padded step).
+  TORCH_ARG(bool, attention_fused_first_layer) = true;
   TORCH_ARG(CtrMlpOptions, mlp);
 };
 

@@ -43,14 +43,10 @@ void check_same(const char* who, const char* what, const Tensor& t, const Tensor
               x.device(), "; move both to one device");
 }
 
-void check_inputs(const char* who, GruKind kind, const Tensor& x, const Tensor& lengths,
-                  const Tensor& attention, const Tensor& h0, const Tensor& w_ih,
-                  const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh) {
-  TORCH_CHECK(x.defined() && x.dim() == 3, who, ": x must be [B, T, I], got ",
-              x.defined() ? x.sizes() : c10::IntArrayRef{});
+// The weights against x's input width I (and dtype / device); returns H.
+int64_t check_weights(const char* who, const Tensor& x, int64_t I, const Tensor& w_ih,
+                      const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh) {
   TORCH_CHECK(x.is_floating_point(), who, ": x must be floating point, got ", x.scalar_type());
-  const int64_t B = x.size(0), T = x.size(1), I = x.size(2);
-  TORCH_CHECK(T >= 1, who, ": x has no time steps (T = 0); every sequence needs length >= 1");
   TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 3 * w_hh.size(1), who,
               ": weight_hh must be [3H, H] (gates r, z, n), got ", w_hh.sizes());
   const int64_t H = w_hh.size(1);
@@ -65,6 +61,40 @@ void check_inputs(const char* who, GruKind kind, const Tensor& x, const Tensor& 
   check_same(who, "weight_hh", w_hh, x);
   check_same(who, "bias_ih", b_ih, x);
   check_same(who, "bias_hh", b_hh, x);
+  return H;
+}
+
+// Attention scores: none for kGru, of shape `shape` (named `shape_name`) for the other kinds.
+void check_attention(const char* who, GruKind kind, const Tensor& attention, const Tensor& x,
+                     c10::IntArrayRef shape, const char* shape_name) {
+  if (kind == GruKind::kGru) {
+    TORCH_CHECK(!attention.defined(), who,
+                ": kind 'gru' takes no attention scores; pass an undefined tensor or use "
+                "aigru/agru/augru");
+    return;
+  }
+  TORCH_CHECK(attention.defined(), who, ": kind '", gru_kind_name(kind), "' needs attention scores ",
+              shape_name, "; pass them or use kind 'gru'");
+  TORCH_CHECK(attention.sizes() == shape, who, ": attention must be ", shape_name, " = ", shape,
+              ", got ", attention.sizes());
+  check_same(who, "attention", attention, x);
+}
+
+void check_h0(const char* who, const Tensor& h0, const Tensor& x, int64_t B, int64_t H) {
+  if (!h0.defined()) return;
+  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H, who,
+              ": h0 must be [B, H] = [", B, ", ", H, "], got ", h0.sizes());
+  check_same(who, "h0", h0, x);
+}
+
+void check_inputs(const char* who, GruKind kind, const Tensor& x, const Tensor& lengths,
+                  const Tensor& attention, const Tensor& h0, const Tensor& w_ih,
+                  const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh) {
+  TORCH_CHECK(x.defined() && x.dim() == 3, who, ": x must be [B, T, I], got ",
+              x.defined() ? x.sizes() : c10::IntArrayRef{});
+  const int64_t B = x.size(0), T = x.size(1), I = x.size(2);
+  TORCH_CHECK(T >= 1, who, ": x has no time steps (T = 0); every sequence needs length >= 1");
+  const int64_t H = check_weights(who, x, I, w_ih, w_hh, b_ih, b_hh);
 
   TORCH_CHECK(lengths.defined() && lengths.dim() == 1 && lengths.size(0) == B, who,
               ": lengths must be a 1-D tensor with one entry per sequence ([B] = [", B, "]), got ",
@@ -78,23 +108,25 @@ void check_inputs(const char* who, GruKind kind, const Tensor& x, const Tensor& 
     TORCH_CHECK(lo >= 1 && hi <= T, who, ": lengths must lie in [1, T] = [1, ", T, "], got min ",
                 lo, " and max ", hi, "; drop empty sequences and pad x to the longest sequence");
   }
+  check_attention(who, kind, attention, x, {B, T}, "[B, T]");
+  check_h0(who, h0, x, B, H);
+}
 
-  if (kind == GruKind::kGru) {
-    TORCH_CHECK(!attention.defined(), who,
-                ": kind 'gru' takes no attention scores; pass an undefined tensor or use "
-                "aigru/agru/augru");
-  } else {
-    TORCH_CHECK(attention.defined(), who, ": kind '", gru_kind_name(kind),
-                "' needs attention scores [B, T]; pass them or use kind 'gru'");
-    TORCH_CHECK(attention.dim() == 2 && attention.size(0) == B && attention.size(1) == T, who,
-                ": attention must be [B, T] = [", B, ", ", T, "], got ", attention.sizes());
-    check_same(who, "attention", attention, x);
-  }
-  if (h0.defined()) {
-    TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H, who,
-                ": h0 must be [B, H] = [", B, ", ", H, "], got ", h0.sizes());
-    check_same(who, "h0", h0, x);
-  }
+// What follows from the gate pre-activations' gradients d_gi, d_gh [M, 3H] (one row per step,
+// any row order): the weight and bias gradients, and d loss / d x_in = d_gi W_ih [M, I] when
+// wanted. x_in [M, I] is the input fed to the cell, h_before [M, H] the state before each step.
+struct InputSideGrads {
+  Tensor dw_ih, dw_hh, db_ih, db_hh, dx_in;
+};
+InputSideGrads input_side_grads(const Tensor& d_gi, const Tensor& d_gh, const Tensor& x_in,
+                                const Tensor& h_before, const Tensor& w_ih, bool want_dx_in) {
+  InputSideGrads g;
+  g.dw_hh = d_gh.t().mm(h_before);
+  g.db_hh = d_gh.sum(0);
+  g.dw_ih = d_gi.t().mm(x_in);
+  g.db_ih = d_gi.sum(0);
+  if (want_dx_in) g.dx_in = d_gi.mm(w_ih);
+  return g;
 }
 
 // Autograd node over the whole sequence. Notation: the candidate weight g is what multiplies
@@ -251,23 +283,18 @@ class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
     }
     d_gi.narrow(2, 0, 2 * H).copy_(d_gh.narrow(2, 0, 2 * H));
 
-    const auto d_gi_2d = d_gi.view({T * B, G});
-    const auto d_gh_2d = d_gh.view({T * B, G});
-    auto dw_hh = d_gh_2d.t().mm(hs.narrow(0, 0, T).reshape({T * B, H}));
-    auto db_hh = d_gh_2d.sum(0);
-    auto dw_ih = d_gi_2d.t().mm(x_in.view({T * B, I}));
-    auto db_ih = d_gi_2d.sum(0);
-
-    Tensor dx, da;
     const bool need_dx = s["need_dx"].toBool();
+    auto side = input_side_grads(d_gi.view({T * B, G}), d_gh.view({T * B, G}),
+                              x_in.view({T * B, I}), hs.narrow(0, 0, T).reshape({T * B, H}), w_ih,
+                              need_dx || kind == GruKind::kAigru);
+    Tensor dx, da;
     if (kind == GruKind::kAigru) {
-      const auto x_tb = s["x_tb"].toTensor();
-      auto dx_in = d_gi_2d.mm(w_ih).view({T, B, I});
+      auto dx_in = side.dx_in.view({T, B, I});
       // x_in = a * x: the mask needs no separate handling since d_gi is zero at padded steps.
-      da = (dx_in * x_tb).sum(2).t();
+      da = (dx_in * s["x_tb"].toTensor()).sum(2).t();
       if (need_dx) dx = (dx_in * s["a_tb"].toTensor()).transpose(0, 1);
-    } else {
-      if (need_dx) dx = d_gi_2d.mm(w_ih).view({T, B, I}).transpose(0, 1);
+    } else if (need_dx) {
+      dx = side.dx_in.view({T, B, I}).transpose(0, 1);
     }
     if (kind == GruKind::kAugru) {
       // g = a mask (1 - z), so dg/da = mask (1 - z).
@@ -277,7 +304,7 @@ class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
       da = dg_all.sum(2).mul_(mask.squeeze(2)).t();
     }
     Tensor dh0 = has_h0 ? dh : Tensor();
-    return {Tensor(), dx, Tensor(), da, dh0, dw_ih, dw_hh, db_ih, db_hh};
+    return {Tensor(), dx, Tensor(), da, dh0, side.dw_ih, side.dw_hh, side.db_ih, side.db_hh};
   }
 };
 
@@ -553,22 +580,18 @@ class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
       }
     });
 
-    auto dw_hh = d_gh.t().mm(hprev);
-    auto db_hh = d_gh.sum(0);
-    auto dw_ih = d_gi.t().mm(x_in);
-    auto db_ih = d_gi.sum(0);
-    Tensor dx;
     const bool need_dx = s["need_dx"].toBool();
+    auto side = input_side_grads(d_gi, d_gh, x_in, hprev, w_ih, need_dx || kind == GruKind::kAigru);
+    Tensor dx;
     if (kind == GruKind::kAigru) {
-      auto dx_in = d_gi.mm(w_ih);  // [N, I]
-      da_p = (dx_in * s["x_p"].toTensor()).sum(1);
-      if (need_dx) dx = dx_in * a_p.unsqueeze(1);
+      da_p = (side.dx_in * s["x_p"].toTensor()).sum(1);
+      if (need_dx) dx = side.dx_in * a_p.unsqueeze(1);
     } else if (need_dx) {
-      dx = d_gi.mm(w_ih);
+      dx = side.dx_in;
     }
     Tensor dh0;
     if (s["has_h0"].toBool()) dh0 = at::empty_like(dh).index_copy_(0, perm, dh);
-    return {Tensor(), Tensor(), dx, da_p, dh0, dw_ih, dw_hh, db_ih, db_hh};
+    return {Tensor(), Tensor(), dx, da_p, dh0, side.dw_ih, side.dw_hh, side.db_ih, side.db_hh};
   }
 };
 
@@ -685,18 +708,10 @@ GruOutput gru_packed_sequences(GruKind kind, const PackedLayout& layout, const t
   TORCH_CHECK(x.dim() == 2 && x.size(0) == N && x.device().is_cpu(),
               "gru_packed_sequences: x must be the packed [N, I] = [", N, ", I] CPU tensor, got ",
               x.sizes());
-  // The shape checks of the padded API on a [N, 1, I] view (lengths all 1).
-  check_inputs("gru_packed_sequences", kind, x.unsqueeze(1), torch::ones({N}, torch::kLong),
-               attention.defined() ? attention.reshape({N, 1}) : attention,
-               torch::Tensor(), weight_ih, weight_hh, bias_ih, bias_hh);
-  if (attention.defined())
-    TORCH_CHECK(attention.dim() == 1, "gru_packed_sequences: attention must be packed [N], got ",
-                attention.sizes());
-  if (h0.defined()) {
-    TORCH_CHECK(h0.dim() == 2 && h0.size(0) == layout.batch && h0.size(1) == weight_hh.size(1),
-                "gru_packed_sequences: h0 must be [B, H], got ", h0.sizes());
-    check_same("gru_packed_sequences", "h0", h0, x);
-  }
+  const char* who = "gru_packed_sequences";
+  const int64_t H = check_weights(who, x, x.size(1), weight_ih, weight_hh, bias_ih, bias_hh);
+  check_attention(who, kind, attention, x, {N}, "packed [N]");
+  check_h0(who, h0, x, layout.batch, H);
   c10::optional<torch::Tensor> a, h;
   if (attention.defined()) a = attention.contiguous();
   if (h0.defined()) h = h0;
