@@ -17,6 +17,7 @@
 
 #include "framework/bench/workloads.h"
 #include "framework/train/optimizer.h"
+#include "framework/util/allocator.h"
 #include "framework/util/errors.h"
 
 namespace recsys::bench {
@@ -129,7 +130,7 @@ const std::vector<std::string>& workload_names() {
 const std::vector<std::string>& optimisation_names() {
   static const std::vector<std::string> names = {"optimizer", "cross_entropy", "item_tower_batch",
                                                  "first_layer", "packing", "gru_packed",
-                                                 "gru_fused"};
+                                                 "gru_fused", "allocator"};
   return names;
 }
 
@@ -243,10 +244,12 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
     auto a = torch::ones({512, 512});
     (void)torch::mm(a, a).sum().item<float>();
   }
+  const auto& disabled_list = options.plain ? optimisation_names() : options.disable;
+  if (std::find(disabled_list.begin(), disabled_list.end(), "allocator") == disabled_list.end())
+    util::retain_freed_memory();
   const double rss_baseline = proc_status_mb("VmRSS:");
   auto device = parse_device(options.device);
-  auto workload = make_workload(name, options.shapes, device, 1,
-                                options.plain ? optimisation_names() : options.disable);
+  auto workload = make_workload(name, options.shapes, device, 1, disabled_list);
   TORCH_CHECK(options.steps >= 1, "bench: --steps must be >= 1");
   for (int i = 0; i < options.warmup; ++i) workload->step();
   sync(device);
@@ -287,6 +290,7 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
                          : wait  ? std::string(wait)
                          : spin  ? "GOMP_SPINCOUNT=" + std::string(spin)
                                  : std::string("unset");
+  r["allocator"] = util::allocator_policy();
   r["peak_rss_mb"] = proc_status_mb("VmHWM:");  // replaced by the parent's wait4 figure in a child
   r["rss_baseline_mb"] = rss_baseline;
   r["param_mb"] = workload->param_bytes() / kMiB;

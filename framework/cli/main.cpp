@@ -16,6 +16,7 @@
 #include "framework/train/experiment.h"
 #include "framework/train/sweep.h"
 #include "models/two_tower/retrieval_task.h"
+#include "framework/util/allocator.h"
 #include "framework/util/errors.h"
 #include "framework/util/logging.h"
 #include "models/din/ctr_task.h"
@@ -173,6 +174,8 @@ int main(int argc, char** argv) {
     // wait policy from the current load as the bench does (a no-op when the user set one).
     if (*train_cmd || *sweep_cmd)
       bench::ensure_omp_wait_policy(argv, static_cast<int>(std::thread::hardware_concurrency()));
+    // Training reuses its freed step buffers instead of page-faulting them back in every step.
+    if (*train_cmd || *sweep_cmd) util::retain_freed_memory();
     if (*train_cmd) return cmd_train(config_path, overrides, out, dump, overwrite, log_level);
     if (*list_cmd) return cmd_list();
     if (*sweep_cmd) {
