@@ -19,9 +19,9 @@ trap 'rm -rf "$OUT"' EXIT
 [ -x "$BIN" ] || { echo "missing $BIN: build first (ninja -C build recsys)" >&2; exit 2; }
 
 declare -A OPTS=(
-  [twotower_ssl]="optimizer cross_entropy item_tower_batch"
-  [din]="optimizer first_layer packing"
-  [dien]="optimizer packing gru_packed gru_fused"
+  [twotower_ssl]="optimizer cross_entropy item_tower_batch small_vocab_projection allocator"
+  [din]="optimizer first_layer packing allocator"
+  [dien]="optimizer packing gru_packed gru_fused allocator"
 )
 run() {  # workload, label, extra args...
   local w=$1 label=$2; shift 2

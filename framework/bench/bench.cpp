@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <torch/cuda.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/version.h>
 #include <unistd.h>
 
@@ -130,7 +131,8 @@ const std::vector<std::string>& workload_names() {
 const std::vector<std::string>& optimisation_names() {
   static const std::vector<std::string> names = {"optimizer", "cross_entropy", "item_tower_batch",
                                                  "first_layer", "packing", "gru_packed",
-                                                 "gru_fused", "allocator"};
+                                                 "gru_fused", "small_vocab_projection",
+                                                 "allocator"};
   return names;
 }
 
@@ -160,6 +162,7 @@ std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShap
     p.batched_item_tower = on("item_tower_batch");
     p.cross_entropy_kernel = on("cross_entropy");
     p.fused_optimizer = on("optimizer");
+    p.project_small_vocabularies = on("small_vocab_projection");
     return make_twotower_ssl(shapes.two_tower, device, seed, p);
   }
   CtrPaths p;
@@ -266,6 +269,10 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   std::array<std::vector<double>, 3> phases;
   ms.reserve(static_cast<size_t>(options.steps));
   torch::Tensor loss;
+  std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
+  if (!options.profile.empty())
+    profile = std::make_unique<torch::autograd::profiler::RecordProfile>(options.profile + "." +
+                                                                         name + ".json");
   const double cpu0 = process_cpu_s();
   for (int i = 0; i < options.steps; ++i) {
     auto t0 = Clock::now();
@@ -274,6 +281,7 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
     ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     for (size_t p = 0; p < 3; ++p) phases[p].push_back(workload->phase_ms()[p]);
   }
+  profile.reset();  // writes the trace
   const double cpu_ms = 1000.0 * (process_cpu_s() - cpu0) / options.steps;
   double step_ms = median(ms);
   nlohmann::json r;

@@ -68,6 +68,10 @@ struct BenchOptions {
   std::vector<std::string> disable;
   /// Lines of the generated interaction log for the pipeline benchmark.
   int64_t pipeline_lines = 2000000;
+  /// When set: a Chrome trace of each workload's timed steps (LibTorch's profiler) is written to
+  /// PREFIX.WORKLOAD.json. Profiling slows small operators down; the timings it reports are of
+  /// the profiled run.
+  std::string profile;
   BenchShapes shapes;
 };
 
@@ -111,7 +115,9 @@ const std::vector<std::string>& workload_names();
 /// kernel), item_tower_batch (positives and both SSL views as one item-tower pass),
 /// first_layer (DIN's fused attention first layer), packing (DIN / DIEN on the packed valid
 /// steps), gru_packed (gru_packed inside DIEN's GRU layers), gru_fused (the hand-written BPTT;
-/// off = the per-step reference GRU).
+/// off = the per-step reference GRU), small_vocab_projection (the towers' first layer through
+/// the projected rows of small vocabularies), allocator (util::retain_freed_memory; off =
+/// glibc's defaults).
 const std::vector<std::string>& optimisation_names();
 
 /// Builds a workload (throws UsageError for an unknown name) with the optimisations in

@@ -46,8 +46,11 @@ class TwoTowerSsl : public Workload {
         {"keywords", rows_of(s.keywords), d, Pooling::kMean, false},
         {"city", rows_of(s.cities), d, Pooling::kMean, false}};
     torch::manual_seed(seed);
-    model_ = models::TwoTower(models::TwoTowerOptions(models::TowerOptions(user, s.hidden),
-                                                      models::TowerOptions(item, s.hidden)));
+    model_ = models::TwoTower(models::TwoTowerOptions(
+        models::TowerOptions(user, s.hidden)
+            .project_small_vocabularies(paths_.project_small_vocabularies),
+        models::TowerOptions(item, s.hidden)
+            .project_small_vocabularies(paths_.project_small_vocabularies)));
     model_->to(device);
     params_ = model_->parameters();
     train::OptimizerOptions opt;

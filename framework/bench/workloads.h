@@ -15,6 +15,9 @@ struct TwoTowerPaths {
   bool cross_entropy_kernel = true;
   /// train::Optimizer's fused path (else its tensor-op path).
   bool fused_optimizer = true;
+  /// Towers project the small vocabularies' used rows through the first layer
+  /// (TowerOptions::project_small_vocabularies; else every example's embedding is multiplied).
+  bool project_small_vocabularies = true;
 };
 
 std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Device device,

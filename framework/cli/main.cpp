@@ -157,8 +157,11 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--plain", bench_options.plain, "run every workload's plain (unoptimised) path");
   bench_cmd->add_option("--disable", bench_options.disable,
                         "optimisations to switch off (comma-separated): optimizer, cross_entropy, "
-                        "item_tower_batch, first_layer, packing, gru_packed, gru_fused")
+                        "item_tower_batch, first_layer, packing, gru_packed, gru_fused, "
+                        "small_vocab_projection, allocator")
       ->delimiter(',');
+  bench_cmd->add_option("--profile", bench_options.profile,
+                        "write a Chrome trace of each workload's timed steps to PREFIX.WORKLOAD.json");
   bench_cmd->add_option("--pipeline-lines", bench_options.pipeline_lines, "lines of the generated log (pipeline)");
 
   try {

@@ -45,15 +45,17 @@ torch::Tensor FeatureEncoderImpl::forward(const std::vector<torch::Tensor>& inpu
               " inputs, got ", inputs.size());
   std::vector<torch::Tensor> parts;
   parts.reserve(feats.size());
-  for (size_t i = 0; i < feats.size(); ++i) {
-    if (feats[i].numeric) {
-      auto x = inputs[i].to(tables_[i].scalar_type()).reshape({-1, 1});
-      parts.push_back(x * tables_[i][0] + tables_[i][1]);
-    } else {
-      parts.push_back(pooled_lookup(tables_[i], inputs[i], feats[i].pooling, options_.sparse()));
-    }
-  }
+  for (size_t i = 0; i < feats.size(); ++i) parts.push_back(encode(i, inputs[i]));
   return torch::cat(parts, 1);
+}
+
+torch::Tensor FeatureEncoderImpl::encode(size_t i, const torch::Tensor& input) {
+  const auto& f = options_.features().at(i);
+  if (f.numeric) {
+    auto x = input.to(tables_[i].scalar_type()).reshape({-1, 1});
+    return x * tables_[i][0] + tables_[i][1];
+  }
+  return pooled_lookup(tables_[i], input, f.pooling, options_.sparse());
 }
 
 }  // namespace recsys::models

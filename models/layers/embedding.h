@@ -34,7 +34,10 @@ class FeatureEncoderImpl : public torch::nn::Module {
  public:
   explicit FeatureEncoderImpl(FeatureEncoderOptions options);
   torch::Tensor forward(const std::vector<torch::Tensor>& inputs);
+  /// Feature i's part of the concatenation ([B, dim]).
+  torch::Tensor encode(size_t i, const torch::Tensor& input);
   int64_t out_dim() const { return out_dim_; }
+  const FeatureEncoderOptions& options() const { return options_; }
   /// The table of feature i (undefined for numeric features).
   const torch::Tensor& table(size_t i) const { return tables_.at(i); }
 

@@ -1,5 +1,7 @@
 #include "models/layers/rows.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -35,6 +37,68 @@ RECSYS_CLONES void add_row_f32(const float* __restrict src, float* __restrict ds
 inline void add_row(const float* src, float* dst, int64_t d) { add_row_f32(src, dst, d); }
 inline void add_row(const double* src, double* dst, int64_t d) {
   for (int64_t c = 0; c < d; ++c) dst[c] += src[c];
+}
+
+RECSYS_CLONES void axpy_row_f32(float a, const float* __restrict src, float* __restrict dst,
+                                int64_t d) {
+  for (int64_t c = 0; c < d; ++c) dst[c] += a * src[c];
+}
+inline void axpy_row(float a, const float* src, float* dst, int64_t d) { axpy_row_f32(a, src, dst, d); }
+inline void axpy_row(double a, const double* src, double* dst, int64_t d) {
+  for (int64_t c = 0; c < d; ++c) dst[c] += a * src[c];
+}
+
+// Grain of the bag kernels' thread split, in multiply-adds.
+constexpr int64_t kBagGrain = 1 << 16;
+
+// out [B, H] = sum_l w[b, l] * table[ids[b, l]].
+Tensor bag_forward_kernel(const Tensor& table_in, const Tensor& ids, const Tensor& weights) {
+  auto table = table_in.contiguous();
+  const int64_t B = ids.size(0), L = ids.size(1), H = table.size(1);
+  auto out = torch::zeros({B, H}, table.options());
+  if (B == 0 || H == 0) return out;
+  const int64_t* ix = ids.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "bag_rows", [&] {
+    const scalar_t* t = table.data_ptr<scalar_t>();
+    const scalar_t* w = weights.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, B, std::max<int64_t>(1, kBagGrain / std::max<int64_t>(1, L * H)),
+                     [&](int64_t b0, int64_t b1) {
+                       for (int64_t b = b0; b < b1; ++b)
+                         for (int64_t l = 0; l < L; ++l) {
+                           const scalar_t a = w[b * L + l];
+                           if (a != 0) axpy_row(a, t + ix[b * L + l] * H, o + b * H, H);
+                         }
+                     });
+  });
+  return out;
+}
+
+// grad_table [R, H] = 0, then grad_table[ids[b, l]] += w[b, l] * grad[b]; threads own columns.
+Tensor bag_backward_kernel(const Tensor& grad_in, const Tensor& ids, const Tensor& weights,
+                           int64_t rows) {
+  auto grad = grad_in.contiguous();
+  const int64_t B = ids.size(0), L = ids.size(1), H = grad.size(1);
+  auto out = torch::zeros({rows, H}, grad.options());
+  if (B == 0 || H == 0) return out;
+  const int64_t* ix = ids.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "bag_rows_backward", [&] {
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    const scalar_t* w = weights.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    // Column blocks of 16 keep each thread's writes to whole cache lines.
+    const int64_t blocks = (H + 15) / 16;
+    at::parallel_for(0, blocks, std::max<int64_t>(1, kBagGrain / std::max<int64_t>(1, B * L * 16)),
+                     [&](int64_t c0, int64_t c1) {
+                       const int64_t lo = c0 * 16, width = std::min(H, c1 * 16) - lo;
+                       for (int64_t b = 0; b < B; ++b)
+                         for (int64_t l = 0; l < L; ++l) {
+                           const scalar_t a = w[b * L + l];
+                           if (a != 0) axpy_row(a, g + b * H + lo, o + ix[b * L + l] * H + lo, width);
+                         }
+                     });
+  });
+  return out;
 }
 
 // out [rows, d] = 0, then out[index[k]] += src[k] for every k (in order).
@@ -96,7 +160,39 @@ class ScatterAddRows : public torch::autograd::Function<ScatterAddRows> {
   }
 };
 
+class BagRows : public torch::autograd::Function<BagRows> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& table, const Tensor& ids,
+                        const Tensor& weights) {
+    ctx->save_for_backward({ids, weights});
+    ctx->saved_data["rows"] = table.size(0);
+    return bag_forward_kernel(table, ids, weights);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return {bag_backward_kernel(grads[0], saved[0], saved[1], ctx->saved_data["rows"].toInt()),
+            Tensor(), Tensor()};
+  }
+};
+
 }  // namespace
+
+torch::Tensor bag_rows(const torch::Tensor& table, const torch::Tensor& ids,
+                       const torch::Tensor& weights) {
+  TORCH_CHECK(table.dim() == 2, "bag_rows: table must be [R, H], got ", table.sizes());
+  TORCH_CHECK(ids.dim() == 2 && ids.scalar_type() == torch::kLong, "bag_rows: ids must be [B, L] int64, got ",
+              ids.scalar_type(), " ", ids.sizes());
+  TORCH_CHECK(weights.sizes() == ids.sizes() && weights.scalar_type() == table.scalar_type(),
+              "bag_rows: weights must be ", ids.sizes(), " ", table.scalar_type(), ", got ",
+              weights.scalar_type(), " ", weights.sizes());
+  check_index("bag_rows", ids.reshape({-1}), ids.numel(), table.size(0));
+  if (fast_path(table) && ids.device().is_cpu()) {
+    auto i = ids.contiguous();
+    auto w = weights.detach().contiguous();
+    return BagRows::apply(table, i, w);
+  }
+  return (torch::embedding(table, ids) * weights.detach().unsqueeze(-1)).sum(1);
+}
 
 torch::Tensor gather_rows(const torch::Tensor& src, const torch::Tensor& index) {
   TORCH_CHECK(src.dim() >= 1, "gather_rows: src needs at least one dimension");

@@ -20,6 +20,13 @@ struct TowerOptions {
   /// L2-normalise the output (cosine scores).
   TORCH_ARG(bool, normalize) = true;
   TORCH_ARG(bool, sparse) = true;
+  /// Algebraic rewrite of the first layer for small vocabularies: the first layer is linear in
+  /// the concatenation, so feature f contributes pool(E_f[ids]) W_f^T = pool((E_f W_f^T)[ids]).
+  /// When a table's rows times its width are cheaper than the batch's rows times the width,
+  /// the rows the batch uses are projected once and the projections pooled, instead of
+  /// multiplying every example's embedding (age, gender, city, category bags). Same function,
+  /// same sparse gradients; plain path = false (its test oracle).
+  TORCH_ARG(bool, project_small_vocabularies) = true;
 };
 
 /// Embeddings -> concatenation -> MLP -> (L2 normalisation).
@@ -28,8 +35,13 @@ class TowerImpl : public torch::nn::Module {
   explicit TowerImpl(TowerOptions options);
   torch::Tensor forward(const std::vector<torch::Tensor>& inputs);
   int64_t out_dim() const { return options_.hidden().back(); }
+  /// Features whose first-layer product forward() computes through projected table rows for a
+  /// batch of `rows` examples (the ids tensors' widths give the bag sizes).
+  std::vector<bool> projected_features(const std::vector<torch::Tensor>& inputs) const;
 
  private:
+  torch::Tensor first_layer_factored(const std::vector<torch::Tensor>& inputs,
+                                     const std::vector<bool>& projected);
   TowerOptions options_;
   FeatureEncoder encoder_{nullptr};
   Mlp mlp_{nullptr};

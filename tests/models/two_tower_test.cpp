@@ -176,3 +176,63 @@ TEST_CASE("retrieval task: a non-finite loss raises NumericError", "[model]") {
   CHECK_THROWS_AS(recsys::train::run_experiment(e, recsys::train::RunDir()), recsys::NumericError);
   spdlog::set_level(spdlog::level::info);
 }
+
+TEST_CASE("Tower: projected small vocabularies compute the plain tower's function and gradients",
+          "[model]") {
+  // Bags with padding, mean and sum pooling, a single-valued id, a large vocabulary (direct)
+  // and a numeric feature, in float64 so that only the summation order differs.
+  std::vector<EmbeddingFeature> fs{{"id", 500, 6, Pooling::kMean, false},
+                                   {"cats", 9, 8, Pooling::kMean, false},
+                                   {"tags", 7, 5, Pooling::kSum, false},
+                                   {"price", 0, 3, Pooling::kMean, true},
+                                   {"city", 4, 2, Pooling::kMean, false}};
+  for (bool sparse : {true, false}) {
+    INFO("sparse " << sparse);
+    recsys::testing::seed(11);
+    TowerOptions o(fs, {12, 5});
+    o.sparse(sparse);
+    Tower fast(TowerOptions(o).project_small_vocabularies(true));
+    Tower plain(TowerOptions(o).project_small_vocabularies(false));
+    fast->to(torch::kFloat64);
+    plain->to(torch::kFloat64);
+    {
+      torch::NoGradGuard g;
+      auto src = fast->named_parameters();
+      for (auto& kv : plain->named_parameters()) kv.value().copy_(src[kv.key()]);
+    }
+    const int64_t B = 60;
+    auto id = torch::randint(1, 500, {B, 1}, torch::kInt64);
+    auto cats = torch::randint(0, 9, {B, 3}, torch::kInt64);  // 0 = padding
+    cats.select(0, 0).zero_();                                 // an all-padding bag
+    auto tags = torch::randint(0, 7, {B, 2}, torch::kInt64);
+    auto price = torch::randn({B, 1}, torch::kFloat64);
+    auto city = torch::randint(1, 3, {B, 1}, torch::kInt64);  // rows 1..2 used; row 3 never
+    std::vector<torch::Tensor> in{id, cats, tags, price, city};
+    auto which = fast->projected_features(in);
+    CHECK(which == std::vector<bool>{false, true, true, false, true});
+    CHECK(plain->projected_features(in) == std::vector<bool>(5, false));
+
+    auto weights = torch::randn({B, 5}, torch::kFloat64);
+    auto a = fast->forward(in), b = plain->forward(in);
+    require_close(a, b, 1e-12, 1e-12);
+    (a * weights).sum().backward();
+    (b * weights).sum().backward();
+    auto pf = fast->named_parameters(), pp = plain->named_parameters();
+    for (auto& kv : pp) {
+      INFO(kv.key());
+      auto gf = pf[kv.key()].grad(), gp = kv.value().grad();
+      REQUIRE(gf.defined());
+      REQUIRE(gp.defined());
+      CHECK(gf.is_sparse() == gp.is_sparse());  // the optimizer sees the same kind of gradient
+      auto df = gf.is_sparse() ? gf.coalesce().to_dense() : gf;
+      auto dp = gp.is_sparse() ? gp.coalesce().to_dense() : gp;
+      require_close(df, dp, 1e-12, 1e-12);
+    }
+    // Rows the batch did not touch get no sparse gradient entries (lazy optimizer updates).
+    if (sparse) {
+      auto g = pf["encoder.emb_city"].grad().coalesce();
+      auto rows = g.indices().select(0, 0);
+      CHECK((rows == 3).sum().item<int64_t>() == 0);
+    }
+  }
+}

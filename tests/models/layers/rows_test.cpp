@@ -47,3 +47,35 @@ TEST_CASE("gather_rows and scatter_add_rows match index_select and index_add", "
   CHECK_THROWS_WITH(gather_rows(src, torch::tensor({0, 1}, torch::kInt32)),
                     Catch::Contains("int64"));
 }
+
+TEST_CASE("bag_rows matches weighted embedding sums, values and table gradients", "[kernels]") {
+  using recsys::models::bag_rows;
+  recsys::testing::seed(8);
+  // Wide enough rows (H = 37) for the column-block split of the backward, and a batch large
+  // enough for the thread split of the forward; repeated ids within and across bags, zero
+  // weights (skipped entries), an id the batch never uses.
+  for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
+    CAPTURE(dtype);
+    const int64_t R = 9, H = 37, B = 700, L = 3;
+    auto ids = torch::randint(0, R - 1, {B, L}, torch::kLong);  // row R - 1 never used
+    ids[0] = torch::tensor({2L, 2L, 5L});
+    auto weights = torch::rand({B, L}, dtype);
+    weights.select(1, 2).masked_fill_(ids.select(1, 2) == 0, 0.0);
+    auto table = torch::randn({R, H}, dtype).requires_grad_(true);
+    auto ref = table.detach().to(torch::kFloat64).requires_grad_(true);
+    auto a = bag_rows(table, ids, weights);
+    auto b = (torch::embedding(ref, ids) * weights.to(torch::kFloat64).unsqueeze(-1)).sum(1);
+    const double tol = dtype == torch::kFloat32 ? 1e-5 : 1e-12;
+    require_close(a, b, tol, tol);
+    auto g = torch::randn({B, H}, torch::kFloat64);
+    (a * g.to(dtype)).sum().backward();
+    (b * g).sum().backward();
+    require_close(table.grad(), ref.grad(), 1e-4, tol);
+    CHECK(table.grad()[R - 1].abs().sum().item<double>() == 0);
+  }
+  auto t = torch::randn({4, 3});
+  CHECK_THROWS_WITH(bag_rows(t, torch::tensor({{0L, 4L}}), torch::ones({1, 2})),
+                    Catch::Contains("must lie in [0, 4)"));
+  CHECK_THROWS_WITH(bag_rows(t, torch::tensor({{0L, 1L}}), torch::ones({1, 3})),
+                    Catch::Contains("weights must be"));
+}
