@@ -1,5 +1,6 @@
 #include "models/layers/gru.h"
 
+#include "framework/util/blas.h"
 #include "framework/util/fast_math.h"
 #include "framework/util/simd.h"
 
@@ -456,9 +457,8 @@ void packed_forward_step(GruKind kind, int64_t n, int64_t H, S* gates, S* gh, co
 template <typename S>
 void packed_backward_step(GruKind kind, int64_t n, int64_t H, const S* gates, const S* gh,
                           const S* a, const S* hprev, const S* dout, S* dh, S* d_gi, S* d_gh,
-                          S* da) {
+                          S* da, S* dg_buf) {
   const int64_t G = 3 * H;
-  std::vector<S> dg_buf(static_cast<size_t>(H));
   for (int64_t j = 0; j < n; ++j) {
     const auto k = row_coef(kind, a ? static_cast<double>(a[j]) : 1.0);
     S* dhj = dh + j * H;
@@ -467,7 +467,7 @@ void packed_backward_step(GruKind kind, int64_t n, int64_t H, const S* gates, co
     const S dsum = backward_row_any(H, gates + j * G, gh + j * G, hprev + j * H, dhj,
                                     d_gi + j * G, d_gh + j * G, static_cast<S>(k.ca),
                                     static_cast<S>(k.cb), static_cast<S>(k.ua),
-                                    static_cast<S>(k.ub), dg_buf.data());
+                                    static_cast<S>(k.ub), dg_buf);
     if (da) da[j] = dsum;
   }
 }
@@ -505,6 +505,24 @@ class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
       const scalar_t* ap = scores ? a_p.data_ptr<scalar_t>() : nullptr;
       const auto b_hh_c = b_hh.contiguous();
       const scalar_t* bh = b_hh_c.data_ptr<scalar_t>();
+      if (util::has_blas_gemm()) {
+        // The process's BLAS called directly: these products are small (at most batch x H x 3H)
+        // and ATen's per-call work costs about as much as the product (docs/performance.md).
+        scalar_t* hp = hprev.data_ptr<scalar_t>();
+        scalar_t* ho = hout.data_ptr<scalar_t>();
+        scalar_t* ghp = gh.data_ptr<scalar_t>();
+        const scalar_t* wr = w_hh_rows.data_ptr<scalar_t>();
+        for (int64_t t = 0; t < steps; ++t) {
+          const int64_t o = pk->off[t], n = pk->bt[t];
+          util::gemm_rowmajor(n, G, H, scalar_t(1), hp + o * H, H, wr, G, scalar_t(0),
+                              ghp + o * G, G);
+          const int64_t n_next = t + 1 < steps ? pk->bt[t + 1] : 0;
+          packed_forward_step<scalar_t>(kind, n, H, gp + o * G, ghp + o * G, bh,
+                                        ap ? ap + o : nullptr, hp + o * H, ho + o * H,
+                                        n_next ? hp + pk->off[t + 1] * H : nullptr, n_next);
+        }
+        return;
+      }
       for (int64_t t = 0; t < steps; ++t) {
         const int64_t o = pk->off[t], n = pk->bt[t];
         auto gh_t = gh.narrow(0, o, n);
@@ -567,16 +585,26 @@ class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
 
     const auto w_hh_c = w_hh.contiguous();  // [3H, H]
     AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "gru_packed_backward", [&] {
+      const scalar_t* gates_p = gates.data_ptr<scalar_t>();
+      const scalar_t* gh_p = gh.data_ptr<scalar_t>();
+      const scalar_t* a = scores ? a_p.data_ptr<scalar_t>() : nullptr;
+      const scalar_t* hprev_p = hprev.data_ptr<scalar_t>();
+      const scalar_t* dout = dout_p.defined() ? dout_p.data_ptr<scalar_t>() : nullptr;
+      scalar_t* dh_p = dh.data_ptr<scalar_t>();
+      scalar_t* d_gi_p = d_gi.data_ptr<scalar_t>();
+      scalar_t* d_gh_p = d_gh.data_ptr<scalar_t>();
+      scalar_t* da = scores ? da_p.data_ptr<scalar_t>() : nullptr;
+      std::vector<scalar_t> dg_buf(static_cast<size_t>(H));
       for (int64_t t = steps - 1; t >= 0; --t) {
         const int64_t o = pk->off[t], n = pk->bt[t];
-        packed_backward_step<scalar_t>(
-            kind, n, H, gates.data_ptr<scalar_t>() + o * G, gh.data_ptr<scalar_t>() + o * G,
-            scores ? a_p.data_ptr<scalar_t>() + o : nullptr, hprev.data_ptr<scalar_t>() + o * H,
-            dout_p.defined() ? dout_p.data_ptr<scalar_t>() + o * H : nullptr,
-            dh.data_ptr<scalar_t>(), d_gi.data_ptr<scalar_t>() + o * G,
-            d_gh.data_ptr<scalar_t>() + o * G, scores ? da_p.data_ptr<scalar_t>() + o : nullptr);
-        auto dh_t = dh.narrow(0, 0, n);
-        dh_t.addmm_(d_gh.narrow(0, o, n), w_hh_c);
+        packed_backward_step<scalar_t>(kind, n, H, gates_p + o * G, gh_p + o * G,
+                                       a ? a + o : nullptr, hprev_p + o * H,
+                                       dout ? dout + o * H : nullptr, dh_p, d_gi_p + o * G,
+                                       d_gh_p + o * G, da ? da + o : nullptr, dg_buf.data());
+        // dh += d_gh W_hh: through the process's BLAS directly where found (as forward).
+        if (!util::gemm_rowmajor(n, H, G, scalar_t(1), d_gh_p + o * G, G,
+                                 w_hh_c.data_ptr<scalar_t>(), H, scalar_t(1), dh_p, H))
+          dh.narrow(0, 0, n).addmm_(d_gh.narrow(0, o, n), w_hh_c);
       }
     });
 

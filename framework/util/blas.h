@@ -1,0 +1,22 @@
+#pragma once
+#include <cstdint>
+
+// Direct calls to the BLAS matrix product that LibTorch itself calls (sgemm_ / dgemm_, found in
+// the process at run time: whichever library LibTorch's own calls bind to, OpenBLAS on Debian).
+// For hot loops of many small products (a recurrent step per time step), where ATen's per-call
+// work (dispatch, views, conjugation and layout checks) costs as much as the product itself.
+namespace recsys::util {
+
+/// Whether a BLAS sgemm_ / dgemm_ was found; when not, gemm_rowmajor does nothing and returns
+/// false (callers keep their ATen path).
+bool has_blas_gemm();
+
+/// Row-major C [m, n] = alpha A [m, k] B [k, n] + beta C, with row strides lda, ldb, ldc (in
+/// elements; A and B not transposed). Returns false when no BLAS was found. With beta = 0 the
+/// initial content of C is ignored (it may be uninitialised).
+bool gemm_rowmajor(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                   const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+bool gemm_rowmajor(int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
+                   const double* b, int64_t ldb, double beta, double* c, int64_t ldc);
+
+}  // namespace recsys::util
