@@ -34,6 +34,7 @@ struct ModelOptions {
   double dropout = 0.0;
   int64_t history_length = 20;
   bool sparse = true;
+  bool project_small_vocabularies = true;
 };
 
 enum class LogQ { kNone, kCounts, kStreaming };
@@ -88,6 +89,8 @@ ModelOptions parse_model(const Reader& r) {
   m.dropout = r.get<double>("dropout", m.dropout);
   m.history_length = r.get<int64_t>("history_length", m.history_length);
   m.sparse = r.get<bool>("sparse_embeddings", m.sparse);
+  m.project_small_vocabularies =
+      r.get<bool>("project_small_vocabularies", m.project_small_vocabularies);
   if (m.embedding_dim < 1) r.fail("embedding_dim", "must be at least 1");
   if (m.hidden.empty()) r.fail("hidden", "give at least one layer width");
   for (auto h : m.hidden)
@@ -370,9 +373,11 @@ class RetrievalTask : public train::Task {
   void build_model() {
     auto act = parse_activation(o_.model.activation);
     TowerOptions user(tower_features(data_.users, user_cols_), o_.model.hidden);
-    user.activation(act).dropout(o_.model.dropout).sparse(o_.model.sparse);
+    user.activation(act).dropout(o_.model.dropout).sparse(o_.model.sparse)
+        .project_small_vocabularies(o_.model.project_small_vocabularies);
     TowerOptions item(tower_features(data_.items, item_cols_), o_.model.hidden);
-    item.activation(act).dropout(o_.model.dropout).sparse(o_.model.sparse);
+    item.activation(act).dropout(o_.model.dropout).sparse(o_.model.sparse)
+        .project_small_vocabularies(o_.model.project_small_vocabularies);
     root_ = std::make_shared<torch::nn::Module>("RetrievalTask");
     model_ = root_->register_module("model", TwoTower(TwoTowerOptions(user, item)));
     if (!o_.ssl.projection.empty())
