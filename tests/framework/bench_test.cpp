@@ -219,3 +219,22 @@ TEST_CASE("bench: the binary picks an OpenMP wait policy and reports memory agai
   CHECK(WEXITSTATUS(status) == 2);
   CHECK(recsys::bench::other_busy_cores(20) >= -1);
 }
+
+TEST_CASE("bench --profile writes a Chrome trace of the timed steps", "[bench]") {
+  auto dir = recsys::testing::temp_dir("bench_profile");
+  auto o = tiny_options();
+  o.profile = (dir / "trace").string();
+  auto r = run_workload("din", o);
+  REQUIRE(r["workload"] == "din");
+  const auto path = dir / "trace.din.json";
+  REQUIRE(std::filesystem::exists(path));
+  std::ifstream in(path);
+  auto trace = nlohmann::json::parse(in);  // throws on a malformed trace
+  const auto& events = trace.is_array() ? trace : trace["traceEvents"];
+  bool saw_mm = false;
+  for (const auto& e : events)
+    if (e.contains("name") && e["name"].is_string())
+      saw_mm = saw_mm || e["name"].get<std::string>().find("mm") != std::string::npos;
+  CHECK(saw_mm);  // the attention MLP's products were recorded
+  CHECK(r["allocator"].get<std::string>().size() > 0);
+}
