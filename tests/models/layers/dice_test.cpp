@@ -66,3 +66,57 @@ TEST_CASE("Dice matches its formula with batch statistics in train mode and runn
   // Eval mode must not touch the running statistics.
   require_close(dice->running_mean[0].item<double>(), rmean[0], 0);
 }
+
+TEST_CASE("Dice's fused kernel matches the composed operations in values, running statistics "
+          "and gradients", "[din]") {
+  for (bool training : {true, false}) {
+    for (std::vector<int64_t> shape : {std::vector<int64_t>{37, 21}, {5, 7, 21}}) {
+      CAPTURE(training, shape.size());
+      recsys::testing::seed(12);
+      Dice fused{DiceOptions(21)}, plain{DiceOptions(21).fused(false)};
+      fused->to(torch::kFloat64);
+      plain->to(torch::kFloat64);
+      {
+        torch::NoGradGuard g;
+        auto a = torch::randn({21}, torch::kFloat64);
+        fused->alpha.copy_(a);
+        plain->alpha.copy_(a);
+        auto rm = torch::randn({21}, torch::kFloat64), rv = torch::rand({21}, torch::kFloat64) + 0.1;
+        fused->running_mean.copy_(rm);
+        plain->running_mean.copy_(rm);
+        fused->running_var.copy_(rv);
+        plain->running_var.copy_(rv);
+      }
+      fused->train(training);
+      plain->train(training);
+      auto x = (torch::randn(shape, torch::kFloat64) * 1.5 + 0.3).requires_grad_(true);
+      auto xr = x.detach().clone().requires_grad_(true);
+      auto a = fused->forward(x), b = plain->forward(xr);
+      require_close(a, b, 1e-12, 1e-12);
+      require_close(fused->running_mean, plain->running_mean, 1e-14, 1e-14);
+      require_close(fused->running_var, plain->running_var, 1e-14, 1e-14);
+      auto w = torch::randn(a.sizes(), torch::kFloat64);
+      (a * w).sum().backward();
+      (b * w).sum().backward();
+      require_close(x.grad(), xr.grad(), 1e-10, 1e-10);
+      require_close(fused->alpha.grad(), plain->alpha.grad(), 1e-10, 1e-10);
+    }
+  }
+  // float32: the fused path's sigmoid is recsys::fast::sigmoid (within 1e-7 of float64).
+  recsys::testing::seed(13);
+  Dice fused{DiceOptions(200)}, plain{DiceOptions(200).fused(false)};
+  {
+    torch::NoGradGuard g;
+    plain->alpha.copy_(torch::randn({200}));
+    fused->alpha.copy_(plain->alpha);
+  }
+  auto x = torch::randn({256, 200}).requires_grad_(true);
+  auto xr = x.detach().clone().requires_grad_(true);
+  auto a = fused->forward(x), b = plain->forward(xr);
+  require_close(a, b.to(torch::kFloat64), 1e-5, 1e-5);
+  auto w = torch::randn({256, 200});
+  (a * w).sum().backward();
+  (b * w).sum().backward();
+  require_close(x.grad(), xr.grad().to(torch::kFloat64), 1e-4, 1e-4);
+  require_close(fused->alpha.grad(), plain->alpha.grad().to(torch::kFloat64), 1e-3, 1e-4);
+}
