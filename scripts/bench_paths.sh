@@ -20,8 +20,8 @@ trap 'rm -rf "$OUT"' EXIT
 
 declare -A OPTS=(
   [twotower_ssl]="optimizer cross_entropy item_tower_batch small_vocab_projection allocator"
-  [din]="optimizer first_layer packing allocator"
-  [dien]="optimizer packing gru_packed gru_fused allocator"
+  [din]="optimizer first_layer packing dice allocator"
+  [dien]="optimizer packing gru_packed gru_fused dice allocator"
 )
 run() {  # workload, label, extra args...
   local w=$1 label=$2; shift 2

@@ -131,7 +131,7 @@ const std::vector<std::string>& workload_names() {
 const std::vector<std::string>& optimisation_names() {
   static const std::vector<std::string> names = {"optimizer", "cross_entropy", "item_tower_batch",
                                                  "first_layer", "packing", "gru_packed",
-                                                 "gru_fused", "small_vocab_projection",
+                                                 "gru_fused", "dice", "small_vocab_projection",
                                                  "allocator"};
   return names;
 }
@@ -167,6 +167,7 @@ std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShap
   }
   CtrPaths p;
   p.fused_optimizer = on("optimizer");
+  p.fused_dice = on("dice");
   p.packed_model = on("packing");
   if (name == "din") {
     p.fused = on("first_layer");

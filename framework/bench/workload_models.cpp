@@ -16,8 +16,9 @@ models::CtrEmbeddingsOptions embeddings(const CtrShapes& s) {
       .sparse(true);
 }
 
-models::CtrMlpOptions output_mlp(const CtrShapes& s) {
+models::CtrMlpOptions output_mlp(const CtrShapes& s, bool fused_dice) {
   models::CtrMlpOptions o;
+  o.fused_dice = fused_dice;
   o.hidden = s.mlp;
   o.activation = models::Activation::kDice;
   return o;
@@ -32,7 +33,7 @@ std::unique_ptr<Workload> make_din(const CtrShapes& s, torch::Device device, uin
                                .attention_hidden(s.attention)
                                .attention_activation(models::Activation::kSigmoid)
                                .attention_softmax(false)
-                               .mlp(output_mlp(s))
+                               .mlp(output_mlp(s, paths.fused_dice))
                                .pack_valid(paths.packed_model)
                                .attention_fused_first_layer(paths.fused));
     return std::static_pointer_cast<models::CtrModel>(din.ptr());
@@ -47,7 +48,7 @@ std::unique_ptr<Workload> make_dien(const CtrShapes& s, torch::Device device, ui
                                  .evolution_hidden(s.gru_hidden)
                                  .evolution(models::GruKind::kAugru)
                                  .fused(paths.fused)
-                                 .mlp(output_mlp(s))
+                                 .mlp(output_mlp(s, paths.fused_dice))
                                  .aux_hidden(s.aux)
                                  .alpha_aux(1.0)
                                  .pack_valid(paths.packed_model)

@@ -32,6 +32,8 @@ struct CtrPaths {
   bool packed_gru = true;
   /// train::Optimizer's fused path (else its tensor-op path).
   bool fused_optimizer = true;
+  /// The output MLP's Dice layers through their fused kernel (DiceOptions::fused).
+  bool fused_dice = true;
 };
 
 std::unique_ptr<Workload> make_din(const CtrShapes& s, torch::Device device, uint64_t seed,

@@ -157,7 +157,7 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--plain", bench_options.plain, "run every workload's plain (unoptimised) path");
   bench_cmd->add_option("--disable", bench_options.disable,
                         "optimisations to switch off (comma-separated): optimizer, cross_entropy, "
-                        "item_tower_batch, first_layer, packing, gru_packed, gru_fused, "
+                        "item_tower_batch, first_layer, packing, gru_packed, gru_fused, dice, "
                         "small_vocab_projection, allocator")
       ->delimiter(',');
   bench_cmd->add_option("--profile", bench_options.profile,

@@ -100,7 +100,8 @@ Mlp make_ctr_mlp(int64_t in_dim, const CtrMlpOptions& options) {
   return Mlp(MlpOptions(in_dim, widths)
                  .activation(options.activation)
                  .activate_last(false)
-                 .dropout(options.dropout));
+                 .dropout(options.dropout)
+                 .fused_dice(options.fused_dice));
 }
 
 }  // namespace recsys::models

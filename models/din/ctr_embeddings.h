@@ -82,6 +82,8 @@ struct CtrMlpOptions {
   Activation activation = Activation::kDice;
   /// Dropout probability after each hidden activation.
   double dropout = 0.0;
+  /// MlpOptions::fused_dice.
+  bool fused_dice = true;
 };
 
 /// Builds Mlp(in_dim -> hidden... -> 1) from CtrMlpOptions.

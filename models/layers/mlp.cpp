@@ -18,14 +18,14 @@ Activation parse_activation(const std::string& name) {
 }
 
 namespace {
-torch::nn::AnyModule make_activation(Activation a, int64_t dim) {
+torch::nn::AnyModule make_activation(Activation a, int64_t dim, bool fused_dice) {
   switch (a) {
     case Activation::kRelu: return torch::nn::AnyModule(torch::nn::ReLU());
     case Activation::kSigmoid: return torch::nn::AnyModule(torch::nn::Sigmoid());
     case Activation::kTanh: return torch::nn::AnyModule(torch::nn::Tanh());
     case Activation::kPrelu:
       return torch::nn::AnyModule(torch::nn::PReLU(torch::nn::PReLUOptions().num_parameters(dim)));
-    case Activation::kDice: return torch::nn::AnyModule(Dice(DiceOptions(dim)));
+    case Activation::kDice: return torch::nn::AnyModule(Dice(DiceOptions(dim).fused(fused_dice)));
     case Activation::kNone: return torch::nn::AnyModule(torch::nn::Identity());
   }
   return torch::nn::AnyModule(torch::nn::Identity());
@@ -42,7 +42,7 @@ MlpImpl::MlpImpl(MlpOptions options) : options_(std::move(options)) {
     linears_.push_back(register_module("linear" + std::to_string(i), torch::nn::Linear(in, hidden[i])));
     bool last = i + 1 == hidden.size();
     if (!last || options_.activate_last()) {
-      auto act = make_activation(options_.activation(), hidden[i]);
+      auto act = make_activation(options_.activation(), hidden[i], options_.fused_dice());
       if (options_.activation() != Activation::kNone)
         register_module("act" + std::to_string(i), act.ptr());
       activations_.push_back(std::move(act));

@@ -23,6 +23,8 @@ struct MlpOptions {
   TORCH_ARG(bool, activate_last) = false;
   /// Dropout probability after each activation (0 disables).
   TORCH_ARG(double, dropout) = 0.0;
+  /// Dice layers take their fused CPU kernel (DiceOptions::fused); false = composed operations.
+  TORCH_ARG(bool, fused_dice) = true;
 };
 
 /// Linear layers with activations in between. Dice and PReLU hold their own parameters per layer.
