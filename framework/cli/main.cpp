@@ -175,10 +175,12 @@ int main(int argc, char** argv) {
   try {
     // Training on a loaded machine with spinning OpenMP workers is many times slower; pick the
     // wait policy from the current load as the bench does (a no-op when the user set one).
-    if (*train_cmd || *sweep_cmd)
+    // Training also reuses its freed step buffers instead of page-faulting them back in every
+    // step.
+    if (*train_cmd || *sweep_cmd) {
       bench::ensure_omp_wait_policy(argv, static_cast<int>(std::thread::hardware_concurrency()));
-    // Training reuses its freed step buffers instead of page-faulting them back in every step.
-    if (*train_cmd || *sweep_cmd) util::retain_freed_memory();
+      util::retain_freed_memory();
+    }
     if (*train_cmd) return cmd_train(config_path, overrides, out, dump, overwrite, log_level);
     if (*list_cmd) return cmd_list();
     if (*sweep_cmd) {

@@ -14,7 +14,7 @@ namespace recsys::util {
 ///
 /// Does nothing when the user configured malloc (GLIBC_TUNABLES, MALLOC_MMAP_THRESHOLD_,
 /// MALLOC_TRIM_THRESHOLD_) or on a C library without mallopt. Returns a one-line description
-/// of what is in effect ("retain (mmap threshold 1024 MiB, trim threshold 4096 MiB)",
+/// of what is in effect ("retain (mmap threshold 1024 MiB, trim threshold 2047 MiB)",
 /// "glibc defaults", "user settings (GLIBC_TUNABLES)").
 std::string retain_freed_memory();
 

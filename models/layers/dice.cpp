@@ -18,11 +18,16 @@ using torch::autograd::variable_list;
 inline float dice_sigmoid(float v) { return fast::sigmoid(v); }
 inline double dice_sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
 
-// Columns are split across threads in blocks of 16 (each thread owns whole columns: the
-// statistics are per column); a block is only worth a thread with enough rows.
-constexpr int64_t kBlock = 16;
-int64_t block_grain(int64_t rows) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, rows * kBlock));
+// Runs fn(c0, c1) over column ranges of a [rows, cols] input, split across threads in blocks of
+// 16 columns (each thread owns whole columns: the statistics are per column); a block is only
+// worth a thread with enough rows.
+template <typename Fn>
+void for_column_blocks(int64_t cols, int64_t rows, const Fn& fn) {
+  constexpr int64_t kBlock = 16;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, rows * kBlock));
+  at::parallel_for(0, (cols + kBlock - 1) / kBlock, grain, [&](int64_t b0, int64_t b1) {
+    fn(b0 * kBlock, std::min(cols, b1 * kBlock));
+  });
 }
 
 // Dice over x [N, D] (row-major): y = x (alpha + p (1 - alpha)), p = sigmoid((x - mean) inv),
@@ -48,9 +53,8 @@ class DiceFunction : public torch::autograd::Function<DiceFunction> {
       scalar_t* ip = inv.data_ptr<scalar_t>();
       scalar_t* yp = y.data_ptr<scalar_t>();
       scalar_t* pp = p.data_ptr<scalar_t>();
-      const int64_t blocks = (D + kBlock - 1) / kBlock;
-      at::parallel_for(0, blocks, block_grain(N), [&](int64_t b0, int64_t b1) {
-        const int64_t c0 = b0 * kBlock, c1 = std::min(D, b1 * kBlock), w = c1 - c0;
+      for_column_blocks(D, N, [&](int64_t c0, int64_t c1) {
+        const int64_t w = c1 - c0;
         std::vector<double> s(static_cast<size_t>(w), 0.0), ss(static_cast<size_t>(w), 0.0);
         if (training) {
           // Two passes in double: the mean, then the squared deviations (biased variance).
@@ -103,9 +107,8 @@ class DiceFunction : public torch::autograd::Function<DiceFunction> {
       scalar_t* dxp = dx.data_ptr<scalar_t>();
       scalar_t* dap = dalpha.data_ptr<scalar_t>();
       scalar_t* hp = gxhat.data_ptr<scalar_t>();
-      const int64_t blocks = (D + kBlock - 1) / kBlock;
-      at::parallel_for(0, blocks, block_grain(N), [&](int64_t b0, int64_t b1) {
-        const int64_t c0 = b0 * kBlock, c1 = std::min(D, b1 * kBlock), w = c1 - c0;
+      for_column_blocks(D, N, [&](int64_t c0, int64_t c1) {
+        const int64_t w = c1 - c0;
         std::vector<double> da(static_cast<size_t>(w), 0.0), sg(static_cast<size_t>(w), 0.0),
             sgx(static_cast<size_t>(w), 0.0);
         // y = x (a + p (1 - a)): dy/dx direct = a + p (1 - a); dy/dp = x (1 - a); dy/da = x (1 - p);

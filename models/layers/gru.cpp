@@ -505,35 +505,25 @@ class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
       const scalar_t* ap = scores ? a_p.data_ptr<scalar_t>() : nullptr;
       const auto b_hh_c = b_hh.contiguous();
       const scalar_t* bh = b_hh_c.data_ptr<scalar_t>();
-      if (util::has_blas_gemm()) {
-        // The process's BLAS called directly: these products are small (at most batch x H x 3H)
-        // and ATen's per-call work costs about as much as the product (docs/performance.md).
-        scalar_t* hp = hprev.data_ptr<scalar_t>();
-        scalar_t* ho = hout.data_ptr<scalar_t>();
-        scalar_t* ghp = gh.data_ptr<scalar_t>();
-        const scalar_t* wr = w_hh_rows.data_ptr<scalar_t>();
-        for (int64_t t = 0; t < steps; ++t) {
-          const int64_t o = pk->off[t], n = pk->bt[t];
-          util::gemm_rowmajor(n, G, H, scalar_t(1), hp + o * H, H, wr, G, scalar_t(0),
-                              ghp + o * G, G);
-          const int64_t n_next = t + 1 < steps ? pk->bt[t + 1] : 0;
-          packed_forward_step<scalar_t>(kind, n, H, gp + o * G, ghp + o * G, bh,
-                                        ap ? ap + o : nullptr, hp + o * H, ho + o * H,
-                                        n_next ? hp + pk->off[t + 1] * H : nullptr, n_next);
-        }
-        return;
-      }
+      scalar_t* hp = hprev.data_ptr<scalar_t>();
+      scalar_t* ho = hout.data_ptr<scalar_t>();
+      scalar_t* ghp = gh.data_ptr<scalar_t>();
+      const scalar_t* wr = w_hh_rows.data_ptr<scalar_t>();
       for (int64_t t = 0; t < steps; ++t) {
         const int64_t o = pk->off[t], n = pk->bt[t];
-        auto gh_t = gh.narrow(0, o, n);
         // h W_hh^T, the bias added by the gate loop. W_hh^T as a contiguous [H, 3H] matrix: with
-        // the transposed view, these small products took 5x longer (OpenBLAS, 2 threads).
-        at::mm_out(gh_t, hprev.narrow(0, o, n), w_hh_rows);
+        // the transposed view, these small products took 5x longer (OpenBLAS, 2 threads). The
+        // process's BLAS is called directly where found: ATen's per-call work costs about as
+        // much as these small products (docs/performance.md).
+        if (!util::gemm_rowmajor(n, G, H, scalar_t(1), hp + o * H, H, wr, G, scalar_t(0),
+                                 ghp + o * G, G)) {
+          auto gh_t = gh.narrow(0, o, n);
+          at::mm_out(gh_t, hprev.narrow(0, o, n), w_hh_rows);
+        }
         const int64_t n_next = t + 1 < steps ? pk->bt[t + 1] : 0;
-        packed_forward_step<scalar_t>(
-            kind, n, H, gp + o * G, gh.data_ptr<scalar_t>() + o * G, bh, ap ? ap + o : nullptr,
-            hprev.data_ptr<scalar_t>() + o * H, hout.data_ptr<scalar_t>() + o * H,
-            n_next ? hprev.data_ptr<scalar_t>() + pk->off[t + 1] * H : nullptr, n_next);
+        packed_forward_step<scalar_t>(kind, n, H, gp + o * G, ghp + o * G, bh,
+                                      ap ? ap + o : nullptr, hp + o * H, ho + o * H,
+                                      n_next ? hp + pk->off[t + 1] * H : nullptr, n_next);
       }
     });
     auto final_state = hout.index_select(0, pk->final_index);
