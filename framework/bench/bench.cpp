@@ -131,8 +131,8 @@ const std::vector<std::string>& workload_names() {
 const std::vector<std::string>& optimisation_names() {
   static const std::vector<std::string> names = {"optimizer", "cross_entropy", "item_tower_batch",
                                                  "first_layer", "packing", "gru_packed",
-                                                 "gru_fused", "dice", "small_vocab_projection",
-                                                 "allocator"};
+                                                 "gru_fused", "dice", "aux_fused",
+                                                 "small_vocab_projection", "allocator"};
   return names;
 }
 
@@ -176,6 +176,7 @@ std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShap
   if (name == "dien") {
     p.fused = on("gru_fused");
     p.packed_gru = on("gru_packed");
+    p.fused_aux = on("aux_fused");
     return make_dien(shapes.ctr, device, seed, p);
   }
   throw UsageError("unknown workload '" + name + "' (known: twotower_ssl, din, dien, pipeline)");

@@ -115,7 +115,8 @@ const std::vector<std::string>& workload_names();
 /// kernel), item_tower_batch (positives and both SSL views as one item-tower pass),
 /// first_layer (DIN's fused attention first layer), packing (DIN / DIEN on the packed valid
 /// steps), gru_packed (gru_packed inside DIEN's GRU layers), gru_fused (the hand-written BPTT;
-/// off = the per-step reference GRU), dice (the output MLPs' fused Dice kernel),
+/// off = the per-step reference GRU), dice (the output MLPs' fused Dice kernel), aux_fused
+/// (DIEN's auxiliary loss as one kernel, value and gradients in one pass),
 /// small_vocab_projection (the towers' first layer through
 /// the projected rows of small vocabularies), allocator (util::retain_freed_memory; off =
 /// glibc's defaults).

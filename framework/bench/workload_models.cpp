@@ -52,7 +52,8 @@ std::unique_ptr<Workload> make_dien(const CtrShapes& s, torch::Device device, ui
                                  .aux_hidden(s.aux)
                                  .alpha_aux(1.0)
                                  .pack_valid(paths.packed_model)
-                                 .packed_gru(paths.packed_gru));
+                                 .packed_gru(paths.packed_gru)
+                                 .fused_aux(paths.fused_aux));
     return std::static_pointer_cast<models::CtrModel>(dien.ptr());
   }, paths.fused_optimizer);
 }

@@ -34,6 +34,8 @@ struct CtrPaths {
   bool fused_optimizer = true;
   /// The output MLP's Dice layers through their fused kernel (DiceOptions::fused).
   bool fused_dice = true;
+  /// dien: the auxiliary loss through its fused kernel (DienOptions::fused_aux).
+  bool fused_aux = true;
 };
 
 std::unique_ptr<Workload> make_din(const CtrShapes& s, torch::Device device, uint64_t seed,

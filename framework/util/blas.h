@@ -19,4 +19,14 @@ bool gemm_rowmajor(int64_t m, int64_t n, int64_t k, float alpha, const float* a,
 bool gemm_rowmajor(int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
                    const double* b, int64_t ldb, double beta, double* c, int64_t ldc);
 
+/// Row-major C [m, n] = alpha op(A) op(B) + beta C, op(X) = X^T when its flag is set: op(A) is
+/// [m, k] (A stored [k, m] when transposed), op(B) is [k, n] (B stored [n, k] when transposed);
+/// lda, ldb, ldc are the stored matrices' row strides. Returns false when no BLAS was found.
+bool gemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                   const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                   int64_t ldc);
+bool gemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
+                   const double* a, int64_t lda, const double* b, int64_t ldb, double beta,
+                   double* c, int64_t ldc);
+
 }  // namespace recsys::util

@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "losses/dien_aux.h"
+#include "models/dien/aux_fused.h"
 #include "models/layers/rows.h"
 
 namespace recsys::models {
@@ -38,6 +39,22 @@ torch::Tensor AuxiliaryNetImpl::forward_pairs(const torch::Tensor& h, const torc
   auto e_part = torch::mm(torch::cat({positive, negative}), w_e.t());        // [2P, hidden]
   auto pre = e_part + h_part.repeat({2, 1});
   return mlp_->forward_from(pre, 0).squeeze(-1);
+}
+
+torch::Tensor AuxiliaryNetImpl::loss_pairs(const torch::Tensor& h, const torch::Tensor& positive,
+                                          const torch::Tensor& negative) {
+  std::vector<torch::Tensor> weights, biases;
+  for (auto& linear : mlp_->linears()) {
+    weights.push_back(linear->weight);
+    biases.push_back(linear->bias);
+  }
+  if (options_.fused() && auxiliary_loss_fusable(h, positive, negative, mlp_->options(), weights))
+    return auxiliary_loss_fused(h, positive, negative, weights, biases, options_.activation());
+  const int64_t P = h.size(0);
+  auto logits = forward_pairs(h, positive, negative);
+  return losses::auxiliary_loss(logits.narrow(0, 0, P).unsqueeze(0),
+                                logits.narrow(0, P, P).unsqueeze(0),
+                                torch::ones({1, P}, torch::kBool));
 }
 
 DienImpl::DienImpl(DienOptions options) : options_(std::move(options)) {
@@ -76,7 +93,8 @@ void DienImpl::build(GruLayer evolution_layer) {
   if (evo.kind() != GruKind::kGru)
     attention = register_module("attention", BilinearAttention(h, e));
   evolution = register_module("evolution", std::move(evolution_layer));
-  aux = register_module("aux", AuxiliaryNet(AuxiliaryNetOptions(h, e).hidden(o.aux_hidden())));
+  aux = register_module(
+      "aux", AuxiliaryNet(AuxiliaryNetOptions(h, e).hidden(o.aux_hidden()).fused(o.fused_aux())));
   mlp = register_module("mlp", make_ctr_mlp(evo.hidden_size() + 2 * e, o.mlp()));
 }
 
@@ -146,12 +164,8 @@ DienOutput DienImpl::forward_packed(const CtrModelInput& in) {
     if (P == 0) {
       out.aux_loss = torch::zeros({}, x.options());  // no (h_t, e_{t+1}) pair in the batch
     } else {
-      auto negatives = parts[2];
-      auto logits = aux->forward_pairs(gather_rows(interests, layout.pair_first),
-                                       gather_rows(x, layout.pair_next), negatives);
-      out.aux_loss = losses::auxiliary_loss(logits.narrow(0, 0, P).unsqueeze(0),
-                                            logits.narrow(0, P, P).unsqueeze(0),
-                                            torch::ones({1, P}, torch::kBool));
+      out.aux_loss = aux->loss_pairs(gather_rows(interests, layout.pair_first),
+                                     gather_rows(x, layout.pair_next), parts[2]);
     }
   }
 
@@ -214,13 +228,11 @@ DienOutput DienImpl::forward_parts(const CtrModelInput& in) {
       auto gather = [&](const torch::Tensor& t) {
         return t.reshape({-1, t.size(-1)}).index_select(0, index);
       };
-      auto h = gather(pairs.states);
-      const int64_t n = h.size(0);
-      // One MLP call for the positive and the negative behaviours.
-      auto logits = aux->forward_pairs(h, gather(pairs.positive), gather(pairs.negative));
-      out.aux_loss = losses::auxiliary_loss(logits.narrow(0, 0, n).unsqueeze(0),
-                                            logits.narrow(0, n, n).unsqueeze(0),
-                                            torch::ones({1, n}, pairs.mask.options()));
+      if (index.numel() == 0)
+        out.aux_loss = torch::zeros({}, behaviours.options());  // no valid pair in the batch
+      else
+        out.aux_loss = aux->loss_pairs(gather(pairs.states), gather(pairs.positive),
+                                       gather(pairs.negative));
     } else {
       out.aux_loss = losses::auxiliary_loss(aux->forward(pairs.states, pairs.positive),
                                             aux->forward(pairs.states, pairs.negative), pairs.mask);

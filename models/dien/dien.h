@@ -23,6 +23,9 @@ struct AuxiliaryNetOptions {
   TORCH_ARG(std::vector<int64_t>, hidden) = std::vector<int64_t>{100, 50};
   /// Activation after every hidden layer (sigmoid in the paper's reference code).
   TORCH_ARG(Activation, activation) = Activation::kSigmoid;
+  /// loss_pairs takes the fused CPU kernel (models/dien/aux_fused.h) where it applies; false =
+  /// forward_pairs and losses::auxiliary_loss (its oracle).
+  TORCH_ARG(bool, fused) = true;
 };
 
 /// The scorer of DIEN's auxiliary loss: logit of "behaviour e follows state h", an MLP over [h, e].
@@ -36,6 +39,11 @@ class AuxiliaryNetImpl : public torch::nn::Module {
   /// [2P]: the positives' logits, then the negatives'.
   torch::Tensor forward_pairs(const torch::Tensor& h, const torch::Tensor& positive,
                               const torch::Tensor& negative);
+  /// DIEN's auxiliary loss (losses::auxiliary_loss) of P >= 1 pairs, all valid: the mean over
+  /// pairs of softplus(-logit(h, positive)) + softplus(logit(h, negative)). With options().fused
+  /// on the CPU, one kernel computes the value and its gradients block by block.
+  torch::Tensor loss_pairs(const torch::Tensor& h, const torch::Tensor& positive,
+                           const torch::Tensor& negative);
   const AuxiliaryNetOptions& options() const { return options_; }
   Mlp& mlp() { return mlp_; }
 
@@ -75,6 +83,8 @@ struct DienOptions {
   /// Weight of the auxiliary loss in the returned CtrOutput::aux_loss (0 disables it and the
   /// negative histories).
   TORCH_ARG(double, alpha_aux) = 1.0;
+  /// The auxiliary loss through its fused CPU kernel (AuxiliaryNetOptions::fused).
+  TORCH_ARG(bool, fused_aux) = true;
 };
 
 /// Everything DienImpl::forward_parts computes.

@@ -14,6 +14,7 @@ CtrModelBuilder dien_factory(const config::Reader& r) {
       .evolution_hidden(r.get<int64_t>("evolution_hidden", base.evolution_hidden()))
       .evolution(parse_gru_kind(r.choice("evolution", "augru", {"augru", "agru", "aigru", "gru"})))
       .fused(r.get<bool>("fused", base.fused()))
+      .fused_aux(r.get<bool>("fused_aux", base.fused_aux()))
       .mlp(common.mlp)
       .aux_hidden(parse_widths(r, "aux_hidden", base.aux_hidden()))
       .alpha_aux(r.get<double>("alpha_aux", base.alpha_aux()));
