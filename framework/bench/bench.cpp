@@ -20,6 +20,7 @@
 #include "framework/train/optimizer.h"
 #include "framework/util/allocator.h"
 #include "framework/util/errors.h"
+#include "framework/util/matmul.h"
 
 namespace recsys::bench {
 
@@ -132,7 +133,8 @@ const std::vector<std::string>& optimisation_names() {
   static const std::vector<std::string> names = {"optimizer", "cross_entropy", "item_tower_batch",
                                                  "first_layer", "packing", "gru_packed",
                                                  "gru_fused", "dice", "aux_fused",
-                                                 "small_vocab_projection", "allocator"};
+                                                 "small_vocab_projection", "allocator",
+                                                 "gemm"};
   return names;
 }
 
@@ -255,6 +257,9 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   const auto& disabled_list = options.plain ? optimisation_names() : options.disable;
   if (std::find(disabled_list.begin(), disabled_list.end(), "allocator") == disabled_list.end())
     util::retain_freed_memory();
+  // Products through util::gemm_parallel (models::linear, the GRUs) unless disabled.
+  util::set_parallel_gemm(std::find(disabled_list.begin(), disabled_list.end(), "gemm") ==
+                          disabled_list.end());
   auto device = parse_device(options.device);
   {
     auto tiny = make_workload(name, BenchShapes::tiny(), device, 1, disabled_list);

@@ -119,7 +119,8 @@ const std::vector<std::string>& workload_names();
 /// (DIEN's auxiliary loss as one kernel, value and gradients in one pass),
 /// small_vocab_projection (the towers' first layer through
 /// the projected rows of small vocabularies), allocator (util::retain_freed_memory; off =
-/// glibc's defaults).
+/// glibc's defaults), gemm (products through util::gemm_parallel, one BLAS call per thread;
+/// off = ATen's products, threaded by the BLAS itself).
 const std::vector<std::string>& optimisation_names();
 
 /// Builds a workload (throws UsageError for an unknown name) with the optimisations in

@@ -1,8 +1,12 @@
 #include "framework/util/blas.h"
 
+#include <ATen/Parallel.h>
 #include <dlfcn.h>
 
+#include <algorithm>
+#include <atomic>
 #include <climits>
+#include <vector>
 
 namespace recsys::util {
 
@@ -51,7 +55,76 @@ bool call(Fn fn, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, S 
   return true;
 }
 
+// Below this many multiply-adds a product is not worth a second thread.
+constexpr double kParallelMacs = 1 << 16;
+
+template <typename S>
+bool gemm_parallel_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, S alpha, const S* a,
+                        int64_t lda, const S* b, int64_t ldb, S beta, S* c, int64_t ldc) {
+  auto one = [&](int64_t mm, int64_t nn, int64_t kk, const S* aa, const S* bb, S bt, S* cc,
+                 int64_t lc) {
+    return gemm_rowmajor(ta, tb, mm, nn, kk, alpha, aa, lda, bb, ldb, bt, cc, lc);
+  };
+  const int64_t threads = at::get_num_threads();
+  const double macs = static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
+  if (!has_blas_gemm()) return false;
+  if (threads <= 1 || at::in_parallel_region() || macs < kParallelMacs || m == 0 || n == 0)
+    return one(m, n, k, a, b, beta, c, ldc);
+  // Where op(A)'s row r, op(A)'s column j, op(B)'s row j and op(B)'s column q start.
+  auto a_row = [&](int64_t r) { return ta ? a + r : a + r * lda; };
+  auto a_col = [&](int64_t j) { return ta ? a + j * lda : a + j; };
+  auto b_row = [&](int64_t j) { return tb ? b + j : b + j * ldb; };
+  auto b_col = [&](int64_t q) { return tb ? b + q * ldb : b + q; };
+  std::atomic<bool> ok{true};
+  if (k >= 1024 && k >= 4 * std::max(m, n)) {
+    // Split-K: each thread's partial product of its slice of k, then C = sum + beta C.
+    const int64_t parts = std::min<int64_t>(threads, k / 256);
+    std::vector<S> partial(static_cast<size_t>(parts * m * n));
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t k0 = p * k / parts, k1 = (p + 1) * k / parts;
+        if (!one(m, n, k1 - k0, a_col(k0), b_row(k0), S(0), partial.data() + p * m * n, n))
+          ok = false;
+      }
+    });
+    at::parallel_for(0, m, std::max<int64_t>(1, 4096 / n), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t q = 0; q < n; ++q) {
+          S sum = partial[static_cast<size_t>(r * n + q)];
+          for (int64_t p = 1; p < parts; ++p) sum += partial[static_cast<size_t>((p * m + r) * n + q)];
+          S& out = c[r * ldc + q];
+          out = beta == S(0) ? sum : sum + beta * out;
+        }
+    });
+    return ok.load();
+  }
+  if (m >= 16 * threads || m >= n) {
+    const int64_t grain = (m + threads - 1) / threads;
+    at::parallel_for(0, m, grain, [&](int64_t r0, int64_t r1) {
+      if (!one(r1 - r0, n, k, a_row(r0), b, beta, c + r0 * ldc, ldc)) ok = false;
+    });
+  } else {
+    const int64_t grain = (n + threads - 1) / threads;
+    at::parallel_for(0, n, grain, [&](int64_t q0, int64_t q1) {
+      if (!one(m, q1 - q0, k, a, b_col(q0), beta, c + q0, ldc)) ok = false;
+    });
+  }
+  return ok.load();
+}
+
 }  // namespace
+
+bool gemm_parallel(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                   const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                   int64_t ldc) {
+  return gemm_parallel_impl(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+bool gemm_parallel(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
+                   const double* a, int64_t lda, const double* b, int64_t ldb, double beta,
+                   double* c, int64_t ldc) {
+  return gemm_parallel_impl(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
 
 bool has_blas_gemm() { return blas().sgemm != nullptr && blas().dgemm != nullptr; }
 

@@ -29,4 +29,17 @@ bool gemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
                    const double* a, int64_t lda, const double* b, int64_t ldb, double beta,
                    double* c, int64_t ldc);
 
+/// The same product split across LibTorch's intra-op threads, each thread one single-threaded
+/// BLAS call on its share: rows of C (or columns, for C with few rows), or, for a long reduction
+/// into a small C (weight gradients: k much larger than m and n), a slice of k with per-thread
+/// partial products summed in thread order afterwards. On a 2-core machine this runs the skinny
+/// products of the CTR models 1.2-2.6x faster than the BLAS's own threading
+/// (docs/performance.md). Inside a parallel region, or for small products, one plain call.
+bool gemm_parallel(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                   const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                   int64_t ldc);
+bool gemm_parallel(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
+                   const double* a, int64_t lda, const double* b, int64_t ldb, double beta,
+                   double* c, int64_t ldc);
+
 }  // namespace recsys::util

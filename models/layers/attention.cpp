@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "models/layers/dice.h"
+#include "models/layers/linear.h"
 #include "models/layers/rows.h"
 
 namespace recsys::models {
@@ -110,8 +111,8 @@ AttentionOutput ActivationUnitImpl::forward_packed(const torch::Tensor& query,
               " and ", index.sizes());
   auto q = gather_rows(query, row);  // [N, D]
   auto [w_query, w_key] = fused_weights();
-  auto q_part = torch::nn::functional::linear(query, w_query, first_->bias);  // [B, H1]
-  auto pre = torch::addmm(gather_rows(q_part, row), torch::cat({k, q * k}, 1), w_key.t());
+  auto q_part = models::linear(query, w_query, first_->bias);  // [B, H1]
+  auto pre = models::linear(torch::cat({k, q * k}, 1), w_key, gather_rows(q_part, row));
   auto s = tail_->forward(first_activation_.forward(pre)).squeeze(1);    // [N]
   AttentionOutput out;
   if (options_.softmax()) {
@@ -143,8 +144,8 @@ torch::Tensor ActivationUnitImpl::scores(const torch::Tensor& query, const torch
   torch::Tensor pre;
   if (options_.fused_first_layer()) {
     auto [w_query, w_key] = fused_weights();
-    auto q_part = torch::nn::functional::linear(query, w_query, first_->bias);  // [B, H1]
-    auto kp_part = torch::matmul(torch::cat({keys, q * keys}, -1), w_key.t());  // [B, T, H1]
+    auto q_part = models::linear(query, w_query, first_->bias);                    // [B, H1]
+    auto kp_part = models::linear(torch::cat({keys, q * keys}, -1), w_key, torch::Tensor());
     pre = q_part.unsqueeze(1) + kp_part;
   } else {
     auto qe = q.expand_as(keys);

@@ -2,6 +2,7 @@
 
 #include "framework/util/blas.h"
 #include "framework/util/fast_math.h"
+#include "framework/util/matmul.h"
 #include "framework/util/simd.h"
 
 #include <algorithm>
@@ -122,11 +123,11 @@ struct InputSideGrads {
 InputSideGrads input_side_grads(const Tensor& d_gi, const Tensor& d_gh, const Tensor& x_in,
                                 const Tensor& h_before, const Tensor& w_ih, bool want_dx_in) {
   InputSideGrads g;
-  g.dw_hh = d_gh.t().mm(h_before);
+  g.dw_hh = util::mm(d_gh.t(), h_before);
   g.db_hh = d_gh.sum(0);
-  g.dw_ih = d_gi.t().mm(x_in);
+  g.dw_ih = util::mm(d_gi.t(), x_in);
   g.db_ih = d_gi.sum(0);
-  if (want_dx_in) g.dx_in = d_gi.mm(w_ih);
+  if (want_dx_in) g.dx_in = util::mm(d_gi, w_ih);
   return g;
 }
 
@@ -158,7 +159,7 @@ class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
 
     // After the loop `gates` holds r | z | n and `gh` holds h W_hh^T + b_hh (its n part is needed
     // by backward).
-    auto gates = at::addmm(b_ih, x_in.view({T * B, I}), w_ih.t()).view({T, B, G});
+    auto gates = util::addmm(b_ih, x_in.view({T * B, I}), w_ih.t()).view({T, B, G});
     auto gh = at::empty({T, B, G}, opts);
     auto hs = at::empty({T + 1, B, H}, opts);
     if (h0.has_value()) {
@@ -487,7 +488,7 @@ class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
     Tensor a_p;
     if (attention.has_value()) a_p = *attention;
     auto x_in = kind == GruKind::kAigru ? x_p * a_p.unsqueeze(1) : x_p;
-    auto gates = at::addmm(b_ih, x_in, w_ih.t()).contiguous();  // [N, G]
+    auto gates = util::addmm(b_ih, x_in, w_ih.t()).contiguous();  // [N, G]
     auto gh = at::empty({N, G}, x_p.options());
     auto hprev = at::empty({N, H}, x_p.options());
     auto hout = at::empty({N, H}, x_p.options());

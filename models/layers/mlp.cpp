@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "models/layers/dice.h"
+#include "models/layers/linear.h"
 
 namespace recsys::models {
 
@@ -53,14 +54,14 @@ MlpImpl::MlpImpl(MlpOptions options) : options_(std::move(options)) {
 
 torch::Tensor MlpImpl::forward(torch::Tensor x) {
   TORCH_CHECK(!linears_.empty(), "Mlp: no layers");
-  return forward_from(linears_[0]->forward(x), 0);
+  return forward_from(models::linear(x, linears_[0]->weight, linears_[0]->bias), 0);
 }
 
 torch::Tensor MlpImpl::forward_from(torch::Tensor x, size_t layer) {
   TORCH_CHECK(layer < linears_.size(), "Mlp::forward_from: layer ", layer, " of ",
               linears_.size());
   for (size_t i = layer; i < linears_.size(); ++i) {
-    if (i > layer) x = linears_[i]->forward(x);
+    if (i > layer) x = models::linear(x, linears_[i]->weight, linears_[i]->bias);
     if (i < activations_.size()) {
       x = activations_[i].forward(x);
       if (options_.dropout() > 0) x = torch::dropout(x, options_.dropout(), is_training());

@@ -1,5 +1,6 @@
 #include "models/two_tower/two_tower.h"
 
+#include "models/layers/linear.h"
 #include "models/layers/rows.h"
 
 namespace recsys::models {
@@ -112,7 +113,7 @@ torch::Tensor TowerImpl::first_layer_factored(const std::vector<torch::Tensor>& 
     auto used = used_rows(inputs[i], feats[i].vocab_size, feats[i].pooling, w.scalar_type());
     auto sub = torch::embedding(encoder_->table(i), used.rows, /*padding_idx=*/0,
                                 /*scale_grad_by_freq=*/false, options_.sparse());
-    auto projection = torch::mm(sub, w_i.t());  // [rows used, H]
+    auto projection = models::linear(sub, w_i, torch::Tensor());  // [rows used, H]
     projected_parts.push_back(bag_rows(projection, used.local, used.weights));
   }
   torch::Tensor h;
@@ -121,7 +122,7 @@ torch::Tensor TowerImpl::first_layer_factored(const std::vector<torch::Tensor>& 
   } else {
     auto x = direct_x.size() == 1 ? direct_x.front() : torch::cat(direct_x, 1);
     auto wd = direct_w.size() == 1 ? direct_w.front() : torch::cat(direct_w, 1);
-    h = torch::addmm(linear->bias, x, wd.t());
+    h = models::linear(x, wd, linear->bias);
   }
   for (size_t k = 0; k < projected_parts.size(); ++k)
     h = k == 0 ? h + projected_parts[k] : h.add_(projected_parts[k]);

@@ -1,6 +1,12 @@
 // util::gemm_rowmajor (the process's BLAS called directly) against torch::mm.
 #include "framework/util/blas.h"
 
+#include <ATen/Parallel.h>
+
+#include <array>
+#include <cmath>
+#include <vector>
+
 #include "support.h"
 
 using recsys::testing::require_close;
@@ -37,4 +43,54 @@ TEST_CASE("gemm_rowmajor computes row-major products with row strides, as torch:
   REQUIRE(recsys::util::gemm_rowmajor(3, 5, 4, 1.0f, a.data_ptr<float>(), 4, b.data_ptr<float>(),
                                       5, 0.0f, c.data_ptr<float>(), 5));
   require_close(c, torch::mm(a, b), 1e-5, 1e-5);
+}
+
+TEST_CASE("gemm_rowmajor with transposed operands equals torch::mm of the transposes",
+          "[kernels]") {
+  recsys::testing::seed(4);
+  const int64_t m = 13, n = 21, k = 9;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      CAPTURE(ta, tb);
+      // Stored [k, m] / [n, k] when transposed, inside wider buffers.
+      auto a_buf = torch::randn({ta ? k : m, (ta ? m : k) + 3}, torch::kFloat64);
+      auto b_buf = torch::randn({tb ? n : k, (tb ? k : n) + 2}, torch::kFloat64);
+      auto a = a_buf.narrow(1, 1, ta ? m : k), b = b_buf.narrow(1, 0, tb ? k : n);
+      auto opa = ta ? a.t() : a, opb = tb ? b.t() : b;
+      auto c = torch::randn({m, n}, torch::kFloat64);
+      auto expected = 0.25 * c + -1.5 * torch::mm(opa, opb);
+      REQUIRE(recsys::util::gemm_rowmajor(ta, tb, m, n, k, -1.5, a.data_ptr<double>(),
+                                          a_buf.size(1), b.data_ptr<double>(), b_buf.size(1),
+                                          0.25, c.data_ptr<double>(), n));
+      require_close(c, expected, 1e-12, 1e-12);
+    }
+}
+
+TEST_CASE("gemm_parallel splits rows, columns or the reduction and equals one product",
+          "[kernels]") {
+  recsys::testing::seed(6);
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  // Shapes for each split: many rows, few rows and many columns, a long reduction into a
+  // small result (split-K, 1024 <= k >= 4 max(m, n)), and one below the threading threshold.
+  const std::vector<std::array<int64_t, 3>> shapes{
+      {500, 40, 70}, {6, 300, 80}, {30, 20, 5000}, {3, 4, 5}};
+  for (const auto& s : shapes)
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (double beta : {0.0, 0.5}) {
+          const int64_t m = s[0], n = s[1], k = s[2];
+          CAPTURE(m, n, k, ta, tb, beta);
+          auto a = torch::randn({ta ? k : m, ta ? m : k}, torch::kFloat64);
+          auto b = torch::randn({tb ? n : k, tb ? k : n}, torch::kFloat64);
+          auto c = beta == 0 ? torch::full({m, n}, std::nan(""), torch::kFloat64)
+                             : torch::randn({m, n}, torch::kFloat64);
+          auto expected = torch::mm(ta ? a.t() : a, tb ? b.t() : b) * 2.0 +
+                          (beta == 0 ? torch::zeros_like(c) : c * beta);
+          REQUIRE(recsys::util::gemm_parallel(ta, tb, m, n, k, 2.0, a.data_ptr<double>(),
+                                              a.size(1), b.data_ptr<double>(), b.size(1), beta,
+                                              c.data_ptr<double>(), n));
+          require_close(c, expected, 1e-11, 1e-11);
+        }
+  at::set_num_threads(threads);
 }
