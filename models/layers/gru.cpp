@@ -1,5 +1,7 @@
 #include "models/layers/gru.h"
 
+#include <ATen/Parallel.h>
+
 #include "framework/util/blas.h"
 #include "framework/util/fast_math.h"
 #include "framework/util/matmul.h"
@@ -473,6 +475,38 @@ void packed_backward_step(GruKind kind, int64_t n, int64_t H, const S* gates, co
   }
 }
 
+// Bounds of `parts` contiguous ranges of the sorted sequences (rows j of every step), balanced by
+// their number of steps. Sequences are independent, so each range's recurrence can run on its own
+// thread without any synchronisation between steps; contiguous ranges keep each thread's rows
+// apart in memory (interleaved rows would share cache lines).
+std::vector<int64_t> sequence_ranges(const PackedLayout& pk, int64_t parts) {
+  const int64_t B = pk.batch, N = pk.size();
+  std::vector<int64_t> bounds{0};
+  if (parts > 1 && B > 0) {
+    // Sequence j runs for as many steps as have more than j rows (bt is non-increasing).
+    std::vector<int64_t> len(static_cast<size_t>(B), 0);
+    for (int64_t n : pk.bt)
+      for (int64_t j = 0; j < n; ++j) ++len[static_cast<size_t>(j)];
+    int64_t done = 0;
+    for (int64_t j = 0; j < B && static_cast<int64_t>(bounds.size()) < parts; ++j) {
+      done += len[static_cast<size_t>(j)];
+      if (done * parts >= N * static_cast<int64_t>(bounds.size())) bounds.push_back(j + 1);
+    }
+  }
+  if (bounds.back() != B) bounds.push_back(B);
+  return bounds;
+}
+
+// How many threads the recurrences take: all of them for enough work (and a BLAS to call from
+// each), else one.
+int64_t recurrence_parts(const PackedLayout& pk) {
+  const int64_t threads = at::get_num_threads();
+  if (threads <= 1 || at::in_parallel_region() || !util::has_blas_gemm() || pk.batch < 2 * threads ||
+      pk.size() < 256)
+    return 1;
+  return threads;
+}
+
 // Autograd node of gru_packed_sequences: packed x [N, I] (and attention [N]) in, packed states
 // [N, H] and the final states [B, H] (original order) out.
 class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
@@ -510,22 +544,34 @@ class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
       scalar_t* ho = hout.data_ptr<scalar_t>();
       scalar_t* ghp = gh.data_ptr<scalar_t>();
       const scalar_t* wr = w_hh_rows.data_ptr<scalar_t>();
-      for (int64_t t = 0; t < steps; ++t) {
-        const int64_t o = pk->off[t], n = pk->bt[t];
-        // h W_hh^T, the bias added by the gate loop. W_hh^T as a contiguous [H, 3H] matrix: with
-        // the transposed view, these small products took 5x longer (OpenBLAS, 2 threads). The
-        // process's BLAS is called directly where found: ATen's per-call work costs about as
-        // much as these small products (docs/performance.md).
-        if (!util::gemm_rowmajor(n, G, H, scalar_t(1), hp + o * H, H, wr, G, scalar_t(0),
-                                 ghp + o * G, G)) {
-          auto gh_t = gh.narrow(0, o, n);
-          at::mm_out(gh_t, hprev.narrow(0, o, n), w_hh_rows);
+      // Each thread runs the recurrence of its own range of sequences [r0, r1) (sorted order).
+      const auto bounds = sequence_ranges(*pk, recurrence_parts(*pk));
+      at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t part = p0; part < p1; ++part) {
+          const int64_t r0 = bounds[static_cast<size_t>(part)];
+          const int64_t r1 = bounds[static_cast<size_t>(part) + 1];
+          for (int64_t t = 0; t < steps; ++t) {
+            const int64_t n = std::min(r1, pk->bt[t]) - r0;  // this range's rows at step t
+            if (n <= 0) break;                               // (bt only decreases)
+            const int64_t o = pk->off[t] + r0;
+            // h W_hh^T, the bias added by the gate loop. W_hh^T as a contiguous [H, 3H] matrix:
+            // with the transposed view, these small products took 5x longer (OpenBLAS, 2
+            // threads). The process's BLAS is called directly where found: ATen's per-call work
+            // costs about as much as these small products (docs/performance.md).
+            if (!util::gemm_rowmajor(n, G, H, scalar_t(1), hp + o * H, H, wr, G, scalar_t(0),
+                                     ghp + o * G, G)) {
+              auto gh_t = gh.narrow(0, o, n);
+              at::mm_out(gh_t, hprev.narrow(0, o, n), w_hh_rows);
+            }
+            const int64_t n_next =
+                t + 1 < steps ? std::max<int64_t>(0, std::min(r1, pk->bt[t + 1]) - r0) : 0;
+            packed_forward_step<scalar_t>(kind, n, H, gp + o * G, ghp + o * G, bh,
+                                          ap ? ap + o : nullptr, hp + o * H, ho + o * H,
+                                          n_next ? hp + (pk->off[t + 1] + r0) * H : nullptr,
+                                          n_next);
+          }
         }
-        const int64_t n_next = t + 1 < steps ? pk->bt[t + 1] : 0;
-        packed_forward_step<scalar_t>(kind, n, H, gp + o * G, ghp + o * G, bh,
-                                      ap ? ap + o : nullptr, hp + o * H, ho + o * H,
-                                      n_next ? hp + pk->off[t + 1] * H : nullptr, n_next);
-      }
+      });
     });
     auto final_state = hout.index_select(0, pk->final_index);
 
@@ -585,18 +631,29 @@ class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
       scalar_t* d_gi_p = d_gi.data_ptr<scalar_t>();
       scalar_t* d_gh_p = d_gh.data_ptr<scalar_t>();
       scalar_t* da = scores ? da_p.data_ptr<scalar_t>() : nullptr;
-      std::vector<scalar_t> dg_buf(static_cast<size_t>(H));
-      for (int64_t t = steps - 1; t >= 0; --t) {
-        const int64_t o = pk->off[t], n = pk->bt[t];
-        packed_backward_step<scalar_t>(kind, n, H, gates_p + o * G, gh_p + o * G,
-                                       a ? a + o : nullptr, hprev_p + o * H,
-                                       dout ? dout + o * H : nullptr, dh_p, d_gi_p + o * G,
-                                       d_gh_p + o * G, da ? da + o : nullptr, dg_buf.data());
-        // dh += d_gh W_hh: through the process's BLAS directly where found (as forward).
-        if (!util::gemm_rowmajor(n, H, G, scalar_t(1), d_gh_p + o * G, G,
-                                 w_hh_c.data_ptr<scalar_t>(), H, scalar_t(1), dh_p, H))
-          dh.narrow(0, 0, n).addmm_(d_gh.narrow(0, o, n), w_hh_c);
-      }
+      // Each thread takes its range of sequences back through time (as forward).
+      const auto bounds = sequence_ranges(*pk, recurrence_parts(*pk));
+      at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t p0, int64_t p1) {
+        std::vector<scalar_t> dg_buf(static_cast<size_t>(H));
+        for (int64_t part = p0; part < p1; ++part) {
+          const int64_t r0 = bounds[static_cast<size_t>(part)];
+          const int64_t r1 = bounds[static_cast<size_t>(part) + 1];
+          for (int64_t t = steps - 1; t >= 0; --t) {
+            const int64_t n = std::min(r1, pk->bt[t]) - r0;
+            if (n <= 0) continue;  // this range's sequences have not started at t
+            const int64_t o = pk->off[t] + r0;
+            scalar_t* dh_r = dh_p + r0 * H;
+            packed_backward_step<scalar_t>(kind, n, H, gates_p + o * G, gh_p + o * G,
+                                           a ? a + o : nullptr, hprev_p + o * H,
+                                           dout ? dout + o * H : nullptr, dh_r, d_gi_p + o * G,
+                                           d_gh_p + o * G, da ? da + o : nullptr, dg_buf.data());
+            // dh += d_gh W_hh: through the process's BLAS directly where found (as forward).
+            if (!util::gemm_rowmajor(n, H, G, scalar_t(1), d_gh_p + o * G, G,
+                                     w_hh_c.data_ptr<scalar_t>(), H, scalar_t(1), dh_r, H))
+              dh.narrow(0, r0, n).addmm_(d_gh.narrow(0, o, n), w_hh_c);
+          }
+        }
+      });
     });
 
     const bool need_dx = s["need_dx"].toBool();

@@ -4,6 +4,8 @@
 #include <iostream>
 #include <vector>
 
+#include <ATen/Parallel.h>
+
 #include "support.h"
 
 using recsys::models::GruKind;
@@ -217,6 +219,44 @@ TEST_CASE("gru_packed matches gru_reference in float32 on DIEN-sized batches", "
       CAPTURE(i);
       const double scale = g_ref[i].abs().max().item<double>();
       require_close(g_packed[i], g_ref[i].to(torch::kFloat64), 1e-3, 1e-4 * scale);
+    }
+  }
+}
+
+TEST_CASE("gru_packed's recurrence split across threads equals the reference in float64",
+          "[gru]") {
+  // Enough sequences and steps for the packed recurrences to take both threads (ranges of
+  // sorted sequences balanced by step count), with lengths from 1 to T.
+  const int threads = at::get_num_threads();
+  for (auto kind : kAllKinds) {
+    for (bool with_h0 : {true, false}) {
+      CAPTURE(recsys::models::gru_kind_name(kind), with_h0);
+      recsys::testing::seed(31);
+      const int64_t B = 23, T = 30, I = 5, H = 6;
+      auto lengths = torch::randint(1, T + 1, {B}, torch::kLong);
+      lengths[3] = T;
+      lengths[7] = 1;
+      std::vector<int64_t> len(lengths.data_ptr<int64_t>(), lengths.data_ptr<int64_t>() + B);
+      REQUIRE(lengths.sum().item<int64_t>() >= 256);
+      auto c = make_case(kind, B, T, I, H, len, with_h0);
+      auto g_out = torch::randn({B, T, H}, torch::kFloat64);
+      auto g_final = torch::randn({B, H}, torch::kFloat64);
+      at::set_num_threads(1);
+      auto ref = run(0, kind, c);
+      auto g_ref = grads_of(0, kind, c, g_out, g_final);
+      auto one = grads_of(2, kind, c, g_out, g_final);
+      at::set_num_threads(2);
+      auto packed = run(2, kind, c);
+      auto two = grads_of(2, kind, c, g_out, g_final);
+      at::set_num_threads(threads);
+      require_close(packed.outputs, ref.outputs, 0, 1e-10);
+      require_close(packed.final_state, ref.final_state, 0, 1e-10);
+      REQUIRE(two.size() == g_ref.size());
+      for (size_t i = 0; i < g_ref.size(); ++i) {
+        CAPTURE(i);
+        require_close(two[i], g_ref[i], 0, 1e-10);
+        require_close(two[i], one[i], 0, 1e-12);
+      }
     }
   }
 }
