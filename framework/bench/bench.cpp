@@ -21,6 +21,7 @@
 #include "framework/util/allocator.h"
 #include "framework/util/errors.h"
 #include "framework/util/matmul.h"
+#include "models/layers/gru.h"
 
 namespace recsys::bench {
 
@@ -134,7 +135,7 @@ const std::vector<std::string>& optimisation_names() {
                                                  "first_layer", "packing", "gru_packed",
                                                  "gru_fused", "dice", "aux_fused",
                                                  "small_vocab_projection", "allocator",
-                                                 "gemm"};
+                                                 "gemm", "gru_threads"};
   return names;
 }
 
@@ -260,6 +261,8 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   // Products through util::gemm_parallel (models::linear, the GRUs) unless disabled.
   util::set_parallel_gemm(std::find(disabled_list.begin(), disabled_list.end(), "gemm") ==
                           disabled_list.end());
+  models::set_gru_recurrence_threads(std::find(disabled_list.begin(), disabled_list.end(),
+                                               "gru_threads") == disabled_list.end());
   auto device = parse_device(options.device);
   {
     auto tiny = make_workload(name, BenchShapes::tiny(), device, 1, disabled_list);

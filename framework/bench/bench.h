@@ -120,7 +120,8 @@ const std::vector<std::string>& workload_names();
 /// small_vocab_projection (the towers' first layer through
 /// the projected rows of small vocabularies), allocator (util::retain_freed_memory; off =
 /// glibc's defaults), gemm (products through util::gemm_parallel, one BLAS call per thread;
-/// off = ATen's products, threaded by the BLAS itself).
+/// off = ATen's products, threaded by the BLAS itself), gru_threads (the packed GRU's
+/// recurrences split by sequence ranges across threads; off = on one thread).
 const std::vector<std::string>& optimisation_names();
 
 /// Builds a workload (throws UsageError for an unknown name) with the optimisations in

@@ -23,10 +23,18 @@ using DgemmFn = void (*)(const char*, const char*, const int*, const int*, const
 struct Blas {
   SgemmFn sgemm = nullptr;
   DgemmFn dgemm = nullptr;
+  // Whether concurrent calls from our threads each run on their calling thread: true for an
+  // OpenMP or sequential OpenBLAS (inside a parallel region an OpenMP build runs single-threaded)
+  // and for BLAS that are not OpenBLAS; false for a pthreads OpenBLAS, whose calls would share
+  // its own thread pool.
+  bool calls_nest = true;
   Blas() {
     // RTLD_DEFAULT: the process's global lookup order, the same one that bound LibTorch's calls.
     sgemm = reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "sgemm_"));
     dgemm = reinterpret_cast<DgemmFn>(dlsym(RTLD_DEFAULT, "dgemm_"));
+    using ParallelFn = int (*)();
+    if (auto mode = reinterpret_cast<ParallelFn>(dlsym(RTLD_DEFAULT, "openblas_get_parallel")))
+      calls_nest = mode() != 1;  // 0 sequential, 1 pthreads, 2 OpenMP
   }
 };
 
@@ -68,7 +76,8 @@ bool gemm_parallel_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, S alp
   const int64_t threads = at::get_num_threads();
   const double macs = static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
   if (!has_blas_gemm()) return false;
-  if (threads <= 1 || at::in_parallel_region() || macs < kParallelMacs || m == 0 || n == 0)
+  if (threads <= 1 || at::in_parallel_region() || !blas().calls_nest || macs < kParallelMacs ||
+      m == 0 || n == 0)
     return one(m, n, k, a, b, beta, c, ldc);
   // Where op(A)'s row r, op(A)'s column j, op(B)'s row j and op(B)'s column q start.
   auto a_row = [&](int64_t r) { return ta ? a + r : a + r * lda; };

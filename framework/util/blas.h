@@ -34,7 +34,8 @@ bool gemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
 /// into a small C (weight gradients: k much larger than m and n), a slice of k with per-thread
 /// partial products summed in thread order afterwards. On a 2-core machine this runs the skinny
 /// products of the CTR models 1.2-2.6x faster than the BLAS's own threading
-/// (docs/performance.md). Inside a parallel region, or for small products, one plain call.
+/// (docs/performance.md). Inside a parallel region, for small products, or with a BLAS whose
+/// calls do not run on their calling thread (a pthreads OpenBLAS), one plain call.
 bool gemm_parallel(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                    const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                    int64_t ldc);

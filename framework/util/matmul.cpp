@@ -39,15 +39,23 @@ bool usable(const torch::Tensor& a, const torch::Tensor& b) {
   return a.numel() > 0 && b.numel() > 0;
 }
 
-// out (contiguous [m, n], holding beta's operand) = a @ b + beta out.
+// out (contiguous [m, n], holding beta's operand) = a @ b + beta out; ATen's product when the
+// BLAS refuses the call (sizes beyond its int arguments).
 void product(const torch::Tensor& a, const torch::Tensor& b, double beta, torch::Tensor& out) {
   const auto A = operand(a), B = operand(b);
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+  bool done = false;
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "util::mm", [&] {
-    gemm_parallel(A.trans, B.trans, m, n, k, scalar_t(1), A.data.data_ptr<scalar_t>(), A.ld,
-                  B.data.data_ptr<scalar_t>(), B.ld, static_cast<scalar_t>(beta),
-                  out.data_ptr<scalar_t>(), std::max<int64_t>(1, n));
+    done = gemm_parallel(A.trans, B.trans, m, n, k, scalar_t(1), A.data.data_ptr<scalar_t>(),
+                         A.ld, B.data.data_ptr<scalar_t>(), B.ld, static_cast<scalar_t>(beta),
+                         out.data_ptr<scalar_t>(), std::max<int64_t>(1, n));
   });
+  if (!done) {
+    if (beta == 0)
+      at::mm_out(out, a, b);
+    else
+      out.addmm_(a, b);
+  }
 }
 
 }  // namespace

@@ -217,7 +217,9 @@ class AuxLossFunction : public torch::autograd::Function<AuxLossFunction> {
       net.neg = neg.data_ptr<scalar_t>();
 
       const int64_t blocks = (P + kBlockPairs - 1) / kBlockPairs;
-      const int64_t slots = std::max<int64_t>(1, at::get_num_threads());
+      // The blocks cut into one chunk per thread; chunk p owns accumulator p whichever thread
+      // runs it (no reliance on thread ids; the same chunks for the same thread count).
+      const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
       const int64_t gsize = net.grad_size();
       // One gradient accumulator and one loss per thread, summed in thread order afterwards
       // (the same chunks for the same thread count: deterministic).
@@ -233,14 +235,15 @@ class AuxLossFunction : public torch::autograd::Function<AuxLossFunction> {
       scalar_t* dnegp = need_grads ? dneg.data_ptr<scalar_t>() : nullptr;
       scalar_t* accp = acc.data_ptr<scalar_t>();
       const int64_t scratch = block_scratch(net);
-      at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-        const int64_t slot = std::min<int64_t>(at::get_thread_num(), slots - 1);
+      at::parallel_for(0, slots, 1, [&](int64_t p0, int64_t p1) {
         std::vector<scalar_t> ws(static_cast<size_t>(scratch));
-        double sum = 0;
-        for (int64_t blk = b0; blk < b1; ++blk)
-          sum += run_block(net, blk * kBlockPairs, std::min(P, (blk + 1) * kBlockPairs),
-                           need_grads, ws.data(), accp + slot * gsize, dhp, dposp, dnegp);
-        losses[static_cast<size_t>(slot)] += sum;
+        for (int64_t slot = p0; slot < p1; ++slot) {
+          double sum = 0;
+          for (int64_t blk = slot * blocks / slots; blk < (slot + 1) * blocks / slots; ++blk)
+            sum += run_block(net, blk * kBlockPairs, std::min(P, (blk + 1) * kBlockPairs),
+                             need_grads, ws.data(), accp + slot * gsize, dhp, dposp, dnegp);
+          losses[static_cast<size_t>(slot)] = sum;
+        }
       });
       double total = 0;
       for (double v : losses) total += v;
@@ -263,6 +266,10 @@ class AuxLossFunction : public torch::autograd::Function<AuxLossFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // The gradients were computed in the forward as plain numbers: no graph to differentiate.
+    TORCH_CHECK(!torch::GradMode::is_enabled(),
+                "auxiliary_loss_fused: double backward (create_graph) is not supported; use "
+                "AuxiliaryNetOptions::fused(false)");
     const auto saved = ctx->get_saved_variables();
     const auto L = static_cast<size_t>(ctx->saved_data["layers"].toInt());
     const auto& g = grads[0];
@@ -299,8 +306,10 @@ bool auxiliary_loss_fusable(const torch::Tensor& h, const torch::Tensor& positiv
     return false;
   for (const auto& w : weights)
     if (!w.device().is_cpu() || w.scalar_type() != dtype) return false;
-  // The blocks' BLAS calls take int sizes.
-  return h.size(0) < (int64_t{1} << 30);
+  // The blocks' BLAS calls take int sizes (at most 2 x 64 rows, the layers' widths).
+  for (const auto& w : weights)
+    if (w.size(0) > (int64_t{1} << 30) || w.size(1) > (int64_t{1} << 30)) return false;
+  return true;
 }
 
 torch::Tensor auxiliary_loss_fused(const torch::Tensor& h, const torch::Tensor& positive,
@@ -310,6 +319,17 @@ torch::Tensor auxiliary_loss_fused(const torch::Tensor& h, const torch::Tensor& 
                                    Activation activation) {
   TORCH_CHECK(weights.size() == biases.size() && !weights.empty(),
               "auxiliary_loss_fused: one bias per weight, at least one layer");
+  TORCH_CHECK(util::has_blas_gemm(), "auxiliary_loss_fused: no BLAS sgemm_/dgemm_ in the process");
+  const auto dtype = h.scalar_type();
+  TORCH_CHECK(dtype == torch::kFloat32 || dtype == torch::kFloat64,
+              "auxiliary_loss_fused: float32 or float64 inputs, got ", dtype);
+  for (const auto* t : {&h, &positive, &negative})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == dtype,
+                "auxiliary_loss_fused: h, positive and negative must be CPU tensors of one dtype");
+  for (size_t l = 0; l < weights.size(); ++l)
+    TORCH_CHECK(weights[l].device().is_cpu() && biases[l].device().is_cpu() &&
+                    weights[l].scalar_type() == dtype && biases[l].scalar_type() == dtype,
+                "auxiliary_loss_fused: layer ", l, "'s weight and bias must be CPU ", dtype);
   TORCH_CHECK(h.dim() == 2 && positive.dim() == 2 && negative.sizes() == positive.sizes() &&
                   positive.size(0) == h.size(0) && h.size(0) >= 1,
               "auxiliary_loss_fused: h must be [P, H] and positive, negative [P, E] with P >= 1, "

@@ -8,6 +8,7 @@
 #include "framework/util/simd.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <stdexcept>
@@ -497,11 +498,13 @@ std::vector<int64_t> sequence_ranges(const PackedLayout& pk, int64_t parts) {
   return bounds;
 }
 
+std::atomic<bool> g_recurrence_threads{true};
+
 // How many threads the recurrences take: all of them for enough work (and a BLAS to call from
 // each), else one.
 int64_t recurrence_parts(const PackedLayout& pk) {
   const int64_t threads = at::get_num_threads();
-  if (threads <= 1 || at::in_parallel_region() || !util::has_blas_gemm() || pk.batch < 2 * threads ||
+  if (!g_recurrence_threads.load(std::memory_order_relaxed) || threads <= 1 || at::in_parallel_region() || !util::has_blas_gemm() || pk.batch < 2 * threads ||
       pk.size() < 256)
     return 1;
   return threads;
@@ -775,6 +778,9 @@ PackedLayout PackedLayout::from_lengths(const torch::Tensor& lengths, int64_t T)
     }
   return p;
 }
+
+void set_gru_recurrence_threads(bool on) { g_recurrence_threads = on; }
+bool gru_recurrence_threads_enabled() { return g_recurrence_threads.load(); }
 
 GruOutput gru_packed_sequences(GruKind kind, const PackedLayout& layout, const torch::Tensor& x,
                                const torch::Tensor& attention, const torch::Tensor& h0,

@@ -83,6 +83,12 @@ struct PackedLayout {
   static PackedLayout from_lengths(const torch::Tensor& lengths, int64_t T);
 };
 
+/// Process-wide switch (default on): gru_packed's recurrences run each thread's range of
+/// sequences on its own thread; off keeps them on the calling thread (same results). For A/B
+/// measurements (`recsys bench --disable gru_threads`) and tests.
+void set_gru_recurrence_threads(bool on);
+bool gru_recurrence_threads_enabled();
+
 /// gru_packed on inputs already in a PackedLayout: x [N, I], attention [N] (or undefined), h0
 /// [B, H] in the original order (or undefined). Returns outputs [N, H] in the packed order and
 /// final_state [B, H] in the original order. CPU; float32 or float64.

@@ -46,7 +46,7 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
                          weight.scalar_type() == x.scalar_type() &&
                          (!bias.defined() || bias.scalar_type() == x.scalar_type());
   const bool row_addend = bias.defined() && bias.dim() == 2;
-  if (!cpu_float || x.dim() < 1 || weight.dim() != 2 || x.size(-1) != weight.size(1) ||
+  if (!cpu_float || x.dim() < 1 || (bias.defined() && bias.dim() == 0) || weight.dim() != 2 || x.size(-1) != weight.size(1) ||
       (row_addend && (x.dim() != 2 || bias.size(0) != x.size(0) || bias.size(1) != weight.size(0))))
     return row_addend ? torch::addmm(bias, x, weight.t()) : torch::linear(x, weight, bias);
   c10::optional<torch::Tensor> b;
