@@ -110,6 +110,14 @@ TEST_CASE("Fused auxiliary loss: float32, the incoming gradient's scale, no-grad
     require_close(v.item<double>(), fused.loss, 1e-6);
   }
 
+  // Its gradients are numbers computed in the forward: a double backward is refused.
+  {
+    auto v = net->loss_pairs(pairs.h, pairs.pos, pairs.neg);
+    CHECK_THROWS_WITH(torch::autograd::grad({v}, {pairs.h}, {}, /*retain_graph=*/true,
+                                            /*create_graph=*/true),
+                      Catch::Contains("double backward"));
+  }
+
   // One thread and two: the same value and gradients up to summation order.
   const int threads = at::get_num_threads();
   at::set_num_threads(1);

@@ -80,5 +80,11 @@ TEST_CASE("models::linear equals torch::linear in value and every gradient", "[k
       require_close(fast[i], plain[i], 1e-11, 1e-11);
     }
   }
+  // A scalar bias broadcasts (torch::linear's rules) and gets its gradient.
+  auto x = torch::randn({5, in}, torch::kFloat64);
+  auto w = torch::randn({out, in}, torch::kFloat64);
+  auto b = torch::tensor(0.5, torch::kFloat64).requires_grad_(true);
+  recsys::models::linear(x, w, b).sum().backward();
+  require_close(b.grad(), torch::tensor(5.0 * out, torch::kFloat64), 1e-12, 1e-12);
   at::set_num_threads(threads);
 }
