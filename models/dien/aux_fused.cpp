@@ -221,8 +221,7 @@ class AuxLossFunction : public torch::autograd::Function<AuxLossFunction> {
       // runs it (no reliance on thread ids; the same chunks for the same thread count).
       const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
       const int64_t gsize = net.grad_size();
-      // One gradient accumulator and one loss per thread, summed in thread order afterwards
-      // (the same chunks for the same thread count: deterministic).
+      // One gradient accumulator and one loss per chunk, summed in chunk order afterwards.
       auto acc = torch::zeros({slots, need_grads ? gsize : 0}, h.options());
       std::vector<double> losses(static_cast<size_t>(slots), 0.0);
       if (need_grads) {
