@@ -19,9 +19,9 @@ trap 'rm -rf "$OUT"' EXIT
 [ -x "$BIN" ] || { echo "missing $BIN: build first (ninja -C build recsys)" >&2; exit 2; }
 
 declare -A OPTS=(
-  [twotower_ssl]="optimizer cross_entropy item_tower_batch small_vocab_projection allocator"
-  [din]="optimizer first_layer packing dice allocator"
-  [dien]="optimizer packing gru_packed gru_fused dice allocator"
+  [twotower_ssl]="optimizer cross_entropy item_tower_batch small_vocab_projection allocator gemm"
+  [din]="optimizer first_layer packing dice allocator gemm"
+  [dien]="optimizer packing gru_packed gru_fused dice aux_fused gru_threads allocator gemm"
 )
 run() {  # workload, label, extra args...
   local w=$1 label=$2; shift 2
