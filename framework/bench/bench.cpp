@@ -139,16 +139,20 @@ const std::vector<std::string>& optimisation_names() {
   return names;
 }
 
+std::string optimisation_list() {
+  std::string list;
+  for (const auto& k : optimisation_names()) list += (list.empty() ? "" : ", ") + k;
+  return list;
+}
+
 namespace {
 
 void check_optimisation_names(const std::vector<std::string>& names) {
   const auto& known = optimisation_names();
-  for (const auto& d : names) {
-    if (std::find(known.begin(), known.end(), d) != known.end()) continue;
-    std::string list;
-    for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
-    throw UsageError("--disable: unknown optimisation '" + d + "' (known: " + list + ")");
-  }
+  for (const auto& d : names)
+    if (std::find(known.begin(), known.end(), d) == known.end())
+      throw UsageError("--disable: unknown optimisation '" + d + "' (known: " +
+                       optimisation_list() + ")");
 }
 
 }  // namespace
@@ -256,13 +260,13 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
     (void)torch::mm(a, a).sum().item<float>();
   }
   const auto& disabled_list = options.plain ? optimisation_names() : options.disable;
-  if (std::find(disabled_list.begin(), disabled_list.end(), "allocator") == disabled_list.end())
-    util::retain_freed_memory();
-  // Products through util::gemm_parallel (models::linear, the GRUs) unless disabled.
-  util::set_parallel_gemm(std::find(disabled_list.begin(), disabled_list.end(), "gemm") ==
-                          disabled_list.end());
-  models::set_gru_recurrence_threads(std::find(disabled_list.begin(), disabled_list.end(),
-                                               "gru_threads") == disabled_list.end());
+  auto on = [&](const char* o) {
+    return std::find(disabled_list.begin(), disabled_list.end(), o) == disabled_list.end();
+  };
+  // The process-wide optimisations (the others are options of the workload's models).
+  if (on("allocator")) util::retain_freed_memory();
+  util::set_parallel_gemm(on("gemm"));
+  models::set_gru_recurrence_threads(on("gru_threads"));
   auto device = parse_device(options.device);
   {
     auto tiny = make_workload(name, BenchShapes::tiny(), device, 1, disabled_list);

@@ -123,6 +123,8 @@ const std::vector<std::string>& workload_names();
 /// off = ATen's products, threaded by the BLAS itself), gru_threads (the packed GRU's
 /// recurrences split by sequence ranges across threads; off = on one thread).
 const std::vector<std::string>& optimisation_names();
+/// optimisation_names() joined with ", " (help and error messages).
+std::string optimisation_list();
 
 /// Builds a workload (throws UsageError for an unknown name) with the optimisations in
 /// `disabled` switched off.

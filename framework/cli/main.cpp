@@ -156,9 +156,8 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--steps", bench_options.steps, "timed steps after 5 warm-up steps");
   bench_cmd->add_flag("--plain", bench_options.plain, "run every workload's plain (unoptimised) path");
   bench_cmd->add_option("--disable", bench_options.disable,
-                        "optimisations to switch off (comma-separated): optimizer, cross_entropy, "
-                        "item_tower_batch, first_layer, packing, gru_packed, gru_fused, dice, "
-                        "small_vocab_projection, allocator")
+                        "optimisations to switch off (comma-separated): " +
+                            bench::optimisation_list())
       ->delimiter(',');
   bench_cmd->add_option("--profile", bench_options.profile,
                         "write a Chrome trace of each workload's timed steps to PREFIX.WORKLOAD.json");

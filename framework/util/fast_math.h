@@ -5,6 +5,7 @@
 // cross-entropy, the packed GRU's gates). Accuracy: within 2 ulp of expf over the whole range
 // (tests/framework/util/fast_math_test.cpp checks it against float64 std::exp).
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -40,5 +41,11 @@ inline float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
 
 /// tanh(x) = 2 sigmoid(2x) - 1, written as 1 - 2 / (e^{2x} + 1) (exact 0 at 0 is not needed).
 inline float tanh(float x) { return 1.0f - 2.0f / (exp(2.0f * x) + 1.0f); }
+
+/// float64 versions through libm, so that kernels templated on the scalar type call one name
+/// (their float64 instantiations serve as the tests' precise references).
+inline double exp(double x) { return std::exp(x); }
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+inline double tanh(double x) { return std::tanh(x); }
 
 }  // namespace recsys::fast

@@ -15,8 +15,6 @@ using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-inline float dice_sigmoid(float v) { return fast::sigmoid(v); }
-inline double dice_sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
 
 // Runs fn(c0, c1) over column ranges of a [rows, cols] input, split across threads in blocks of
 // 16 columns (each thread owns whole columns: the statistics are per column); a block is only
@@ -76,7 +74,7 @@ class DiceFunction : public torch::autograd::Function<DiceFunction> {
         for (int64_t r = 0; r < N; ++r)
           for (int64_t c = c0; c < c1; ++c) {
             const scalar_t xv = xp[r * D + c];
-            const scalar_t pv = dice_sigmoid((xv - mp[c]) * ip[c]);
+            const scalar_t pv = fast::sigmoid((xv - mp[c]) * ip[c]);
             pp[r * D + c] = pv;
             yp[r * D + c] = xv * (ap[c] + pv * (scalar_t(1) - ap[c]));
           }

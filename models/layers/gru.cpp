@@ -343,12 +343,6 @@ PackedLayout load_layout(AutogradContext* ctx) {
   return p;
 }
 
-// Gate activations: the vectorisable recsys::fast versions in float32, libm in float64.
-inline float gate_sigmoid(float x) { return fast::sigmoid(x); }
-inline double gate_sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-inline float gate_tanh(float x) { return fast::tanh(x); }
-inline double gate_tanh(double x) { return std::tanh(x); }
-
 // The kinds differ only in g (the weight of n - h) and in what the attention a receives, so the
 // row loops take them as per-row coefficients and stay branch-free (vectorisable):
 //   g = ca (1 - z) + cb;  dz = -ca dg;  da = sum_c dg (ua (1 - z) + ub)
@@ -371,9 +365,9 @@ inline void forward_row(int64_t H, S* __restrict gi, S* __restrict hh, const S* 
                         S ca, S cb, const S* __restrict h, S* __restrict o) {
   for (int64_t c = 0; c < 3 * H; ++c) hh[c] += bh[c];
   for (int64_t c = 0; c < H; ++c) {
-    const S r = gate_sigmoid(gi[c] + hh[c]);
-    const S z = gate_sigmoid(gi[H + c] + hh[H + c]);
-    const S nn = gate_tanh(gi[2 * H + c] + r * hh[2 * H + c]);
+    const S r = fast::sigmoid(gi[c] + hh[c]);
+    const S z = fast::sigmoid(gi[H + c] + hh[H + c]);
+    const S nn = fast::tanh(gi[2 * H + c] + r * hh[2 * H + c]);
     gi[c] = r;
     gi[H + c] = z;
     gi[2 * H + c] = nn;
@@ -500,14 +494,19 @@ std::vector<int64_t> sequence_ranges(const PackedLayout& pk, int64_t parts) {
 
 std::atomic<bool> g_recurrence_threads{true};
 
-// How many threads the recurrences take: all of them for enough work (and a BLAS to call from
-// each), else one.
-int64_t recurrence_parts(const PackedLayout& pk) {
+// Runs fn(r0, r1) on contiguous ranges [r0, r1) of the sorted sequences that cover them all: one
+// range per thread when there is enough work (and a BLAS to call from each thread), else one.
+template <typename Fn>
+void for_sequence_ranges(const PackedLayout& pk, const Fn& fn) {
   const int64_t threads = at::get_num_threads();
-  if (!g_recurrence_threads.load(std::memory_order_relaxed) || threads <= 1 || at::in_parallel_region() || !util::has_blas_gemm() || pk.batch < 2 * threads ||
-      pk.size() < 256)
-    return 1;
-  return threads;
+  const bool split = g_recurrence_threads.load(std::memory_order_relaxed) && threads > 1 &&
+                     !at::in_parallel_region() && util::has_blas_gemm() &&
+                     pk.batch >= 2 * threads && pk.size() >= 256;
+  const auto bounds = sequence_ranges(pk, split ? threads : 1);
+  at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t part = p0; part < p1; ++part)
+      fn(bounds[static_cast<size_t>(part)], bounds[static_cast<size_t>(part) + 1]);
+  });
 }
 
 // Autograd node of gru_packed_sequences: packed x [N, I] (and attention [N]) in, packed states
@@ -548,31 +547,26 @@ class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
       scalar_t* ghp = gh.data_ptr<scalar_t>();
       const scalar_t* wr = w_hh_rows.data_ptr<scalar_t>();
       // Each thread runs the recurrence of its own range of sequences [r0, r1) (sorted order).
-      const auto bounds = sequence_ranges(*pk, recurrence_parts(*pk));
-      at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t p0, int64_t p1) {
-        for (int64_t part = p0; part < p1; ++part) {
-          const int64_t r0 = bounds[static_cast<size_t>(part)];
-          const int64_t r1 = bounds[static_cast<size_t>(part) + 1];
-          for (int64_t t = 0; t < steps; ++t) {
-            const int64_t n = std::min(r1, pk->bt[t]) - r0;  // this range's rows at step t
-            if (n <= 0) break;                               // (bt only decreases)
-            const int64_t o = pk->off[t] + r0;
-            // h W_hh^T, the bias added by the gate loop. W_hh^T as a contiguous [H, 3H] matrix:
-            // with the transposed view, these small products took 5x longer (OpenBLAS, 2
-            // threads). The process's BLAS is called directly where found: ATen's per-call work
-            // costs about as much as these small products (docs/performance.md).
-            if (!util::gemm_rowmajor(n, G, H, scalar_t(1), hp + o * H, H, wr, G, scalar_t(0),
-                                     ghp + o * G, G)) {
-              auto gh_t = gh.narrow(0, o, n);
-              at::mm_out(gh_t, hprev.narrow(0, o, n), w_hh_rows);
-            }
-            const int64_t n_next =
-                t + 1 < steps ? std::max<int64_t>(0, std::min(r1, pk->bt[t + 1]) - r0) : 0;
-            packed_forward_step<scalar_t>(kind, n, H, gp + o * G, ghp + o * G, bh,
-                                          ap ? ap + o : nullptr, hp + o * H, ho + o * H,
-                                          n_next ? hp + (pk->off[t + 1] + r0) * H : nullptr,
-                                          n_next);
+      for_sequence_ranges(*pk, [&](int64_t r0, int64_t r1) {
+        for (int64_t t = 0; t < steps; ++t) {
+          const int64_t n = std::min(r1, pk->bt[t]) - r0;  // this range's rows at step t
+          if (n <= 0) break;                               // (bt only decreases)
+          const int64_t o = pk->off[t] + r0;
+          // h W_hh^T, the bias added by the gate loop. W_hh^T as a contiguous [H, 3H] matrix:
+          // with the transposed view, these small products took 5x longer (OpenBLAS, 2
+          // threads). The process's BLAS is called directly where found: ATen's per-call work
+          // costs about as much as these small products (docs/performance.md).
+          if (!util::gemm_rowmajor(n, G, H, scalar_t(1), hp + o * H, H, wr, G, scalar_t(0),
+                                   ghp + o * G, G)) {
+            auto gh_t = gh.narrow(0, o, n);
+            at::mm_out(gh_t, hprev.narrow(0, o, n), w_hh_rows);
           }
+          const int64_t n_next =
+              t + 1 < steps ? std::max<int64_t>(0, std::min(r1, pk->bt[t + 1]) - r0) : 0;
+          packed_forward_step<scalar_t>(kind, n, H, gp + o * G, ghp + o * G, bh,
+                                        ap ? ap + o : nullptr, hp + o * H, ho + o * H,
+                                        n_next ? hp + (pk->off[t + 1] + r0) * H : nullptr,
+                                        n_next);
         }
       });
     });
@@ -635,26 +629,21 @@ class GruPackedFunction : public torch::autograd::Function<GruPackedFunction> {
       scalar_t* d_gh_p = d_gh.data_ptr<scalar_t>();
       scalar_t* da = scores ? da_p.data_ptr<scalar_t>() : nullptr;
       // Each thread takes its range of sequences back through time (as forward).
-      const auto bounds = sequence_ranges(*pk, recurrence_parts(*pk));
-      at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t p0, int64_t p1) {
+      for_sequence_ranges(*pk, [&](int64_t r0, int64_t r1) {
         std::vector<scalar_t> dg_buf(static_cast<size_t>(H));
-        for (int64_t part = p0; part < p1; ++part) {
-          const int64_t r0 = bounds[static_cast<size_t>(part)];
-          const int64_t r1 = bounds[static_cast<size_t>(part) + 1];
-          for (int64_t t = steps - 1; t >= 0; --t) {
-            const int64_t n = std::min(r1, pk->bt[t]) - r0;
-            if (n <= 0) continue;  // this range's sequences have not started at t
-            const int64_t o = pk->off[t] + r0;
-            scalar_t* dh_r = dh_p + r0 * H;
-            packed_backward_step<scalar_t>(kind, n, H, gates_p + o * G, gh_p + o * G,
-                                           a ? a + o : nullptr, hprev_p + o * H,
-                                           dout ? dout + o * H : nullptr, dh_r, d_gi_p + o * G,
-                                           d_gh_p + o * G, da ? da + o : nullptr, dg_buf.data());
-            // dh += d_gh W_hh: through the process's BLAS directly where found (as forward).
-            if (!util::gemm_rowmajor(n, H, G, scalar_t(1), d_gh_p + o * G, G,
-                                     w_hh_c.data_ptr<scalar_t>(), H, scalar_t(1), dh_r, H))
-              dh.narrow(0, r0, n).addmm_(d_gh.narrow(0, o, n), w_hh_c);
-          }
+        scalar_t* dh_r = dh_p + r0 * H;
+        for (int64_t t = steps - 1; t >= 0; --t) {
+          const int64_t n = std::min(r1, pk->bt[t]) - r0;
+          if (n <= 0) continue;  // this range's sequences have all ended before step t
+          const int64_t o = pk->off[t] + r0;
+          packed_backward_step<scalar_t>(kind, n, H, gates_p + o * G, gh_p + o * G,
+                                         a ? a + o : nullptr, hprev_p + o * H,
+                                         dout ? dout + o * H : nullptr, dh_r, d_gi_p + o * G,
+                                         d_gh_p + o * G, da ? da + o : nullptr, dg_buf.data());
+          // dh += d_gh W_hh: through the process's BLAS directly where found (as forward).
+          if (!util::gemm_rowmajor(n, H, G, scalar_t(1), d_gh_p + o * G, G,
+                                   w_hh_c.data_ptr<scalar_t>(), H, scalar_t(1), dh_r, H))
+            dh.narrow(0, r0, n).addmm_(d_gh.narrow(0, o, n), w_hh_c);
         }
       });
     });
