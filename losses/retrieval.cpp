@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "losses/cross_entropy.h"
+#include "losses/softmax_fused.h"
 
 namespace recsys::losses {
 
@@ -33,6 +34,26 @@ torch::Tensor inbatch_softmax(const torch::Tensor& user, const torch::Tensor& it
                                 : rowwise_cross_entropy_reference(logits, targets);
 }
 
+torch::Tensor inbatch_softmax_mean(const torch::Tensor& user, const torch::Tensor& item,
+                                   const torch::Tensor& log_q, const torch::Tensor& item_ids,
+                                   const InBatchSoftmaxOptions& options,
+                                   const torch::Tensor& extra_item) {
+  if (options.fused_mean() && user.dim() == 2 && item.sizes() == user.sizes() &&
+      log_q.dim() == 1) {
+    auto columns = extra_item.defined() && extra_item.numel() > 0 ? torch::cat({item, extra_item}, 0) : item;
+    auto bias = log_q.size(0) == columns.size(0) ? -log_q.to(user.scalar_type()) : torch::Tensor();
+    torch::Tensor ids;
+    if (options.remove_accidental_hits() && item_ids.defined() && item_ids.dim() == 1 &&
+        item_ids.size(0) == columns.size(0))
+      ids = item_ids.to(torch::kInt64);
+    const bool ids_ok = !options.remove_accidental_hits() || ids.defined();
+    if (bias.defined() && ids_ok && diagonal_softmax_unsupported(user, columns, bias, ids).empty())
+      return diagonal_softmax_mean_fused(user, columns, 1.0 / options.temperature(), bias, ids);
+  }
+  // The composed path (also where the arguments are wrong: it names the problem).
+  return inbatch_softmax(user, item, log_q, item_ids, options, extra_item).mean();
+}
+
 torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, double temperature,
                           bool symmetric, bool fused_kernel) {
   TORCH_CHECK(z1.dim() == 2 && z1.sizes() == z2.sizes(), "contrastive: views must both be [M, D]");
@@ -43,6 +64,15 @@ torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, doub
   auto loss = ce(logits, targets);
   if (symmetric) loss = 0.5 * (loss + ce(logits.t(), targets));
   return loss;
+}
+
+torch::Tensor contrastive_mean(const torch::Tensor& z1, const torch::Tensor& z2,
+                               double temperature, bool symmetric, bool fused_kernel,
+                               bool fused_mean) {
+  TORCH_CHECK(z1.dim() == 2 && z1.sizes() == z2.sizes(), "contrastive: views must both be [M, D]");
+  if (fused_mean && !symmetric && diagonal_softmax_unsupported(z1, z2, {}, {}).empty())
+    return diagonal_softmax_mean_fused(z1, z2, 1.0 / temperature);
+  return contrastive(z1, z2, temperature, symmetric, fused_kernel).mean();
 }
 
 torch::Tensor spread_out(const torch::Tensor& q) {

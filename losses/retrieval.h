@@ -13,6 +13,9 @@ struct InBatchSoftmaxOptions {
   /// The fused softmax cross-entropy kernel (losses/cross_entropy.h) where it applies; false
   /// takes torch's cross_entropy (the kernel's oracle, for before/after measurements).
   TORCH_ARG(bool, fused_kernel) = true;
+  /// inbatch_softmax_mean only: the score product, softmax cross-entropy and mean as one kernel
+  /// (losses/softmax_fused.h) where it applies; false composes them (its oracle).
+  TORCH_ARG(bool, fused_mean) = true;
 };
 
 /// Listwise in-batch softmax with logQ correction (Yi et al., RecSys 2019):
@@ -26,11 +29,25 @@ torch::Tensor inbatch_softmax(const torch::Tensor& user, const torch::Tensor& it
                               const InBatchSoftmaxOptions& options,
                               const torch::Tensor& extra_item = {});
 
+/// mean_i of inbatch_softmax(...)_i: with fused_mean (CPU float32 / float64) the product, the
+/// cross-entropy and the mean run as one blockwise kernel that never stores the [B, C] scores;
+/// otherwise inbatch_softmax(...).mean(). The same function either way.
+torch::Tensor inbatch_softmax_mean(const torch::Tensor& user, const torch::Tensor& item,
+                                   const torch::Tensor& log_q, const torch::Tensor& item_ids,
+                                   const InBatchSoftmaxOptions& options,
+                                   const torch::Tensor& extra_item = {});
+
 /// The SSL contrastive loss of Yao et al. (eq. 3): views z1 [M,D], z2 [M,D] (unit vectors);
 /// loss_i = -log softmax_j(<z1_i, z2_j> / tau)[i]; `symmetric` averages both directions.
 /// Returns the per-example loss [M].
 torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, double temperature,
                           bool symmetric = false, bool fused_kernel = true);
+
+/// mean_i of contrastive(...)_i; `fused_mean` runs the one-direction loss as one blockwise kernel
+/// (losses/softmax_fused.h) on CPU float32 / float64, else contrastive(...).mean().
+torch::Tensor contrastive_mean(const torch::Tensor& z1, const torch::Tensor& z2,
+                               double temperature, bool symmetric = false,
+                               bool fused_kernel = true, bool fused_mean = true);
 
 /// Spread-out regularisation (Zhang et al., ICCV 2017) on unit vectors q [N,D]:
 ///   M1 = mean_{i != j} <q_i, q_j>, M2 = mean_{i != j} <q_i, q_j>^2,

@@ -135,7 +135,7 @@ const std::vector<std::string>& optimisation_names() {
                                                  "first_layer", "packing", "gru_packed",
                                                  "gru_fused", "dice", "aux_fused",
                                                  "small_vocab_projection", "allocator",
-                                                 "gemm", "gru_threads"};
+                                                 "gemm", "gru_threads", "softmax_fused"};
   return names;
 }
 
@@ -168,6 +168,7 @@ std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShap
     TwoTowerPaths p;
     p.batched_item_tower = on("item_tower_batch");
     p.cross_entropy_kernel = on("cross_entropy");
+    p.fused_softmax_mean = on("softmax_fused");
     p.fused_optimizer = on("optimizer");
     p.project_small_vocabularies = on("small_vocab_projection");
     return make_twotower_ssl(shapes.two_tower, device, seed, p);

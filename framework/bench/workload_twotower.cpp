@@ -1,5 +1,5 @@
 // twotower_ssl: the retrieval model with the self-supervised item-tower objective (WORKLOADS.md),
-// through models::TwoTower, losses::inbatch_softmax / losses::contrastive, the registered
+// through models::TwoTower, losses::inbatch_softmax_mean / losses::contrastive_mean, the registered
 // `complementary` augmentation and train::Optimizer.
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -141,15 +141,16 @@ class TwoTowerSsl : public Workload {
       z1 = model_->item(v1);
       z2 = model_->item(v2);
     }
-    auto main = losses::inbatch_softmax(
+    auto main = losses::inbatch_softmax_mean(
         a, pos, b.log_q, b.item_ids,
         losses::InBatchSoftmaxOptions()
             .temperature(s_.temperature)
             .remove_accidental_hits(false)
-            .fused_kernel(paths_.cross_entropy_kernel));
-    auto ssl = losses::contrastive(z1, z2, s_.temperature, /*symmetric=*/false,
-                                   paths_.cross_entropy_kernel);
-    auto loss = main.mean() + s_.ssl_weight * ssl.mean();
+            .fused_kernel(paths_.cross_entropy_kernel)
+            .fused_mean(paths_.fused_softmax_mean));
+    auto ssl = losses::contrastive_mean(z1, z2, s_.temperature, /*symmetric=*/false,
+                                        paths_.cross_entropy_kernel, paths_.fused_softmax_mean);
+    auto loss = main + s_.ssl_weight * ssl;
     return finish_step(loss, *optimizer_);
   }
 

@@ -13,6 +13,9 @@ struct TwoTowerPaths {
   bool batched_item_tower = true;
   /// The fused softmax cross-entropy kernel for both losses (else torch's cross_entropy).
   bool cross_entropy_kernel = true;
+  /// Both losses' score products, cross-entropies and means as one blockwise kernel each
+  /// (losses/softmax_fused.h; else product, cross-entropy and mean composed).
+  bool fused_softmax_mean = true;
   /// train::Optimizer's fused path (else its tensor-op path).
   bool fused_optimizer = true;
   /// Towers project the small vocabularies' used rows through the first layer

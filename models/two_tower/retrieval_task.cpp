@@ -236,7 +236,7 @@ class RetrievalTask : public train::Task {
       move_all(b.extra_inputs, device_);
       extra = model_->item(b.extra_inputs);
     }
-    auto main = losses::inbatch_softmax(u, i, b.log_q.to(device_), b.item_ids.to(device_), o_.loss.softmax, extra).mean();
+    auto main = losses::inbatch_softmax_mean(u, i, b.log_q.to(device_), b.item_ids.to(device_), o_.loss.softmax, extra);
     train::StepOutput out;
     out.loss = main;
     out.parts["main"] = main.detach();
@@ -249,7 +249,7 @@ class RetrievalTask : public train::Task {
         z1 = torch::nn::functional::normalize(projection_->forward(z1), torch::nn::functional::NormalizeFuncOptions().dim(1));
         z2 = torch::nn::functional::normalize(projection_->forward(z2), torch::nn::functional::NormalizeFuncOptions().dim(1));
       }
-      auto ssl = losses::contrastive(z1, z2, o_.ssl.temperature, o_.ssl.symmetric).mean();
+      auto ssl = losses::contrastive_mean(z1, z2, o_.ssl.temperature, o_.ssl.symmetric);
       out.loss = out.loss + o_.ssl.alpha * ssl;
       out.parts["ssl"] = ssl.detach();
     }

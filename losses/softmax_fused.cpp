@@ -1,0 +1,239 @@
+#include "losses/softmax_fused.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <vector>
+
+#include "framework/util/blas.h"
+#include "framework/util/fast_math.h"
+
+namespace recsys::losses {
+
+namespace {
+
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Rows per block: a block's scores ([128, C], 512 KB at C = 1024 in float32) stay in a core's L2
+// cache next to b ([C, D], 256 KB) and the chunk's gradient accumulator for b (the same size).
+constexpr int64_t kBlockRows = 128;
+
+// Reductions run in 16 independent lanes: a fixed-width inner loop the compiler vectorises (a
+// plain floating-point reduction it may not reorder).
+constexpr int kLanes = 16;
+
+template <typename S>
+S row_max(const S* __restrict x, int64_t c) {
+  S lane[kLanes];
+  for (int k = 0; k < kLanes; ++k) lane[k] = -std::numeric_limits<S>::infinity();
+  int64_t j = 0;
+  for (; j + kLanes <= c; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) lane[k] = std::max(lane[k], x[j + k]);
+  S m = -std::numeric_limits<S>::infinity();
+  for (int k = 0; k < kLanes; ++k) m = std::max(m, lane[k]);
+  for (; j < c; ++j) m = std::max(m, x[j]);
+  return m;
+}
+
+// x[j] = e^(x[j] - m); returns the sum. A NaN score (skipped by the max) makes the sum NaN.
+template <typename S>
+S exp_and_sum(S* __restrict x, S m, int64_t c) {
+  S lane[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= c; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) {
+      const S e = fast::exp(x[j + k] - m);
+      x[j + k] = e;
+      lane[k] += e;
+    }
+  S s = 0;
+  for (int k = 0; k < kLanes; ++k) s += lane[k];
+  for (; j < c; ++j) {
+    x[j] = fast::exp(x[j] - m);
+    s += x[j];
+  }
+  return s;
+}
+
+// The operands as raw row-major pointers.
+template <typename S>
+struct Problem {
+  int64_t B = 0, C = 0, D = 0;
+  S scale = 1;
+  const S *a = nullptr, *b = nullptr, *bias = nullptr;
+  const int64_t* ids = nullptr;
+  bool grads = false;
+  S* da = nullptr;  // [B, D], rows written by the block that owns them
+};
+
+// Rows [i0, i1): their scores in `s` ([i1 - i0, C] scratch), the sum of their losses (returned)
+// and, with grads, their rows of da and their contributions to the chunk's accumulators db [C, D]
+// and dbias [C] (null when the bias needs no gradient).
+template <typename S>
+double run_block(const Problem<S>& p, int64_t i0, int64_t i1, S* s, S* db, S* dbias) {
+  const int64_t n = i1 - i0, C = p.C, D = p.D;
+  util::gemm_rowmajor(false, true, n, C, D, p.scale, p.a + i0 * D, D, p.b, D, S(0), s, C);
+  const S mean_weight = S(1) / static_cast<S>(p.B);
+  double loss = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t i = i0 + r;
+    S* row = s + r * C;
+    if (p.bias)
+      for (int64_t j = 0; j < C; ++j) row[j] += p.bias[j];
+    if (p.ids) {
+      const int64_t own = p.ids[i];
+      for (int64_t j = 0; j < C; ++j)
+        if (p.ids[j] == own && j != i) row[j] = S(-1e9);
+    }
+    const S target = row[i];
+    const S m = row_max(row, C);
+    const S sum = exp_and_sum(row, m, C);
+    loss += static_cast<double>(m + std::log(sum) - target);
+    if (!p.grads) continue;
+    // d loss / d s_ij = (softmax_ij - [j == i]) / B.
+    const S k = mean_weight / sum;
+    for (int64_t j = 0; j < C; ++j) row[j] *= k;
+    row[i] -= mean_weight;
+    if (dbias)
+      for (int64_t j = 0; j < C; ++j) dbias[j] += row[j];
+  }
+  if (p.grads) {
+    // da = scale g b and db += scale g^T a over the block's rows.
+    util::gemm_rowmajor(false, false, n, D, C, p.scale, s, C, p.b, D, S(0), p.da + i0 * D, D);
+    util::gemm_rowmajor(true, false, C, D, n, p.scale, s, C, p.a + i0 * D, D, S(1), db, D);
+  }
+  return loss;
+}
+
+class DiagonalSoftmaxFunction : public torch::autograd::Function<DiagonalSoftmaxFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& a_in, const Tensor& b_in,
+                               const Tensor& bias_in, const Tensor& ids_in, double scale,
+                               bool has_bias, bool has_ids, bool need_grads, bool bias_grad) {
+    auto a = a_in.contiguous(), b = b_in.contiguous();
+    // Absent bias / ids arrive as empty placeholders (an autograd input cannot be undefined).
+    auto bias = has_bias ? bias_in.contiguous() : Tensor();
+    auto ids = has_ids ? ids_in.contiguous() : Tensor();
+    const int64_t B = a.size(0), C = b.size(0), D = a.size(1);
+    bias_grad = bias_grad && bias.defined();
+    Tensor loss, da, db, dbias;
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "diagonal_softmax_mean_fused", [&] {
+      Problem<scalar_t> p;
+      p.B = B;
+      p.C = C;
+      p.D = D;
+      p.scale = static_cast<scalar_t>(scale);
+      p.a = a.data_ptr<scalar_t>();
+      p.b = b.data_ptr<scalar_t>();
+      p.bias = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
+      p.ids = ids.defined() ? ids.data_ptr<int64_t>() : nullptr;
+      p.grads = need_grads;
+      if (need_grads) {
+        da = torch::empty_like(a);
+        p.da = da.data_ptr<scalar_t>();
+      }
+      const int64_t blocks = (B + kBlockRows - 1) / kBlockRows;
+      // The blocks cut into one chunk per thread; chunk k owns accumulator k whichever thread
+      // runs it, and the accumulators are summed in chunk order (the same result for the same
+      // thread count).
+      const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
+      const int64_t acc_size = need_grads ? C * D + (bias_grad ? C : 0) : 0;
+      auto acc = torch::zeros({slots, acc_size}, a.options());
+      scalar_t* accp = acc.data_ptr<scalar_t>();
+      std::vector<double> losses(static_cast<size_t>(slots), 0.0);
+      at::parallel_for(0, slots, 1, [&](int64_t k0, int64_t k1) {
+        std::vector<scalar_t> scratch(static_cast<size_t>(std::min(B, kBlockRows) * C));
+        for (int64_t k = k0; k < k1; ++k) {
+          scalar_t* db_k = need_grads ? accp + k * acc_size : nullptr;
+          scalar_t* dbias_k = need_grads && bias_grad ? db_k + C * D : nullptr;
+          double sum = 0;
+          for (int64_t blk = k * blocks / slots; blk < (k + 1) * blocks / slots; ++blk)
+            sum += run_block(p, blk * kBlockRows, std::min(B, (blk + 1) * kBlockRows),
+                             scratch.data(), db_k, dbias_k);
+          losses[static_cast<size_t>(k)] = sum;
+        }
+      });
+      double total = 0;
+      for (double v : losses) total += v;
+      loss = torch::full({}, total / static_cast<double>(B), a.options());
+      if (need_grads) {
+        auto sums = slots == 1 ? acc[0] : acc.sum(0);
+        db = sums.narrow(0, 0, C * D).view({C, D});
+        if (bias_grad) dbias = sums.narrow(0, C * D, C);
+      }
+    });
+    if (need_grads) {
+      ctx->save_for_backward({da, db});
+      if (bias_grad) ctx->saved_data["dbias"] = dbias;
+    }
+    return {loss};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // The gradients were computed in the forward as plain numbers: no graph to differentiate.
+    TORCH_CHECK(!torch::GradMode::is_enabled(),
+                "diagonal_softmax_mean_fused: double backward (create_graph) is not supported; "
+                "use the composed loss (fused_kernel(false))");
+    const auto saved = ctx->get_saved_variables();
+    const auto& g = grads[0];
+    Tensor dbias;
+    if (ctx->saved_data.count("dbias")) dbias = ctx->saved_data["dbias"].toTensor() * g;
+    // Inputs in order: a, b, bias, ids, scale, has_bias, has_ids, need_grads, bias_grad.
+    return {saved[0] * g, saved[1] * g, dbias,    Tensor(), Tensor(),
+            Tensor(),     Tensor(),     Tensor(), Tensor()};
+  }
+};
+
+}  // namespace
+
+std::string diagonal_softmax_unsupported(const torch::Tensor& a, const torch::Tensor& b,
+                                         const torch::Tensor& bias,
+                                         const torch::Tensor& column_ids) {
+  std::ostringstream why;
+  const auto dtype = a.scalar_type();
+  const int64_t kMaxBlas = int64_t{1} << 30;
+  if (!util::has_blas_gemm()) {
+    why << "no BLAS sgemm_/dgemm_ in the process";
+  } else if (dtype != torch::kFloat32 && dtype != torch::kFloat64) {
+    why << "float32 or float64 inputs, got " << dtype;
+  } else if (!a.device().is_cpu() || !b.device().is_cpu() || b.scalar_type() != dtype) {
+    why << "a and b must be CPU tensors of one dtype";
+  } else if (a.dim() != 2 || b.dim() != 2 || a.size(1) != b.size(1) || a.size(0) < 1 ||
+             b.size(0) < a.size(0) || b.size(0) > kMaxBlas || a.size(1) > kMaxBlas) {
+    why << "a must be [B, D] and b [C, D] with C >= B >= 1, got " << a.sizes() << " and "
+        << b.sizes();
+  } else if (bias.defined() && (!bias.device().is_cpu() || bias.scalar_type() != dtype ||
+                                bias.dim() != 1 || bias.size(0) != b.size(0))) {
+    why << "bias must be a CPU " << dtype << " vector [" << b.size(0) << "], got "
+        << bias.sizes();
+  } else if (column_ids.defined() &&
+             (!column_ids.device().is_cpu() || column_ids.scalar_type() != torch::kInt64 ||
+              column_ids.dim() != 1 || column_ids.size(0) != b.size(0))) {
+    why << "column ids must be a CPU int64 vector [" << b.size(0) << "], got "
+        << column_ids.sizes();
+  }
+  return why.str();
+}
+
+torch::Tensor diagonal_softmax_mean_fused(const torch::Tensor& a, const torch::Tensor& b,
+                                          double scale, const torch::Tensor& bias,
+                                          const torch::Tensor& column_ids) {
+  const auto why = diagonal_softmax_unsupported(a, b, bias, column_ids);
+  TORCH_CHECK(why.empty(), "diagonal_softmax_mean_fused: ", why);
+  const bool grad_mode = torch::GradMode::is_enabled();
+  const bool bias_grad = grad_mode && bias.defined() && bias.requires_grad();
+  const bool need = grad_mode && (a.requires_grad() || b.requires_grad() || bias_grad);
+  RECORD_FUNCTION("diagonal_softmax_mean_fused", std::vector<c10::IValue>());
+  auto none = torch::empty({0}, a.options());
+  return DiagonalSoftmaxFunction::apply(a, b, bias.defined() ? bias : none,
+                                        column_ids.defined() ? column_ids : none, scale,
+                                        bias.defined(), column_ids.defined(), need, bias_grad)[0];
+}
+
+}  // namespace recsys::losses
