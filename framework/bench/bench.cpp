@@ -135,7 +135,8 @@ const std::vector<std::string>& optimisation_names() {
                                                  "first_layer", "packing", "gru_packed",
                                                  "gru_fused", "dice", "aux_fused",
                                                  "small_vocab_projection", "allocator",
-                                                 "gemm", "gru_threads", "softmax_fused"};
+                                                 "gemm", "gru_threads", "softmax_fused",
+                                                 "sparse_lookup"};
   return names;
 }
 
@@ -171,6 +172,7 @@ std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShap
     p.fused_softmax_mean = on("softmax_fused");
     p.fused_optimizer = on("optimizer");
     p.project_small_vocabularies = on("small_vocab_projection");
+    p.fused_lookup = on("sparse_lookup");
     return make_twotower_ssl(shapes.two_tower, device, seed, p);
   }
   CtrPaths p;

@@ -48,9 +48,11 @@ class TwoTowerSsl : public Workload {
     torch::manual_seed(seed);
     model_ = models::TwoTower(models::TwoTowerOptions(
         models::TowerOptions(user, s.hidden)
-            .project_small_vocabularies(paths_.project_small_vocabularies),
+            .project_small_vocabularies(paths_.project_small_vocabularies)
+            .fused_lookup(paths_.fused_lookup),
         models::TowerOptions(item, s.hidden)
-            .project_small_vocabularies(paths_.project_small_vocabularies)));
+            .project_small_vocabularies(paths_.project_small_vocabularies)
+            .fused_lookup(paths_.fused_lookup)));
     model_->to(device);
     params_ = model_->parameters();
     train::OptimizerOptions opt;

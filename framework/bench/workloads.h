@@ -21,6 +21,9 @@ struct TwoTowerPaths {
   /// Towers project the small vocabularies' used rows through the first layer
   /// (TowerOptions::project_small_vocabularies; else every example's embedding is multiplied).
   bool project_small_vocabularies = true;
+  /// Sparse embedding lookups through models::pooled_rows_sparse (TowerOptions::fused_lookup;
+  /// else torch::embedding + pooling).
+  bool fused_lookup = true;
 };
 
 std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Device device,

@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "models/layers/rows.h"
+
 namespace recsys::models {
 
 Pooling parse_pooling(const std::string& name) {
@@ -10,7 +12,13 @@ Pooling parse_pooling(const std::string& name) {
   throw std::invalid_argument("unknown pooling '" + name + "' (known: mean, sum)");
 }
 
-torch::Tensor pooled_lookup(const torch::Tensor& table, const torch::Tensor& ids, Pooling pooling, bool sparse) {
+torch::Tensor pooled_lookup(const torch::Tensor& table, const torch::Tensor& ids, Pooling pooling, bool sparse,
+                            bool fused) {
+  if (fused && sparse && table.device().is_cpu() && ids.device().is_cpu() &&
+      (table.scalar_type() == torch::kFloat || table.scalar_type() == torch::kDouble) &&
+      table.dim() == 2 && table.is_contiguous() && ids.scalar_type() == torch::kLong &&
+      (ids.dim() == 1 || ids.dim() == 2))
+    return pooled_rows_sparse(table, ids, pooling == Pooling::kMean);
   auto emb = torch::embedding(table, ids, /*padding_idx=*/0, /*scale_grad_by_freq=*/false, sparse);
   if (ids.dim() == 1) return emb;
   if (ids.size(1) == 1) return emb.squeeze(1);
@@ -55,7 +63,7 @@ torch::Tensor FeatureEncoderImpl::encode(size_t i, const torch::Tensor& input) {
     auto x = input.to(tables_[i].scalar_type()).reshape({-1, 1});
     return x * tables_[i][0] + tables_[i][1];
   }
-  return pooled_lookup(tables_[i], input, f.pooling, options_.sparse());
+  return pooled_lookup(tables_[i], input, f.pooling, options_.sparse(), options_.fused_lookup());
 }
 
 }  // namespace recsys::models

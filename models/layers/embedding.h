@@ -23,6 +23,9 @@ struct FeatureEncoderOptions {
   TORCH_ARG(std::vector<EmbeddingFeature>, features);
   /// Sparse gradients for the tables, so the optimizer updates only the rows a batch touched.
   TORCH_ARG(bool, sparse) = true;
+  /// Sparse lookups through the fused pooled_rows_sparse op (models/layers/rows.h; false:
+  /// torch::embedding + pooling, its oracle).
+  TORCH_ARG(bool, fused_lookup) = true;
   /// Standard deviation of the normal initialisation of embedding rows.
   TORCH_ARG(double, init_std) = 0.05;
 };
@@ -49,6 +52,9 @@ class FeatureEncoderImpl : public torch::nn::Module {
 TORCH_MODULE(FeatureEncoder);
 
 /// Pools one bag: masked mean or sum of table rows; padding rows of `ids` (0) contribute nothing.
-torch::Tensor pooled_lookup(const torch::Tensor& table, const torch::Tensor& ids, Pooling pooling, bool sparse);
+/// With sparse gradients on the CPU, `fused` takes models::pooled_rows_sparse (one op; a sparse
+/// gradient with one entry per distinct id); else torch::embedding + sum (+ divide), its oracle.
+torch::Tensor pooled_lookup(const torch::Tensor& table, const torch::Tensor& ids, Pooling pooling, bool sparse,
+                            bool fused = true);
 
 }  // namespace recsys::models

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
+#include <vector>
 
 #include "framework/util/simd.h"
 
@@ -175,7 +177,119 @@ class BagRows : public torch::autograd::Function<BagRows> {
   }
 };
 
+// out [B, D] = w[b] * sum over non-padding l of table[ids[b, l]], w[b] = 1 / count (mean) or 1.
+Tensor pooled_forward_kernel(const Tensor& table, const Tensor& ids, bool mean, Tensor& w_out) {
+  const int64_t B = ids.size(0), L = ids.size(1), D = table.size(1);
+  auto out = torch::zeros({B, D}, table.options());
+  w_out = torch::empty({B}, table.options());
+  const int64_t* ix = ids.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "pooled_rows_sparse", [&] {
+    const scalar_t* t = table.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    scalar_t* w = w_out.data_ptr<scalar_t>();
+    at::parallel_for(0, B, std::max<int64_t>(1, kBagGrain / std::max<int64_t>(1, L * D)),
+                     [&](int64_t b0, int64_t b1) {
+                       for (int64_t b = b0; b < b1; ++b) {
+                         int64_t count = 0;
+                         for (int64_t l = 0; l < L; ++l) {
+                           const int64_t id = ix[b * L + l];
+                           if (id == 0) continue;
+                           add_row(t + id * D, o + b * D, D);
+                           ++count;
+                         }
+                         const scalar_t a = mean && count > 1 ? scalar_t(1) / static_cast<scalar_t>(count) : scalar_t(1);
+                         if (a != scalar_t(1))
+                           for (int64_t c = 0; c < D; ++c) o[b * D + c] *= a;
+                         w[b] = a;
+                       }
+                     });
+  });
+  return out;
+}
+
+// The sparse gradient of pooled_forward_kernel: one value row per distinct non-padding id,
+// value[u] = sum over the entries (b, l) holding it of w[b] * grad[b], in entry order.
+Tensor pooled_backward_kernel(const Tensor& grad_in, const Tensor& ids, const Tensor& w,
+                              int64_t rows) {
+  auto grad = grad_in.contiguous();
+  const int64_t B = ids.size(0), L = ids.size(1), D = grad.size(1), n = B * L;
+  const int64_t* ix = ids.data_ptr<int64_t>();
+  // Slot of each id in the output, -1 when unseen; kept per thread across calls (sized to the
+  // largest table) and reset after use, so no call pays for clearing a vocabulary-sized array.
+  thread_local std::vector<int32_t> slot;
+  if (static_cast<int64_t>(slot.size()) < rows) slot.assign(static_cast<size_t>(rows), -1);
+  std::vector<int64_t> unique, count;
+  std::vector<int32_t> entry_slot(static_cast<size_t>(n), -1);
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t id = ix[k];
+    if (id == 0) continue;
+    int32_t s = slot[static_cast<size_t>(id)];
+    if (s < 0) {
+      s = slot[static_cast<size_t>(id)] = static_cast<int32_t>(unique.size());
+      unique.push_back(id);
+      count.push_back(0);
+    }
+    ++count[static_cast<size_t>(s)];
+    entry_slot[static_cast<size_t>(k)] = s;
+  }
+  for (auto id : unique) slot[static_cast<size_t>(id)] = -1;
+  const auto U = static_cast<int64_t>(unique.size());
+  std::vector<int64_t> start(static_cast<size_t>(U) + 1, 0);
+  for (int64_t u = 0; u < U; ++u) start[u + 1] = start[u] + count[u];
+  std::vector<int64_t> fill(start.begin(), start.end() - 1), order(static_cast<size_t>(start[U]));
+  for (int64_t k = 0; k < n; ++k)
+    if (entry_slot[k] >= 0) order[fill[entry_slot[k]]++] = k / L;  // the entry's bag
+  auto values = torch::zeros({U, D}, grad.options());
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "pooled_rows_sparse_backward", [&] {
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    scalar_t* v = values.data_ptr<scalar_t>();
+    at::parallel_for(0, U, std::max<int64_t>(1, kBagGrain / std::max<int64_t>(1, D * 4)),
+                     [&](int64_t u0, int64_t u1) {
+                       for (int64_t u = u0; u < u1; ++u)
+                         for (int64_t e = start[u]; e < start[u + 1]; ++e) {
+                           const int64_t b = order[e];
+                           axpy_row(wp[b], g + b * D, v + u * D, D);
+                         }
+                     });
+  });
+  auto indices = torch::tensor(unique, ids.options()).view({1, U});
+  return at::_sparse_coo_tensor_unsafe(indices, values, {rows, D});
+}
+
+class PooledRowsSparse : public torch::autograd::Function<PooledRowsSparse> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& table, const Tensor& ids, bool mean) {
+    Tensor w;
+    auto out = pooled_forward_kernel(table, ids, mean, w);
+    ctx->save_for_backward({ids, w});
+    ctx->saved_data["rows"] = table.size(0);
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return {pooled_backward_kernel(grads[0], saved[0], saved[1], ctx->saved_data["rows"].toInt()),
+            Tensor(), Tensor()};
+  }
+};
+
 }  // namespace
+
+torch::Tensor pooled_rows_sparse(const torch::Tensor& table, const torch::Tensor& ids_in,
+                                 bool mean) {
+  TORCH_CHECK(table.dim() == 2 && fast_path(table) && table.is_contiguous(),
+              "pooled_rows_sparse: table must be a contiguous CPU float32 / float64 [R, D], got ",
+              table.scalar_type(), " ", table.sizes());
+  auto ids = ids_in.dim() == 1 ? ids_in.unsqueeze(1) : ids_in;
+  TORCH_CHECK(ids.dim() == 2 && ids.scalar_type() == torch::kLong && ids.device().is_cpu(),
+              "pooled_rows_sparse: ids must be CPU [B, L] or [B] int64, got ", ids_in.scalar_type(),
+              " ", ids_in.sizes());
+  TORCH_CHECK(table.size(0) <= std::numeric_limits<int32_t>::max(),
+              "pooled_rows_sparse: at most 2^31 - 1 table rows");
+  ids = ids.contiguous();
+  check_index("pooled_rows_sparse", ids.reshape({-1}), ids.numel(), table.size(0));
+  return PooledRowsSparse::apply(table, ids, mean);
+}
 
 torch::Tensor bag_rows(const torch::Tensor& table, const torch::Tensor& ids,
                        const torch::Tensor& weights) {

@@ -24,4 +24,13 @@ torch::Tensor scatter_add_rows(const torch::Tensor& src, const torch::Tensor& in
 torch::Tensor bag_rows(const torch::Tensor& table, const torch::Tensor& ids,
                        const torch::Tensor& weights);
 
+/// Pooled bags of table rows with a sparse table gradient, one fused CPU op (float32 / float64):
+/// out[b] = pool over the non-padding entries of ids[b] (ids != 0) of table[ids[b, l]], their
+/// mean (`mean`) or sum; an all-padding bag gives zeros. ids [B, L] (or [B]) int64 in [0, R).
+/// Backward gives a sparse COO gradient with one entry per distinct non-padding id of the batch
+/// (indices in order of first appearance, values summed) instead of one per looked-up entry: what
+/// torch::embedding(padding_idx = 0, sparse) + pooling gives after coalescing (its oracle,
+/// pooled_lookup with fused = false), without the [B, L, D] gathered rows.
+torch::Tensor pooled_rows_sparse(const torch::Tensor& table, const torch::Tensor& ids, bool mean);
+
 }  // namespace recsys::models

@@ -1,5 +1,8 @@
 #include "models/two_tower/two_tower.h"
 
+#include <algorithm>
+#include <vector>
+
 #include "models/layers/linear.h"
 #include "models/layers/rows.h"
 
@@ -65,35 +68,109 @@ UsedRows used_rows(const torch::Tensor& ids_in, int64_t vocab, Pooling pooling,
   return u;
 }
 
+/// Open-addressing hash of a bag's ids (a row of an int64 matrix).
+uint64_t bag_hash(const int64_t* row, int64_t L) {
+  uint64_t h = 0x9E3779B97F4A7C15ull;
+  for (int64_t l = 0; l < L; ++l) {
+    h ^= static_cast<uint64_t>(row[l]) + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
+    h *= 0xBF58476D1CE4E5B9ull;
+  }
+  return h ^ (h >> 31);
+}
+
 }  // namespace
 
+UniqueBags unique_bags(const torch::Tensor& ids_in) {
+  auto ids = (ids_in.dim() == 1 ? ids_in.unsqueeze(1) : ids_in).contiguous();
+  TORCH_CHECK(ids.dim() == 2 && ids.scalar_type() == torch::kLong && ids.device().is_cpu(),
+              "unique_bags: ids must be a CPU [B] or [B, L] int64 tensor, got ", ids_in.sizes());
+  const int64_t B = ids.size(0), L = ids.size(1);
+  const int64_t* ix = ids.data_ptr<int64_t>();
+  int64_t capacity = 16;
+  while (capacity < 2 * B) capacity *= 2;
+  const uint64_t mask = static_cast<uint64_t>(capacity - 1);
+  std::vector<int64_t> table(static_cast<size_t>(capacity), -1);  // slot -> unique index
+  std::vector<int64_t> first;
+  UniqueBags u;
+  u.inverse = torch::empty({B}, ids.options());
+  int64_t* inv = u.inverse.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t* row = ix + b * L;
+    uint64_t h = bag_hash(row, L) & mask;
+    while (true) {
+      const int64_t k = table[h];
+      if (k < 0) {
+        table[h] = static_cast<int64_t>(first.size());
+        inv[b] = static_cast<int64_t>(first.size());
+        first.push_back(b);
+        break;
+      }
+      if (std::equal(row, row + L, ix + first[static_cast<size_t>(k)] * L)) {
+        inv[b] = k;
+        break;
+      }
+      h = (h + 1) & mask;
+    }
+  }
+  u.first = torch::tensor(first, ids.options());
+  return u;
+}
+
 TowerImpl::TowerImpl(TowerOptions options) : options_(std::move(options)) {
-  encoder_ = register_module("encoder", FeatureEncoder(FeatureEncoderOptions(options_.features()).sparse(options_.sparse())));
+  encoder_ = register_module("encoder", FeatureEncoder(FeatureEncoderOptions(options_.features())
+                                                         .sparse(options_.sparse())
+                                                         .fused_lookup(options_.fused_lookup())));
   mlp_ = register_module("mlp", Mlp(MlpOptions(encoder_->out_dim(), options_.hidden())
                                          .activation(options_.activation())
                                          .dropout(options_.dropout())));
 }
 
-std::vector<bool> TowerImpl::projected_features(const std::vector<torch::Tensor>& inputs) const {
+std::vector<FirstLayerPath> TowerImpl::first_layer_paths(const std::vector<torch::Tensor>& inputs) {
+  std::vector<FirstLayerPath> out;
+  for (const auto& p : plan(inputs)) out.push_back(p.path);
+  return out;
+}
+
+std::vector<TowerImpl::FeaturePlan> TowerImpl::plan(const std::vector<torch::Tensor>& inputs) const {
   const auto& feats = options_.features();
-  std::vector<bool> out(feats.size(), false);
+  std::vector<FeaturePlan> out(feats.size());
   if (!options_.project_small_vocabularies() || inputs.size() != feats.size()) return out;
   for (size_t i = 0; i < feats.size(); ++i) {
     const auto& f = feats[i];
-    if (f.numeric || inputs[i].dim() < 1) continue;
+    if (f.numeric || inputs[i].dim() < 1 || inputs[i].size(0) == 0) continue;
+    // Per first-layer output column, forward + backward, in multiply-adds: direct = 3 x rows x
+    // dim (product, weight and input gradients). Projecting the rows the batch uses costs at
+    // most 3 x min(vocab, ids + 1) x dim, plus gathering (forward) and scattering (backward)
+    // rows x bag projected values; projecting each distinct bag once costs 3 x bags x dim plus
+    // rows values gathered and scattered.
     const double rows = static_cast<double>(inputs[i].size(0));
     const double bag = inputs[i].dim() > 1 ? static_cast<double>(inputs[i].size(1)) : 1.0;
-    // Per first-layer output column, forward + backward: direct = 3 x rows x dim multiply-adds
-    // (product, weight and input gradients); projected = at most 3 x vocab x dim, plus
-    // gathering (forward) and scattering (backward) rows x bag projected values.
     const double dim = static_cast<double>(f.dim);
-    out[i] = 3.0 * static_cast<double>(f.vocab_size) * dim + 2.0 * rows * bag < 3.0 * rows * dim;
+    const double used = std::min(static_cast<double>(f.vocab_size), rows * bag + 1);
+    const double direct = 3.0 * rows * dim;
+    const double via_rows = 3.0 * used * dim + 2.0 * rows * bag;
+    auto& p = out[i];
+    double best = direct;
+    if (via_rows < best) {
+      p.path = FirstLayerPath::kUsedRows;
+      best = via_rows;
+    }
+    // Distinct bags need a pass over the ids (CPU): worth it only where they can win, i.e. when
+    // a bag per 2 rows (an even split with duplicates) would.
+    if (inputs[i].device().is_cpu() && 3.0 * (rows / 2) * dim + 2.0 * rows < best) {
+      auto u = unique_bags(inputs[i]);
+      const double via_bags = 3.0 * static_cast<double>(u.first.size(0)) * dim + 2.0 * rows;
+      if (via_bags < best) {
+        p.path = FirstLayerPath::kUniqueBags;
+        p.bags = std::move(u);
+      }
+    }
   }
   return out;
 }
 
 torch::Tensor TowerImpl::first_layer_factored(const std::vector<torch::Tensor>& inputs,
-                                              const std::vector<bool>& projected) {
+                                              const std::vector<FeaturePlan>& plan) {
   const auto& feats = options_.features();
   auto& linear = mlp_->linears().front();
   const auto& w = linear->weight;  // [H, sum of dims]
@@ -103,18 +180,33 @@ torch::Tensor TowerImpl::first_layer_factored(const std::vector<torch::Tensor>& 
     const int64_t d = feats[i].dim;
     auto w_i = w.narrow(1, offset, d);
     offset += d;
-    if (!projected[i]) {
-      direct_x.push_back(encoder_->encode(i, inputs[i]));
-      direct_w.push_back(w_i);
-      continue;
+    switch (plan[i].path) {
+      case FirstLayerPath::kDirect:
+        direct_x.push_back(encoder_->encode(i, inputs[i]));
+        direct_w.push_back(w_i);
+        break;
+      case FirstLayerPath::kUsedRows: {
+        // The rows the batch uses, padding (0) always first: its table row is zero and gets no
+        // gradient (padding_idx), and its weight is 0 in every bag.
+        auto used = used_rows(inputs[i], feats[i].vocab_size, feats[i].pooling, w.scalar_type());
+        auto sub = torch::embedding(encoder_->table(i), used.rows, /*padding_idx=*/0,
+                                    /*scale_grad_by_freq=*/false, options_.sparse());
+        auto projection = models::linear(sub, w_i, torch::Tensor());  // [rows used, H]
+        projected_parts.push_back(bag_rows(projection, used.local, used.weights));
+        break;
+      }
+      case FirstLayerPath::kUniqueBags: {
+        // Each distinct bag embedded and projected once, then given to every row holding it.
+        const auto& u = plan[i].bags;
+        auto ids = inputs[i].dim() == 1 ? inputs[i].unsqueeze(1) : inputs[i];
+        auto x = encoder_->encode(i, ids.index_select(0, u.first));
+        auto projection = models::linear(x, w_i, torch::Tensor());  // [bags, H]
+        const int64_t B = ids.size(0);
+        projected_parts.push_back(bag_rows(projection, u.inverse.view({B, 1}),
+                                           torch::ones({B, 1}, w.options())));
+        break;
+      }
     }
-    // The rows the batch uses, padding (0) always first: its table row is zero and gets no
-    // gradient (padding_idx), and its weight is 0 in every bag.
-    auto used = used_rows(inputs[i], feats[i].vocab_size, feats[i].pooling, w.scalar_type());
-    auto sub = torch::embedding(encoder_->table(i), used.rows, /*padding_idx=*/0,
-                                /*scale_grad_by_freq=*/false, options_.sparse());
-    auto projection = models::linear(sub, w_i, torch::Tensor());  // [rows used, H]
-    projected_parts.push_back(bag_rows(projection, used.local, used.weights));
   }
   torch::Tensor h;
   if (direct_x.empty()) {
@@ -130,9 +222,11 @@ torch::Tensor TowerImpl::first_layer_factored(const std::vector<torch::Tensor>& 
 }
 
 torch::Tensor TowerImpl::forward(const std::vector<torch::Tensor>& inputs) {
-  auto projected = projected_features(inputs);
-  const bool any = std::find(projected.begin(), projected.end(), true) != projected.end();
-  auto out = any ? mlp_->forward_from(first_layer_factored(inputs, projected), 0)
+  auto p = plan(inputs);
+  const bool any = std::any_of(p.begin(), p.end(), [](const FeaturePlan& f) {
+    return f.path != FirstLayerPath::kDirect;
+  });
+  auto out = any ? mlp_->forward_from(first_layer_factored(inputs, p), 0)
                  : mlp_->forward(encoder_->forward(inputs));
   if (options_.normalize()) out = torch::nn::functional::normalize(out, torch::nn::functional::NormalizeFuncOptions().dim(1).eps(1e-8));
   return out;

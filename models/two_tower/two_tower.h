@@ -20,14 +20,33 @@ struct TowerOptions {
   /// L2-normalise the output (cosine scores).
   TORCH_ARG(bool, normalize) = true;
   TORCH_ARG(bool, sparse) = true;
-  /// Algebraic rewrite of the first layer for small vocabularies: the first layer is linear in
-  /// the concatenation, so feature f contributes pool(E_f[ids]) W_f^T = pool((E_f W_f^T)[ids]).
-  /// When a table's rows times its width are cheaper than the batch's rows times the width,
-  /// the rows the batch uses are projected once and the projections pooled, instead of
-  /// multiplying every example's embedding (age, gender, city, category bags). Same function,
-  /// same sparse gradients; plain path = false (its test oracle).
+  /// Sparse embedding lookups through one fused op each (FeatureEncoderOptions::fused_lookup).
+  TORCH_ARG(bool, fused_lookup) = true;
+  /// Algebraic rewrites of the first layer: it is linear in the concatenation, so feature f
+  /// contributes pool(E_f[ids]) W_f^T = pool((E_f W_f^T)[ids]), and rows holding the same bag
+  /// get the same contribution. Per feature and batch, by counted multiply-adds: the rows of a
+  /// small table the batch uses are projected once and the projections pooled (age, gender,
+  /// city, category bags), or each distinct bag is embedded and projected once and shared by
+  /// the rows holding it (repeated popular items; SSL views, where a masked feature is the same
+  /// default in half the rows and each item's own value appears in one view only), instead of
+  /// multiplying every example's embedding. Same function, same sparse gradients; plain path =
+  /// false (its test oracle).
   TORCH_ARG(bool, project_small_vocabularies) = true;
 };
+
+/// How the first layer computes one feature's contribution (TowerOptions::project_small_vocabularies).
+enum class FirstLayerPath {
+  kDirect,      ///< the feature's pooled embedding of every row, in the product
+  kUsedRows,    ///< the table rows the batch uses, projected, then pooled per bag
+  kUniqueBags,  ///< each distinct bag pooled and projected once, then given to its rows
+};
+
+/// The distinct rows (bags) of a CPU int64 [B] or [B, L] id tensor: `first` [U] the row where
+/// each first appears (in order of appearance), `inverse` [B] the bag of each row.
+struct UniqueBags {
+  torch::Tensor first, inverse;
+};
+UniqueBags unique_bags(const torch::Tensor& ids);
 
 /// Embeddings -> concatenation -> MLP -> (L2 normalisation).
 class TowerImpl : public torch::nn::Module {
@@ -35,13 +54,17 @@ class TowerImpl : public torch::nn::Module {
   explicit TowerImpl(TowerOptions options);
   torch::Tensor forward(const std::vector<torch::Tensor>& inputs);
   int64_t out_dim() const { return options_.hidden().back(); }
-  /// Features whose first-layer product forward() computes through projected table rows for a
-  /// batch of `rows` examples (the ids tensors' widths give the bag sizes).
-  std::vector<bool> projected_features(const std::vector<torch::Tensor>& inputs) const;
+  /// The path forward() takes for each feature's first-layer contribution on these inputs.
+  std::vector<FirstLayerPath> first_layer_paths(const std::vector<torch::Tensor>& inputs);
 
  private:
+  struct FeaturePlan {
+    FirstLayerPath path = FirstLayerPath::kDirect;
+    UniqueBags bags;  // kUniqueBags only
+  };
+  std::vector<FeaturePlan> plan(const std::vector<torch::Tensor>& inputs) const;
   torch::Tensor first_layer_factored(const std::vector<torch::Tensor>& inputs,
-                                     const std::vector<bool>& projected);
+                                     const std::vector<FeaturePlan>& plan);
   TowerOptions options_;
   FeatureEncoder encoder_{nullptr};
   Mlp mlp_{nullptr};

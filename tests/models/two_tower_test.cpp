@@ -177,22 +177,41 @@ TEST_CASE("retrieval task: a non-finite loss raises NumericError", "[model]") {
   spdlog::set_level(spdlog::level::info);
 }
 
-TEST_CASE("Tower: projected small vocabularies compute the plain tower's function and gradients",
+TEST_CASE("unique_bags finds each distinct row once, in order of appearance", "[model]") {
+  // Rows [3 0 1], [3 0 0], [1 3 0], [3 0 1], [3 0 0]: order matters within a bag's row.
+  auto ids = torch::tensor({3L, 0L, 1L, 3L, 0L, 0L, 1L, 3L, 0L, 3L, 0L, 1L, 3L, 0L, 0L},
+                           torch::kInt64).view({5, 3});
+  auto u = recsys::models::unique_bags(ids);
+  CHECK(torch::equal(u.first, torch::tensor({0L, 1L, 2L})));
+  CHECK(torch::equal(u.inverse, torch::tensor({0L, 1L, 2L, 0L, 1L})));
+  // Many rows, few bags (hash collisions in a nearly full table are resolved by comparing).
+  auto many = torch::randint(0, 3, {5000, 2}, torch::kInt64);
+  auto m = recsys::models::unique_bags(many);
+  CHECK(m.first.size(0) == 9);
+  CHECK(torch::equal(many.index_select(0, m.first).index_select(0, m.inverse), many));
+  auto single = recsys::models::unique_bags(torch::tensor({7L, 7L, 2L}));
+  CHECK(torch::equal(single.inverse, torch::tensor({0L, 0L, 1L})));
+}
+
+TEST_CASE("Tower: projected rows and distinct bags compute the plain tower's function and gradients",
           "[model]") {
   // Bags with padding, mean and sum pooling, a single-valued id, a large vocabulary (direct)
-  // and a numeric feature, in float64 so that only the summation order differs.
+  // and a numeric feature, and two features with few distinct bags in a large vocabulary (a
+  // popular id, a masked bag), in float64 so that only the summation order differs.
   std::vector<EmbeddingFeature> fs{{"id", 500, 6, Pooling::kMean, false},
                                    {"cats", 9, 8, Pooling::kMean, false},
                                    {"tags", 7, 5, Pooling::kSum, false},
                                    {"price", 0, 3, Pooling::kMean, true},
-                                   {"city", 4, 2, Pooling::kMean, false}};
+                                   {"city", 4, 2, Pooling::kMean, false},
+                                   {"popular", 1000, 8, Pooling::kMean, false},
+                                   {"keywords", 2000, 8, Pooling::kMean, false}};
   for (bool sparse : {true, false}) {
     INFO("sparse " << sparse);
     recsys::testing::seed(11);
     TowerOptions o(fs, {12, 5});
     o.sparse(sparse);
     Tower fast(TowerOptions(o).project_small_vocabularies(true));
-    Tower plain(TowerOptions(o).project_small_vocabularies(false));
+    Tower plain(TowerOptions(o).project_small_vocabularies(false).fused_lookup(false));
     fast->to(torch::kFloat64);
     plain->to(torch::kFloat64);
     {
@@ -207,10 +226,25 @@ TEST_CASE("Tower: projected small vocabularies compute the plain tower's functio
     auto tags = torch::randint(0, 7, {B, 2}, torch::kInt64);
     auto price = torch::randn({B, 1}, torch::kFloat64);
     auto city = torch::randint(1, 3, {B, 1}, torch::kInt64);  // rows 1..2 used; row 3 never
-    std::vector<torch::Tensor> in{id, cats, tags, price, city};
-    auto which = fast->projected_features(in);
-    CHECK(which == std::vector<bool>{false, true, true, false, true});
-    CHECK(plain->projected_features(in) == std::vector<bool>(5, false));
+    auto popular = torch::randint(1, 6, {B, 1}, torch::kInt64);  // 5 distinct ids
+    // Keyword bags: each row's own bag in one half, a masked (default, id 1) bag in the other.
+    auto keywords = torch::randint(2, 2000, {B, 4}, torch::kInt64);
+    keywords.narrow(0, 0, B / 2).copy_(keywords.narrow(0, B / 2, B / 2));
+    keywords.narrow(0, 0, B / 4).fill_(0).select(1, 0).fill_(1);
+    keywords.narrow(0, B / 2 + B / 4, B / 4).fill_(0).select(1, 0).fill_(1);
+    keywords[20][3] = 0;  // padding inside a bag
+    std::vector<torch::Tensor> in{id, cats, tags, price, city, popular, keywords};
+    // As ints: Catch prints vectors of them.
+    auto paths = [&](Tower& t) {
+      std::vector<int> v;
+      for (auto p : t->first_layer_paths(in)) v.push_back(static_cast<int>(p));
+      return v;
+    };
+    using P = recsys::models::FirstLayerPath;
+    const int direct = static_cast<int>(P::kDirect), rows = static_cast<int>(P::kUsedRows),
+              bags = static_cast<int>(P::kUniqueBags);
+    CHECK(paths(fast) == std::vector<int>{direct, rows, rows, direct, rows, bags, bags});
+    CHECK(paths(plain) == std::vector<int>(7, direct));
 
     auto weights = torch::randn({B, 5}, torch::kFloat64);
     auto a = fast->forward(in), b = plain->forward(in);

@@ -1,5 +1,8 @@
-// gather_rows / scatter_add_rows against index_select / index_add, values and gradients.
+// gather_rows / scatter_add_rows against index_select / index_add, pooled_rows_sparse against
+// torch::embedding + pooling: values and gradients.
 #include "models/layers/rows.h"
+
+#include "models/layers/embedding.h"
 
 #include "support.h"
 
@@ -78,4 +81,47 @@ TEST_CASE("bag_rows matches weighted embedding sums, values and table gradients"
                     Catch::Contains("must lie in [0, 4)"));
   CHECK_THROWS_WITH(bag_rows(t, torch::tensor({{0L, 1L}}), torch::ones({1, 3})),
                     Catch::Contains("weights must be"));
+}
+
+TEST_CASE("pooled_rows_sparse matches embedding + pooling with one sparse entry per distinct id",
+          "[layers]") {
+  recsys::testing::seed(21);
+  const int64_t R = 50, D = 6, B = 40, L = 4;
+  auto table = torch::randn({R, D}, torch::kFloat64);
+  table[0].zero_();  // padding row
+  // Repeats within and across bags, padding inside bags, an all-padding bag.
+  auto ids = torch::randint(0, 12, {B, L}, torch::kInt64);
+  ids[3].zero_();
+  ids[5][2] = 0;
+  auto weights = torch::randn({B, D}, torch::kFloat64);
+  for (auto pooling : {recsys::models::Pooling::kMean, recsys::models::Pooling::kSum}) {
+    for (bool single : {false, true}) {
+      INFO("mean " << (pooling == recsys::models::Pooling::kMean) << " single " << single);
+      auto in = single ? ids.select(1, 0).contiguous() : ids;
+      auto run = [&](bool fused) {
+        auto t = table.clone().requires_grad_(true);
+        auto out = recsys::models::pooled_lookup(t, in, pooling, /*sparse=*/true, fused);
+        (out * weights).sum().backward();
+        return std::make_pair(out.detach(), t.grad());
+      };
+      auto [of, gf] = run(true);
+      auto [op, gp] = run(false);
+      require_close(of, op, 1e-12, 1e-12);
+      REQUIRE(gf.is_sparse());
+      // One entry per distinct non-padding id (the plain gradient has one per looked-up entry).
+      auto used = std::get<0>(torch::_unique2(in.masked_select(in != 0)));
+      CHECK(gf._nnz() == used.size(0));
+      CHECK(torch::equal(std::get<0>(gf._indices()[0].sort()), used));
+      require_close(gf.coalesce().to_dense(), gp.coalesce().to_dense(), 1e-12, 1e-12);
+    }
+  }
+  // float32, and a bag of padding only: zeros and no entries.
+  auto t32 = table.to(torch::kFloat32).requires_grad_(true);
+  auto pad = torch::zeros({2, 3}, torch::kInt64);
+  auto out = recsys::models::pooled_rows_sparse(t32, pad, true);
+  CHECK(out.abs().sum().item<float>() == 0);
+  out.sum().backward();
+  CHECK(t32.grad()._nnz() == 0);
+  CHECK_THROWS_WITH(recsys::models::pooled_rows_sparse(table, torch::full({2, 1}, R, torch::kInt64), true),
+                    Catch::Contains("[0, 50)"));
 }
