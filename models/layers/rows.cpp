@@ -177,6 +177,44 @@ class BagRows : public torch::autograd::Function<BagRows> {
   }
 };
 
+// out[b] = base[b] (or base, a row) + sum_f sum_l w_f[b, l] * table_f[ids_f[b, l]].
+Tensor add_bags_forward_kernel(const Tensor& base_in, const std::vector<Tensor>& tables,
+                               const std::vector<Tensor>& ids, const std::vector<Tensor>& weights,
+                               int64_t B) {
+  auto base = base_in.contiguous();
+  const bool per_row = base.dim() == 2;
+  const int64_t H = base.size(-1);
+  auto out = torch::empty({B, H}, base.options());
+  if (B == 0 || H == 0) return out;
+  int64_t work = H;
+  for (const auto& i : ids) work += i.size(1) * H;
+  AT_DISPATCH_FLOATING_TYPES(base.scalar_type(), "add_bag_rows", [&] {
+    const scalar_t* bp = base.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    std::vector<const scalar_t*> t, w;
+    std::vector<const int64_t*> ix;
+    for (size_t f = 0; f < tables.size(); ++f) {
+      t.push_back(tables[f].data_ptr<scalar_t>());
+      w.push_back(weights[f].data_ptr<scalar_t>());
+      ix.push_back(ids[f].data_ptr<int64_t>());
+    }
+    at::parallel_for(0, B, std::max<int64_t>(1, kBagGrain / work), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        scalar_t* row = o + b * H;
+        std::copy(bp + (per_row ? b * H : 0), bp + (per_row ? b * H : 0) + H, row);
+        for (size_t f = 0; f < t.size(); ++f) {
+          const int64_t L = ids[f].size(1);
+          for (int64_t l = 0; l < L; ++l) {
+            const scalar_t a = w[f][b * L + l];
+            if (a != 0) axpy_row(a, t[f] + ix[f][b * L + l] * H, row, H);
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
 // out [B, D] = w[b] * sum over non-padding l of table[ids[b, l]], w[b] = 1 / count (mean) or 1.
 Tensor pooled_forward_kernel(const Tensor& table, const Tensor& ids, bool mean, Tensor& w_out) {
   const int64_t B = ids.size(0), L = ids.size(1), D = table.size(1);
@@ -273,7 +311,77 @@ class PooledRowsSparse : public torch::autograd::Function<PooledRowsSparse> {
   }
 };
 
+class AddBagRows : public torch::autograd::Function<AddBagRows> {
+ public:
+  // Inputs: base, then each table, each ids, each weights (TensorLists: every element is an
+  // input of the node).
+  static variable_list forward(AutogradContext* ctx, const Tensor& base, at::TensorList tables,
+                               at::TensorList ids, at::TensorList weights, int64_t rows) {
+    std::vector<Tensor> t, i, w;
+    for (const auto& x : tables) t.push_back(x.contiguous());
+    for (const auto& x : ids) i.push_back(x.contiguous());
+    for (const auto& x : weights) w.push_back(x.detach().contiguous());
+    std::vector<Tensor> saved = i;
+    saved.insert(saved.end(), w.begin(), w.end());
+    ctx->save_for_backward(saved);
+    std::vector<int64_t> table_rows;
+    for (const auto& x : t) table_rows.push_back(x.size(0));
+    ctx->saved_data["table_rows"] = table_rows;
+    ctx->saved_data["base_dim"] = base.dim();
+    return {add_bags_forward_kernel(base, t, i, w, rows)};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto table_rows = ctx->saved_data["table_rows"].toIntVector();
+    const size_t n = table_rows.size();
+    const auto& g = grads[0];
+    variable_list out;
+    out.push_back(ctx->saved_data["base_dim"].toInt() == 2 ? g : g.sum(0));
+    for (size_t f = 0; f < n; ++f)
+      out.push_back(bag_backward_kernel(g, saved[f], saved[n + f], table_rows[f]));
+    for (size_t f = 0; f < 2 * n + 1; ++f) out.emplace_back();  // ids, weights, rows
+    return out;
+  }
+};
+
 }  // namespace
+
+torch::Tensor add_bag_rows(const torch::Tensor& base, const std::vector<torch::Tensor>& tables,
+                           const std::vector<torch::Tensor>& ids,
+                           const std::vector<torch::Tensor>& weights) {
+  TORCH_CHECK(tables.size() == ids.size() && ids.size() == weights.size(),
+              "add_bag_rows: one ids and one weights tensor per table");
+  TORCH_CHECK(base.dim() == 1 || base.dim() == 2, "add_bag_rows: base must be [B, H] or [H], got ",
+              base.sizes());
+  const int64_t H = base.size(-1);
+  int64_t B = base.dim() == 2 ? base.size(0) : -1;
+  for (size_t f = 0; f < tables.size(); ++f) {
+    TORCH_CHECK(tables[f].dim() == 2 && tables[f].size(1) == H &&
+                    tables[f].scalar_type() == base.scalar_type(),
+                "add_bag_rows: table ", f, " must be [R, ", H, "] ", base.scalar_type(), ", got ",
+                tables[f].scalar_type(), " ", tables[f].sizes());
+    TORCH_CHECK(ids[f].dim() == 2 && ids[f].scalar_type() == torch::kLong &&
+                    weights[f].sizes() == ids[f].sizes() &&
+                    weights[f].scalar_type() == base.scalar_type(),
+                "add_bag_rows: ids ", f, " must be [B, L] int64 with weights of its shape in ",
+                base.scalar_type());
+    if (B < 0) B = ids[f].size(0);
+    TORCH_CHECK(ids[f].size(0) == B, "add_bag_rows: bags ", f, " have ", ids[f].size(0),
+                " rows, expected ", B);
+    check_index("add_bag_rows", ids[f].reshape({-1}), ids[f].numel(), tables[f].size(0));
+  }
+  TORCH_CHECK(B >= 0, "add_bag_rows: a [H] base needs at least one table to give the rows");
+  bool fast = fast_path(base);
+  for (size_t f = 0; f < tables.size(); ++f)
+    fast = fast && fast_path(tables[f]) && ids[f].device().is_cpu() && weights[f].device().is_cpu();
+  if (!fast) {
+    auto out = base.dim() == 2 ? base : base.expand({B, H});
+    for (size_t f = 0; f < tables.size(); ++f) out = out + bag_rows(tables[f], ids[f], weights[f]);
+    return out;
+  }
+  return AddBagRows::apply(base, at::TensorList(tables), at::TensorList(ids),
+                           at::TensorList(weights), B)[0];
+}
 
 torch::Tensor pooled_rows_sparse(const torch::Tensor& table, const torch::Tensor& ids_in,
                                  bool mean) {

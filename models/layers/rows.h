@@ -1,6 +1,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <vector>
+
 // Row gathers and scatter-adds for packed layouts (DIN's and DIEN's valid steps), as autograd
 // functions whose backward is the other one. On the CPU in float32 / float64 they are plain
 // loops (ATen's index_add on the CPU runs one small tensor operation per index in LibTorch
@@ -23,6 +25,15 @@ torch::Tensor scatter_add_rows(const torch::Tensor& src, const torch::Tensor& in
 /// embedding * weights summed over L, also its oracle.
 torch::Tensor bag_rows(const torch::Tensor& table, const torch::Tensor& ids,
                        const torch::Tensor& weights);
+
+/// out = base + sum_f bag_rows(tables[f], ids[f], weights[f]) as one pass over the output (no
+/// zeroed [B, H] per bag and no sum of them): base [B, H], or [H] added to every row (a bias);
+/// tables[f] [R_f, H], ids[f] and weights[f] [B, L_f] as for bag_rows. Differentiable in base
+/// and the tables. On the CPU in float32 / float64 one fused loop; elsewhere the composed sum,
+/// also its oracle.
+torch::Tensor add_bag_rows(const torch::Tensor& base, const std::vector<torch::Tensor>& tables,
+                           const std::vector<torch::Tensor>& ids,
+                           const std::vector<torch::Tensor>& weights);
 
 /// Pooled bags of table rows with a sparse table gradient, one fused CPU op (float32 / float64):
 /// out[b] = pool over the non-padding entries of ids[b] (ids != 0) of table[ids[b, l]], their

@@ -174,7 +174,8 @@ torch::Tensor TowerImpl::first_layer_factored(const std::vector<torch::Tensor>& 
   const auto& feats = options_.features();
   auto& linear = mlp_->linears().front();
   const auto& w = linear->weight;  // [H, sum of dims]
-  std::vector<torch::Tensor> direct_x, direct_w, projected_parts;
+  // The direct features' product, then every other feature's projected rows added by bags.
+  std::vector<torch::Tensor> direct_x, direct_w, bag_tables, bag_ids, bag_weights;
   int64_t offset = 0;
   for (size_t i = 0; i < feats.size(); ++i) {
     const int64_t d = feats[i].dim;
@@ -192,7 +193,9 @@ torch::Tensor TowerImpl::first_layer_factored(const std::vector<torch::Tensor>& 
         auto sub = torch::embedding(encoder_->table(i), used.rows, /*padding_idx=*/0,
                                     /*scale_grad_by_freq=*/false, options_.sparse());
         auto projection = models::linear(sub, w_i, torch::Tensor());  // [rows used, H]
-        projected_parts.push_back(bag_rows(projection, used.local, used.weights));
+        bag_tables.push_back(projection);
+        bag_ids.push_back(used.local);  // [B, L], as the weights
+        bag_weights.push_back(used.weights);
         break;
       }
       case FirstLayerPath::kUniqueBags: {
@@ -202,23 +205,20 @@ torch::Tensor TowerImpl::first_layer_factored(const std::vector<torch::Tensor>& 
         auto x = encoder_->encode(i, ids.index_select(0, u.first));
         auto projection = models::linear(x, w_i, torch::Tensor());  // [bags, H]
         const int64_t B = ids.size(0);
-        projected_parts.push_back(bag_rows(projection, u.inverse.view({B, 1}),
-                                           torch::ones({B, 1}, w.options())));
+        bag_tables.push_back(projection);
+        bag_ids.push_back(u.inverse.view({B, 1}));
+        bag_weights.push_back(torch::ones({B, 1}, w.options()));
         break;
       }
     }
   }
-  torch::Tensor h;
-  if (direct_x.empty()) {
-    h = linear->bias.expand({inputs.front().size(0), w.size(0)});
-  } else {
+  torch::Tensor base = linear->bias;
+  if (!direct_x.empty()) {
     auto x = direct_x.size() == 1 ? direct_x.front() : torch::cat(direct_x, 1);
     auto wd = direct_w.size() == 1 ? direct_w.front() : torch::cat(direct_w, 1);
-    h = models::linear(x, wd, linear->bias);
+    base = models::linear(x, wd, linear->bias);
   }
-  for (size_t k = 0; k < projected_parts.size(); ++k)
-    h = k == 0 ? h + projected_parts[k] : h.add_(projected_parts[k]);
-  return h;
+  return add_bag_rows(base, bag_tables, bag_ids, bag_weights);
 }
 
 torch::Tensor TowerImpl::forward(const std::vector<torch::Tensor>& inputs) {

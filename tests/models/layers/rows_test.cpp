@@ -125,3 +125,42 @@ TEST_CASE("pooled_rows_sparse matches embedding + pooling with one sparse entry 
   CHECK_THROWS_WITH(recsys::models::pooled_rows_sparse(table, torch::full({2, 1}, R, torch::kInt64), true),
                     Catch::Contains("[0, 50)"));
 }
+
+TEST_CASE("add_bag_rows equals the base plus each bag_rows, values and gradients", "[layers]") {
+  recsys::testing::seed(22);
+  const int64_t B = 33, H = 7;
+  for (bool per_row : {true, false}) {
+    INFO("base per row " << per_row);
+    auto base = per_row ? torch::randn({B, H}, torch::kFloat64) : torch::randn({H}, torch::kFloat64);
+    std::vector<torch::Tensor> tables{torch::randn({5, H}, torch::kFloat64),
+                                      torch::randn({40, H}, torch::kFloat64)};
+    std::vector<torch::Tensor> ids{torch::randint(0, 5, {B, 3}, torch::kInt64),
+                                   torch::randint(0, 40, {B, 1}, torch::kInt64)};
+    std::vector<torch::Tensor> weights{torch::rand({B, 3}, torch::kFloat64),
+                                       torch::ones({B, 1}, torch::kFloat64)};
+    weights[0][4][1] = 0;  // a skipped entry
+    auto w = torch::randn({B, H}, torch::kFloat64);
+    auto run = [&](bool fused) {
+      auto b = base.clone().requires_grad_(true);
+      std::vector<torch::Tensor> t;
+      for (auto& x : tables) t.push_back(x.clone().requires_grad_(true));
+      torch::Tensor out;
+      if (fused) {
+        out = recsys::models::add_bag_rows(b, t, ids, weights);
+      } else {
+        out = per_row ? b : b.expand({B, H});
+        for (size_t f = 0; f < t.size(); ++f)
+          out = out + (t[f].index_select(0, ids[f].reshape({-1})).view({B, -1, H}) *
+                       weights[f].unsqueeze(-1)).sum(1);
+      }
+      (out * w).sum().backward();
+      return std::vector<torch::Tensor>{out.detach(), b.grad(), t[0].grad(), t[1].grad()};
+    };
+    auto f = run(true), c = run(false);
+    for (size_t k = 0; k < f.size(); ++k) require_close(f[k], c[k], 1e-12, 1e-12);
+  }
+  CHECK_THROWS_WITH(recsys::models::add_bag_rows(torch::zeros({3, 2}), {torch::zeros({4, 2})},
+                                                 {torch::full({2, 1}, 1, torch::kInt64)},
+                                                 {torch::ones({2, 1})}),
+                    Catch::Contains("expected 3"));
+}
