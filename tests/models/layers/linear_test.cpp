@@ -88,3 +88,54 @@ TEST_CASE("models::linear equals torch::linear in value and every gradient", "[k
   require_close(b.grad(), torch::tensor(5.0 * out, torch::kFloat64), 1e-12, 1e-12);
   at::set_num_threads(threads);
 }
+
+TEST_CASE("models::linear_act equals linear + activation in value and every gradient",
+          "[kernels]") {
+  recsys::testing::seed(9);
+  const int threads = at::get_num_threads();
+  using A = recsys::models::LinearActivation;
+  const int64_t in = 19, out = 23;
+  for (int t : {1, 2}) {
+    at::set_num_threads(t);
+    for (A act : {A::kRelu, A::kSigmoid, A::kTanh, A::kNone}) {
+      for (bool with_bias : {true, false}) {
+        // Rows below and above one chunk of the backward's split (2^15 / out rows).
+        for (int64_t n : {int64_t{3}, int64_t{4000}}) {
+          CAPTURE(t, static_cast<int>(act), with_bias, n);
+          auto x = torch::randn({n, in}, torch::kFloat64);
+          auto w = torch::randn({out, in}, torch::kFloat64);
+          auto b = torch::randn({out}, torch::kFloat64);
+          auto up = torch::randn({n, out}, torch::kFloat64);
+          auto run = [&](bool fused) {
+            auto xv = x.clone().requires_grad_(true), wv = w.clone().requires_grad_(true);
+            auto bv = with_bias ? b.clone().requires_grad_(true) : torch::Tensor();
+            torch::Tensor y;
+            if (fused) {
+              y = recsys::models::linear_act(xv, wv, bv, act);
+            } else {
+              y = torch::linear(xv, wv, bv);
+              if (act == A::kRelu) y = torch::relu(y);
+              if (act == A::kSigmoid) y = torch::sigmoid(y);
+              if (act == A::kTanh) y = torch::tanh(y);
+            }
+            (y * up).sum().backward();
+            return std::vector<torch::Tensor>{y.detach(), xv.grad(), wv.grad(),
+                                              with_bias ? bv.grad() : torch::zeros({1})};
+          };
+          auto f = run(true), c = run(false);
+          for (size_t k = 0; k < f.size(); ++k) require_close(f[k], c[k], 1e-11, 1e-11);
+        }
+      }
+    }
+  }
+  // float32 within rounding; the switch off composes the same operations.
+  auto x = torch::randn({200, in}), w = torch::randn({out, in}), b = torch::randn({out});
+  require_close(recsys::models::linear_act(x, w, b, A::kSigmoid),
+                torch::sigmoid(torch::linear(x, w, b)), 1e-5, 1e-6);
+  recsys::models::set_fused_linear_activation(false);
+  CHECK_FALSE(recsys::models::fused_linear_activation_enabled());
+  require_close(recsys::models::linear_act(x, w, b, A::kRelu), torch::relu(torch::linear(x, w, b)),
+                1e-5, 1e-6);
+  recsys::models::set_fused_linear_activation(true);
+  at::set_num_threads(threads);
+}
