@@ -294,6 +294,9 @@ void apply_span(OptimizerKind kind, const Rule& r, const float* g, float* p, flo
 
 }  // namespace
 
+// Rows of a sparse update prefetched ahead.
+constexpr int64_t kPrefetchAhead = 4;
+
 void Optimizer::step_fused() {
   const auto& o = options_;
   if (slot_.size() != params_.size()) slot_.resize(params_.size());
@@ -357,8 +360,19 @@ void Optimizer::step_fused() {
       if (o.kind == OptimizerKind::kSgd) s1 = nullptr;  // momentum is for dense parameters only
       const auto& rows = groups[i].rows;
       const int64_t row_len = grads[i].size(1);
+      const int64_t row_bytes = row_len * static_cast<int64_t>(sizeof(float));
       at::parallel_for(0, static_cast<int64_t>(rows.size()), 64, [&](int64_t b, int64_t e) {
         for (int64_t u = b; u < e; ++u) {
+          // The rows are random reads from large tables: ask for the parameter and state rows
+          // of a row a few ahead while this one is updated.
+          if (u + kPrefetchAhead < e) {
+            const int64_t ahead = rows[u + kPrefetchAhead] * row_len;
+            for (int64_t byte = 0; byte < row_bytes; byte += 64) {
+              __builtin_prefetch(reinterpret_cast<const char*>(p + ahead) + byte, 1);
+              if (s1) __builtin_prefetch(reinterpret_cast<const char*>(s1 + ahead) + byte, 1);
+              if (s2) __builtin_prefetch(reinterpret_cast<const char*>(s2 + ahead) + byte, 1);
+            }
+          }
           const int64_t off = rows[u] * row_len;
           apply_span(o.kind, rule, g + u * row_len, p + off, s1 ? s1 + off : nullptr,
                      s2 ? s2 + off : nullptr, row_len);

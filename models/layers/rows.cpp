@@ -50,6 +50,9 @@ inline void axpy_row(double a, const double* src, double* dst, int64_t d) {
   for (int64_t c = 0; c < d; ++c) dst[c] += a * src[c];
 }
 
+// Entries a pooled lookup prefetches ahead.
+constexpr int64_t kPrefetchAhead = 8;
+
 // Grain of the bag kernels' thread split, in multiply-adds.
 constexpr int64_t kBagGrain = 1 << 16;
 
@@ -76,28 +79,46 @@ Tensor bag_forward_kernel(const Tensor& table_in, const Tensor& ids, const Tenso
   return out;
 }
 
-// grad_table [R, H] = 0, then grad_table[ids[b, l]] += w[b, l] * grad[b]; threads own columns.
+// grad_table [R, H]: row r = sum over the entries (b, l) with ids[b, l] = r and w[b, l] != 0 of
+// w[b, l] * grad[b], in entry order (zero for rows no entry holds). The entries are grouped by
+// row first, so that threads own whole output rows.
 Tensor bag_backward_kernel(const Tensor& grad_in, const Tensor& ids, const Tensor& weights,
                            int64_t rows) {
   auto grad = grad_in.contiguous();
-  const int64_t B = ids.size(0), L = ids.size(1), H = grad.size(1);
-  auto out = torch::zeros({rows, H}, grad.options());
-  if (B == 0 || H == 0) return out;
+  const int64_t B = ids.size(0), L = ids.size(1), H = grad.size(1), n = B * L;
+  auto out = torch::empty({rows, H}, grad.options());
+  if (rows == 0 || H == 0) return out;
   const int64_t* ix = ids.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "bag_rows_backward", [&] {
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const scalar_t* w = weights.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    // Column blocks of 16 keep each thread's writes to whole cache lines.
-    const int64_t blocks = (H + 15) / 16;
-    at::parallel_for(0, blocks, std::max<int64_t>(1, kBagGrain / std::max<int64_t>(1, B * L * 16)),
-                     [&](int64_t c0, int64_t c1) {
-                       const int64_t lo = c0 * 16, width = std::min(H, c1 * 16) - lo;
-                       for (int64_t b = 0; b < B; ++b)
-                         for (int64_t l = 0; l < L; ++l) {
-                           const scalar_t a = w[b * L + l];
-                           if (a != 0) axpy_row(a, g + b * H + lo, o + ix[b * L + l] * H + lo, width);
+    std::vector<int64_t> start(static_cast<size_t>(rows) + 1, 0), order;
+    for (int64_t k = 0; k < n; ++k)
+      if (w[k] != 0) ++start[ix[k] + 1];
+    for (int64_t r = 0; r < rows; ++r) start[r + 1] += start[r];
+    order.resize(static_cast<size_t>(start[rows]));
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t k = 0; k < n; ++k)
+      if (w[k] != 0) order[fill[ix[k]]++] = k;
+    at::parallel_for(0, rows, std::max<int64_t>(1, kBagGrain / std::max<int64_t>(1, H * 2)),
+                     [&](int64_t r0, int64_t r1) {
+                       for (int64_t r = r0; r < r1; ++r) {
+                         scalar_t* dst = o + r * H;
+                         if (start[r] == start[r + 1]) {
+                           std::fill(dst, dst + H, scalar_t(0));
+                           continue;
                          }
+                         // The first entry written, the others added: no zeroing pass.
+                         int64_t k = order[start[r]];
+                         const scalar_t a = w[k];
+                         const scalar_t* src = g + (k / L) * H;
+                         for (int64_t c = 0; c < H; ++c) dst[c] = a * src[c];
+                         for (int64_t e = start[r] + 1; e < start[r + 1]; ++e) {
+                           k = order[e];
+                           axpy_row(w[k], g + (k / L) * H, dst, H);
+                         }
+                       }
                      });
   });
   return out;
@@ -218,23 +239,37 @@ Tensor add_bags_forward_kernel(const Tensor& base_in, const std::vector<Tensor>&
 // out [B, D] = w[b] * sum over non-padding l of table[ids[b, l]], w[b] = 1 / count (mean) or 1.
 Tensor pooled_forward_kernel(const Tensor& table, const Tensor& ids, bool mean, Tensor& w_out) {
   const int64_t B = ids.size(0), L = ids.size(1), D = table.size(1);
-  auto out = torch::zeros({B, D}, table.options());
+  auto out = torch::empty({B, D}, table.options());
   w_out = torch::empty({B}, table.options());
   const int64_t* ix = ids.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "pooled_rows_sparse", [&] {
     const scalar_t* t = table.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* w = w_out.data_ptr<scalar_t>();
+    const int64_t n = B * L, row_bytes = D * static_cast<int64_t>(sizeof(scalar_t));
     at::parallel_for(0, B, std::max<int64_t>(1, kBagGrain / std::max<int64_t>(1, L * D)),
                      [&](int64_t b0, int64_t b1) {
                        for (int64_t b = b0; b < b1; ++b) {
                          int64_t count = 0;
+                         scalar_t* dst = o + b * D;
                          for (int64_t l = 0; l < L; ++l) {
                            const int64_t id = ix[b * L + l];
+                           // Rows of a large table are random reads from memory: ask for the
+                           // row a few entries ahead while this one is added.
+                           if (b * L + l + kPrefetchAhead < n) {
+                             const char* ahead = reinterpret_cast<const char*>(
+                                 t + ix[b * L + l + kPrefetchAhead] * D);
+                             for (int64_t byte = 0; byte < row_bytes; byte += 64)
+                               __builtin_prefetch(ahead + byte);
+                           }
                            if (id == 0) continue;
-                           add_row(t + id * D, o + b * D, D);
-                           ++count;
+                           // The first row copied, the others added: no zeroing pass.
+                           if (count++ == 0)
+                             std::copy(t + id * D, t + id * D + D, dst);
+                           else
+                             add_row(t + id * D, dst, D);
                          }
+                         if (count == 0) std::fill(dst, dst + D, scalar_t(0));
                          const scalar_t a = mean && count > 1 ? scalar_t(1) / static_cast<scalar_t>(count) : scalar_t(1);
                          if (a != scalar_t(1))
                            for (int64_t c = 0; c < D; ++c) o[b * D + c] *= a;
