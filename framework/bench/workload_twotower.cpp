@@ -49,9 +49,11 @@ class TwoTowerSsl : public Workload {
     model_ = models::TwoTower(models::TwoTowerOptions(
         models::TowerOptions(user, s.hidden)
             .project_small_vocabularies(paths_.project_small_vocabularies)
+            .distinct_bags(paths_.distinct_bags)
             .fused_lookup(paths_.fused_lookup),
         models::TowerOptions(item, s.hidden)
             .project_small_vocabularies(paths_.project_small_vocabularies)
+            .distinct_bags(paths_.distinct_bags)
             .fused_lookup(paths_.fused_lookup)));
     model_->to(device);
     params_ = model_->parameters();

@@ -21,6 +21,8 @@ struct TwoTowerPaths {
   /// Towers project the small vocabularies' used rows through the first layer
   /// (TowerOptions::project_small_vocabularies; else every example's embedding is multiplied).
   bool project_small_vocabularies = true;
+  /// ... and distinct bags projected once (TowerOptions::distinct_bags).
+  bool distinct_bags = true;
   /// Sparse embedding lookups through models::pooled_rows_sparse (TowerOptions::fused_lookup;
   /// else torch::embedding + pooling).
   bool fused_lookup = true;

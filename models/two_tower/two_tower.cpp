@@ -157,7 +157,8 @@ std::vector<TowerImpl::FeaturePlan> TowerImpl::plan(const std::vector<torch::Ten
     }
     // Distinct bags need a pass over the ids (CPU): worth it only where they can win, i.e. when
     // a bag per 2 rows (an even split with duplicates) would.
-    if (inputs[i].device().is_cpu() && 3.0 * (rows / 2) * dim + 2.0 * rows < best) {
+    if (options_.distinct_bags() && inputs[i].device().is_cpu() &&
+        3.0 * (rows / 2) * dim + 2.0 * rows < best) {
       auto u = unique_bags(inputs[i]);
       const double via_bags = 3.0 * static_cast<double>(u.first.size(0)) * dim + 2.0 * rows;
       if (via_bags < best) {

@@ -32,6 +32,9 @@ struct TowerOptions {
   /// multiplying every example's embedding. Same function, same sparse gradients; plain path =
   /// false (its test oracle).
   TORCH_ARG(bool, project_small_vocabularies) = true;
+  /// With project_small_vocabularies: also consider each distinct bag projected once
+  /// (FirstLayerPath::kUniqueBags); false = used rows or direct only.
+  TORCH_ARG(bool, distinct_bags) = true;
 };
 
 /// How the first layer computes one feature's contribution (TowerOptions::project_small_vocabularies).
