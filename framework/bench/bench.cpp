@@ -21,7 +21,6 @@
 #include "framework/util/allocator.h"
 #include "framework/util/errors.h"
 #include "framework/util/matmul.h"
-#include "models/layers/linear.h"
 #include "models/layers/gru.h"
 
 namespace recsys::bench {
@@ -137,8 +136,7 @@ const std::vector<std::string>& optimisation_names() {
                                                  "gru_fused", "dice", "aux_fused",
                                                  "small_vocab_projection", "allocator",
                                                  "gemm", "gru_threads", "softmax_fused",
-                                                 "sparse_lookup", "linear_act",
-                                                 "distinct_bags"};
+                                                 "sparse_lookup", "distinct_bags"};
   return names;
 }
 
@@ -273,7 +271,6 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   if (on("allocator")) util::retain_freed_memory();
   util::set_parallel_gemm(on("gemm"));
   models::set_gru_recurrence_threads(on("gru_threads"));
-  models::set_fused_linear_activation(on("linear_act"));
   auto device = parse_device(options.device);
   {
     auto tiny = make_workload(name, BenchShapes::tiny(), device, 1, disabled_list);

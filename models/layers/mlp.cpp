@@ -54,37 +54,16 @@ MlpImpl::MlpImpl(MlpOptions options) : options_(std::move(options)) {
 
 torch::Tensor MlpImpl::forward(torch::Tensor x) {
   TORCH_CHECK(!linears_.empty(), "Mlp: no layers");
-  return run_layers(std::move(x), 0, /*input=*/true);
+  return forward_from(models::linear(x, linears_[0]->weight, linears_[0]->bias), 0);
 }
 
 torch::Tensor MlpImpl::forward_from(torch::Tensor x, size_t layer) {
   TORCH_CHECK(layer < linears_.size(), "Mlp::forward_from: layer ", layer, " of ",
               linears_.size());
-  return run_layers(std::move(x), layer, /*input=*/false);
-}
-
-torch::Tensor MlpImpl::run_layers(torch::Tensor x, size_t layer, bool input) {
-  // ReLU, sigmoid and tanh have no parameters: linear_act applies them inside the layer.
-  LinearActivation fused = LinearActivation::kNone;
-  switch (options_.activation()) {
-    case Activation::kRelu: fused = LinearActivation::kRelu; break;
-    case Activation::kSigmoid: fused = LinearActivation::kSigmoid; break;
-    case Activation::kTanh: fused = LinearActivation::kTanh; break;
-    default: break;
-  }
   for (size_t i = layer; i < linears_.size(); ++i) {
-    const bool activate = i < activations_.size();
-    bool activated = false;
-    if (i > layer || input) {
-      if (activate && fused != LinearActivation::kNone) {
-        x = models::linear_act(x, linears_[i]->weight, linears_[i]->bias, fused);
-        activated = true;
-      } else {
-        x = models::linear(x, linears_[i]->weight, linears_[i]->bias);
-      }
-    }
-    if (activate) {
-      if (!activated) x = activations_[i].forward(x);
+    if (i > layer) x = models::linear(x, linears_[i]->weight, linears_[i]->bias);
+    if (i < activations_.size()) {
+      x = activations_[i].forward(x);
       if (options_.dropout() > 0) x = torch::dropout(x, options_.dropout(), is_training());
     }
   }

@@ -40,8 +40,6 @@ class MlpImpl : public torch::nn::Module {
   std::vector<torch::nn::Linear>& linears() { return linears_; }
 
  private:
-  // Layers `layer`.. on x: the layer's input (input = true) or its product (input = false).
-  torch::Tensor run_layers(torch::Tensor x, size_t layer, bool input);
   MlpOptions options_;
   std::vector<torch::nn::Linear> linears_;
   std::vector<torch::nn::AnyModule> activations_;

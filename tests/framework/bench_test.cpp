@@ -12,7 +12,6 @@
 #include "framework/bench/workloads.h"
 #include "framework/util/matmul.h"
 #include "models/layers/gru.h"
-#include "models/layers/linear.h"
 #include "support.h"
 
 using namespace recsys;
@@ -127,17 +126,15 @@ TEST_CASE("bench: every optimisation, switched off alone or all together, keeps 
       INFO(name << " without " << off.size() << " optimisation(s), first " << off.front());
       auto fast = make_workload(name, shapes, torch::kCPU, 4);
       auto plain = make_workload(name, shapes, torch::kCPU, 4, off);
-      // Three optimisations are process-wide switches (run_workload sets them): off around the
+      // Two optimisations are process-wide switches (run_workload sets them): off around the
       // plain workload's steps only.
       auto has = [&](const char* o) { return std::find(off.begin(), off.end(), o) != off.end(); };
       auto plain_step = [&] {
         recsys::util::set_parallel_gemm(!has("gemm"));
         recsys::models::set_gru_recurrence_threads(!has("gru_threads"));
-        recsys::models::set_fused_linear_activation(!has("linear_act"));
         auto loss = plain->step();
         recsys::util::set_parallel_gemm(true);
         recsys::models::set_gru_recurrence_threads(true);
-        recsys::models::set_fused_linear_activation(true);
         return loss;
       };
       for (int i = 0; i < 3; ++i) {
