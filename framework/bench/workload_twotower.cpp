@@ -137,9 +137,12 @@ class TwoTowerSsl : public Workload {
       std::vector<torch::Tensor> all(b.item.size());
       for (size_t f = 0; f < all.size(); ++f) all[f] = torch::cat({b.item[f], v1[f], v2[f]}, 0);
       auto out = model_->item(all);
-      pos = out.narrow(0, 0, n);
-      z1 = out.narrow(0, n, m);
-      z2 = out.narrow(0, n + m, m);
+      // One split (its backward concatenates the three gradients; three narrows would each
+      // zero-fill a full-size gradient and the engine would add them).
+      auto parts = out.split_with_sizes({n, m, m}, 0);
+      pos = parts[0];
+      z1 = parts[1];
+      z2 = parts[2];
     } else {
       pos = model_->item(b.item);
       z1 = model_->item(v1);

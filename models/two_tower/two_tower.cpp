@@ -177,11 +177,14 @@ torch::Tensor TowerImpl::first_layer_factored(const std::vector<torch::Tensor>& 
   const auto& w = linear->weight;  // [H, sum of dims]
   // The direct features' product, then every other feature's projected rows added by bags.
   std::vector<torch::Tensor> direct_x, direct_w, bag_tables, bag_ids, bag_weights;
-  int64_t offset = 0;
+  // Each feature's columns of W as one split: its backward concatenates the parts' gradients
+  // into one [H, sum of dims] tensor (narrow's would zero-fill a full-size gradient per part and
+  // add them up).
+  std::vector<int64_t> dims;
+  for (const auto& f : feats) dims.push_back(f.dim);
+  const auto w_parts = w.split_with_sizes(dims, 1);
   for (size_t i = 0; i < feats.size(); ++i) {
-    const int64_t d = feats[i].dim;
-    auto w_i = w.narrow(1, offset, d);
-    offset += d;
+    const auto& w_i = w_parts[i];
     switch (plan[i].path) {
       case FirstLayerPath::kDirect:
         direct_x.push_back(encoder_->encode(i, inputs[i]));
