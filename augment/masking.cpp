@@ -9,6 +9,21 @@ namespace recsys::augment {
 
 torch::Tensor mask_rows(const torch::Tensor& t, const torch::Tensor& mask) {
   if (t.scalar_type() != torch::kInt64) return t;
+  if (t.device().is_cpu() && mask.device().is_cpu() && t.dim() == 2 &&
+      mask.scalar_type() == torch::kBool && mask.dim() == 1 && mask.size(0) == t.size(0)) {
+    // One pass: masked rows become the default bag [1, 0, ...], the others are copied.
+    auto out = t.contiguous().clone();
+    auto m = mask.contiguous();
+    const bool* mp = m.data_ptr<bool>();
+    int64_t* o = out.data_ptr<int64_t>();
+    const int64_t rows = out.size(0), width = out.size(1);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (!mp[r] || width == 0) continue;
+      std::fill(o + r * width, o + (r + 1) * width, int64_t{0});
+      o[r * width] = data::kDefaultIndex;
+    }
+    return out;
+  }
   auto def = torch::zeros({1, t.size(1)}, t.options());
   def[0][0] = data::kDefaultIndex;
   return torch::where(mask.unsqueeze(1), def, t);

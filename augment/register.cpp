@@ -118,10 +118,25 @@ class Complementary : public Augmentation {
   std::pair<FeatureBatch, FeatureBatch> views(const FeatureBatch& b, torch::Generator& gen) const override {
     const int64_t M = b.empty() ? 0 : b[0].size(0);
     const int64_t rows = per_batch_ ? 1 : M;
-    // A random permutation per row; the first half of the ranks form the masked group.
+    // A random permutation per row (the ranks of uniform keys); the first half of the ranks
+    // form the masked group. Ranks counted directly (ties broken by position, as a stable
+    // sort would): the rows are a handful of features, where two argsorts cost far more.
     auto keys = torch::rand({rows, n_}, gen);
-    auto ranks = keys.argsort(/*dim=*/1, /*descending=*/false).argsort(/*dim=*/1, /*descending=*/false);
-    auto group = ranks < (n_ / 2 + (n_ % 2 ? static_cast<int64_t>(torch::rand({1}, gen).item<float>() < 0.5) : 0));
+    const int64_t half =
+        n_ / 2 + (n_ % 2 ? static_cast<int64_t>(torch::rand({1}, gen).item<float>() < 0.5) : 0);
+    auto group = torch::empty({rows, n_}, torch::kBool);
+    const float* k = keys.data_ptr<float>();
+    bool* g = group.data_ptr<bool>();
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < n_; ++j) {
+        int64_t rank = 0;
+        const float kj = k[r * n_ + j];
+        for (int64_t i = 0; i < n_; ++i) {
+          const float ki = k[r * n_ + i];
+          rank += ki < kj || (ki == kj && i < j);
+        }
+        g[r * n_ + j] = rank < half;
+      }
     if (per_batch_) group = group.expand({M, n_});
     return split_views(b, group);
   }

@@ -118,7 +118,34 @@ TEST_CASE("complementary views are disjoint and cover every feature", "[augment]
     }
     REQUIRE((n1 + n2 == 3).all().item<bool>());
     REQUIRE(((n1 == 1) | (n1 == 2)).all().item<bool>());  // a random half of 3 features
+    if (std::string(per) == "example") {
+      // Uniform permutations: with k features masked per row (k drawn once per call for an odd
+      // count), each feature is masked in view 1 for about k / 3 of the rows.
+      const double share = n1.to(torch::kDouble).mean().item<double>() / 3;
+      for (size_t f = 0; f < b.size(); ++f) {
+        const double rate = is_default(v1[f]).to(torch::kDouble).mean().item<double>();
+        CHECK(rate > share - 0.08);
+        CHECK(rate < share + 0.08);
+      }
+    }
   }
+  // Four features: exactly two masked in each view, each of the 6 pairs about equally often.
+  auto gen4 = at::detail::createCPUGenerator(12);
+  augment::AugmentContext ctx4;
+  ctx4.specs = specs3();
+  ctx4.specs.push_back(spec("brand", data::FeatureKind::kSingle, 20, 1));
+  auto b4 = batch3(4000);
+  b4.push_back(torch::full({4000, 1}, 4, torch::kInt64));
+  auto [w1, w2] = build({{"type", "complementary"}}, ctx4)->views(b4, gen4);
+  std::vector<torch::Tensor> m(4);
+  for (size_t f = 0; f < 4; ++f) m[f] = is_default(w1[f]).to(torch::kInt64);
+  REQUIRE(torch::equal(m[0] + m[1] + m[2] + m[3], torch::full({4000}, 2, torch::kInt64)));
+  for (size_t a = 0; a < 4; ++a)
+    for (size_t c = a + 1; c < 4; ++c) {
+      const auto pairs = (m[a] * m[c]).sum().item<int64_t>();
+      CHECK(pairs > 4000 / 6 * 0.85);
+      CHECK(pairs < 4000 / 6 * 1.15);
+    }
 }
 
 TEST_CASE("mutual information matches hand-computed values", "[augment][mi]") {
