@@ -136,7 +136,8 @@ const std::vector<std::string>& optimisation_names() {
                                                  "gru_fused", "dice", "aux_fused",
                                                  "small_vocab_projection", "allocator",
                                                  "gemm", "gru_threads", "softmax_fused",
-                                                 "sparse_lookup", "distinct_bags"};
+                                                 "sparse_lookup", "distinct_bags",
+                                                 "tower_mlp"};
   return names;
 }
 
@@ -174,6 +175,7 @@ std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShap
     p.project_small_vocabularies = on("small_vocab_projection");
     p.fused_lookup = on("sparse_lookup");
     p.distinct_bags = on("distinct_bags");
+    p.fused_mlp = on("tower_mlp");
     return make_twotower_ssl(shapes.two_tower, device, seed, p);
   }
   CtrPaths p;

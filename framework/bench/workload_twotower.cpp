@@ -50,10 +50,12 @@ class TwoTowerSsl : public Workload {
         models::TowerOptions(user, s.hidden)
             .project_small_vocabularies(paths_.project_small_vocabularies)
             .distinct_bags(paths_.distinct_bags)
+            .fused_mlp(paths_.fused_mlp)
             .fused_lookup(paths_.fused_lookup),
         models::TowerOptions(item, s.hidden)
             .project_small_vocabularies(paths_.project_small_vocabularies)
             .distinct_bags(paths_.distinct_bags)
+            .fused_mlp(paths_.fused_mlp)
             .fused_lookup(paths_.fused_lookup)));
     model_->to(device);
     params_ = model_->parameters();

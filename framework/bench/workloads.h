@@ -23,6 +23,9 @@ struct TwoTowerPaths {
   bool project_small_vocabularies = true;
   /// ... and distinct bags projected once (TowerOptions::distinct_bags).
   bool distinct_bags = true;
+  /// The towers' layers after the first (and the normalisation) as one blockwise kernel
+  /// (TowerOptions::fused_mlp).
+  bool fused_mlp = true;
   /// Sparse embedding lookups through models::pooled_rows_sparse (TowerOptions::fused_lookup;
   /// else torch::embedding + pooling).
   bool fused_lookup = true;

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "models/layers/linear.h"
+#include "models/layers/mlp_fused.h"
 #include "models/layers/rows.h"
 
 namespace recsys::models {
@@ -230,8 +231,19 @@ torch::Tensor TowerImpl::forward(const std::vector<torch::Tensor>& inputs) {
   const bool any = std::any_of(p.begin(), p.end(), [](const FeaturePlan& f) {
     return f.path != FirstLayerPath::kDirect;
   });
-  auto out = any ? mlp_->forward_from(first_layer_factored(inputs, p), 0)
-                 : mlp_->forward(encoder_->forward(inputs));
+  auto h = any ? first_layer_factored(inputs, p) : torch::Tensor();
+  const auto& mo = mlp_->options();
+  if (any && options_.fused_mlp() && mo.activation() == Activation::kRelu &&
+      mo.dropout() == 0 && !mo.activate_last() && mlp_->linears().size() > 1) {
+    std::vector<torch::Tensor> w, b;
+    for (size_t k = 1; k < mlp_->linears().size(); ++k) {
+      w.push_back(mlp_->linears()[k]->weight);
+      b.push_back(mlp_->linears()[k]->bias);
+    }
+    if (mlp_tail_unsupported(h, w, b).empty())
+      return mlp_tail_fused(h, w, b, options_.normalize(), 1e-8);
+  }
+  auto out = any ? mlp_->forward_from(h, 0) : mlp_->forward(encoder_->forward(inputs));
   if (options_.normalize()) out = torch::nn::functional::normalize(out, torch::nn::functional::NormalizeFuncOptions().dim(1).eps(1e-8));
   return out;
 }

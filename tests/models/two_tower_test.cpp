@@ -211,7 +211,7 @@ TEST_CASE("Tower: projected rows and distinct bags compute the plain tower's fun
     TowerOptions o(fs, {12, 5});
     o.sparse(sparse);
     Tower fast(TowerOptions(o).project_small_vocabularies(true));
-    Tower plain(TowerOptions(o).project_small_vocabularies(false).fused_lookup(false));
+    Tower plain(TowerOptions(o).project_small_vocabularies(false).fused_lookup(false).fused_mlp(false));
     fast->to(torch::kFloat64);
     plain->to(torch::kFloat64);
     {
