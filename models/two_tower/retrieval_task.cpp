@@ -35,6 +35,7 @@ struct ModelOptions {
   int64_t history_length = 20;
   bool sparse = true;
   bool project_small_vocabularies = true;
+  bool batch_item_passes = true;
 };
 
 enum class LogQ { kNone, kCounts, kStreaming };
@@ -91,6 +92,7 @@ ModelOptions parse_model(const Reader& r) {
   m.sparse = r.get<bool>("sparse_embeddings", m.sparse);
   m.project_small_vocabularies =
       r.get<bool>("project_small_vocabularies", m.project_small_vocabularies);
+  m.batch_item_passes = r.get<bool>("batch_item_passes", m.batch_item_passes);
   if (m.embedding_dim < 1) r.fail("embedding_dim", "must be at least 1");
   if (m.hidden.empty()) r.fail("hidden", "give at least one layer width");
   for (auto h : m.hidden)
@@ -230,21 +232,25 @@ class RetrievalTask : public train::Task {
     move_all(b.user_inputs, device_);
     move_all(b.item_inputs, device_);
     auto u = model_->user(b.user_inputs);
-    auto i = model_->item(b.item_inputs);
-    Tensor extra;
-    if (!b.extra_inputs.empty()) {
-      move_all(b.extra_inputs, device_);
-      extra = model_->item(b.extra_inputs);
+    // Every item-tower input of the step: positives, extra negatives, both SSL views.
+    std::vector<std::vector<Tensor>*> passes{&b.item_inputs};
+    if (!b.extra_inputs.empty()) passes.push_back(&b.extra_inputs);
+    const bool ssl = o_.ssl.alpha > 0;
+    if (ssl) {
+      passes.push_back(&b.ssl_view1);
+      passes.push_back(&b.ssl_view2);
     }
+    for (size_t k = 1; k < passes.size(); ++k) move_all(*passes[k], device_);
+    auto outputs = item_passes(passes);
+    auto i = outputs[0];
+    Tensor extra = b.extra_inputs.empty() ? Tensor() : outputs[1];
     auto main = losses::inbatch_softmax_mean(u, i, b.log_q.to(device_), b.item_ids.to(device_), o_.loss.softmax, extra);
     train::StepOutput out;
     out.loss = main;
     out.parts["main"] = main.detach();
-    if (o_.ssl.alpha > 0) {
-      move_all(b.ssl_view1, device_);
-      move_all(b.ssl_view2, device_);
-      auto z1 = model_->item(b.ssl_view1);
-      auto z2 = model_->item(b.ssl_view2);
+    if (ssl) {
+      auto z1 = outputs[outputs.size() - 2];
+      auto z2 = outputs[outputs.size() - 1];
       if (projection_) {
         z1 = torch::nn::functional::normalize(projection_->forward(z1), torch::nn::functional::NormalizeFuncOptions().dim(1));
         z2 = torch::nn::functional::normalize(projection_->forward(z2), torch::nn::functional::NormalizeFuncOptions().dim(1));
@@ -259,6 +265,37 @@ class RetrievalTask : public train::Task {
       out.parts["spread_out"] = so.detach();
     }
     return out;
+  }
+
+  /// The item tower on each input set. With model.batch_item_passes, sets whose features have
+  /// the same widths and types go through as one pass over their concatenated rows (the tower
+  /// is row-wise: the same function, fewer and larger operations, and the first layer's
+  /// distinct-bag rewrite sees the SSL views' shared bags together); the outputs are split back.
+  std::vector<Tensor> item_passes(const std::vector<std::vector<Tensor>*>& sets) {
+    bool batch = o_.model.batch_item_passes && sets.size() > 1;
+    for (size_t k = 1; batch && k < sets.size(); ++k) {
+      const auto &a = *sets[0], &c = *sets[k];
+      batch = a.size() == c.size();
+      for (size_t f = 0; batch && f < a.size(); ++f)
+        batch = a[f].dim() == c[f].dim() && a[f].scalar_type() == c[f].scalar_type() &&
+                a[f].sizes().slice(1) == c[f].sizes().slice(1);
+    }
+    std::vector<Tensor> out;
+    if (!batch) {
+      for (auto* set : sets) out.push_back(model_->item(*set));
+      return out;
+    }
+    std::vector<Tensor> all(sets[0]->size());
+    std::vector<int64_t> rows;
+    for (auto* set : sets) rows.push_back(set->front().size(0));
+    for (size_t f = 0; f < all.size(); ++f) {
+      std::vector<Tensor> parts;
+      for (auto* set : sets) parts.push_back((*set)[f]);
+      all[f] = torch::cat(parts, 0);
+    }
+    // One split: its backward concatenates the parts' gradients.
+    auto parts = model_->item(all).split_with_sizes(rows, 0);
+    return {parts.begin(), parts.end()};
   }
 
   train::Metrics evaluate(const std::string& split) override {
