@@ -75,8 +75,10 @@ struct Problem {
 // Rows [i0, i1): their scores in `s` ([i1 - i0, C] scratch), the sum of their losses (returned)
 // and, with grads, their rows of da and their contributions to the chunk's accumulators db [C, D]
 // and dbias [C] (null when the bias needs no gradient).
+// `first`: the chunk's first block, which writes the accumulators instead of adding to them (no
+// zero-filled accumulator to start from).
 template <typename S>
-double run_block(const Problem<S>& p, int64_t i0, int64_t i1, S* s, S* db, S* dbias) {
+double run_block(const Problem<S>& p, int64_t i0, int64_t i1, S* s, S* db, S* dbias, bool first) {
   const int64_t n = i1 - i0, C = p.C, D = p.D;
   util::gemm_rowmajor(false, true, n, C, D, p.scale, p.a + i0 * D, D, p.b, D, S(0), s, C);
   const S mean_weight = S(1) / static_cast<S>(p.B);
@@ -100,13 +102,18 @@ double run_block(const Problem<S>& p, int64_t i0, int64_t i1, S* s, S* db, S* db
     const S k = mean_weight / sum;
     for (int64_t j = 0; j < C; ++j) row[j] *= k;
     row[i] -= mean_weight;
-    if (dbias)
-      for (int64_t j = 0; j < C; ++j) dbias[j] += row[j];
+    if (dbias) {
+      if (first && r == 0)
+        std::copy(row, row + C, dbias);
+      else
+        for (int64_t j = 0; j < C; ++j) dbias[j] += row[j];
+    }
   }
   if (p.grads) {
     // da = scale g b and db += scale g^T a over the block's rows.
     util::gemm_rowmajor(false, false, n, D, C, p.scale, s, C, p.b, D, S(0), p.da + i0 * D, D);
-    util::gemm_rowmajor(true, false, C, D, n, p.scale, s, C, p.a + i0 * D, D, S(1), db, D);
+    util::gemm_rowmajor(true, false, C, D, n, p.scale, s, C, p.a + i0 * D, D, S(first ? 0 : 1),
+                        db, D);
   }
   return loss;
 }
@@ -144,7 +151,8 @@ class DiagonalSoftmaxFunction : public torch::autograd::Function<DiagonalSoftmax
       // thread count).
       const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
       const int64_t acc_size = need_grads ? C * D + (bias_grad ? C : 0) : 0;
-      auto acc = torch::zeros({slots, acc_size}, a.options());
+      // Written by each chunk's first block (every chunk has at least one block).
+      auto acc = torch::empty({slots, acc_size}, a.options());
       scalar_t* accp = acc.data_ptr<scalar_t>();
       std::vector<double> losses(static_cast<size_t>(slots), 0.0);
       at::parallel_for(0, slots, 1, [&](int64_t k0, int64_t k1) {
@@ -153,9 +161,10 @@ class DiagonalSoftmaxFunction : public torch::autograd::Function<DiagonalSoftmax
           scalar_t* db_k = need_grads ? accp + k * acc_size : nullptr;
           scalar_t* dbias_k = need_grads && bias_grad ? db_k + C * D : nullptr;
           double sum = 0;
-          for (int64_t blk = k * blocks / slots; blk < (k + 1) * blocks / slots; ++blk)
+          const int64_t first = k * blocks / slots;
+          for (int64_t blk = first; blk < (k + 1) * blocks / slots; ++blk)
             sum += run_block(p, blk * kBlockRows, std::min(B, (blk + 1) * kBlockRows),
-                             scratch.data(), db_k, dbias_k);
+                             scratch.data(), db_k, dbias_k, blk == first);
           losses[static_cast<size_t>(k)] = sum;
         }
       });
@@ -163,7 +172,9 @@ class DiagonalSoftmaxFunction : public torch::autograd::Function<DiagonalSoftmax
       for (double v : losses) total += v;
       loss = torch::full({}, total / static_cast<double>(B), a.options());
       if (need_grads) {
-        auto sums = slots == 1 ? acc[0] : acc.sum(0);
+        // Chunk accumulators summed in chunk order into the first.
+        auto sums = acc[0];
+        for (int64_t k = 1; k < slots; ++k) sums.add_(acc[k]);
         db = sums.narrow(0, 0, C * D).view({C, D});
         if (bias_grad) dbias = sums.narrow(0, C * D, C);
       }
@@ -183,10 +194,13 @@ class DiagonalSoftmaxFunction : public torch::autograd::Function<DiagonalSoftmax
     const auto saved = ctx->get_saved_variables();
     const auto& g = grads[0];
     Tensor dbias;
-    if (ctx->saved_data.count("dbias")) dbias = ctx->saved_data["dbias"].toTensor() * g;
+    // An incoming gradient of exactly 1 (a loss used as is) needs no scaling pass.
+    const bool one = g.numel() == 1 && g.item<double>() == 1.0;
+    auto scaled = [&](const Tensor& t) { return one ? t : t * g; };
+    if (ctx->saved_data.count("dbias")) dbias = scaled(ctx->saved_data["dbias"].toTensor());
     // Inputs in order: a, b, bias, ids, scale, has_bias, has_ids, need_grads, bias_grad.
-    return {saved[0] * g, saved[1] * g, dbias,    Tensor(), Tensor(),
-            Tensor(),     Tensor(),     Tensor(), Tensor()};
+    return {scaled(saved[0]), scaled(saved[1]), dbias,    Tensor(), Tensor(),
+            Tensor(),         Tensor(),         Tensor(), Tensor()};
   }
 };
 

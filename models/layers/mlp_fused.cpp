@@ -111,8 +111,10 @@ struct Chunk {
 
 // Rows [i0, i1) of the backward: dh rows, and the block's weight and bias gradients added to
 // the chunk's accumulators.
+// `first`: the chunk's first block, which writes the accumulators instead of adding to them.
 template <typename S>
-void backward_block(const Tail<S>& t, int64_t i0, int64_t i1, const S* dy, S* dh, Chunk<S>& c) {
+void backward_block(const Tail<S>& t, int64_t i0, int64_t i1, const S* dy, S* dh, Chunk<S>& c,
+                    bool first) {
   const int64_t n = i1 - i0, K = static_cast<int64_t>(t.layers()), dk = t.d[K];
   // Gradient at the last layer's output (before the normalisation).
   S* g = c.ga;
@@ -141,7 +143,9 @@ void backward_block(const Tail<S>& t, int64_t i0, int64_t i1, const S* dy, S* dh
   for (int64_t k = K - 1; k >= 0; --k) {
     const int64_t din = t.d[k], dout = t.d[k + 1];
     const S* xin = k == 0 ? c.x0 : t.x[k] + i0 * din;
-    gemm_rowmajor(true, false, dout, din, n, S(1), g, dout, xin, din, S(1), c.dw[k], din);
+    gemm_rowmajor(true, false, dout, din, n, S(1), g, dout, xin, din, S(first ? 0 : 1), c.dw[k],
+                  din);
+    if (first) std::fill(c.db[k], c.db[k] + dout, S(0));
     for (int64_t r = 0; r < n; ++r)
       for (int64_t cc = 0; cc < dout; ++cc) c.db[k][cc] += g[r * dout + cc];
     S* gin = k == 0 ? dh + i0 * din : spare;
@@ -212,19 +216,23 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
       // thread runs it), summed in chunk order afterwards.
       const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
       const int64_t gsize = t.grad_size();
-      auto acc = torch::zeros({slots, gsize}, h.options());
+      // Written by each chunk's first block (every chunk has at least one block).
+      auto acc = torch::empty({slots, gsize}, h.options());
       scalar_t* accp = acc.data_ptr<scalar_t>();
       const scalar_t* dyp = dy.data_ptr<scalar_t>();
       scalar_t* dhp = dh.data_ptr<scalar_t>();
       at::parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
         for (int64_t s = s0; s < s1; ++s) {
           Chunk<scalar_t> chunk(t, accp + s * gsize);
-          for (int64_t blk = s * blocks / slots; blk < (s + 1) * blocks / slots; ++blk)
+          const int64_t first = s * blocks / slots;
+          for (int64_t blk = first; blk < (s + 1) * blocks / slots; ++blk)
             backward_block(t, blk * kBlockRows, std::min(N, (blk + 1) * kBlockRows), dyp, dhp,
-                           chunk);
+                           chunk, blk == first);
         }
       });
-      flat = slots == 1 ? acc[0] : acc.sum(0);
+      // Chunk accumulators summed in chunk order into the first.
+      flat = acc[0];
+      for (int64_t k = 1; k < slots; ++k) flat.add_(acc[k]);
     });
     variable_list out{dh};
     int64_t off = 0;

@@ -312,18 +312,22 @@ Tensor pooled_backward_kernel(const Tensor& grad_in, const Tensor& ids, const Te
   std::vector<int64_t> fill(start.begin(), start.end() - 1), order(static_cast<size_t>(start[U]));
   for (int64_t k = 0; k < n; ++k)
     if (entry_slot[k] >= 0) order[fill[entry_slot[k]]++] = k / L;  // the entry's bag
-  auto values = torch::zeros({U, D}, grad.options());
+  auto values = torch::empty({U, D}, grad.options());  // every row has at least one entry
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "pooled_rows_sparse_backward", [&] {
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
     scalar_t* v = values.data_ptr<scalar_t>();
     at::parallel_for(0, U, std::max<int64_t>(1, kBagGrain / std::max<int64_t>(1, D * 4)),
                      [&](int64_t u0, int64_t u1) {
-                       for (int64_t u = u0; u < u1; ++u)
-                         for (int64_t e = start[u]; e < start[u + 1]; ++e) {
-                           const int64_t b = order[e];
+                       for (int64_t u = u0; u < u1; ++u) {
+                         // The first entry written, the others added.
+                         int64_t b = order[start[u]];
+                         for (int64_t c = 0; c < D; ++c) v[u * D + c] = wp[b] * g[b * D + c];
+                         for (int64_t e = start[u] + 1; e < start[u + 1]; ++e) {
+                           b = order[e];
                            axpy_row(wp[b], g + b * D, v + u * D, D);
                          }
+                       }
                      });
   });
   auto indices = torch::tensor(unique, ids.options()).view({1, U});
