@@ -190,7 +190,7 @@ class DiagonalSoftmaxFunction : public torch::autograd::Function<DiagonalSoftmax
     // The gradients were computed in the forward as plain numbers: no graph to differentiate.
     TORCH_CHECK(!torch::GradMode::is_enabled(),
                 "diagonal_softmax_mean_fused: double backward (create_graph) is not supported; "
-                "use the composed loss (fused_kernel(false))");
+                "use the composed loss (InBatchSoftmaxOptions::fused_mean(false))");
     const auto saved = ctx->get_saved_variables();
     const auto& g = grads[0];
     Tensor dbias;
