@@ -137,6 +137,8 @@ bool gemm_parallel(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
 
 bool has_blas_gemm() { return blas().sgemm != nullptr && blas().dgemm != nullptr; }
 
+bool blas_calls_nest() { return blas().calls_nest; }
+
 bool gemm_rowmajor(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
                    const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   return call(blas().sgemm, false, false, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);

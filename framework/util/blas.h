@@ -11,6 +11,11 @@ namespace recsys::util {
 /// false (callers keep their ATen path).
 bool has_blas_gemm();
 
+/// Whether a BLAS call made inside a parallel region runs on its calling thread (a sequential or
+/// OpenMP BLAS; not a pthreads OpenBLAS, whose calls use its own pool). Kernels that give each
+/// thread its own BLAS calls run on one thread when it is false.
+bool blas_calls_nest();
+
 /// Row-major C [m, n] = alpha A [m, k] B [k, n] + beta C, with row strides lda, ldb, ldc (in
 /// elements; A and B not transposed). Returns false when no BLAS was found. With beta = 0 the
 /// initial content of C is ignored (it may be uninitialised).

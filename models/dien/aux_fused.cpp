@@ -41,7 +41,7 @@ void activate(Activation a, S* x, int64_t n) {
       for (int64_t i = 0; i < n; ++i) x[i] = fast::tanh(x[i]);
       break;
     case Activation::kRelu:
-      for (int64_t i = 0; i < n; ++i) x[i] = x[i] > S(0) ? x[i] : S(0);
+      for (int64_t i = 0; i < n; ++i) x[i] = x[i] <= S(0) ? S(0) : x[i];  // NaN kept, as torch
       break;
     default: break;
   }
@@ -58,7 +58,7 @@ void times_derivative(Activation a, const S* y, S* g, int64_t n) {
       for (int64_t i = 0; i < n; ++i) g[i] *= S(1) - y[i] * y[i];
       break;
     case Activation::kRelu:
-      for (int64_t i = 0; i < n; ++i) g[i] = y[i] > S(0) ? g[i] : S(0);
+      for (int64_t i = 0; i < n; ++i) g[i] = y[i] <= S(0) ? S(0) : g[i];
       break;
     default: break;
   }
@@ -220,7 +220,9 @@ class AuxLossFunction : public torch::autograd::Function<AuxLossFunction> {
       const int64_t blocks = (P + kBlockPairs - 1) / kBlockPairs;
       // The blocks cut into one chunk per thread; chunk p owns accumulator p whichever thread
       // runs it (no reliance on thread ids; the same chunks for the same thread count).
-      const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
+      // One chunk (one thread) where the BLAS would not run a call on its calling thread.
+      const int64_t threads = util::blas_calls_nest() ? at::get_num_threads() : 1;
+      const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(threads, blocks));
       const int64_t gsize = net.grad_size();
       // One gradient accumulator and one loss per chunk, summed in chunk order afterwards.
       auto acc = torch::zeros({slots, gsize}, h.options());  // small: the MLP's parameters

@@ -47,9 +47,15 @@ struct Tail {
   }
 };
 
+// max(x, 0) with NaN kept (as torch's relu): a diverging model stays visible downstream.
+template <typename S>
+inline S relu(S x) {
+  return x <= S(0) ? S(0) : x;
+}
+
 template <typename S>
 void relu_rows(const S* src, S* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = src[i] > S(0) ? src[i] : S(0);
+  for (int64_t i = 0; i < n; ++i) dst[i] = relu(src[i]);
 }
 
 // Rows [i0, i1): every layer's output and the (normalised) result.
@@ -69,8 +75,7 @@ void forward_block(const Tail<S>& t, int64_t i0, int64_t i1, S* x0) {
         for (int64_t c = 0; c < dout; ++c) row[c] += t.b[k][c];
       } else {
         for (int64_t c = 0; c < dout; ++c) {
-          const S v = row[c] + t.b[k][c];
-          row[c] = v > S(0) ? v : S(0);
+          row[c] = relu(row[c] + t.b[k][c]);
         }
       }
     }
@@ -152,9 +157,10 @@ void backward_block(const Tail<S>& t, int64_t i0, int64_t i1, const S* dy, S* dh
       for (int64_t cc = 0; cc < dout; ++cc) c.db[k][cc] += g[r * dout + cc];
     S* gin = k == 0 ? dh + i0 * din : spare;
     gemm_rowmajor(false, false, n, din, dout, S(1), g, dout, t.w[k], din, S(0), gin, din);
-    // Through the ReLU that made x_k (x_0 = ReLU(h): the same mask as h > 0).
+    // Through the ReLU that made x_k (x_0 = ReLU(h)): zero where its output is <= 0, as
+    // torch's threshold_backward (a NaN output passes the gradient).
     for (int64_t i = 0; i < n * din; ++i)
-      if (!(xin[i] > S(0))) gin[i] = S(0);
+      if (xin[i] <= S(0)) gin[i] = S(0);
     spare = g;
     g = gin;
   }
@@ -177,7 +183,9 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
     AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "mlp_tail_fused", [&] {
       Tail<scalar_t> t = make_tail<scalar_t>(h, w, b, x, y, norm, normalize, eps);
       const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
-      at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      // All blocks on this thread where the BLAS would not run a call on its calling thread.
+      const int64_t grain = util::blas_calls_nest() ? 1 : blocks;
+      at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
         std::vector<scalar_t> x0(static_cast<size_t>(kBlockRows * t.d[0]));
         for (int64_t blk = b0; blk < b1; ++blk)
           forward_block(t, blk * kBlockRows, std::min(N, (blk + 1) * kBlockRows), x0.data());
@@ -216,7 +224,8 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
       const int64_t blocks = (N + kBackwardRows - 1) / kBackwardRows;
       // One gradient accumulator per chunk of blocks (chunk k owns accumulator k whichever
       // thread runs it), summed in chunk order afterwards.
-      const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
+      const int64_t threads = util::blas_calls_nest() ? at::get_num_threads() : 1;
+      const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(threads, blocks));
       const int64_t gsize = t.grad_size();
       // Written by each chunk's first block (every chunk has at least one block).
       auto acc = torch::empty({slots, gsize}, h.options());

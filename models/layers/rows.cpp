@@ -262,14 +262,16 @@ Tensor pooled_forward_kernel(const Tensor& table, const Tensor& ids, bool mean, 
                              for (int64_t byte = 0; byte < row_bytes; byte += 64)
                                __builtin_prefetch(ahead + byte);
                            }
-                           if (id == 0) continue;
-                           // The first row copied, the others added: no zeroing pass.
-                           if (count++ == 0)
+                           count += id != 0;
+                           // Padding entries add the padding row too (zero in every table the
+                           // encoder makes, but the oracle adds it): the first row copied, the
+                           // others added, no zeroing pass.
+                           if (l == 0)
                              std::copy(t + id * D, t + id * D + D, dst);
                            else
                              add_row(t + id * D, dst, D);
                          }
-                         if (count == 0) std::fill(dst, dst + D, scalar_t(0));
+                         if (L == 0) std::fill(dst, dst + D, scalar_t(0));
                          const scalar_t a = mean && count > 1 ? scalar_t(1) / static_cast<scalar_t>(count) : scalar_t(1);
                          if (a != scalar_t(1))
                            for (int64_t c = 0; c < D; ++c) o[b * D + c] *= a;
@@ -292,6 +294,14 @@ Tensor pooled_backward_kernel(const Tensor& grad_in, const Tensor& ids, const Te
   thread_local std::vector<int32_t> slot;
   if (static_cast<int64_t>(slot.size()) < rows) slot.assign(static_cast<size_t>(rows), -1);
   std::vector<int64_t> unique, count;
+  // The slots this call set are reset however it leaves (an allocation failure included).
+  struct Reset {
+    std::vector<int32_t>& slot;
+    const std::vector<int64_t>& ids;
+    ~Reset() {
+      for (auto id : ids) slot[static_cast<size_t>(id)] = -1;
+    }
+  } reset{slot, unique};
   std::vector<int32_t> entry_slot(static_cast<size_t>(n), -1);
   for (int64_t k = 0; k < n; ++k) {
     const int64_t id = ix[k];
@@ -305,7 +315,6 @@ Tensor pooled_backward_kernel(const Tensor& grad_in, const Tensor& ids, const Te
     ++count[static_cast<size_t>(s)];
     entry_slot[static_cast<size_t>(k)] = s;
   }
-  for (auto id : unique) slot[static_cast<size_t>(id)] = -1;
   const auto U = static_cast<int64_t>(unique.size());
   std::vector<int64_t> start(static_cast<size_t>(U) + 1, 0);
   for (int64_t u = 0; u < U; ++u) start[u + 1] = start[u] + count[u];

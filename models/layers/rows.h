@@ -21,8 +21,8 @@ torch::Tensor scatter_add_rows(const torch::Tensor& src, const torch::Tensor& in
 /// [R, H], ids [B, L] int64 in [0, R), weights [B, L] of table's dtype (constants: no gradient;
 /// 0 skips an entry, e.g. padding). Backward scatter-adds weights[b, l] * grad[b] into a zero
 /// [R, H] table gradient. On the CPU in float32 / float64 a fused loop (no [B, L, H]
-/// intermediate), split across threads by rows forward and by columns backward; elsewhere
-/// embedding * weights summed over L, also its oracle.
+/// intermediate), split across threads by rows forward and by output rows backward (entries
+/// grouped by row first); elsewhere embedding * weights summed over L, also its oracle.
 torch::Tensor bag_rows(const torch::Tensor& table, const torch::Tensor& ids,
                        const torch::Tensor& weights);
 
@@ -36,8 +36,9 @@ torch::Tensor add_bag_rows(const torch::Tensor& base, const std::vector<torch::T
                            const std::vector<torch::Tensor>& weights);
 
 /// Pooled bags of table rows with a sparse table gradient, one fused CPU op (float32 / float64):
-/// out[b] = pool over the non-padding entries of ids[b] (ids != 0) of table[ids[b, l]], their
-/// mean (`mean`) or sum; an all-padding bag gives zeros. ids [B, L] (or [B]) int64 in [0, R).
+/// out[b] = the sum of table[ids[b, l]] over l, divided by the number of non-padding entries
+/// (ids != 0, at least 1) for `mean`: torch::embedding + pooling, whose padding row is zero in
+/// every table FeatureEncoder makes. ids [B, L] (or [B]) int64 in [0, R).
 /// Backward gives a sparse COO gradient with one entry per distinct non-padding id of the batch
 /// (indices in order of first appearance, values summed) instead of one per looked-up entry: what
 /// torch::embedding(padding_idx = 0, sparse) + pooling gives after coalescing (its oracle,

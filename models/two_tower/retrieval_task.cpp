@@ -267,10 +267,11 @@ class RetrievalTask : public train::Task {
     return out;
   }
 
-  /// The item tower on each input set. With model.batch_item_passes, sets whose features have
-  /// the same widths and types go through as one pass over their concatenated rows (the tower
-  /// is row-wise: the same function, fewer and larger operations, and the first layer's
-  /// distinct-bag rewrite sees the SSL views' shared bags together); the outputs are split back.
+  /// The item tower on each input set. With model.batch_item_passes, when every set's features
+  /// have the same widths and types as the first set's, all go through as one pass over their
+  /// concatenated rows (the tower is row-wise: the same function, fewer and larger operations,
+  /// and the first layer's distinct-bag rewrite sees the SSL views' shared bags together); the
+  /// outputs are split back. Otherwise one pass per set.
   std::vector<Tensor> item_passes(const std::vector<std::vector<Tensor>*>& sets) {
     bool batch = o_.model.batch_item_passes && sets.size() > 1;
     for (size_t k = 1; batch && k < sets.size(); ++k) {

@@ -23,7 +23,9 @@ struct TowerOptions {
   /// Sparse embedding lookups through one fused op each (FeatureEncoderOptions::fused_lookup).
   TORCH_ARG(bool, fused_lookup) = true;
   /// The layers after the first and the normalisation as one blockwise kernel
-  /// (models/layers/mlp_fused.h) where it applies: ReLU, no dropout, CPU float32 / float64.
+  /// (models/layers/mlp_fused.h) where it applies: with the first layer's factored paths
+  /// (project_small_vocabularies, a batch where some feature is not direct), ReLU, no dropout,
+  /// CPU float32 / float64.
   TORCH_ARG(bool, fused_mlp) = true;
   /// Algebraic rewrites of the first layer: it is linear in the concatenation, so feature f
   /// contributes pool(E_f[ids]) W_f^T = pool((E_f W_f^T)[ids]), and rows holding the same bag

@@ -174,6 +174,7 @@ TEST_CASE("inbatch_softmax_mean and contrastive_mean equal the composed means", 
         auto e = ex.defined() ? ex.clone().requires_grad_(true) : ex;
         auto l = fused_mean ? inbatch_softmax_mean(a, b, lq, id, opts, e)
                             : inbatch_softmax(a, b, lq, id, opts, e).mean();
+        if (fused_mean) CHECK_THAT(l.grad_fn()->name(), Catch::Contains("DiagonalSoftmax"));
         l.backward();
         return std::vector<torch::Tensor>{l.detach(), a.grad(), b.grad(),
                                           e.defined() ? e.grad() : torch::zeros({1})};
@@ -184,6 +185,9 @@ TEST_CASE("inbatch_softmax_mean and contrastive_mean equal the composed means", 
   auto z1 = torch::nn::functional::normalize(torch::randn({B, D})).requires_grad_(true);
   auto z2 = torch::nn::functional::normalize(torch::randn({B, D})).requires_grad_(true);
   auto lf = contrastive_mean(z1, z2, 0.05);
+  // The fused kernel computed it (not the composed mean it is compared with).
+  REQUIRE(lf.grad_fn());
+  CHECK_THAT(lf.grad_fn()->name(), Catch::Contains("DiagonalSoftmax"));
   auto gf = torch::autograd::grad({lf}, {z1, z2});
   auto lc = contrastive(z1, z2, 0.05).mean();
   auto gc = torch::autograd::grad({lc}, {z1, z2});

@@ -184,13 +184,23 @@ TEST_CASE("unique_bags finds each distinct row once, in order of appearance", "[
   auto u = recsys::models::unique_bags(ids);
   CHECK(torch::equal(u.first, torch::tensor({0L, 1L, 2L})));
   CHECK(torch::equal(u.inverse, torch::tensor({0L, 1L, 2L, 0L, 1L})));
-  // Many rows, few bags (hash collisions in a nearly full table are resolved by comparing).
+  // Many rows, few bags.
   auto many = torch::randint(0, 3, {5000, 2}, torch::kInt64);
   auto m = recsys::models::unique_bags(many);
   CHECK(m.first.size(0) == 9);
   CHECK(torch::equal(many.index_select(0, m.first).index_select(0, m.inverse), many));
   auto single = recsys::models::unique_bags(torch::tensor({7L, 7L, 2L}));
   CHECK(torch::equal(single.inverse, torch::tensor({0L, 0L, 1L})));
+  // A nearly full table (the smallest: 16 slots for 8 rows): distinct rows collide often and
+  // must be told apart by comparing them. Every row distinct, then every row twice.
+  for (int trial = 0; trial < 50; ++trial) {
+    auto distinct = torch::randperm(1000, torch::kInt64).narrow(0, 0, 16).view({8, 2});
+    auto d = recsys::models::unique_bags(distinct);
+    CHECK(torch::equal(d.inverse, torch::arange(8, torch::kInt64)));
+    auto twice = torch::cat({distinct.narrow(0, 0, 4), distinct.narrow(0, 0, 4)}, 0);
+    auto t = recsys::models::unique_bags(twice);
+    CHECK(torch::equal(t.inverse, torch::tensor({0L, 1L, 2L, 3L, 0L, 1L, 2L, 3L})));
+  }
 }
 
 TEST_CASE("Tower: projected rows and distinct bags compute the plain tower's function and gradients",

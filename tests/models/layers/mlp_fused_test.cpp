@@ -79,7 +79,8 @@ TEST_CASE("mlp_tail_fused equals ReLU + linear layers + normalisation, values an
 TEST_CASE("mlp_tail_fused: a row whose output norm is below eps, float32, refusals",
           "[kernels]") {
   recsys::testing::seed(32);
-  // Zero input rows and a zero last layer make the output zero: normalisation divides by eps.
+  // A row whose ReLU(h) is zero has the (zero) bias as its output: below eps, the
+  // normalisation divides by eps.
   auto h = torch::randn({6, 4}, torch::kFloat64);
   h[2].fill_(-1.0);  // ReLU(h) = 0 on this row: its output is the bias alone
   std::vector<torch::Tensor> w{torch::randn({3, 4}, torch::kFloat64)};
@@ -87,6 +88,16 @@ TEST_CASE("mlp_tail_fused: a row whose output norm is below eps, float32, refusa
   auto up = torch::randn({6, 3}, torch::kFloat64);
   auto f = run(true, h, w, b, true, up), c = run(false, h, w, b, true, up);
   for (size_t k = 0; k < f.values.size(); ++k) require_close(f.values[k], c.values[k], 1e-9, 1e-9);
+
+  // A NaN input stays NaN in its row, as through torch's relu (a diverging model stays visible).
+  {
+    torch::NoGradGuard no_grad;
+    auto hn = h.clone();
+    hn[4][1] = std::nan("");
+    auto y = mlp_tail_fused(hn, w, b, true);
+    CHECK(torch::isnan(y[4]).all().item<bool>());
+    CHECK_FALSE(torch::isnan(y[3]).any().item<bool>());
+  }
 
   // float32 at the towers' widths, within rounding of float64.
   const int64_t N = 260;

@@ -2,6 +2,8 @@
 // torch::embedding + pooling: values and gradients.
 #include "models/layers/rows.h"
 
+#include <ATen/Parallel.h>
+
 #include "models/layers/embedding.h"
 
 #include "support.h"
@@ -54,9 +56,8 @@ TEST_CASE("gather_rows and scatter_add_rows match index_select and index_add", "
 TEST_CASE("bag_rows matches weighted embedding sums, values and table gradients", "[kernels]") {
   using recsys::models::bag_rows;
   recsys::testing::seed(8);
-  // Wide enough rows (H = 37) for the column-block split of the backward, and a batch large
-  // enough for the thread split of the forward; repeated ids within and across bags, zero
-  // weights (skipped entries), an id the batch never uses.
+  // Repeated ids within and across bags, zero weights (skipped entries), an id the batch never
+  // uses. (The thread splits: "row kernels split across threads" below.)
   for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
     CAPTURE(dtype);
     const int64_t R = 9, H = 37, B = 700, L = 3;
@@ -163,4 +164,49 @@ TEST_CASE("add_bag_rows equals the base plus each bag_rows, values and gradients
                                                  {torch::full({2, 1}, 1, torch::kInt64)},
                                                  {torch::ones({2, 1})}),
                     Catch::Contains("expected 3"));
+}
+
+TEST_CASE("row kernels split across threads: shapes with several chunks each, on 2 threads",
+          "[layers]") {
+  // The kernels cut their loops into chunks of about 2^16 multiply-adds; these shapes give each
+  // loop several chunks, so the threads' shares (forward rows, backward output rows) are
+  // checked, not just one thread's loop.
+  recsys::testing::seed(23);
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  const int64_t R = 20000, D = 8, B = 6000, L = 4;
+  auto table = torch::randn({R, D}, torch::kFloat64);
+  table[0].zero_();
+  auto ids = torch::randint(0, R, {B, L}, torch::kInt64);
+  ids.narrow(0, 0, 100).select(1, 3).zero_();  // some padding
+  auto up = torch::randn({B, D}, torch::kFloat64);
+  auto run = [&](bool fused) {
+    auto t = table.clone().requires_grad_(true);
+    auto out = recsys::models::pooled_lookup(t, ids, recsys::models::Pooling::kMean, true, fused);
+    (out * up).sum().backward();
+    return std::make_pair(out.detach(), t.grad().coalesce().to_dense());
+  };
+  auto [of, gf] = run(true);
+  auto [op, gp] = run(false);
+  require_close(of, op, 1e-12, 1e-12);
+  require_close(gf, gp, 1e-12, 1e-12);
+
+  // add_bag_rows and bag_rows with a table of more rows than one backward chunk takes.
+  const int64_t H = 7, T = 12000;
+  auto base = torch::randn({B, H}, torch::kFloat64);
+  auto big = torch::randn({T, H}, torch::kFloat64);
+  auto bids = torch::randint(0, T, {B, 2}, torch::kInt64);
+  auto bw = torch::rand({B, 2}, torch::kFloat64);
+  auto w = torch::randn({B, H}, torch::kFloat64);
+  auto go = [&](bool fused) {
+    auto b = base.clone().requires_grad_(true), t = big.clone().requires_grad_(true);
+    auto out = fused ? recsys::models::add_bag_rows(b, {t}, {bids}, {bw})
+                     : b + (t.index_select(0, bids.reshape({-1})).view({B, 2, H}) *
+                            bw.unsqueeze(-1)).sum(1);
+    (out * w).sum().backward();
+    return std::vector<torch::Tensor>{out.detach(), b.grad(), t.grad()};
+  };
+  auto f = go(true), c = go(false);
+  for (size_t k = 0; k < f.size(); ++k) require_close(f[k], c[k], 1e-12, 1e-12);
+  at::set_num_threads(threads);
 }
