@@ -137,7 +137,7 @@ const std::vector<std::string>& optimisation_names() {
                                                  "small_vocab_projection", "allocator",
                                                  "gemm", "gru_threads", "softmax_fused",
                                                  "sparse_lookup", "distinct_bags",
-                                                 "tower_mlp"};
+                                                 "tower_mlp", "attention_tail"};
   return names;
 }
 
@@ -184,6 +184,7 @@ std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShap
   p.packed_model = on("packing");
   if (name == "din") {
     p.fused = on("first_layer");
+    p.fused_attention_tail = on("attention_tail");
     return make_din(shapes.ctr, device, seed, p);
   }
   if (name == "dien") {

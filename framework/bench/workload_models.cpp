@@ -35,7 +35,8 @@ std::unique_ptr<Workload> make_din(const CtrShapes& s, torch::Device device, uin
                                .attention_softmax(false)
                                .mlp(output_mlp(s, paths.fused_dice))
                                .pack_valid(paths.packed_model)
-                               .attention_fused_first_layer(paths.fused));
+                               .attention_fused_first_layer(paths.fused)
+                               .attention_fused_tail(paths.fused_attention_tail));
     return std::static_pointer_cast<models::CtrModel>(din.ptr());
   }, paths.fused_optimizer);
 }

@@ -47,6 +47,9 @@ struct CtrPaths {
   bool fused_dice = true;
   /// dien: the auxiliary loss through its fused kernel (DienOptions::fused_aux).
   bool fused_aux = true;
+  /// din: the attention scorer after its first layer as one blockwise kernel
+  /// (DinOptions::attention_fused_tail).
+  bool fused_attention_tail = true;
 };
 
 std::unique_ptr<Workload> make_din(const CtrShapes& s, torch::Device device, uint64_t seed,

@@ -14,7 +14,8 @@ DinImpl::DinImpl(DinOptions options) : options_(std::move(options)) {
                                                       .softmax(options_.attention_softmax())
                                                       .pack_valid(options_.pack_valid())
                                                       .fused_first_layer(
-                                                          options_.attention_fused_first_layer())));
+                                                          options_.attention_fused_first_layer())
+                                                      .fused_tail(options_.attention_fused_tail())));
   mlp = register_module("mlp", make_ctr_mlp(3 * d, options_.mlp()));
 }
 

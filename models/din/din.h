@@ -28,6 +28,9 @@ struct DinOptions {
   /// parameters and function); false concatenates [q, k, q - k, q * k] (the plain path, which
   /// also scores every padded step).
   TORCH_ARG(bool, attention_fused_first_layer) = true;
+  /// The attention scorer after its first layer as one blockwise kernel
+  /// (ActivationUnitOptions::fused_tail); false composes the layers.
+  TORCH_ARG(bool, attention_fused_tail) = true;
   TORCH_ARG(CtrMlpOptions, mlp);
 };
 

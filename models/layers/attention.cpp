@@ -5,6 +5,7 @@
 
 #include "models/layers/dice.h"
 #include "models/layers/linear.h"
+#include "models/layers/mlp_fused.h"
 #include "models/layers/rows.h"
 
 namespace recsys::models {
@@ -113,7 +114,7 @@ AttentionOutput ActivationUnitImpl::forward_packed(const torch::Tensor& query,
   auto [w_query, w_key] = fused_weights();
   auto q_part = models::linear(query, w_query, first_->bias);  // [B, H1]
   auto pre = models::linear(torch::cat({k, q * k}, 1), w_key, gather_rows(q_part, row));
-  auto s = tail_->forward(first_activation_.forward(pre)).squeeze(1);    // [N]
+  auto s = score_rows(pre);  // [N]
   AttentionOutput out;
   if (options_.softmax()) {
     // Softmax over each row's valid steps: exp(s - max of its row) / the row's sum.
@@ -152,8 +153,24 @@ torch::Tensor ActivationUnitImpl::scores(const torch::Tensor& query, const torch
     pre = first_->forward(torch::cat({qe, keys, qe - keys, qe * keys}, -1));
   }
   // Flatten to [B * T, H1]: PReLU takes its channels from dim 1, not from the last dim.
-  auto h = first_activation_.forward(pre.reshape({-1, pre.size(-1)}));
-  return tail_->forward(h).view({keys.size(0), keys.size(1)});  // [B, T]
+  return score_rows(pre.reshape({-1, pre.size(-1)})).view({keys.size(0), keys.size(1)});
+}
+
+torch::Tensor ActivationUnitImpl::score_rows(const torch::Tensor& pre) {
+  const auto a = options_.activation();
+  if (options_.fused_tail() && (a == Activation::kSigmoid || a == Activation::kRelu)) {
+    std::vector<torch::Tensor> w, b;
+    for (auto& l : tail_->linears()) {
+      w.push_back(l->weight);
+      b.push_back(l->bias);
+    }
+    if (mlp_tail_unsupported(pre, w, b).empty())
+      return mlp_tail_fused(pre, w, b, /*normalize=*/false, 0.0,
+                            a == Activation::kSigmoid ? TailActivation::kSigmoid
+                                                      : TailActivation::kRelu)
+          .squeeze(1);
+  }
+  return tail_->forward(first_activation_.forward(pre)).squeeze(1);
 }
 
 AttentionOutput ActivationUnitImpl::forward(const torch::Tensor& query, const torch::Tensor& keys,

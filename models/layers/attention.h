@@ -38,6 +38,10 @@ struct ActivationUnitOptions {
   /// [N, D] matrix (N = number of valid steps) and the pooled sum is an index_add. Same function
   /// and gradients as scoring every padded step and masking.
   TORCH_ARG(bool, pack_valid) = true;
+  /// With a sigmoid or ReLU activation on the CPU: the scorer after its first layer (activation,
+  /// the hidden layers, the score) as one blockwise kernel (models/layers/mlp_fused.h); false
+  /// composes the layers (its oracle).
+  TORCH_ARG(bool, fused_tail) = true;
 };
 
 /// DIN's local activation unit (Zhou et al., KDD 2018, fig. 2): scores each behaviour key against
@@ -72,6 +76,8 @@ class ActivationUnitImpl : public torch::nn::Module {
   torch::nn::AnyModule& first_activation() { return first_activation_; }
   /// The remaining layers: hidden[1..] and the final width-1 linear layer.
   Mlp& tail() { return tail_; }
+  /// The scores of first-layer outputs pre [N, H1] (before the activation): [N].
+  torch::Tensor score_rows(const torch::Tensor& pre);
 
  private:
   ActivationUnitOptions options_;

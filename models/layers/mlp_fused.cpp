@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "framework/util/blas.h"
+#include "framework/util/fast_math.h"
 
 namespace recsys::models {
 
@@ -34,6 +35,7 @@ struct Tail {
   std::vector<const S*> w, b;
   std::vector<S*> x;  // x[k], k >= 1: [N, d[k]]; x[0] unused
   bool normalize = false;
+  bool sigmoid = false;  // else ReLU
   S eps = 0;
   const S* h = nullptr;
   S* y = nullptr;     // [N, d[K]]
@@ -54,15 +56,32 @@ inline S relu(S x) {
 }
 
 template <typename S>
-void relu_rows(const S* src, S* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = relu(src[i]);
+void activate_rows(bool sigmoid, const S* src, S* dst, int64_t n) {
+  if (sigmoid) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = fast::sigmoid(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = relu(src[i]);
+  }
+}
+
+// g *= the activation's derivative, from its output y: ReLU passes where y > 0 (a NaN output
+// passes, as torch's threshold_backward), sigmoid multiplies by (1 - y) y (as torch's
+// sigmoid_backward).
+template <typename S>
+void times_derivative(bool sigmoid, const S* y, S* g, int64_t n) {
+  if (sigmoid) {
+    for (int64_t i = 0; i < n; ++i) g[i] = g[i] * (S(1) - y[i]) * y[i];
+  } else {
+    for (int64_t i = 0; i < n; ++i)
+      if (y[i] <= S(0)) g[i] = S(0);
+  }
 }
 
 // Rows [i0, i1): every layer's output and the (normalised) result.
 template <typename S>
 void forward_block(const Tail<S>& t, int64_t i0, int64_t i1, S* x0) {
   const int64_t n = i1 - i0, K = static_cast<int64_t>(t.layers());
-  relu_rows(t.h + i0 * t.d[0], x0, n * t.d[0]);
+  activate_rows(t.sigmoid, t.h + i0 * t.d[0], x0, n * t.d[0]);
   const S* in = x0;
   for (int64_t k = 0; k < K; ++k) {
     const int64_t din = t.d[k], dout = t.d[k + 1];
@@ -71,13 +90,8 @@ void forward_block(const Tail<S>& t, int64_t i0, int64_t i1, S* x0) {
     gemm_rowmajor(false, true, n, dout, din, S(1), in, din, t.w[k], din, S(0), out, dout);
     for (int64_t r = 0; r < n; ++r) {
       S* row = out + r * dout;
-      if (last) {
-        for (int64_t c = 0; c < dout; ++c) row[c] += t.b[k][c];
-      } else {
-        for (int64_t c = 0; c < dout; ++c) {
-          row[c] = relu(row[c] + t.b[k][c]);
-        }
-      }
+      for (int64_t c = 0; c < dout; ++c) row[c] += t.b[k][c];
+      if (!last) activate_rows(t.sigmoid, row, row, dout);
     }
     in = out;
   }
@@ -145,7 +159,7 @@ void backward_block(const Tail<S>& t, int64_t i0, int64_t i1, const S* dy, S* dh
       for (int64_t cc = 0; cc < dk; ++cc) gr[cc] = dyr[cc] / t.eps;
     }
   }
-  relu_rows(t.h + i0 * t.d[0], c.x0, n * t.d[0]);
+  activate_rows(t.sigmoid, t.h + i0 * t.d[0], c.x0, n * t.d[0]);
   S* spare = c.gb;
   for (int64_t k = K - 1; k >= 0; --k) {
     const int64_t din = t.d[k], dout = t.d[k + 1];
@@ -157,10 +171,8 @@ void backward_block(const Tail<S>& t, int64_t i0, int64_t i1, const S* dy, S* dh
       for (int64_t cc = 0; cc < dout; ++cc) c.db[k][cc] += g[r * dout + cc];
     S* gin = k == 0 ? dh + i0 * din : spare;
     gemm_rowmajor(false, false, n, din, dout, S(1), g, dout, t.w[k], din, S(0), gin, din);
-    // Through the ReLU that made x_k (x_0 = ReLU(h)): zero where its output is <= 0, as
-    // torch's threshold_backward (a NaN output passes the gradient).
-    for (int64_t i = 0; i < n * din; ++i)
-      if (xin[i] <= S(0)) gin[i] = S(0);
+    // Through the activation that made x_k (x_0 = act(h)).
+    times_derivative(t.sigmoid, xin, gin, n * din);
     spare = g;
     g = gin;
   }
@@ -169,7 +181,7 @@ void backward_block(const Tail<S>& t, int64_t i0, int64_t i1, const S* dy, S* dh
 class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& h_in, at::TensorList weights,
-                               at::TensorList biases, bool normalize, double eps) {
+                               at::TensorList biases, bool normalize, double eps, bool sigmoid) {
     auto h = h_in.contiguous();
     std::vector<Tensor> w, b, x;
     for (const auto& t : weights) w.push_back(t.contiguous());
@@ -181,7 +193,7 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
     auto y = torch::empty({N, w.back().size(0)}, h.options());
     auto norm = normalize ? torch::empty({N}, h.options()) : torch::empty({0}, h.options());
     AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "mlp_tail_fused", [&] {
-      Tail<scalar_t> t = make_tail<scalar_t>(h, w, b, x, y, norm, normalize, eps);
+      Tail<scalar_t> t = make_tail<scalar_t>(h, w, b, x, y, norm, normalize, eps, sigmoid);
       const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
       // All blocks on this thread where the BLAS would not run a call on its calling thread.
       const int64_t grain = util::blas_calls_nest() ? 1 : blocks;
@@ -199,6 +211,7 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
     ctx->saved_data["layers"] = static_cast<int64_t>(K);
     ctx->saved_data["normalize"] = normalize;
     ctx->saved_data["eps"] = eps;
+    ctx->saved_data["sigmoid"] = sigmoid;
     return {y};
   }
 
@@ -210,6 +223,7 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
     const auto K = static_cast<size_t>(ctx->saved_data["layers"].toInt());
     const bool normalize = ctx->saved_data["normalize"].toBool();
     const double eps = ctx->saved_data["eps"].toDouble();
+    const bool sigmoid = ctx->saved_data["sigmoid"].toBool();
     const auto &h = saved[0], &y = saved[1], &norm = saved[2];
     std::vector<Tensor> x{Tensor()}, w, b;
     for (size_t k = 1; k < K; ++k) x.push_back(saved[2 + k]);
@@ -220,7 +234,7 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
     auto dh = torch::empty_like(h);
     Tensor flat;
     AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "mlp_tail_fused_backward", [&] {
-      Tail<scalar_t> t = make_tail<scalar_t>(h, w, b, x, y, norm, normalize, eps);
+      Tail<scalar_t> t = make_tail<scalar_t>(h, w, b, x, y, norm, normalize, eps, sigmoid);
       const int64_t blocks = (N + kBackwardRows - 1) / kBackwardRows;
       // One gradient accumulator per chunk of blocks (chunk k owns accumulator k whichever
       // thread runs it), summed in chunk order afterwards.
@@ -258,6 +272,7 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
     out.insert(out.end(), dbs.begin(), dbs.end());
     out.emplace_back();  // normalize
     out.emplace_back();  // eps
+    out.emplace_back();  // sigmoid
     return out;
   }
 
@@ -265,7 +280,8 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
   template <typename S>
   static Tail<S> make_tail(const Tensor& h, const std::vector<Tensor>& w,
                            const std::vector<Tensor>& b, const std::vector<Tensor>& x,
-                           const Tensor& y, const Tensor& norm, bool normalize, double eps) {
+                           const Tensor& y, const Tensor& norm, bool normalize, double eps,
+                           bool sigmoid) {
     Tail<S> t;
     t.N = h.size(0);
     t.d.push_back(h.size(1));
@@ -280,6 +296,7 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
     t.normalize = normalize;
     t.norm = normalize ? norm.data_ptr<S>() : nullptr;
     t.eps = static_cast<S>(eps);
+    t.sigmoid = sigmoid;
     return t;
   }
 };
@@ -318,12 +335,12 @@ std::string mlp_tail_unsupported(const torch::Tensor& h, const std::vector<torch
 
 torch::Tensor mlp_tail_fused(const torch::Tensor& h, const std::vector<torch::Tensor>& weights,
                              const std::vector<torch::Tensor>& biases, bool normalize,
-                             double eps) {
+                             double eps, TailActivation activation) {
   const auto why = mlp_tail_unsupported(h, weights, biases);
   TORCH_CHECK(why.empty(), "mlp_tail_fused: ", why);
   RECORD_FUNCTION("mlp_tail_fused", std::vector<c10::IValue>());
   return MlpTailFunction::apply(h, at::TensorList(weights), at::TensorList(biases), normalize,
-                                eps)[0];
+                                eps, activation == TailActivation::kSigmoid)[0];
 }
 
 }  // namespace recsys::models

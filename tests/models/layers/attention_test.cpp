@@ -106,9 +106,11 @@ TEST_CASE("ActivationUnit ignores padded keys and gives them zero weight", "[din
   }
 }
 
-TEST_CASE("ActivationUnit fused first layer (packed or not) equals the concatenation path",
+TEST_CASE("ActivationUnit fused first layer and scorer (packed or not) equal the composed path",
           "[din]") {
-  for (auto act : {Activation::kSigmoid, Activation::kDice, Activation::kPrelu}) {
+  // The plain unit concatenates [q, k, q - k, q * k] and composes its scorer's layers; the
+  // fused one also runs the scorer's tail as one kernel for sigmoid and ReLU.
+  for (auto act : {Activation::kSigmoid, Activation::kRelu, Activation::kDice, Activation::kPrelu}) {
     for (bool softmax : {false, true}) {
      for (bool pack : {true, false}) {
       INFO("activation " << static_cast<int>(act) << " softmax " << softmax << " pack " << pack);
@@ -116,7 +118,7 @@ TEST_CASE("ActivationUnit fused first layer (packed or not) equals the concatena
       auto opts = ActivationUnitOptions(5).hidden({7, 6}).activation(act).softmax(softmax);
       ActivationUnit fused(ActivationUnitOptions(opts).fused_first_layer(true).pack_valid(pack));
       CHECK(fused->packs(torch::kCPU) == (pack && act != Activation::kDice));
-      ActivationUnit plain(ActivationUnitOptions(opts).fused_first_layer(false));
+      ActivationUnit plain(ActivationUnitOptions(opts).fused_first_layer(false).fused_tail(false));
       fused->to(torch::kFloat64);
       plain->to(torch::kFloat64);
       copy_state(*fused, *plain);

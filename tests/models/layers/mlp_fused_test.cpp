@@ -17,19 +17,23 @@ struct Result {
 };
 
 Result run(bool fused, const torch::Tensor& h, const std::vector<torch::Tensor>& w,
-           const std::vector<torch::Tensor>& b, bool normalize, const torch::Tensor& up) {
+           const std::vector<torch::Tensor>& b, bool normalize, const torch::Tensor& up,
+           bool sigmoid = false) {
+  auto act = [&](const torch::Tensor& x) { return sigmoid ? torch::sigmoid(x) : torch::relu(x); };
   auto hv = h.clone().requires_grad_(true);
   std::vector<torch::Tensor> wv, bv;
   for (auto& t : w) wv.push_back(t.clone().requires_grad_(true));
   for (auto& t : b) bv.push_back(t.clone().requires_grad_(true));
   torch::Tensor y;
   if (fused) {
-    y = mlp_tail_fused(hv, wv, bv, normalize, 1e-8);
+    y = mlp_tail_fused(hv, wv, bv, normalize, 1e-8,
+                       sigmoid ? recsys::models::TailActivation::kSigmoid
+                               : recsys::models::TailActivation::kRelu);
   } else {
-    y = torch::relu(hv);
+    y = act(hv);
     for (size_t k = 0; k < wv.size(); ++k) {
       y = torch::linear(y, wv[k], bv[k]);
-      if (k + 1 < wv.size()) y = torch::relu(y);
+      if (k + 1 < wv.size()) y = act(y);
     }
     if (normalize)
       y = torch::nn::functional::normalize(
@@ -44,7 +48,7 @@ Result run(bool fused, const torch::Tensor& h, const std::vector<torch::Tensor>&
 
 }  // namespace
 
-TEST_CASE("mlp_tail_fused equals ReLU + linear layers + normalisation, values and gradients",
+TEST_CASE("mlp_tail_fused equals ReLU / sigmoid + linear layers + normalisation, values and gradients",
           "[kernels]") {
   recsys::testing::seed(31);
   const int threads = at::get_num_threads();
@@ -53,8 +57,9 @@ TEST_CASE("mlp_tail_fused equals ReLU + linear layers + normalisation, values an
     at::set_num_threads(t);
     for (int64_t N : {int64_t{1}, int64_t{37}, int64_t{128}, int64_t{300}}) {
       for (size_t layers : {size_t{1}, size_t{2}, size_t{3}}) {
-        for (bool normalize : {true, false}) {
-          CAPTURE(t, N, layers, normalize);
+        for (bool normalize : {true, false})
+         for (bool sigmoid : {false, true}) {
+          CAPTURE(t, N, layers, normalize, sigmoid);
           std::vector<int64_t> d{24, 17, 9, 5};
           auto h = torch::randn({N, d[0]}, torch::kFloat64);
           std::vector<torch::Tensor> w, b;
@@ -63,7 +68,8 @@ TEST_CASE("mlp_tail_fused equals ReLU + linear layers + normalisation, values an
             b.push_back(torch::randn({d[k + 1]}, torch::kFloat64) * 0.1);
           }
           auto up = torch::randn({N, d[layers]}, torch::kFloat64);
-          auto f = run(true, h, w, b, normalize, up), c = run(false, h, w, b, normalize, up);
+          auto f = run(true, h, w, b, normalize, up, sigmoid);
+          auto c = run(false, h, w, b, normalize, up, sigmoid);
           REQUIRE(f.values.size() == c.values.size());
           for (size_t k = 0; k < f.values.size(); ++k) {
             INFO("output " << k);
