@@ -314,6 +314,12 @@ void Optimizer::step_fused() {
     const int64_t row_len = params_[i].numel() / params_[i].size(0);
     auto values = g._values().contiguous().view({-1, row_len});
     const auto& gr = groups[i];
+    if (static_cast<int64_t>(gr.rows.size()) == values.size(0)) {
+      // Every entry a distinct row (the fused lookups' gradients), in order of appearance:
+      // the values are already the per-row sums.
+      grads[i] = values;
+      continue;
+    }
     auto sums = torch::empty({static_cast<int64_t>(gr.rows.size()), row_len}, values.options());
     const float* vp = values.data_ptr<float>();
     float* sp = sums.data_ptr<float>();
