@@ -149,9 +149,7 @@ class DiagonalSoftmaxFunction : public torch::autograd::Function<DiagonalSoftmax
       // The blocks cut into one chunk per thread; chunk k owns accumulator k whichever thread
       // runs it, and the accumulators are summed in chunk order (the same result for the same
       // thread count).
-      // One chunk (one thread) where the BLAS would not run a call on its calling thread.
-      const int64_t threads = util::blas_calls_nest() ? at::get_num_threads() : 1;
-      const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(threads, blocks));
+      const int64_t slots = util::blas_chunks(blocks);
       const int64_t acc_size = need_grads ? C * D + (bias_grad ? C : 0) : 0;
       // Written by each chunk's first block (every chunk has at least one block).
       auto acc = torch::empty({slots, acc_size}, a.options());

@@ -139,6 +139,11 @@ bool has_blas_gemm() { return blas().sgemm != nullptr && blas().dgemm != nullptr
 
 bool blas_calls_nest() { return blas().calls_nest; }
 
+int64_t blas_chunks(int64_t blocks) {
+  const int64_t threads = blas_calls_nest() ? at::get_num_threads() : 1;
+  return std::max<int64_t>(1, std::min<int64_t>(threads, blocks));
+}
+
 bool gemm_rowmajor(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
                    const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   return call(blas().sgemm, false, false, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);

@@ -16,6 +16,11 @@ bool has_blas_gemm();
 /// thread its own BLAS calls run on one thread when it is false.
 bool blas_calls_nest();
 
+/// How many chunks a kernel that makes its own BLAS calls on each thread cuts `blocks` blocks
+/// into: one per intra-op thread, at most one per block, at least one; a single chunk (one
+/// thread) when the BLAS's calls do not run on their calling thread (blas_calls_nest()).
+int64_t blas_chunks(int64_t blocks);
+
 /// Row-major C [m, n] = alpha A [m, k] B [k, n] + beta C, with row strides lda, ldb, ldc (in
 /// elements; A and B not transposed). Returns false when no BLAS was found. With beta = 0 the
 /// initial content of C is ignored (it may be uninitialised).

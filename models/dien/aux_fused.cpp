@@ -220,9 +220,7 @@ class AuxLossFunction : public torch::autograd::Function<AuxLossFunction> {
       const int64_t blocks = (P + kBlockPairs - 1) / kBlockPairs;
       // The blocks cut into one chunk per thread; chunk p owns accumulator p whichever thread
       // runs it (no reliance on thread ids; the same chunks for the same thread count).
-      // One chunk (one thread) where the BLAS would not run a call on its calling thread.
-      const int64_t threads = util::blas_calls_nest() ? at::get_num_threads() : 1;
-      const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(threads, blocks));
+      const int64_t slots = util::blas_chunks(blocks);
       const int64_t gsize = net.grad_size();
       // One gradient accumulator and one loss per chunk, summed in chunk order afterwards.
       auto acc = torch::zeros({slots, gsize}, h.options());  // small: the MLP's parameters

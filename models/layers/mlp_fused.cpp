@@ -238,8 +238,7 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
       const int64_t blocks = (N + kBackwardRows - 1) / kBackwardRows;
       // One gradient accumulator per chunk of blocks (chunk k owns accumulator k whichever
       // thread runs it), summed in chunk order afterwards.
-      const int64_t threads = util::blas_calls_nest() ? at::get_num_threads() : 1;
-      const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(threads, blocks));
+      const int64_t slots = util::blas_chunks(blocks);
       const int64_t gsize = t.grad_size();
       // Written by each chunk's first block (every chunk has at least one block).
       auto acc = torch::empty({slots, gsize}, h.options());
