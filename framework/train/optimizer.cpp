@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "framework/util/id_groups.h"
 #include "framework/util/simd.h"
 
 namespace recsys::train {
@@ -198,35 +199,10 @@ void Optimizer::group_rows(size_t i, const torch::Tensor& indices, RowGroups& ou
   auto& slot = slot_[i];
   if (static_cast<int64_t>(slot.size()) != num_rows) slot.assign(num_rows, -1);
   auto ix_t = indices.select(0, 0).contiguous();
-  const int64_t* ix = ix_t.data_ptr<int64_t>();
-  const int64_t nnz = ix_t.numel();
-  out.rows.clear();
-  std::vector<int32_t> entry_slot(nnz);
-  std::vector<int64_t> count;
-  for (int64_t j = 0; j < nnz; ++j) {
-    const int64_t r = ix[j];
-    if (r < 0 || r >= num_rows) {
-      for (auto row : out.rows) slot[row] = -1;
-      TORCH_CHECK(false, "Optimizer: sparse gradient row ", r, " is outside the parameter's ",
-                  num_rows, " rows");
-    }
-    int32_t s = slot[r];
-    if (s < 0) {
-      // Recorded in rows before the slot is set, so that the reset below always finds it.
-      out.rows.push_back(r);
-      count.push_back(0);
-      s = slot[r] = static_cast<int32_t>(out.rows.size() - 1);
-    }
-    ++count[s];
-    entry_slot[j] = s;
-  }
-  for (auto row : out.rows) slot[row] = -1;
-  const size_t u = out.rows.size();
-  out.start.assign(u + 1, 0);
-  for (size_t k = 0; k < u; ++k) out.start[k + 1] = out.start[k] + count[k];
-  std::vector<int64_t> fill(out.start.begin(), out.start.end() - 1);
-  out.order.resize(nnz);
-  for (int64_t j = 0; j < nnz; ++j) out.order[fill[entry_slot[j]]++] = j;
+  int64_t bad = 0;
+  TORCH_CHECK(util::group_ids(ix_t.data_ptr<int64_t>(), ix_t.numel(), /*skip=*/-1, slot, out, bad),
+              "Optimizer: sparse gradient row ", bad, " is outside the parameter's ", num_rows,
+              " rows");
 }
 
 namespace {

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "framework/config/config.h"
+#include "framework/util/id_groups.h"
 
 namespace recsys::train {
 
@@ -56,9 +57,7 @@ class Optimizer {
 
   /// A sparse gradient grouped by row: rows[u] is the u-th distinct row (first-seen order) and
   /// its entries are order[start[u] .. start[u + 1]).
-  struct RowGroups {
-    std::vector<int64_t> rows, start, order;
-  };
+  using RowGroups = util::IdGroups;
   void group_rows(size_t i, const torch::Tensor& indices, RowGroups& out);
 
   std::vector<torch::Tensor> params_;

@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "framework/util/id_groups.h"
 #include "framework/util/simd.h"
 
 namespace recsys::models {
@@ -55,29 +56,6 @@ constexpr int64_t kPrefetchAhead = 8;
 
 // Grain of the bag kernels' thread split, in multiply-adds.
 constexpr int64_t kBagGrain = 1 << 16;
-
-// out [B, H] = sum_l w[b, l] * table[ids[b, l]].
-Tensor bag_forward_kernel(const Tensor& table_in, const Tensor& ids, const Tensor& weights) {
-  auto table = table_in.contiguous();
-  const int64_t B = ids.size(0), L = ids.size(1), H = table.size(1);
-  auto out = torch::zeros({B, H}, table.options());
-  if (B == 0 || H == 0) return out;
-  const int64_t* ix = ids.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "bag_rows", [&] {
-    const scalar_t* t = table.data_ptr<scalar_t>();
-    const scalar_t* w = weights.data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, B, std::max<int64_t>(1, kBagGrain / std::max<int64_t>(1, L * H)),
-                     [&](int64_t b0, int64_t b1) {
-                       for (int64_t b = b0; b < b1; ++b)
-                         for (int64_t l = 0; l < L; ++l) {
-                           const scalar_t a = w[b * L + l];
-                           if (a != 0) axpy_row(a, t + ix[b * L + l] * H, o + b * H, H);
-                         }
-                     });
-  });
-  return out;
-}
 
 // grad_table [R, H]: row r = sum over the entries (b, l) with ids[b, l] = r and w[b, l] != 0 of
 // w[b, l] * grad[b], in entry order (zero for rows no entry holds). The entries are grouped by
@@ -183,21 +161,6 @@ class ScatterAddRows : public torch::autograd::Function<ScatterAddRows> {
   }
 };
 
-class BagRows : public torch::autograd::Function<BagRows> {
- public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& table, const Tensor& ids,
-                        const Tensor& weights) {
-    ctx->save_for_backward({ids, weights});
-    ctx->saved_data["rows"] = table.size(0);
-    return bag_forward_kernel(table, ids, weights);
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    return {bag_backward_kernel(grads[0], saved[0], saved[1], ctx->saved_data["rows"].toInt()),
-            Tensor(), Tensor()};
-  }
-};
-
 // out[b] = base[b] (or base, a row) + sum_f sum_l w_f[b, l] * table_f[ids_f[b, l]].
 Tensor add_bags_forward_kernel(const Tensor& base_in, const std::vector<Tensor>& tables,
                                const std::vector<Tensor>& ids, const std::vector<Tensor>& weights,
@@ -290,37 +253,17 @@ Tensor pooled_backward_kernel(const Tensor& grad_in, const Tensor& ids, const Te
   const int64_t B = ids.size(0), L = ids.size(1), D = grad.size(1), n = B * L;
   const int64_t* ix = ids.data_ptr<int64_t>();
   // Slot of each id in the output, -1 when unseen; kept per thread across calls (sized to the
-  // largest table) and reset after use, so no call pays for clearing a vocabulary-sized array.
+  // largest table) and left all -1 by group_ids, so no call clears a vocabulary-sized array.
   thread_local std::vector<int32_t> slot;
   if (static_cast<int64_t>(slot.size()) < rows) slot.assign(static_cast<size_t>(rows), -1);
-  std::vector<int64_t> unique, count;
-  // The slots this call set are reset however it leaves (an allocation failure included).
-  struct Reset {
-    std::vector<int32_t>& slot;
-    const std::vector<int64_t>& ids;
-    ~Reset() {
-      for (auto id : ids) slot[static_cast<size_t>(id)] = -1;
-    }
-  } reset{slot, unique};
-  std::vector<int32_t> entry_slot(static_cast<size_t>(n), -1);
-  for (int64_t k = 0; k < n; ++k) {
-    const int64_t id = ix[k];
-    if (id == 0) continue;
-    int32_t s = slot[static_cast<size_t>(id)];
-    if (s < 0) {
-      s = slot[static_cast<size_t>(id)] = static_cast<int32_t>(unique.size());
-      unique.push_back(id);
-      count.push_back(0);
-    }
-    ++count[static_cast<size_t>(s)];
-    entry_slot[static_cast<size_t>(k)] = s;
-  }
-  const auto U = static_cast<int64_t>(unique.size());
-  std::vector<int64_t> start(static_cast<size_t>(U) + 1, 0);
-  for (int64_t u = 0; u < U; ++u) start[u + 1] = start[u] + count[u];
-  std::vector<int64_t> fill(start.begin(), start.end() - 1), order(static_cast<size_t>(start[U]));
-  for (int64_t k = 0; k < n; ++k)
-    if (entry_slot[k] >= 0) order[fill[entry_slot[k]]++] = k / L;  // the entry's bag
+  util::IdGroups groups;
+  int64_t bad = 0;
+  TORCH_CHECK(util::group_ids(ix, n, /*skip=*/0, slot, groups, bad),
+              "pooled_rows_sparse: id ", bad, " outside [0, ", rows, ")");
+  const auto& start = groups.start;
+  const auto U = static_cast<int64_t>(groups.rows.size());
+  std::vector<int64_t> order(groups.order.size());
+  for (size_t e = 0; e < order.size(); ++e) order[e] = groups.order[e] / L;  // the entry's bag
   auto values = torch::empty({U, D}, grad.options());  // every row has at least one entry
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "pooled_rows_sparse_backward", [&] {
     const scalar_t* g = grad.data_ptr<scalar_t>();
@@ -339,9 +282,26 @@ Tensor pooled_backward_kernel(const Tensor& grad_in, const Tensor& ids, const Te
                        }
                      });
   });
-  auto indices = torch::tensor(unique, ids.options()).view({1, U});
+  auto indices = torch::tensor(groups.rows, ids.options()).view({1, U});
   return at::_sparse_coo_tensor_unsafe(indices, values, {rows, D});
 }
+
+class BagRows : public torch::autograd::Function<BagRows> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& table, const Tensor& ids,
+                        const Tensor& weights) {
+    ctx->save_for_backward({ids, weights});
+    ctx->saved_data["rows"] = table.size(0);
+    // The bags added to a zero row: add_bag_rows' kernel with nothing to start from.
+    return add_bags_forward_kernel(torch::zeros({table.size(1)}, table.options()),
+                                   {table.contiguous()}, {ids}, {weights}, ids.size(0));
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return {bag_backward_kernel(grads[0], saved[0], saved[1], ctx->saved_data["rows"].toInt()),
+            Tensor(), Tensor()};
+  }
+};
 
 class PooledRowsSparse : public torch::autograd::Function<PooledRowsSparse> {
  public:
