@@ -137,7 +137,8 @@ const std::vector<std::string>& optimisation_names() {
                                                  "small_vocab_projection", "allocator",
                                                  "gemm", "gru_threads", "softmax_fused",
                                                  "sparse_lookup", "distinct_bags",
-                                                 "tower_mlp", "attention_tail"};
+                                                 "tower_mlp", "attention_tail",
+                                                 "huge_pages"};
   return names;
 }
 
@@ -272,6 +273,7 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   };
   // The process-wide optimisations (the others are options of the workload's models).
   if (on("allocator")) util::retain_freed_memory();
+  util::set_huge_pages(on("huge_pages"));
   util::set_parallel_gemm(on("gemm"));
   models::set_gru_recurrence_threads(on("gru_threads"));
   auto device = parse_device(options.device);
@@ -329,6 +331,8 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
                          : spin  ? "GOMP_SPINCOUNT=" + std::string(spin)
                                  : std::string("unset");
   r["allocator"] = util::allocator_policy();
+  // Parameters and optimizer state in 2 MiB pages (train::Optimizer, util::prefer_huge_pages).
+  r["huge_pages_mb"] = util::huge_pages_mb();
   r["peak_rss_mb"] = proc_status_mb("VmHWM:");  // replaced by the parent's wait4 figure in a child
   r["rss_baseline_mb"] = rss_baseline;
   // Library pages first touched by the workload itself (part of workload_rss_mb).

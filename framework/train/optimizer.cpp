@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "framework/util/allocator.h"
 #include "framework/util/id_groups.h"
 #include "framework/util/simd.h"
 
@@ -32,6 +33,12 @@ OptimizerOptions OptimizerOptions::from_config(const config::Reader& r) {
   return o;
 }
 
+namespace {
+// Parameters from this size on (embedding tables) get their memory and their state's in huge
+// pages (util::prefer_huge_pages): their rows are read and written at random.
+constexpr int64_t kHugePageBytes = int64_t{4} << 20;
+}  // namespace
+
 Optimizer::Optimizer(std::vector<torch::Tensor> params, OptimizerOptions options)
     : params_(std::move(params)), options_(options) {
   for (auto& p : params_) {
@@ -50,6 +57,8 @@ Optimizer::Optimizer(std::vector<torch::Tensor> params, OptimizerOptions options
     }
     state1_.push_back(s1);
     state2_.push_back(s2);
+    if (p.numel() * p.element_size() >= kHugePageBytes)
+      for (const auto& t : {p, s1, s2}) util::prefer_huge_pages(t);
   }
 }
 

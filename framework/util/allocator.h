@@ -22,3 +22,32 @@ std::string retain_freed_memory();
 std::string allocator_policy();
 
 }  // namespace recsys::util
+
+namespace torch {
+class Tensor;
+}
+
+namespace recsys::util {
+
+/// Asks the kernel to back a large CPU tensor's memory with 2 MiB pages (transparent huge pages:
+/// madvise MADV_HUGEPAGE on the whole 2 MiB-aligned pages inside its storage, then MADV_COLLAPSE
+/// to convert the pages already touched now rather than when khugepaged gets to them). Row-wise
+/// lookups and optimizer updates read random rows of tables of tens of megabytes; with 4 KiB
+/// pages nearly every row costs a TLB miss and a page walk. Best effort: returns the bytes
+/// advised (0 when the kernel refuses the advice, the tensor is not a CPU tensor, it holds no
+/// whole aligned 2 MiB page, or set_huge_pages(false)); whether the kernel could collapse them
+/// shows in huge_pages_mb(). A kernel without MADV_COLLAPSE (before Linux 6.1) still backs memory
+/// faulted in later with huge pages. The tensor's values and layout are unchanged.
+/// train::Optimizer calls it for every parameter of 4 MiB or more and for its state.
+int64_t prefer_huge_pages(const torch::Tensor& t);
+
+/// Process-wide switch for prefer_huge_pages (on by default; `recsys bench --disable
+/// huge_pages` measures without).
+void set_huge_pages(bool on);
+bool huge_pages_enabled();
+
+/// The process's anonymous memory in transparent huge pages, MiB (/proc/self/smaps_rollup; 0
+/// where it cannot be read).
+double huge_pages_mb();
+
+}  // namespace recsys::util

@@ -1,7 +1,11 @@
-// recsys::util::retain_freed_memory: freed step-sized blocks are reused without page faults.
+// recsys::util::retain_freed_memory: freed step-sized blocks are reused without page faults;
+// recsys::util::prefer_huge_pages: large tables advised into 2 MiB pages, values unchanged.
 #include "framework/util/allocator.h"
 
 #include <sys/resource.h>
+#include <torch/torch.h>
+
+#include <fstream>
 
 #include <cstdlib>
 #include <cstring>
@@ -54,4 +58,46 @@ TEST_CASE("retain_freed_memory keeps a freed 48 MiB block for the next step", "[
   const long later = faults_of_reallocating(bytes, 4);
   INFO("minor faults over 4 rounds: " << later << " (one round of pages: " << pages << ")");
   CHECK(later < pages / 4);
+}
+
+namespace {
+
+// Whether transparent huge pages can be asked for with madvise ("always" or "madvise").
+bool thp_available() {
+  std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string line;
+  return std::getline(f, line) && line.find("[never]") == std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("prefer_huge_pages advises the whole 2 MiB pages of a large tensor, values unchanged",
+          "[kernels]") {
+  using recsys::util::prefer_huge_pages;
+  constexpr int64_t kHuge = int64_t{2} << 20;
+  torch::manual_seed(3);
+  auto big = torch::randn({200003, 16});  // 12.8 MB, not a multiple of 2 MiB
+  const auto before = big.clone();
+  const int64_t bytes = static_cast<int64_t>(big.nbytes());
+  CHECK(prefer_huge_pages(torch::Tensor()) == 0);
+  CHECK(prefer_huge_pages(torch::randn({1000, 16})) == 0);  // 64 KB: no whole 2 MiB page
+  recsys::util::set_huge_pages(false);
+  CHECK_FALSE(recsys::util::huge_pages_enabled());
+  CHECK(prefer_huge_pages(big) == 0);
+  recsys::util::set_huge_pages(true);
+  const int64_t advised = prefer_huge_pages(big);
+  if (!thp_available()) {
+    CHECK(advised == 0);
+    WARN("transparent huge pages are off on this machine: nothing advised");
+  } else {
+    // The aligned interior: all of the tensor but less than 2 MiB at each end.
+    CHECK(advised % kHuge == 0);
+    CHECK(advised <= bytes);
+    CHECK(advised > bytes - 2 * kHuge);
+    INFO("process memory in huge pages: " << recsys::util::huge_pages_mb() << " MiB");
+  }
+  CHECK(torch::equal(big, before));
+  // Still ordinary memory: written and read back.
+  big.mul_(2);
+  CHECK(torch::allclose(big, before * 2));
 }
