@@ -331,8 +331,10 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
                          : spin  ? "GOMP_SPINCOUNT=" + std::string(spin)
                                  : std::string("unset");
   r["allocator"] = util::allocator_policy();
-  // Parameters and optimizer state in 2 MiB pages (train::Optimizer, util::prefer_huge_pages).
+  // Memory in 2 MiB pages: parameters and optimizer state (train::Optimizer,
+  // util::prefer_huge_pages) and, with huge_page_heap, malloc's heap.
   r["huge_pages_mb"] = util::huge_pages_mb();
+  r["huge_page_heap"] = util::huge_page_heap();
   r["peak_rss_mb"] = proc_status_mb("VmHWM:");  // replaced by the parent's wait4 figure in a child
   r["rss_baseline_mb"] = rss_baseline;
   // Library pages first touched by the workload itself (part of workload_rss_mb).
@@ -509,12 +511,19 @@ double other_busy_cores(int sample_ms) {
   return (b1 - b0) / (t1 - t0) * cpus;
 }
 
-void ensure_omp_wait_policy(char** argv, int threads) {
+void ensure_omp_wait_policy(char** argv, int threads, bool huge_page_heap) {
+  const bool heap = huge_page_heap && util::request_huge_page_heap();
   if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) {
     // The user's (or a parent's) setting stands; a choice note inherited from a parent
     // recsys is only kept when it describes what is set.
     if (std::getenv("RECSYS_OMP_CHOICE") != nullptr && std::getenv("RECSYS_OMP_CHOSEN") == nullptr)
       unsetenv("RECSYS_OMP_CHOICE");
+    if (heap) {
+      std::fflush(stdout);
+      std::fflush(stderr);
+      execv("/proc/self/exe", argv);
+      util::forget_huge_page_heap_request();  // only on failure
+    }
     return;
   }
   const double cpus = std::max(1u, std::thread::hardware_concurrency());
@@ -537,6 +546,7 @@ void ensure_omp_wait_policy(char** argv, int threads) {
   // Only on failure: libgomp already runs with its defaults; say nothing that is not in effect.
   for (const char* v : {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "RECSYS_OMP_CHOICE", "RECSYS_OMP_CHOSEN"})
     unsetenv(v);
+  if (heap) util::forget_huge_page_heap_request();
 }
 
 int run_bench(const BenchOptions& options) {

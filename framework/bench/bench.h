@@ -175,8 +175,10 @@ double other_busy_cores(int sample_ms);
 /// short spin (GOMP_SPINCOUNT=20000) so that workers stay awake between back-to-back parallel
 /// regions; on a loaded machine OMP_WAIT_POLICY=PASSIVE, because spinning workers steal the cores
 /// the others need (measured 10-40x slower; docs/performance.md). The choice is reported as
-/// omp_wait_policy. Returns only when nothing had to be done or the exec failed.
-void ensure_omp_wait_policy(char** argv, int threads);
+/// omp_wait_policy. With `huge_page_heap`, the same re-execution also starts glibc's malloc with
+/// transparent huge pages (util::request_huge_page_heap; it re-executes for that alone when the
+/// wait policy is set already). Returns only when nothing had to be done or the exec failed.
+void ensure_omp_wait_policy(char** argv, int threads, bool huge_page_heap = true);
 
 /// Sum of the bytes of `tensors`.
 double tensor_bytes(const std::vector<torch::Tensor>& tensors);

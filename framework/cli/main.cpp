@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <iostream>
@@ -188,7 +189,11 @@ int main(int argc, char** argv) {
     }
     if (*mi_cmd) return cmd_mi(mi_config, mi_overrides, mi_out);
     if (*bench_cmd) {
-      bench::ensure_omp_wait_policy(argv, bench_options.threads);
+      // `--disable huge_pages` (or --plain) also keeps malloc's heap in 4 KiB pages.
+      const bool heap = !bench_options.plain &&
+                        std::find(bench_options.disable.begin(), bench_options.disable.end(),
+                                  "huge_pages") == bench_options.disable.end();
+      bench::ensure_omp_wait_policy(argv, bench_options.threads, heap);
       bench_options.workloads.clear();
       std::stringstream ss(bench_workloads);
       for (std::string w; std::getline(ss, w, ',');)

@@ -24,12 +24,32 @@ std::string& policy() {
   return p;
 }
 
+constexpr const char* kHugeHeapTunable = "glibc.malloc.hugetlb=1";
+constexpr const char* kHugeHeapMarker = "RECSYS_HUGE_HEAP";
+
+// Whether the environment holds our tunable (set by request_huge_page_heap, here or in a parent).
+bool ours_in_environment() {
+  const char* t = std::getenv("GLIBC_TUNABLES");
+  const char* m = std::getenv(kHugeHeapMarker);
+  return t != nullptr && m != nullptr && std::strcmp(t, kHugeHeapTunable) == 0 &&
+         std::strcmp(m, "1") == 0;
+}
+
+// Read before main: what glibc saw when the process started.
+const bool g_started_with_huge_heap = ours_in_environment();
+
+std::string with_heap(std::string p) {
+  if (g_started_with_huge_heap) p += std::string("; heap in 2 MiB pages (") + kHugeHeapTunable + ")";
+  return p;
+}
+
 }  // namespace
 
 std::string retain_freed_memory() {
 #if defined(__GLIBC__)
   for (const char* var : {"GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}) {
-    if (std::getenv(var) != nullptr) {
+    if (std::getenv(var) != nullptr && !(std::strcmp(var, "GLIBC_TUNABLES") == 0 &&
+                                         ours_in_environment())) {
       policy() = std::string("user settings (") + var + ")";
       return policy();
     }
@@ -39,13 +59,36 @@ std::string retain_freed_memory() {
   constexpr int kTrimThreshold = 2047 * kMiB;  // free heap top kept up to this size
   const bool ok = mallopt(M_MMAP_THRESHOLD, kMmapThreshold) == 1 &&
                   mallopt(M_TRIM_THRESHOLD, kTrimThreshold) == 1;
-  policy() = ok ? "retain (mmap threshold 1024 MiB, trim threshold 2047 MiB)"
-                : "glibc defaults (mallopt refused)";
+  policy() = with_heap(ok ? "retain (mmap threshold 1024 MiB, trim threshold 2047 MiB)"
+                          : "glibc defaults (mallopt refused)");
 #endif
   return policy();
 }
 
-std::string allocator_policy() { return policy(); }
+std::string allocator_policy() {
+  return policy() == "glibc defaults" ? with_heap(policy()) : policy();
+}
+
+bool request_huge_page_heap() {
+#if defined(__GLIBC__)
+  for (const char* var :
+       {"GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", kHugeHeapMarker})
+    if (std::getenv(var) != nullptr) return false;
+  setenv("GLIBC_TUNABLES", kHugeHeapTunable, 1);
+  setenv(kHugeHeapMarker, "1", 1);
+  return true;
+#else
+  return false;
+#endif
+}
+
+void forget_huge_page_heap_request() {
+  if (!ours_in_environment()) return;
+  unsetenv("GLIBC_TUNABLES");
+  unsetenv(kHugeHeapMarker);
+}
+
+bool huge_page_heap() { return g_started_with_huge_heap; }
 
 int64_t prefer_huge_pages(const torch::Tensor& t) {
 #if defined(MADV_HUGEPAGE)

@@ -13,9 +13,11 @@ namespace recsys::util {
 /// are reused (docs/performance.md has the before/after).
 ///
 /// Does nothing when the user configured malloc (GLIBC_TUNABLES, MALLOC_MMAP_THRESHOLD_,
-/// MALLOC_TRIM_THRESHOLD_) or on a C library without mallopt. Returns a one-line description
-/// of what is in effect ("retain (mmap threshold 1024 MiB, trim threshold 2047 MiB)",
-/// "glibc defaults", "user settings (GLIBC_TUNABLES)").
+/// MALLOC_TRIM_THRESHOLD_; the GLIBC_TUNABLES that request_huge_page_heap() sets is not the
+/// user's) or on a C library without mallopt. Returns a one-line description of what is in
+/// effect ("retain (mmap threshold 1024 MiB, trim threshold 2047 MiB)", "glibc defaults",
+/// "user settings (GLIBC_TUNABLES)"), with "; heap in 2 MiB pages (glibc.malloc.hugetlb=1)"
+/// appended when huge_page_heap().
 std::string retain_freed_memory();
 
 /// What retain_freed_memory() last did in this process ("glibc defaults" before any call).
@@ -49,5 +51,21 @@ bool huge_pages_enabled();
 /// The process's anonymous memory in transparent huge pages, MiB (/proc/self/smaps_rollup; 0
 /// where it cannot be read).
 double huge_pages_mb();
+
+/// glibc's malloc backs the memory it takes from the system with transparent huge pages when
+/// the process starts with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc 2.35 and later; older
+/// ones ignore it). A training step's activations and gradients then stream through 2 MiB
+/// pages (hardware prefetchers stop at page boundaries; fewer TLB misses): measured 1.02-1.07x
+/// on the bench workloads (docs/performance.md). A tunable is read at start-up only, so this
+/// sets it for a re-execution of the binary: it sets GLIBC_TUNABLES and the marker
+/// RECSYS_HUGE_HEAP=1 and returns true when none of GLIBC_TUNABLES, MALLOC_MMAP_THRESHOLD_,
+/// MALLOC_TRIM_THRESHOLD_ is set (the user's malloc settings win) and the marker is not set
+/// already; otherwise it changes nothing and returns false. The caller execs (or calls
+/// forget_huge_page_heap_request() when the exec fails).
+bool request_huge_page_heap();
+void forget_huge_page_heap_request();
+
+/// Whether this process started with the tunable request_huge_page_heap() sets.
+bool huge_page_heap();
 
 }  // namespace recsys::util

@@ -234,6 +234,33 @@ TEST_CASE("bench: the binary picks an OpenMP wait policy and reports memory agai
   CHECK(recsys::bench::other_busy_cores(20) >= -1);
 }
 
+TEST_CASE("bench: the binary starts malloc with huge pages unless told otherwise", "[bench]") {
+  const std::string clean =
+      "env -u GLIBC_TUNABLES -u MALLOC_MMAP_THRESHOLD_ -u MALLOC_TRIM_THRESHOLD_ -u RECSYS_HUGE_HEAP";
+  auto on = bench_cli(clean, "--workloads din --steps 1 --threads 1");
+  if (on.is_null()) {
+    WARN("build/recsys not found (run the tests from the repository root after building): skipped");
+    return;
+  }
+#if defined(__GLIBC__)
+  CHECK(on["huge_page_heap"] == true);
+  CHECK_THAT(on["allocator"].get<std::string>(), Catch::Contains("glibc.malloc.hugetlb=1"));
+#endif
+  // Also when the wait policy is set (a re-execution for the heap alone).
+  auto kept = bench_cli(clean + " OMP_WAIT_POLICY=PASSIVE", "--workloads din --steps 1 --threads 1");
+  CHECK(kept["omp_wait_policy"] == "PASSIVE");
+#if defined(__GLIBC__)
+  CHECK(kept["huge_page_heap"] == true);
+#endif
+  // Switched off, and never over the user's own malloc settings.
+  auto off = bench_cli(clean, "--workloads din --steps 1 --threads 1 --disable huge_pages");
+  CHECK(off["huge_page_heap"] == false);
+  auto user = bench_cli(clean + " GLIBC_TUNABLES=glibc.malloc.arena_max=4",
+                        "--workloads din --steps 1 --threads 1");
+  CHECK(user["huge_page_heap"] == false);
+  CHECK(user["allocator"] == "user settings (GLIBC_TUNABLES)");
+}
+
 TEST_CASE("bench --profile writes a Chrome trace of the timed steps", "[bench]") {
   auto dir = recsys::testing::temp_dir("bench_profile");
   auto o = tiny_options();

@@ -6,6 +6,9 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <cstdlib>
 #include <cstring>
@@ -100,4 +103,51 @@ TEST_CASE("prefer_huge_pages advises the whole 2 MiB pages of a large tensor, va
   // Still ordinary memory: written and read back.
   big.mul_(2);
   CHECK(torch::allclose(big, before * 2));
+}
+
+TEST_CASE("request_huge_page_heap sets glibc's hugetlb tunable only where the user set nothing",
+          "[kernels]") {
+  using recsys::util::forget_huge_page_heap_request;
+  using recsys::util::request_huge_page_heap;
+  // This process's own environment is put back afterwards.
+  const char* names[] = {"GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                         "RECSYS_HUGE_HEAP"};
+  std::vector<std::pair<std::string, std::string>> saved;
+  for (const char* n : names) {
+    if (const char* v = std::getenv(n)) saved.emplace_back(n, v);
+    unsetenv(n);
+  }
+  auto env = [](const char* n) {
+    const char* v = std::getenv(n);
+    return std::string(v ? v : "(unset)");
+  };
+
+  // Nothing set: the tunable and the marker are set for the re-execution.
+  CHECK(request_huge_page_heap());
+  CHECK(env("GLIBC_TUNABLES") == "glibc.malloc.hugetlb=1");
+  CHECK(env("RECSYS_HUGE_HEAP") == "1");
+  // Already requested (a re-executed or child recsys): nothing more to do.
+  CHECK_FALSE(request_huge_page_heap());
+  // A failed exec takes the request back.
+  forget_huge_page_heap_request();
+  CHECK(env("GLIBC_TUNABLES") == "(unset)");
+  CHECK(env("RECSYS_HUGE_HEAP") == "(unset)");
+
+  // The user's malloc settings win, and are never taken back as if they were ours.
+  setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2", 1);
+  CHECK_FALSE(request_huge_page_heap());
+  CHECK(env("GLIBC_TUNABLES") == "glibc.malloc.arena_max=2");
+  forget_huge_page_heap_request();
+  CHECK(env("GLIBC_TUNABLES") == "glibc.malloc.arena_max=2");
+  unsetenv("GLIBC_TUNABLES");
+  setenv("MALLOC_TRIM_THRESHOLD_", "1000000", 1);
+  CHECK_FALSE(request_huge_page_heap());
+  CHECK(env("GLIBC_TUNABLES") == "(unset)");
+  unsetenv("MALLOC_TRIM_THRESHOLD_");
+
+  // This process started without the tunable unless its environment says so.
+  if (saved.empty()) CHECK_FALSE(recsys::util::huge_page_heap());
+
+  for (const char* n : names) unsetenv(n);
+  for (const auto& [n, v] : saved) setenv(n.c_str(), v.c_str(), 1);
 }
