@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "framework/util/id_groups.h"
@@ -57,6 +58,62 @@ constexpr int64_t kPrefetchAhead = 8;
 // Grain of the bag kernels' thread split, in multiply-adds.
 constexpr int64_t kBagGrain = 1 << 16;
 
+// out[g] ([G, H] row-major) = sum over the entries e in [start[g], start[g + 1]) of
+// weight(e) * row(e) (entry(e) gives both), in e order; zero for a group without entries.
+// The threads split the entries, not the groups: under Zipf ids (and the SSL views' shared
+// default bags) a few groups hold a large share of all entries, and a split by groups left one
+// thread with most of the work. A group cut by a part boundary is summed piecewise: its first
+// piece into out, each later piece into its part's side row, added in part order afterwards (the
+// same result for the same thread count).
+template <typename S, typename Entry>
+void grouped_sums(int64_t G, const int64_t* start, int64_t H, S* out, const Entry& entry) {
+  const int64_t total = start[G];
+  const int64_t T =
+      at::in_parallel_region()
+          ? 1
+          : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total * H / kBagGrain));
+  std::vector<S> side(static_cast<size_t>(T * H));
+  std::vector<int64_t> side_group(static_cast<size_t>(T), -1);
+  auto sum_range = [&](int64_t a, int64_t b, S* dst) {
+    auto [w, src] = entry(a);
+    for (int64_t c = 0; c < H; ++c) dst[c] = w * src[c];
+    for (int64_t e = a + 1; e < b; ++e) {
+      auto [we, se] = entry(e);
+      axpy_row(we, se, dst, H);
+    }
+  };
+  auto part = [&](int64_t t) {
+    const int64_t e0 = t * total / T, e1 = (t + 1) * total / T;
+    // The first group starting at or after e0; the one before it, if it still has entries at
+    // e0, began in an earlier part.
+    int64_t g = std::lower_bound(start, start + G + 1, e0) - start;
+    if (g > 0 && start[g] > e0) {
+      side_group[static_cast<size_t>(t)] = g - 1;
+      sum_range(e0, std::min(start[g], e1), side.data() + t * H);
+    }
+    // Groups starting in [e0, e1) (the last part also takes the empty groups at the end).
+    for (; g < G && (start[g] < e1 || (t == T - 1 && start[g] <= e1)); ++g) {
+      S* dst = out + g * H;
+      const int64_t a = start[g], b = std::min(start[g + 1], e1);
+      if (a == b)
+        std::fill(dst, dst + H, S(0));
+      else
+        sum_range(a, b, dst);
+    }
+  };
+  if (T == 1) {
+    part(0);
+  } else {
+    at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) part(t);
+    });
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t sg = side_group[static_cast<size_t>(t)];
+    if (sg >= 0) add_row(side.data() + t * H, out + sg * H, H);
+  }
+}
+
 // grad_table [R, H]: row r = sum over the entries (b, l) with ids[b, l] = r and w[b, l] != 0 of
 // w[b, l] * grad[b], in entry order (zero for rows no entry holds). The entries are grouped by
 // row first, so that threads own whole output rows.
@@ -79,25 +136,10 @@ Tensor bag_backward_kernel(const Tensor& grad_in, const Tensor& ids, const Tenso
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t k = 0; k < n; ++k)
       if (w[k] != 0) order[fill[ix[k]]++] = k;
-    at::parallel_for(0, rows, std::max<int64_t>(1, kBagGrain / std::max<int64_t>(1, H * 2)),
-                     [&](int64_t r0, int64_t r1) {
-                       for (int64_t r = r0; r < r1; ++r) {
-                         scalar_t* dst = o + r * H;
-                         if (start[r] == start[r + 1]) {
-                           std::fill(dst, dst + H, scalar_t(0));
-                           continue;
-                         }
-                         // The first entry written, the others added: no zeroing pass.
-                         int64_t k = order[start[r]];
-                         const scalar_t a = w[k];
-                         const scalar_t* src = g + (k / L) * H;
-                         for (int64_t c = 0; c < H; ++c) dst[c] = a * src[c];
-                         for (int64_t e = start[r] + 1; e < start[r + 1]; ++e) {
-                           k = order[e];
-                           axpy_row(w[k], g + (k / L) * H, dst, H);
-                         }
-                       }
-                     });
+    grouped_sums<scalar_t>(rows, start.data(), H, o, [&](int64_t e) {
+      const int64_t k = order[static_cast<size_t>(e)];
+      return std::make_pair(w[k], g + (k / L) * H);
+    });
   });
   return out;
 }
@@ -269,18 +311,10 @@ Tensor pooled_backward_kernel(const Tensor& grad_in, const Tensor& ids, const Te
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
     scalar_t* v = values.data_ptr<scalar_t>();
-    at::parallel_for(0, U, std::max<int64_t>(1, kBagGrain / std::max<int64_t>(1, D * 4)),
-                     [&](int64_t u0, int64_t u1) {
-                       for (int64_t u = u0; u < u1; ++u) {
-                         // The first entry written, the others added.
-                         int64_t b = order[start[u]];
-                         for (int64_t c = 0; c < D; ++c) v[u * D + c] = wp[b] * g[b * D + c];
-                         for (int64_t e = start[u] + 1; e < start[u + 1]; ++e) {
-                           b = order[e];
-                           axpy_row(wp[b], g + b * D, v + u * D, D);
-                         }
-                       }
-                     });
+    grouped_sums<scalar_t>(U, start.data(), D, v, [&](int64_t e) {
+      const int64_t b = order[static_cast<size_t>(e)];
+      return std::make_pair(wp[b], g + b * D);
+    });
   });
   auto indices = torch::tensor(groups.rows, ids.options()).view({1, U});
   return at::_sparse_coo_tensor_unsafe(indices, values, {rows, D});

@@ -210,3 +210,45 @@ TEST_CASE("row kernels split across threads: shapes with several chunks each, on
   for (size_t k = 0; k < f.size(); ++k) require_close(f[k], c[k], 1e-12, 1e-12);
   at::set_num_threads(threads);
 }
+
+TEST_CASE("row kernels' backward: one id holding most entries is cut across the threads' parts",
+          "[layers]") {
+  // The backward kernels split the entries, not the output rows, between threads: a row whose
+  // entries cross a part boundary is summed piecewise. Ids: one holding 60% of the entries
+  // (Zipf's head, the SSL views' default bag), rows never used before, between and after the
+  // used ones; on 2 and 3 threads (3 parts: the heavy row crosses two boundaries).
+  recsys::testing::seed(31);
+  const int threads = at::get_num_threads();
+  const int64_t R = 400, H = 16, B = 6000, L = 4;
+  auto ids = torch::randint(100, 300, {B, L}, torch::kInt64);
+  ids.masked_fill_(torch::rand({B, L}) < 0.6, 150);
+  ids.narrow(0, 10, 20).select(1, 1).zero_();  // some padding (pooled) / zero-weight entries
+  auto table = torch::randn({R, H}, torch::kFloat64);
+  table[0].zero_();
+  auto up = torch::randn({B, H}, torch::kFloat64);
+  auto weights = torch::rand({B, L}, torch::kFloat64).masked_fill_(ids == 0, 0.0);
+  for (int n : {2, 3}) {
+    CAPTURE(n);
+    at::set_num_threads(n);
+    // pooled_rows_sparse (groups in order of first appearance) against embedding + mean.
+    auto pooled = [&](bool fused) {
+      auto t = table.clone().requires_grad_(true);
+      auto out = recsys::models::pooled_lookup(t, ids, recsys::models::Pooling::kMean, true, fused);
+      (out * up).sum().backward();
+      return t.grad().coalesce().to_dense();
+    };
+    require_close(pooled(true), pooled(false), 1e-12, 1e-12);
+    // bag_rows (groups by table row) against the weighted embedding sum, float64 and float32.
+    for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+      auto t = table.to(dtype).detach().clone().requires_grad_(true);
+      (recsys::models::bag_rows(t, ids, weights.to(dtype)) * up.to(dtype)).sum().backward();
+      auto ref = table.clone().requires_grad_(true);
+      ((torch::embedding(ref, ids) * weights.unsqueeze(-1)).sum(1) * up).sum().backward();
+      const double tol = dtype == torch::kFloat32 ? 2e-3 : 1e-10;
+      require_close(t.grad().to(torch::kFloat64), ref.grad(), tol, tol);
+      CHECK(t.grad()[R - 1].abs().sum().item<double>() == 0);  // never used: zero
+      CHECK(t.grad()[1].abs().sum().item<double>() == 0);
+    }
+  }
+  at::set_num_threads(threads);
+}
