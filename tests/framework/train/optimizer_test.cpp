@@ -428,3 +428,45 @@ TEST_CASE("optimizer steps over empty parameters and empty sparse gradients", "[
     CHECK(torch::equal(table.detach(), torch::ones({5, 2})));
   }
 }
+
+TEST_CASE("fused optimizer: large gradients of distinct rows, on 2 threads", "[optim]") {
+  // A gradient whose entries are all distinct rows is used as the row sums without a copy: each
+  // row must get its own value row, for the fused lookups' gradients and for any order.
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  recsys::testing::seed(17);
+  auto table = torch::randn({60000, 8}) * 0.1;
+  std::vector<std::vector<torch::Tensor>> params(2);
+  std::vector<Optimizer> opts;
+  for (int k = 0; k < 2; ++k) {
+    params[k].push_back(table.clone().requires_grad_(true));
+    OptimizerOptions o;
+    o.lr = 0.01;
+    o.fused = k == 0;
+    opts.emplace_back(params[k], o);
+  }
+  for (int step = 0; step < 4; ++step) {
+    CAPTURE(step);
+    // Steps 0 and 2: the fused lookups' gradient (about 20k distinct rows); steps 1 and 3: a
+    // gradient of 20k distinct rows in random order, made directly.
+    auto ids = torch::randint(1, 60000, {6000, 4});
+    auto y = torch::randn({6000, 8});
+    auto rows = torch::randperm(60000).narrow(0, 0, 20000).view({1, 20000});
+    auto values = torch::randn({20000, 8});
+    for (int k = 0; k < 2; ++k) {
+      opts[k].zero_grad();
+      if (step % 2 == 0) {
+        auto a =
+            recsys::models::pooled_lookup(params[k][0], ids, recsys::models::Pooling::kMean, true);
+        (a * y).sum().backward();
+      } else {
+        params[k][0].mutable_grad() = torch::_sparse_coo_tensor_unsafe(rows, values, {60000, 8});
+      }
+      REQUIRE(params[k][0].grad().is_sparse());
+      opts[k].step();
+    }
+    require_close(params[0][0], params[1][0].detach().to(torch::kFloat64), 1e-5, 1e-6);
+  }
+  CHECK_FALSE(torch::allclose(params[0][0].detach(), table));
+  at::set_num_threads(threads);
+}
