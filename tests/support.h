@@ -31,6 +31,17 @@ inline void require_close(double a, double b, double tol = 1e-9) {
   REQUIRE(std::abs(a - b) <= tol);
 }
 
+/// Sets LibTorch's intra-op thread count for a scope; the previous count comes back however the
+/// scope ends (a failed REQUIRE throws).
+struct ThreadCount {
+  int previous;
+  explicit ThreadCount(int n) : previous(at::get_num_threads()) { at::set_num_threads(n); }
+  void set(int n) { at::set_num_threads(n); }
+  ~ThreadCount() { at::set_num_threads(previous); }
+  ThreadCount(const ThreadCount&) = delete;
+  ThreadCount& operator=(const ThreadCount&) = delete;
+};
+
 /// Tests run with the repository root as working directory (see CMakeLists.txt).
 inline std::string shared_data(const std::string& rel) { return "../shared/data/" + rel; }
 

@@ -10,6 +10,7 @@
 #include <cstdlib>
 
 #if defined(__GLIBC__)
+#include <gnu/libc-version.h>
 #include <malloc.h>
 #endif
 
@@ -35,8 +36,17 @@ bool ours_in_environment() {
          std::strcmp(m, "1") == 0;
 }
 
+// glibc's version at run time, as major * 1000 + minor (0 where unknown).
+int glibc_version() {
+#if defined(__GLIBC__)
+  int major = 0, minor = 0;
+  if (std::sscanf(gnu_get_libc_version(), "%d.%d", &major, &minor) == 2) return major * 1000 + minor;
+#endif
+  return 0;
+}
+
 // Read before main: what glibc saw when the process started.
-const bool g_started_with_huge_heap = ours_in_environment();
+const bool g_started_with_huge_heap = ours_in_environment() && huge_page_heap_supported();
 
 std::string with_heap(std::string p) {
   if (g_started_with_huge_heap) p += std::string("; heap in 2 MiB pages (") + kHugeHeapTunable + ")";
@@ -69,8 +79,20 @@ std::string allocator_policy() {
   return policy() == "glibc defaults" ? with_heap(policy()) : policy();
 }
 
+bool huge_page_heap_supported() {
+  if (glibc_version() < 2035) return false;  // glibc.malloc.hugetlb came with 2.35
+  std::FILE* f = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+  if (!f) return false;
+  char line[128] = {0};
+  const bool ok = std::fgets(line, sizeof line, f) != nullptr &&
+                  std::strstr(line, "[never]") == nullptr;
+  std::fclose(f);
+  return ok;
+}
+
 bool request_huge_page_heap() {
 #if defined(__GLIBC__)
+  if (!huge_page_heap_supported()) return false;
   for (const char* var :
        {"GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", kHugeHeapMarker})
     if (std::getenv(var) != nullptr) return false;

@@ -36,9 +36,10 @@ namespace recsys::util {
 /// to convert the pages already touched now rather than when khugepaged gets to them). Row-wise
 /// lookups and optimizer updates read random rows of tables of tens of megabytes; with 4 KiB
 /// pages nearly every row costs a TLB miss and a page walk. Best effort: returns the bytes
-/// advised (0 when the kernel refuses the advice, the tensor is not a CPU tensor, it holds no
-/// whole aligned 2 MiB page, or set_huge_pages(false)); whether the kernel could collapse them
-/// shows in huge_pages_mb(). A kernel without MADV_COLLAPSE (before Linux 6.1) still backs memory
+/// advised (0 when madvise refuses, as a kernel without transparent huge pages does, the tensor
+/// is not a CPU tensor, it holds no whole aligned 2 MiB page, or set_huge_pages(false)); the
+/// advice is accepted but has no effect where the system's mode is "never": what the kernel
+/// actually gave shows in huge_pages_mb(). A kernel without MADV_COLLAPSE (before Linux 6.1) still backs memory
 /// faulted in later with huge pages. The tensor's values and layout are unchanged.
 /// train::Optimizer calls it for every parameter of 4 MiB or more and for its state.
 int64_t prefer_huge_pages(const torch::Tensor& t);
@@ -59,13 +60,20 @@ double huge_pages_mb();
 /// on the bench workloads (docs/performance.md). A tunable is read at start-up only, so this
 /// sets it for a re-execution of the binary: it sets GLIBC_TUNABLES and the marker
 /// RECSYS_HUGE_HEAP=1 and returns true when none of GLIBC_TUNABLES, MALLOC_MMAP_THRESHOLD_,
-/// MALLOC_TRIM_THRESHOLD_ is set (the user's malloc settings win) and the marker is not set
-/// already; otherwise it changes nothing and returns false. The caller execs (or calls
-/// forget_huge_page_heap_request() when the exec fails).
+/// MALLOC_TRIM_THRESHOLD_ is set (the user's malloc settings win), the marker is not set already
+/// (RECSYS_HUGE_HEAP=0 in the environment keeps `train`, `sweep` and `bench` on 4 KiB pages) and
+/// huge_page_heap_supported(); otherwise it changes nothing and returns false. The caller execs
+/// (or calls forget_huge_page_heap_request() when the exec fails). The two variables stay in the
+/// environment of the processes it starts.
 bool request_huge_page_heap();
 void forget_huge_page_heap_request();
 
-/// Whether this process started with the tunable request_huge_page_heap() sets.
+/// Whether the tunable can take effect here: glibc 2.35 or later, and transparent huge pages
+/// enabled in /sys/kernel/mm/transparent_hugepage/enabled ("always" or "madvise").
+bool huge_page_heap_supported();
+
+/// Whether this process started with the tunable request_huge_page_heap() sets, where it takes
+/// effect.
 bool huge_page_heap();
 
 }  // namespace recsys::util

@@ -68,10 +68,11 @@ constexpr int64_t kBagGrain = 1 << 16;
 template <typename S, typename Entry>
 void grouped_sums(int64_t G, const int64_t* start, int64_t H, S* out, const Entry& entry) {
   const int64_t total = start[G];
-  const int64_t T =
-      at::in_parallel_region()
-          ? 1
-          : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total * H / kBagGrain));
+  // At most one part per entry: every part holds at least one entry.
+  const int64_t T = at::in_parallel_region()
+                        ? 1
+                        : std::max<int64_t>(1, std::min({static_cast<int64_t>(at::get_num_threads()),
+                                                         total * H / kBagGrain, total}));
   std::vector<S> side(static_cast<size_t>(T * H));
   std::vector<int64_t> side_group(static_cast<size_t>(T), -1);
   auto sum_range = [&](int64_t a, int64_t b, S* dst) {
@@ -87,7 +88,7 @@ void grouped_sums(int64_t G, const int64_t* start, int64_t H, S* out, const Entr
     // The first group starting at or after e0; the one before it, if it still has entries at
     // e0, began in an earlier part.
     int64_t g = std::lower_bound(start, start + G + 1, e0) - start;
-    if (g > 0 && start[g] > e0) {
+    if (g > 0 && start[g] > e0 && e0 < e1) {
       side_group[static_cast<size_t>(t)] = g - 1;
       sum_range(e0, std::min(start[g], e1), side.data() + t * H);
     }
@@ -115,8 +116,9 @@ void grouped_sums(int64_t G, const int64_t* start, int64_t H, S* out, const Entr
 }
 
 // grad_table [R, H]: row r = sum over the entries (b, l) with ids[b, l] = r and w[b, l] != 0 of
-// w[b, l] * grad[b], in entry order (zero for rows no entry holds). The entries are grouped by
-// row first, so that threads own whole output rows.
+// w[b, l] * grad[b] (zero for rows no entry holds). The entries are grouped by row first, then
+// summed by grouped_sums: in entry order within each thread's part, so the last bits of a row
+// cut by a part boundary depend on the thread count (the same for the same count).
 Tensor bag_backward_kernel(const Tensor& grad_in, const Tensor& ids, const Tensor& weights,
                            int64_t rows) {
   auto grad = grad_in.contiguous();
@@ -288,7 +290,8 @@ Tensor pooled_forward_kernel(const Tensor& table, const Tensor& ids, bool mean, 
 }
 
 // The sparse gradient of pooled_forward_kernel: one value row per distinct non-padding id,
-// value[u] = sum over the entries (b, l) holding it of w[b] * grad[b], in entry order.
+// value[u] = sum over the entries (b, l) holding it of w[b] * grad[b] (grouped_sums: in entry
+// order within each thread's part).
 Tensor pooled_backward_kernel(const Tensor& grad_in, const Tensor& ids, const Tensor& w,
                               int64_t rows) {
   auto grad = grad_in.contiguous();

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "framework/bench/workloads.h"
+#include "framework/util/allocator.h"
 #include "framework/util/matmul.h"
 #include "models/layers/gru.h"
 #include "support.h"
@@ -242,16 +243,18 @@ TEST_CASE("bench: the binary starts malloc with huge pages unless told otherwise
     WARN("build/recsys not found (run the tests from the repository root after building): skipped");
     return;
   }
-#if defined(__GLIBC__)
-  CHECK(on["huge_page_heap"] == true);
-  CHECK_THAT(on["allocator"].get<std::string>(), Catch::Contains("glibc.malloc.hugetlb=1"));
-#endif
+  // Where glibc.malloc.hugetlb can take effect (glibc 2.35+, transparent huge pages not off).
+  const bool supported = recsys::util::huge_page_heap_supported();
+  CHECK(on["huge_page_heap"] == supported);
+  if (supported)
+    CHECK_THAT(on["allocator"].get<std::string>(), Catch::Contains("glibc.malloc.hugetlb=1"));
   // Also when the wait policy is set (a re-execution for the heap alone).
   auto kept = bench_cli(clean + " OMP_WAIT_POLICY=PASSIVE", "--workloads din --steps 1 --threads 1");
   CHECK(kept["omp_wait_policy"] == "PASSIVE");
-#if defined(__GLIBC__)
-  CHECK(kept["huge_page_heap"] == true);
-#endif
+  CHECK(kept["huge_page_heap"] == supported);
+  // RECSYS_HUGE_HEAP=0 opts out.
+  auto opted_out = bench_cli(clean + " RECSYS_HUGE_HEAP=0", "--workloads din --steps 1 --threads 1");
+  CHECK(opted_out["huge_page_heap"] == false);
   // Switched off, and never over the user's own malloc settings.
   auto off = bench_cli(clean, "--workloads din --steps 1 --threads 1 --disable huge_pages");
   CHECK(off["huge_page_heap"] == false);

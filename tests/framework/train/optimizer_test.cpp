@@ -432,8 +432,7 @@ TEST_CASE("optimizer steps over empty parameters and empty sparse gradients", "[
 TEST_CASE("fused optimizer: large gradients of distinct rows, on 2 threads", "[optim]") {
   // A gradient whose entries are all distinct rows is used as the row sums without a copy: each
   // row must get its own value row, for the fused lookups' gradients and for any order.
-  const int threads = at::get_num_threads();
-  at::set_num_threads(2);
+  recsys::testing::ThreadCount threads(2);
   recsys::testing::seed(17);
   auto table = torch::randn({60000, 8}) * 0.1;
   std::vector<std::vector<torch::Tensor>> params(2);
@@ -468,5 +467,4 @@ TEST_CASE("fused optimizer: large gradients of distinct rows, on 2 threads", "[o
     require_close(params[0][0], params[1][0].detach().to(torch::kFloat64), 1e-5, 1e-6);
   }
   CHECK_FALSE(torch::allclose(params[0][0].detach(), table));
-  at::set_num_threads(threads);
 }

@@ -216,9 +216,12 @@ TEST_CASE("row kernels' backward: one id holding most entries is cut across the 
   // The backward kernels split the entries, not the output rows, between threads: a row whose
   // entries cross a part boundary is summed piecewise. Ids: one holding 60% of the entries
   // (Zipf's head, the SSL views' default bag), rows never used before, between and after the
-  // used ones; on 2 and 3 threads (3 parts: the heavy row crosses two boundaries).
+  // used ones; on 2 and 3 threads. For bag_rows (groups by table row) the heavy row lies in the
+  // middle and, on 3 threads, crosses both boundaries (a part entirely inside one row); for
+  // pooled_rows_sparse (groups in order of first appearance) it is the first group and crosses
+  // one.
   recsys::testing::seed(31);
-  const int threads = at::get_num_threads();
+  recsys::testing::ThreadCount threads(2);
   const int64_t R = 400, H = 16, B = 6000, L = 4;
   auto ids = torch::randint(100, 300, {B, L}, torch::kInt64);
   ids.masked_fill_(torch::rand({B, L}) < 0.6, 150);
@@ -229,7 +232,7 @@ TEST_CASE("row kernels' backward: one id holding most entries is cut across the 
   auto weights = torch::rand({B, L}, torch::kFloat64).masked_fill_(ids == 0, 0.0);
   for (int n : {2, 3}) {
     CAPTURE(n);
-    at::set_num_threads(n);
+    threads.set(n);
     // pooled_rows_sparse (groups in order of first appearance) against embedding + mean.
     auto pooled = [&](bool fused) {
       auto t = table.clone().requires_grad_(true);
@@ -250,5 +253,4 @@ TEST_CASE("row kernels' backward: one id holding most entries is cut across the 
       CHECK(t.grad()[1].abs().sum().item<double>() == 0);
     }
   }
-  at::set_num_threads(threads);
 }
