@@ -11,6 +11,7 @@
 
 #include "framework/util/blas.h"
 #include "framework/util/fast_math.h"
+#include "framework/util/kernel.h"
 
 namespace recsys::losses {
 
@@ -188,9 +189,8 @@ class DiagonalSoftmaxFunction : public torch::autograd::Function<DiagonalSoftmax
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     // The gradients were computed in the forward as plain numbers: no graph to differentiate.
-    TORCH_CHECK(!torch::GradMode::is_enabled(),
-                "diagonal_softmax_mean_fused: double backward (create_graph) is not supported; "
-                "use the composed loss (InBatchSoftmaxOptions::fused_mean(false))");
+    util::refuse_double_backward("diagonal_softmax_mean_fused",
+                                 "the composed loss (InBatchSoftmaxOptions::fused_mean(false))");
     const auto saved = ctx->get_saved_variables();
     const auto& g = grads[0];
     Tensor dbias;
@@ -212,10 +212,8 @@ std::string diagonal_softmax_unsupported(const torch::Tensor& a, const torch::Te
   std::ostringstream why;
   const auto dtype = a.scalar_type();
   const int64_t kMaxBlas = int64_t{1} << 30;
-  if (!util::has_blas_gemm()) {
-    why << "no BLAS sgemm_/dgemm_ in the process";
-  } else if (dtype != torch::kFloat32 && dtype != torch::kFloat64) {
-    why << "float32 or float64 inputs, got " << dtype;
+  if (const auto base = util::blas_kernel_unsupported(dtype); !base.empty()) {
+    why << base;
   } else if (!a.device().is_cpu() || !b.device().is_cpu() || b.scalar_type() != dtype) {
     why << "a and b must be CPU tensors of one dtype";
   } else if (a.dim() != 2 || b.dim() != 2 || a.size(1) != b.size(1) || a.size(0) < 1 ||

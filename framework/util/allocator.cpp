@@ -20,11 +20,6 @@ namespace {
 
 std::atomic<bool> g_huge_pages{true};
 
-std::string& policy() {
-  static std::string p = "glibc defaults";
-  return p;
-}
-
 constexpr const char* kHugeHeapTunable = "glibc.malloc.hugetlb=1";
 constexpr const char* kHugeHeapMarker = "RECSYS_HUGE_HEAP";
 
@@ -53,6 +48,11 @@ std::string with_heap(std::string p) {
   return p;
 }
 
+std::string& policy() {
+  static std::string p = with_heap("glibc defaults");
+  return p;
+}
+
 }  // namespace
 
 std::string retain_freed_memory() {
@@ -75,9 +75,7 @@ std::string retain_freed_memory() {
   return policy();
 }
 
-std::string allocator_policy() {
-  return policy() == "glibc defaults" ? with_heap(policy()) : policy();
-}
+std::string allocator_policy() { return policy(); }
 
 bool huge_page_heap_supported() {
   if (glibc_version() < 2035) return false;  // glibc.malloc.hugetlb came with 2.35

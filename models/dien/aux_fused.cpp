@@ -10,6 +10,7 @@
 
 #include "framework/util/blas.h"
 #include "framework/util/fast_math.h"
+#include "framework/util/kernel.h"
 
 namespace recsys::models {
 
@@ -266,9 +267,7 @@ class AuxLossFunction : public torch::autograd::Function<AuxLossFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     // The gradients were computed in the forward as plain numbers: no graph to differentiate.
-    TORCH_CHECK(!torch::GradMode::is_enabled(),
-                "auxiliary_loss_fused: double backward (create_graph) is not supported; use "
-                "AuxiliaryNetOptions::fused(false)");
+    util::refuse_double_backward("auxiliary_loss_fused", "AuxiliaryNetOptions::fused(false)");
     const auto saved = ctx->get_saved_variables();
     const auto L = static_cast<size_t>(ctx->saved_data["layers"].toInt());
     const auto& g = grads[0];
@@ -295,10 +294,8 @@ std::string unsupported(const torch::Tensor& h, const torch::Tensor& positive,
                         const std::vector<torch::Tensor>& biases) {
   std::ostringstream why;
   const auto dtype = h.scalar_type();
-  if (!util::has_blas_gemm()) {
-    why << "no BLAS sgemm_/dgemm_ in the process";
-  } else if (dtype != torch::kFloat32 && dtype != torch::kFloat64) {
-    why << "float32 or float64 inputs, got " << dtype;
+  if (const auto base = util::blas_kernel_unsupported(dtype); !base.empty()) {
+    why << base;
   } else if (!h.device().is_cpu() || !positive.device().is_cpu() || !negative.device().is_cpu() ||
              positive.scalar_type() != dtype || negative.scalar_type() != dtype) {
     why << "h, positive and negative must be CPU tensors of one dtype";

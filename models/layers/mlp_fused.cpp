@@ -9,6 +9,7 @@
 
 #include "framework/util/blas.h"
 #include "framework/util/fast_math.h"
+#include "framework/util/kernel.h"
 
 namespace recsys::models {
 
@@ -216,9 +217,7 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(!torch::GradMode::is_enabled(),
-                "mlp_tail_fused: double backward (create_graph) is not supported; use "
-                "TowerOptions::fused_mlp(false)");
+    util::refuse_double_backward("mlp_tail_fused", "TowerOptions::fused_mlp(false)");
     const auto saved = ctx->get_saved_variables();
     const auto K = static_cast<size_t>(ctx->saved_data["layers"].toInt());
     const bool normalize = ctx->saved_data["normalize"].toBool();
@@ -306,10 +305,8 @@ std::string mlp_tail_unsupported(const torch::Tensor& h, const std::vector<torch
                                  const std::vector<torch::Tensor>& biases) {
   std::ostringstream why;
   const auto dtype = h.scalar_type();
-  if (!util::has_blas_gemm()) {
-    why << "no BLAS sgemm_/dgemm_ in the process";
-  } else if (dtype != torch::kFloat32 && dtype != torch::kFloat64) {
-    why << "float32 or float64 inputs, got " << dtype;
+  if (const auto base = util::blas_kernel_unsupported(dtype); !base.empty()) {
+    why << base;
   } else if (!h.device().is_cpu() || h.dim() != 2 || h.size(0) < 1) {
     why << "h must be a CPU [N, d] tensor with N >= 1, got " << h.sizes();
   } else if (weights.empty() || weights.size() != biases.size()) {

@@ -21,8 +21,8 @@ torch::Tensor scatter_add_rows(const torch::Tensor& src, const torch::Tensor& in
 /// [R, H], ids [B, L] int64 in [0, R), weights [B, L] of table's dtype (constants: no gradient;
 /// 0 skips an entry, e.g. padding). Backward scatter-adds weights[b, l] * grad[b] into a zero
 /// [R, H] table gradient. On the CPU in float32 / float64 a fused loop (no [B, L, H]
-/// intermediate), split across threads by rows forward and by output rows backward (entries
-/// grouped by row first); elsewhere embedding * weights summed over L, also its oracle.
+/// intermediate), split across threads by rows forward and by entries backward (grouped by row
+/// first); elsewhere embedding * weights summed over L, also its oracle.
 torch::Tensor bag_rows(const torch::Tensor& table, const torch::Tensor& ids,
                        const torch::Tensor& weights);
 
