@@ -27,12 +27,24 @@ using namespace recsys;
 
 namespace {
 
+/// runs/<config stem>-<time>, claimed by creating it: runs started in the same second (a seed
+/// loop in the background) each get their own directory (-2, -3, ... appended), since
+/// create_directory fails for all but the first.
 std::string default_run_dir(const std::string& config_path) {
   auto stem = fs::path(config_path).stem().string();
   auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", std::localtime(&now));
-  return "runs/" + stem + "-" + buf;
+  const std::string base = "runs/" + stem + "-" + buf;
+  try {
+    fs::create_directories("runs");
+    for (int k = 1;; ++k) {
+      std::string dir = k == 1 ? base : base + "-" + std::to_string(k);
+      if (fs::create_directory(dir)) return dir;
+    }
+  } catch (const fs::filesystem_error& e) {
+    throw UsageError("cannot create the run directory under runs/: " + std::string(e.what()) + "; pass --out");
+  }
 }
 
 void print_table(const nlohmann::json& metrics) {
@@ -63,8 +75,15 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
   if (out.empty()) out = default_run_dir(config_path);
   if (!overwrite && (fs::exists(fs::path(out) / "results.json") || fs::exists(fs::path(out) / "checkpoints" / "best.pt")))
     throw UsageError("run directory '" + out + "' already holds a run; choose another --out or pass --overwrite");
-  train::RunDir run_dir(out);
-  setup_logging((run_dir.dir() / "log.txt").string(), log_level);
+  train::RunDir run_dir;
+  try {
+    run_dir = train::RunDir(out);
+    setup_logging((run_dir.dir() / "log.txt").string(), log_level);
+  } catch (const fs::filesystem_error& e) {
+    throw UsageError("--out '" + out + "': cannot create the run directory: " + e.what());
+  } catch (const spdlog::spdlog_ex& e) {
+    throw UsageError("--out '" + out + "': cannot write its log.txt: " + e.what());
+  }
   spdlog::info("run directory {}", out);
   auto results = train::run_experiment(experiment, run_dir);
   std::printf("\nTest metrics at the best validation step (%lld), %s:\n",
@@ -89,7 +108,11 @@ int cmd_mi(const std::string& config_path, const std::vector<std::string>& overr
   for (auto it = result["groups_at_fraction_0.5"].begin(); it != result["groups_at_fraction_0.5"].end(); ++it)
     std::printf("  %-12s -> %s\n", it.key().c_str(), it.value().dump().c_str());
   std::string path = out.empty() ? "mi.json" : out;
-  train::write_atomic(path, result.dump(2) + "\n");
+  try {
+    train::write_atomic(path, result.dump(2) + "\n");
+  } catch (const std::exception& e) {  // a missing or unwritable directory, or a directory named
+    throw UsageError("--out '" + path + "': " + e.what());
+  }
   std::printf("saved %s\n", path.c_str());
   return 0;
 }
@@ -116,7 +139,9 @@ int main(int argc, char** argv) {
   CLI::App app{"recsys: config-driven recommender experiments on LibTorch"};
   app.require_subcommand(1);
   std::string log_level = "info";
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
+  // spdlog reads an unknown level name as "off", which would hide every error message.
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "warning", "err", "error", "critical", "off"}));
 
   std::string config_path, out;
   std::vector<std::string> overrides;

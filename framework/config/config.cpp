@@ -217,6 +217,11 @@ void Reader::check_node(const Json& node, const std::string& path) const {
   if (node.is_object()) {
     for (auto it = node.begin(); it != node.end(); ++it) {
       std::string p = path.empty() ? it.key() : path + "." + it.key();
+      // A dotted key ("train.epochs": 5) would build the same path as the nested key the
+      // reader looked up, and pass as seen while its value is never read.
+      if (it.key().find('.') != std::string::npos)
+        throw ConfigError(p, "a key may not contain '.': nest objects instead (\"train\": {\"epochs\": ...}); "
+                             "dotted paths are for --set and a sweep's \"set\"");
       if (!shared_->seen.count(p)) {
         std::string best;
         size_t best_d = 1000;

@@ -2,7 +2,9 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <string_view>
@@ -19,16 +21,30 @@ namespace {
 const char* const kPadName = "<pad>";
 const char* const kUnkName = "<unk>";
 
-/// Reads a file line by line (strips a trailing '\r'), numbering lines from 1.
+/// Reads a file line by line (strips a trailing '\r' and a UTF-8 BOM before the first line),
+/// numbering lines from 1.
 class LineReader {
  public:
-  explicit LineReader(std::string path) : path_(std::move(path)), in_(path_, std::ios::binary) {
+  explicit LineReader(std::string path) : path_(std::move(path)) {
+    // An ifstream opens a directory without complaint and then reads nothing, which would be
+    // reported as an empty file.
+    std::error_code ec;
+    const auto status = std::filesystem::status(path_, ec);
+    if (!ec && std::filesystem::exists(status) && !std::filesystem::is_regular_file(status))
+      throw DataError(path_, 0,
+                      std::filesystem::is_directory(status)
+                          ? "is a directory, not a regular file (give the path of the data file)"
+                          : "not a regular file");
+    in_.open(path_, std::ios::binary);
     if (!in_) throw DataError(path_, 0, "cannot open file (check the path and permissions)");
   }
   bool next(std::string& line) {
     if (!std::getline(in_, line)) return false;
     ++line_no_;
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    // Editors and spreadsheet exports may start a UTF-8 file with a byte order mark, which would
+    // otherwise become part of the first user id or column name.
+    if (line_no_ == 1 && line.compare(0, 3, "\xEF\xBB\xBF") == 0) line.erase(0, 3);
     return true;
   }
   long line_no() const { return line_no_; }
@@ -297,6 +313,10 @@ std::string json_string(const nlohmann::json& obj, const char* key, const LineRe
 int64_t json_int(const nlohmann::json& obj, const char* key, const LineReader& reader) {
   auto it = obj.find(key);
   if (it == obj.end()) reader.fail(std::string("missing field '") + key + "'");
+  // nlohmann keeps integers above INT64_MAX as unsigned, and get<int64_t> would wrap them.
+  if (it->is_number_unsigned() &&
+      it->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+    reader.fail(std::string("field '") + key + "' is out of range: " + it->dump());
   if (it->is_number_integer()) return it->get<int64_t>();
   int64_t v = 0;
   if (it->is_string() && parse_int64(it->get<std::string>(), v)) return v;
@@ -312,6 +332,7 @@ int64_t InteractionLog::num_interactions() const {
 }
 
 InteractionLog load_taobao(const std::string& path, const std::vector<std::string>& behaviors) {
+  static const std::unordered_set<std::string_view> kKnown{"pv", "buy", "cart", "fav"};
   std::unordered_set<std::string_view> keep(behaviors.begin(), behaviors.end());
   LineReader reader(path);
   LogBuilder builder;
@@ -330,6 +351,10 @@ InteractionLog load_taobao(const std::string& path, const std::vector<std::strin
       reader.fail("timestamp '" + std::string(f[4]) + "' is not an integer");
     if (f[0].empty() || f[1].empty() || f[2].empty())
       reader.fail("empty user, item or category id");
+    // Checked before the filter: a misspelt or shifted behavior column would otherwise drop its
+    // rows silently.
+    if (!kKnown.count(f[3]))
+      reader.fail("behavior '" + std::string(f[3]) + "' is not one of pv, buy, cart, fav");
     if (!keep.count(f[3])) continue;
     int64_t category = builder.categories().index(f[2]);
     builder.add(f[0], f[1], category, time);
@@ -380,6 +405,8 @@ InteractionLog load_amazon(const std::string& reviews_path, const std::string& m
     if (obj.is_discarded() || !obj.is_object()) reader.fail("not a JSON object");
     auto user = json_string(obj, "reviewerID", reader);
     auto item = json_string(obj, "asin", reader);
+    if (user.empty()) reader.fail("empty 'reviewerID'");
+    if (item.empty()) reader.fail("empty 'asin'");
     int64_t time = json_int(obj, "unixReviewTime", reader);
     auto it = asin_category.find(item);
     int64_t category =

@@ -26,8 +26,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Raw ids index dense tables; this bounds their size (MovieLens ids are far below it).
-constexpr int64_t kMaxRawId = int64_t{1} << 30;
+// Raw ids index dense lookup tables (a few bytes per id up to the largest id), so one malformed
+// id would size them: ids at or above this limit are a DataError. Real MovieLens releases use ids
+// below about 300,000, far under it; at the limit the tables take about 300 MiB in all.
+constexpr int64_t kMaxRawId = int64_t{1} << 24;
 
 struct FileBuffer {
   std::unique_ptr<char[]> data;
@@ -145,9 +147,9 @@ int64_t parse_id(std::string_view s, const char* what, const std::string& file, 
   if (s.empty() || ec != std::errc() || p != s.data() + s.size())
     throw DataError(file, line, std::string(what) + " " + quoted(s) + " is not an integer");
   if (v < 0 || v >= kMaxRawId)
-    throw DataError(
-        file, line,
-        std::string(what) + " " + quoted(s) + " is outside [0, " + std::to_string(kMaxRawId) + ")");
+    throw DataError(file, line,
+                    std::string(what) + " " + quoted(s) + " is outside [0, " +
+                        std::to_string(kMaxRawId) + "), the loader's limit for MovieLens ids");
   return v;
 }
 
@@ -197,15 +199,13 @@ int64_t year_from_title(std::string_view title) {
 }
 
 struct Movie {
-  bool present = false;
   std::string title;
   std::vector<std::string> genres;
   int64_t year = -1;  ///< -1 when unknown
 };
 
 struct User {
-  bool present = false;
-  int64_t age_group = -1;  ///< 0..6 in the ml-1m groups, -1 when unknown
+  int64_t age_group = -1;  ///< 0..6 in the ml-1m groups
   std::string gender, occupation;
 };
 
@@ -233,26 +233,42 @@ int64_t age_group_of_code(int64_t code) {
   return -1;
 }
 
+/// The entry of raw id `id` (< kMaxRawId), growing the table with `fill` to reach it.
 template <typename T>
-T& slot(std::vector<T>& table, int64_t id) {
-  if (id >= static_cast<int64_t>(table.size())) table.resize(static_cast<size_t>(id) + 1);
+T& slot(std::vector<T>& table, int64_t id, T fill = T()) {
+  if (id >= static_cast<int64_t>(table.size())) table.resize(static_cast<size_t>(id) + 1, fill);
   return table[static_cast<size_t>(id)];
 }
 
-/// The entry for a newly declared id; a second declaration of the same id is a data error.
+constexpr int32_t kAbsent = -1;
+
+/// The position of raw id `id` in its entry table, or kAbsent.
+int32_t position_of(const std::vector<int32_t>& at, int64_t id) {
+  return id < static_cast<int64_t>(at.size()) ? at[static_cast<size_t>(id)] : kAbsent;
+}
+
+/// The entry for a newly declared id, appended to `table` with its position recorded in `at`;
+/// a second declaration of the same id is a data error. Entries are kept compact (only the
+/// index by raw id spans the id range) so that a sparse id range costs 4 bytes per id, not a
+/// whole entry.
 template <typename T>
-T& declare(std::vector<T>& table, int64_t id, const char* what, const std::string& path, long ln) {
-  T& entry = slot(table, id);
-  if (entry.present) throw DataError(path, ln, std::string("duplicate ") + what + " id " + std::to_string(id));
-  entry.present = true;
-  return entry;
+T& declare(std::vector<T>& table, std::vector<int32_t>& at, int64_t id, const char* what,
+           const std::string& path, long ln) {
+  int32_t& position = slot(at, id, kAbsent);
+  if (position != kAbsent)
+    throw DataError(path, ln, std::string("duplicate ") + what + " id " + std::to_string(id));
+  position = static_cast<int32_t>(table.size());
+  table.emplace_back();
+  return table.back();
 }
 
 struct Parsed {
   std::string source;
   bool has_user_features = false;
-  std::vector<Movie> movies;               ///< by raw id
-  std::vector<User> users;                 ///< by raw id (empty for the csv layout)
+  std::vector<Movie> movies;               ///< in file order
+  std::vector<int32_t> movie_at;           ///< by raw id: position in movies, or kAbsent
+  std::vector<User> users;                 ///< in file order (empty for the csv layout)
+  std::vector<int32_t> user_at;            ///< by raw id: position in users, or kAbsent
   std::vector<char> user_seen, item_seen;  ///< by raw id: occurs in the ratings file
   std::vector<Positive> positives;
 };
@@ -285,7 +301,7 @@ const char* const k100kGenres[] = {
 void read_100k_items(const std::string& path, Parsed& out) {
   for_each_record(path, "|", 24, [&](const std::vector<std::string_view>& f, long ln) {
     int64_t id = parse_id(f[0], "movie id", path, ln);
-    Movie& m = declare(out.movies, id, "movie", path, ln);
+    Movie& m = declare(out.movies, out.movie_at, id, "movie", path, ln);
     m.title = latin1_to_utf8(f[1]);
     // Release dates look like "01-Jan-1995" or "4-Feb-1971"; empty for one movie.
     std::string_view date = f[2];
@@ -328,7 +344,7 @@ void add_genres(std::string_view genres, Movie& m) {
 void read_1m_items(const std::string& path, Parsed& out) {
   for_each_record(path, "::", 3, [&](const std::vector<std::string_view>& f, long ln) {
     int64_t id = parse_id(f[0], "movie id", path, ln);
-    Movie& m = declare(out.movies, id, "movie", path, ln);
+    Movie& m = declare(out.movies, out.movie_at, id, "movie", path, ln);
     m.title = latin1_to_utf8(f[1]);
     m.year = year_from_title(m.title);
     add_genres(f[2], m);
@@ -356,7 +372,7 @@ void read_csv_items(const std::string& path, Parsed& out) {
       throw DataError(path, ln,
                       "expected 3 comma-separated fields, got " + std::to_string(f.size()));
     int64_t id = parse_id(f[0], "movie id", path, ln);
-    Movie& m = declare(out.movies, id, "movie", path, ln);
+    Movie& m = declare(out.movies, out.movie_at, id, "movie", path, ln);
     m.title = std::move(f[1]);
     m.year = year_from_title(m.title);
     add_genres(f[2], m);
@@ -369,8 +385,10 @@ void read_csv_items(const std::string& path, Parsed& out) {
 void read_100k_users(const std::string& path, Parsed& out) {
   for_each_record(path, "|", 5, [&](const std::vector<std::string_view>& f, long ln) {
     int64_t id = parse_id(f[0], "user id", path, ln);
-    User& u = declare(out.users, id, "user", path, ln);
-    u.age_group = age_group_of_years(parse_int(f[1], "age", path, ln));
+    User& u = declare(out.users, out.user_at, id, "user", path, ln);
+    const int64_t age = parse_int(f[1], "age", path, ln);
+    if (age < 0) throw DataError(path, ln, "age " + quoted(f[1]) + " is negative");
+    u.age_group = age_group_of_years(age);
     u.gender = latin1_to_utf8(f[2]);
     u.occupation = latin1_to_utf8(f[3]);
   });
@@ -379,9 +397,13 @@ void read_100k_users(const std::string& path, Parsed& out) {
 void read_1m_users(const std::string& path, Parsed& out) {
   for_each_record(path, "::", 5, [&](const std::vector<std::string_view>& f, long ln) {
     int64_t id = parse_id(f[0], "user id", path, ln);
-    User& u = declare(out.users, id, "user", path, ln);
+    User& u = declare(out.users, out.user_at, id, "user", path, ln);
     u.gender = latin1_to_utf8(f[1]);
     u.age_group = age_group_of_code(parse_int(f[2], "age code", path, ln));
+    // Every ml-1m user has one of the 7 codes; another value means a shifted or corrupt row.
+    if (u.age_group < 0)
+      throw DataError(path, ln,
+                      "age code " + quoted(f[2]) + " is not one of 1, 18, 25, 35, 45, 50, 56");
     parse_int(f[3], "occupation code", path, ln);
     u.occupation = std::string(f[3]);
   });
@@ -400,6 +422,8 @@ void read_ratings(const std::string& path, std::string_view sep, std::string_vie
   const bool check_users = out.has_user_features;
   const std::string sep_name = sep == "\t" ? "tab" : "'" + std::string(sep) + "'";
   bool expect_header = !header.empty();
+  long header_line = 0;
+  bool any_row = false;
   while (lines.next(line)) {
     const long ln = lines.line_number();
     if (expect_header) {
@@ -407,8 +431,10 @@ void read_ratings(const std::string& path, std::string_view sep, std::string_vie
       if (line != header)
         throw DataError(path, ln, "bad header " + quoted(line) + ", expected " + quoted(header));
       expect_header = false;
+      header_line = ln;
       continue;
     }
+    any_row = true;
     size_t n = split(line, sep, f);
     if (n != 4)
       throw DataError(path, ln,
@@ -417,10 +443,14 @@ void read_ratings(const std::string& path, std::string_view sep, std::string_vie
     int64_t item = parse_id(f[1], "movie id", path, ln);
     double rating = parse_double(f[2], "rating", path, ln);
     int64_t ts = parse_int(f[3], "timestamp", path, ln);
-    if (item >= static_cast<int64_t>(out.movies.size()) || !out.movies[item].present)
+    // Releases rate 1..5 stars (ml-latest and later in half stars from 0.5); anything outside
+    // [0, 5] is a shifted column or a corrupt row that min_rating would silently absorb.
+    if (rating < 0 || rating > 5)
+      throw DataError(path, ln, "rating " + quoted(f[2]) + " is outside [0, 5]");
+    if (position_of(out.movie_at, item) == kAbsent)
       throw DataError(path, ln,
                       "unknown movie id " + std::to_string(item) + " (not in the movies file)");
-    if (check_users && (user >= static_cast<int64_t>(out.users.size()) || !out.users[user].present))
+    if (check_users && position_of(out.user_at, user) == kAbsent)
       throw DataError(path, ln,
                       "unknown user id " + std::to_string(user) + " (not in the users file)");
     slot(out.user_seen, user) = 1;
@@ -429,16 +459,20 @@ void read_ratings(const std::string& path, std::string_view sep, std::string_vie
       out.positives.push_back({static_cast<int32_t>(user), static_cast<int32_t>(item), ts});
   }
   if (expect_header) throw DataError(path, 0, "empty file, expected header " + quoted(header));
+  // Said here, where the file is known: an empty corpus would otherwise fail later, in the task,
+  // without naming it.
+  if (!any_row) throw DataError(path, header_line, "no ratings (the file has no data rows)");
 }
 
 // ---- assembly -----------------------------------------------------------------------------
 
 /// Rows for the seen raw ids, ascending; returns raw id -> row (-1 when unseen) and fills `ids`.
-std::vector<int64_t> assign_rows(const std::vector<char>& seen, std::vector<int64_t>& ids) {
-  std::vector<int64_t> row_of(seen.size(), -1);
+/// (Rows are below kMaxRawId, so 4 bytes per raw id suffice.)
+std::vector<int32_t> assign_rows(const std::vector<char>& seen, std::vector<int64_t>& ids) {
+  std::vector<int32_t> row_of(seen.size(), -1);
   for (size_t id = 0; id < seen.size(); ++id)
     if (seen[id]) {
-      row_of[id] = static_cast<int64_t>(ids.size());
+      row_of[id] = static_cast<int32_t>(ids.size());
       ids.push_back(static_cast<int64_t>(id));
     }
   return row_of;
@@ -453,8 +487,8 @@ RetrievalData assemble(Parsed& p, const MovieLensOptions& options) {
   data.source = p.source;
 
   std::vector<int64_t> user_ids, item_ids;
-  std::vector<int64_t> user_row = assign_rows(p.user_seen, user_ids);
-  std::vector<int64_t> item_row = assign_rows(p.item_seen, item_ids);
+  std::vector<int32_t> user_row = assign_rows(p.user_seen, user_ids);
+  std::vector<int32_t> item_row = assign_rows(p.item_seen, item_ids);
   const int64_t nu = static_cast<int64_t>(user_ids.size());
   const int64_t ni = static_cast<int64_t>(item_ids.size());
 
@@ -469,7 +503,7 @@ RetrievalData assemble(Parsed& p, const MovieLensOptions& options) {
     std::vector<std::vector<int64_t>> age(nu), gender(nu), occupation(nu);
     Vocabulary gender_vocab, occupation_vocab;
     for (int64_t r = 0; r < nu; ++r) {
-      const User& u = p.users[user_ids[r]];
+      const User& u = p.users[static_cast<size_t>(p.user_at[user_ids[r]])];
       age[r] = {u.age_group < 0 ? kDefaultIndex : u.age_group + kFirstIndex};
       gender[r] = {gender_vocab.add(u.gender)};
       occupation[r] = {occupation_vocab.add(u.occupation)};
@@ -493,7 +527,7 @@ RetrievalData assemble(Parsed& p, const MovieLensOptions& options) {
     bool any_year = false;
     int64_t longest = 1;
     for (int64_t r = 0; r < ni; ++r) {
-      Movie& m = p.movies[item_ids[r]];
+      Movie& m = p.movies[static_cast<size_t>(p.movie_at[item_ids[r]])];
       ids[r] = {r + kFirstIndex};
       for (auto& g : m.genres) genres[r].push_back(genre_vocab.add(g));
       longest = std::max<int64_t>(longest, static_cast<int64_t>(m.genres.size()));
@@ -508,7 +542,7 @@ RetrievalData assemble(Parsed& p, const MovieLensOptions& options) {
     // Buckets are contiguous from the earliest one, so neighbouring indices are neighbouring
     // periods even where a period has no movie.
     for (int64_t r = 0; r < ni; ++r) {
-      const Movie& m = p.movies[item_ids[r]];
+      const Movie& m = p.movies[static_cast<size_t>(p.movie_at[item_ids[r]])];
       year[r] = {m.year >= 0 ? m.year / bucket - min_b + kFirstIndex : kDefaultIndex};
     }
     data.items.add_categorical(single("item_id", ni + kFirstIndex), ids);

@@ -21,10 +21,13 @@ void split_by_time(RetrievalData& data, const SplitOptions& options) {
     const auto& seq = data.sequences[u];
     const int64_t n = static_cast<int64_t>(seq.size());
     int64_t n_test = 0, n_valid = 0;
-    if (n >= options.min_positives) {
+    // At least one positive to split (min_positives >= 1 in configs, but a caller may pass 0).
+    if (n >= std::max<int64_t>(1, options.min_positives)) {
       if (options.protocol == "leave_last") {
+        // A single positive is the test target and leaves none for validation (taking one would
+        // give a training part of length -1).
         n_test = 1;
-        n_valid = 1;
+        n_valid = std::min<int64_t>(1, n - n_test);
       } else if (options.protocol == "fraction") {
         n_test = std::max<int64_t>(1, static_cast<int64_t>(std::round(n * options.test_fraction)));
         n_valid = options.valid_fraction > 0

@@ -7,8 +7,20 @@
 #include <string>
 #include <unordered_map>
 
+#include "framework/util/errors.h"
+
 namespace recsys::eval {
 namespace {
+
+/// Scores must be finite: sorting NaN breaks the ordering (and the tie scan would never advance),
+/// and a NaN probability would pass through logloss's clamp.
+void check_finite(const std::vector<float>& scores, const char* what) {
+  for (size_t i = 0; i < scores.size(); ++i)
+    if (!std::isfinite(scores[i]))
+      throw NumericError(std::string(what) + ": non-finite model output (" + std::to_string(scores[i]) +
+                         ") at impression " + std::to_string(i) +
+                         "; the model diverged (lower train.optimizer.lr or set train.optimizer.grad_clip)");
+}
 
 void check_sizes(size_t a, size_t b, const char* what) {
   if (a != b)
@@ -44,6 +56,7 @@ double auc_of(const std::vector<float>& scores, const std::vector<float>& labels
 
 double auc(const std::vector<float>& scores, const std::vector<float>& labels) {
   check_sizes(scores.size(), labels.size(), "auc");
+  check_finite(scores, "auc");
   std::vector<int64_t> idx(scores.size());
   std::iota(idx.begin(), idx.end(), 0);
   return auc_of(scores, labels, idx);
@@ -53,6 +66,7 @@ double gauc(const std::vector<float>& scores, const std::vector<float>& labels,
             const std::vector<int64_t>& users) {
   check_sizes(scores.size(), labels.size(), "gauc");
   check_sizes(scores.size(), users.size(), "gauc");
+  check_finite(scores, "gauc");
   std::unordered_map<int64_t, std::vector<int64_t>> groups;
   for (size_t i = 0; i < users.size(); ++i) groups[users[i]].push_back(static_cast<int64_t>(i));
   double weighted = 0, weight = 0;
@@ -69,6 +83,7 @@ double gauc(const std::vector<float>& scores, const std::vector<float>& labels,
 
 double logloss(const std::vector<float>& probabilities, const std::vector<float>& labels) {
   check_sizes(probabilities.size(), labels.size(), "logloss");
+  check_finite(probabilities, "logloss");
   if (probabilities.empty()) return 0.0;
   constexpr double kEps = 1e-7;
   double sum = 0;

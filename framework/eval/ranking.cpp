@@ -53,6 +53,12 @@ void RankingAccumulator::add(const int64_t* ranked, int64_t n_ranked, const std:
 std::map<std::string, double> RankingAccumulator::result() const {
   std::map<std::string, double> out;
   auto emit = [&](const Sums& s, const std::string& suffix) {
+    // A slice without test points has no recall to report: leaving the keys out (test_points
+    // says 0) keeps a 0.0 that was never measured out of tables and sweep means.
+    if (!suffix.empty() && s.points == 0) {
+      out["test_points" + suffix] = 0;
+      return;
+    }
     for (size_t k = 0; k < ks_.size(); ++k) {
       std::string K = std::to_string(ks_[k]);
       out["recall@" + K + suffix] = s.points > 0 ? s.hits[k] / s.points : 0.0;

@@ -30,6 +30,7 @@ OptimizerOptions OptimizerOptions::from_config(const config::Reader& r) {
   if (o.weight_decay < 0) r.fail("weight_decay", "must be >= 0");
   if (o.grad_clip < 0) r.fail("grad_clip", "must be >= 0 (0 disables clipping)");
   if (o.momentum < 0 || o.momentum >= 1) r.fail("momentum", "must be in [0, 1)");
+  if (o.initial_accumulator < 0) r.fail("initial_accumulator", "must be >= 0 (Adagrad divides by its square root)");
   return o;
 }
 

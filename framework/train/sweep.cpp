@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -10,11 +11,14 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 
 #include <unistd.h>
 
 #include "framework/config/config.h"
+#include "framework/eval/ctr_metrics.h"
 #include "framework/train/experiment.h"
+#include "framework/train/run_dir.h"
 #include "framework/util/errors.h"
 #include "framework/util/logging.h"
 
@@ -31,6 +35,12 @@ std::string safe_name(const std::string& s) {
 }
 
 std::string value_text(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
+/// A value in an error message, cut short: a whole config section would bury the point.
+std::string brief(const json& v) {
+  std::string s = v.dump();
+  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
+}
 
 /// Overrides from a {"dotted.key": value} object, validated as a whole at `path`.
 std::vector<std::string> overrides_of(const json& set, const std::string& path) {
@@ -54,6 +64,62 @@ bool summary_has_recall(const std::string& out) {
   return false;
 }
 
+/// Where two configs first differ, as a config path ("train.optimizer.lr", "ssl.augment[0]").
+struct Difference {
+  std::string path;
+  std::string saved, now;  // brief value texts; "(absent)" for a key missing on that side
+};
+
+/// Depth first, object keys in sorted order; arrays of unequal length differ at the array itself.
+/// Numbers compare by value (1 == 1.0), as they do after a round trip through config.json.
+bool first_difference(const json& saved, const json& now, const std::string& path, Difference& d) {
+  if (saved.is_object() && now.is_object()) {
+    std::set<std::string> keys;
+    for (auto it = saved.begin(); it != saved.end(); ++it) keys.insert(it.key());
+    for (auto it = now.begin(); it != now.end(); ++it) keys.insert(it.key());
+    for (auto& k : keys) {
+      std::string p = path.empty() ? k : path + "." + k;
+      if (!saved.contains(k) || !now.contains(k)) {
+        d = {p, saved.contains(k) ? brief(saved.at(k)) : "(absent)", now.contains(k) ? brief(now.at(k)) : "(absent)"};
+        return true;
+      }
+      if (first_difference(saved.at(k), now.at(k), p, d)) return true;
+    }
+    return false;
+  }
+  if (saved.is_array() && now.is_array() && saved.size() == now.size()) {
+    for (size_t i = 0; i < saved.size(); ++i)
+      if (first_difference(saved[i], now[i], path + "[" + std::to_string(i) + "]", d)) return true;
+    return false;
+  }
+  if (saved == now) return false;
+  d = {path, brief(saved), brief(now)};
+  return true;
+}
+
+/// A finished run is skipped on a rerun and its results are summarised as those of the config the
+/// sweep gives it now, so that must be the config it was trained with (a rerun with another --set
+/// into the same directory would otherwise report the old results under the new settings).
+void check_finished_run(const fs::path& dir, const SweepRun& r, const json& config) {
+  const std::string advice = "; choose another --out directory for the changed sweep (or restore the sweep file and "
+                             "--set options this directory was run with)";
+  json saved;
+  try {
+    saved = read_json(dir / "config.json");
+  } catch (const json::exception&) {
+    // Missing or unreadable: nothing shows which config the results belong to.
+    throw ConfigError("", "sweep run '" + r.name + "' finished earlier (" + (dir / "results.json").string() +
+                              ") but has no readable config.json to confirm it was trained with the config this "
+                              "sweep gives it" + advice);
+  }
+  Difference d;
+  if (first_difference(saved, config, "", d))
+    throw ConfigError(d.path, "sweep run '" + r.name + "' finished earlier in " + dir.string() + " with " +
+                                  (d.path.empty() ? "config" : d.path) + " = " + d.saved +
+                                  ", but this sweep now gives it " + d.now +
+                                  ", and its results would be reported for the new config" + advice);
+}
+
 }  // namespace
 
 double t_quantile_975(int64_t dof) {
@@ -67,14 +133,31 @@ double t_quantile_975(int64_t dof) {
 
 std::vector<SweepRun> expand_sweep(const json& sweep, const std::vector<std::string>& only) {
   static const std::set<std::string> known{"base", "set", "variants", "grid", "seeds", "baseline", "metrics", "name", "description"};
+  if (!sweep.is_object()) throw ConfigError("", "a sweep file must hold a JSON object");
   for (auto it = sweep.begin(); it != sweep.end(); ++it)
     if (!known.count(it.key()))
       throw ConfigError(it.key(), "unknown sweep key (known: base, set, variants, grid, seeds, baseline, metrics, name, description)");
-  // Variants, in file order when given as a list.
-  std::vector<std::pair<std::string, std::vector<std::string>>> variants;
+  // The summary's keys are checked here, before any training: a wrong type found only by the
+  // summary would end the sweep after every run has trained.
+  for (const char* k : {"name", "description"})
+    if (sweep.contains(k) && !sweep[k].is_string()) throw ConfigError(k, "expected a string, got " + brief(sweep[k]));
+  if (sweep.contains("metrics")) {
+    const json& ms = sweep["metrics"];
+    if (!ms.is_array() || ms.empty())
+      throw ConfigError("metrics", "expected a non-empty list of metric names, got " + brief(ms));
+    for (size_t i = 0; i < ms.size(); ++i)
+      if (!ms[i].is_string())
+        throw ConfigError("metrics[" + std::to_string(i) + "]", "expected a metric name (string), got " + brief(ms[i]));
+  }
+  // Variants, in file order when given as a list, each with the JSON path it came from.
+  struct Variant {
+    std::string name, path;
+    std::vector<std::string> set;
+  };
+  std::vector<Variant> variants;
   const json& vs = sweep.contains("variants") ? sweep["variants"] : json();
   if (vs.is_null()) {
-    variants.push_back({"default", {}});
+    variants.push_back({"default", "variants", {}});
   } else if (vs.is_array()) {
     for (size_t i = 0; i < vs.size(); ++i) {
       std::string p = "variants[" + std::to_string(i) + "]";
@@ -83,20 +166,28 @@ std::vector<SweepRun> expand_sweep(const json& sweep, const std::vector<std::str
       for (auto it = vs[i].begin(); it != vs[i].end(); ++it)
         if (it.key() != "name" && it.key() != "set" && it.key() != "description")
           throw ConfigError(p + "." + it.key(), "unknown variant key (known: name, set, description)");
-      variants.push_back({vs[i]["name"].get<std::string>(), overrides_of(vs[i].value("set", json()), p + ".set")});
+      if (vs[i].contains("description") && !vs[i]["description"].is_string())
+        throw ConfigError(p + ".description", "expected a string, got " + brief(vs[i]["description"]));
+      variants.push_back({vs[i]["name"].get<std::string>(), p, overrides_of(vs[i].value("set", json()), p + ".set")});
     }
   } else if (vs.is_object()) {
-    for (auto it = vs.begin(); it != vs.end(); ++it) variants.push_back({it.key(), overrides_of(it.value(), "variants." + it.key())});
+    for (auto it = vs.begin(); it != vs.end(); ++it)
+      variants.push_back({it.key(), "variants." + it.key(), overrides_of(it.value(), "variants." + it.key())});
   } else {
     throw ConfigError("variants", "expected a list of {name, set} objects or an object {name: {key: value}}");
   }
-  for (auto& o : only) {
-    bool found = std::any_of(variants.begin(), variants.end(), [&](auto& v) { return v.first == o; });
-    if (!found) {
-      std::string known_v;
-      for (auto& v : variants) known_v += (known_v.empty() ? "" : ", ") + v.first;
-      throw ConfigError("--only", "unknown variant '" + o + "' (known: " + known_v + ")");
-    }
+  std::string known_v;
+  for (auto& v : variants) known_v += (known_v.empty() ? "" : ", ") + v.name;
+  auto is_variant = [&](const std::string& name) {
+    return std::any_of(variants.begin(), variants.end(), [&](const Variant& v) { return v.name == name; });
+  };
+  for (auto& o : only)
+    if (!is_variant(o)) throw ConfigError("--only", "unknown variant '" + o + "' (known: " + known_v + ")");
+  if (sweep.contains("baseline")) {
+    if (!sweep["baseline"].is_string())
+      throw ConfigError("baseline", "expected the name of a variant (string), got " + brief(sweep["baseline"]));
+    if (!is_variant(sweep["baseline"].get<std::string>()))
+      throw ConfigError("baseline", "unknown variant '" + sweep["baseline"].get<std::string>() + "' (known: " + known_v + ")");
   }
   // Grid: cartesian product; "seeds" is shorthand for a grid over "seed".
   std::vector<std::pair<std::string, std::vector<json>>> grid;
@@ -105,6 +196,12 @@ std::vector<SweepRun> expand_sweep(const json& sweep, const std::vector<std::str
     for (auto it = sweep["grid"].begin(); it != sweep["grid"].end(); ++it) {
       if (!it.value().is_array() || it.value().empty())
         throw ConfigError("grid." + it.key(), "expected a non-empty list of values");
+      if (it.key() == "seed") {
+        // Seeds pair the runs in the summary: they are read as integers below.
+        if (sweep.contains("seeds")) throw ConfigError("grid.seed", "seeds are given twice (\"seeds\" and grid.seed)");
+        for (auto& s : it.value())
+          if (!s.is_number_integer()) throw ConfigError("grid.seed", "seeds must be integers, got " + brief(s));
+      }
       grid.push_back({it.key(), std::vector<json>(it.value().begin(), it.value().end())});
     }
   }
@@ -125,58 +222,97 @@ std::vector<SweepRun> expand_sweep(const json& sweep, const std::vector<std::str
       }
     points = next;
   }
+  // Every variant is expanded, selected by --only or not, so that run directories are checked
+  // against all the others: a filtered run shares the directory tree with the rest.
   std::vector<SweepRun> runs;
-  for (auto& [vname, vset] : variants) {
-    if (!only.empty() && std::find(only.begin(), only.end(), vname) == only.end()) continue;
+  std::vector<std::string> origin;  // per run: which variant and grid point made it, for errors
+  std::vector<std::string> origin_path;
+  for (auto& v : variants) {
     for (auto& p : points) {
       SweepRun r;
-      r.variant = vname;
-      r.overrides = vset;
-      std::string gridtxt, name = vname;
-      for (auto& [k, v] : p) {
-        r.overrides.push_back(k + "=" + v.dump());
+      r.variant = v.name;
+      r.overrides = v.set;
+      std::string gridtxt, pointtxt, name = v.name;
+      for (auto& [k, val] : p) {
+        r.overrides.push_back(k + "=" + val.dump());
         if (k == "seed") {
-          r.seed = v.get<int64_t>();
+          r.seed = val.get<int64_t>();
         } else {
-          gridtxt += (gridtxt.empty() ? "" : ",") + k + "=" + value_text(v);
+          gridtxt += (gridtxt.empty() ? "" : ",") + k + "=" + value_text(val);
         }
-        name += "_" + k + "=" + value_text(v);
+        pointtxt += (pointtxt.empty() ? "" : ", ") + k + "=" + val.dump();
+        name += "_" + k + "=" + value_text(val);
       }
-      r.group = gridtxt.empty() ? vname : vname + "[" + gridtxt + "]";
+      r.group = gridtxt.empty() ? v.name : v.name + "[" + gridtxt + "]";
       r.name = safe_name(name);
+      if (r.name.empty() || r.name == "." || r.name == "..")
+        throw ConfigError(v.path, "variant name '" + v.name + "' cannot name a run directory");
       runs.push_back(r);
+      origin.push_back("variant '" + v.name + "' (" + v.path + ")" + (pointtxt.empty() ? "" : " at " + pointtxt));
+      origin_path.push_back(v.path);
     }
   }
-  return runs;
+  // One directory per run: two runs sharing one would skip or overwrite each other's results. The
+  // summary's rows (group and seed) must be distinct too, or it would merge two variants. Two runs
+  // of one variant entry can only collide through their grid values.
+  std::map<std::string, size_t> by_dir, by_row;
+  auto clash = [&](size_t i, size_t j, const std::string& what) {
+    return ConfigError(origin_path[i] == origin_path[j] ? std::string("grid") : origin_path[i],
+                       origin[i] + " and " + origin[j] + " both " + what);
+  };
+  for (size_t i = 0; i < runs.size(); ++i) {
+    auto dir = by_dir.emplace(runs[i].name, i);
+    if (!dir.second)
+      throw clash(i, dir.first->second, "map to run directory '" + runs[i].name + "'; variant names and grid values "
+                                        "must stay distinct once characters other than letters, digits, '-', '.' "
+                                        "and '_' become '_'");
+    auto row = by_row.emplace(runs[i].group + "\n" + std::to_string(runs[i].seed), i);
+    if (!row.second)
+      throw clash(i, row.first->second, "make summary row '" + runs[i].group + "' with seed " +
+                                            std::to_string(runs[i].seed) + "; rename one of the variants");
+  }
+  if (only.empty()) return runs;
+  std::vector<SweepRun> selected;
+  for (auto& r : runs)
+    if (std::find(only.begin(), only.end(), r.variant) != only.end()) selected.push_back(r);
+  return selected;
 }
 
 int run_sweep(const SweepOptions& options) {
   json sweep = config::load_file(options.sweep_path);
+  // All runs, whatever --only selects: finished ones are checked and summarised with the rest.
+  auto all = expand_sweep(sweep, {});
   auto runs = expand_sweep(sweep, options.only);
   if (!sweep.contains("base") || !sweep["base"].is_string())
     throw ConfigError("base", "the sweep needs \"base\": the experiment config file (relative to the sweep file)");
   fs::path base = fs::path(options.sweep_path).parent_path() / sweep["base"].get<std::string>();
   std::vector<std::string> common = overrides_of(sweep.value("set", json()), "set");
   std::string out = options.out_dir.empty() ? "runs/" + fs::path(options.sweep_path).stem().string() : options.out_dir;
-  fs::create_directories(fs::path(out) / "runs");
-  // Validate every run's config before training anything.
-  std::vector<json> configs;
-  for (auto& r : runs) {
+  // Before training anything: validate the config of every run to train, and make sure every run
+  // that finished earlier (it will be skipped and summarised) was trained with the config it gets now.
+  std::map<std::string, json> configs;  // by run name, the runs selected by --only
+  for (auto& r : all) {
     std::vector<std::string> ov = common;
     ov.insert(ov.end(), r.overrides.begin(), r.overrides.end());
     ov.insert(ov.end(), options.overrides.begin(), options.overrides.end());
     json cfg = config::resolve(base.string(), ov);
-    try {
-      parse_experiment(cfg);
-    } catch (const ConfigError& e) {
-      throw ConfigError(e.path(), std::string(e.what()) + " (in sweep run '" + r.name + "')");
+    bool selected = std::any_of(runs.begin(), runs.end(), [&](const SweepRun& s) { return s.name == r.name; });
+    if (selected) {
+      try {
+        parse_experiment(cfg);
+      } catch (const ConfigError& e) {
+        throw ConfigError(e.path(), std::string(e.what()) + " (in sweep run '" + r.name + "')");
+      }
     }
-    configs.push_back(cfg);
+    fs::path dir = fs::path(out) / "runs" / r.name;
+    if (fs::exists(dir / "results.json")) check_finished_run(dir, r, cfg);
+    if (selected) configs[r.name] = cfg;
   }
+  fs::create_directories(fs::path(out) / "runs");
   json record = sweep;
   record["resolved_base"] = base.string();
   record["cli_overrides"] = options.overrides;
-  std::ofstream(fs::path(out) / "sweep.json") << record.dump(2) << "\n";
+  write_atomic(fs::path(out) / "sweep.json", record.dump(2) + "\n");
   int failed = 0, skipped = 0, done = 0;
   auto t0 = std::chrono::steady_clock::now();
   for (size_t i = 0; i < runs.size(); ++i) {
@@ -188,7 +324,7 @@ int run_sweep(const SweepOptions& options) {
       continue;
     }
     try {
-      auto e = parse_experiment(configs[i]);
+      auto e = parse_experiment(configs.at(r.name));
       e.trainer.progress = "none";
       RunDir rd(dir);
       setup_logging((dir / "log.txt").string(), "warn", options.log_level);
@@ -197,17 +333,24 @@ int run_sweep(const SweepOptions& options) {
       double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       std::string shown;
       for (const char* k : {"recall@50/head", "recall@50/tail", "auc", "gauc"})
-        if (res["metrics"].contains(k)) shown += fmt::format(" {}={:.4f}", k, res["metrics"][k].get<double>());
+        if (res["metrics"].contains(k) && res["metrics"][k].is_number())
+          shown += fmt::format(" {}={:.4f}", k, res["metrics"][k].get<double>());
       std::printf("[%zu/%zu] %-40s%s (%.0f s elapsed)\n", i + 1, runs.size(), r.name.c_str(), shown.c_str(), secs);
       std::fflush(stdout);
     } catch (const std::exception& ex) {
       ++failed;
-      std::ofstream(dir / "error.txt") << ex.what() << "\n";
       std::printf("[%zu/%zu] %-40s FAILED: %s\n", i + 1, runs.size(), r.name.c_str(), ex.what());
+      // Failing to save the reason must not end the sweep: the other runs go on.
+      try {
+        write_atomic(dir / "error.txt", std::string(ex.what()) + "\n");
+      } catch (const std::exception& wex) {
+        std::printf("    could not save %s: %s\n", (dir / "error.txt").string().c_str(), wex.what());
+      }
+      std::fflush(stdout);
     }
   }
   setup_logging("", "info");
-  summarize_sweep(sweep, runs, out, options.report);
+  summarize_sweep(sweep, all, out, options.report);
   std::printf("sweep: %d trained, %d skipped (finished earlier), %d failed; results in %s/results.md\n", done,
               skipped, failed, out.c_str());
   // The chart is optional: it needs python3 with matplotlib.
@@ -227,6 +370,9 @@ int run_sweep(const SweepOptions& options) {
 
 void summarize_sweep(const json& sweep, const std::vector<SweepRun>& runs, const std::string& out,
                      const std::string& report) {
+  // The summary is public: its keys are checked (as run_sweep does before training) rather than
+  // trusted, so that a bad one is a ConfigError at its path, not a JSON type error.
+  expand_sweep(sweep, {});
   const std::string field = report == "valid" ? "valid_metrics" : "metrics";
   // group -> seed -> metrics
   std::vector<std::string> groups;
@@ -235,8 +381,19 @@ void summarize_sweep(const json& sweep, const std::vector<SweepRun>& runs, const
   for (auto& r : runs) {
     fs::path res = fs::path(out) / "runs" / r.name / "results.json";
     if (!fs::exists(res)) continue;
+    json results;
+    try {
+      results = read_json(res);
+    } catch (const json::exception& e) {
+      spdlog::warn("{} left out of the summary: {}", res.string(), e.what());
+      continue;
+    }
+    if (!results.is_object() || !results.contains(field) || !results[field].is_object()) {
+      spdlog::warn("{} left out of the summary: no \"{}\" object", res.string(), field);
+      continue;
+    }
     if (!values.count(r.group)) groups.push_back(r.group);
-    values[r.group][r.seed] = read_json(res)[field];
+    values[r.group][r.seed] = results[field];
     group_variant[r.group] = r.variant;
   }
   if (groups.empty()) return;
@@ -247,18 +404,31 @@ void summarize_sweep(const json& sweep, const std::vector<SweepRun>& runs, const
     const json& first = values[groups[0]].begin()->second;
     for (auto it = first.begin(); it != first.end(); ++it) metrics.push_back(it.key());
   }
+  // A metric saved as null (NaN does not survive JSON) or missing counts as absent for that seed.
+  auto number = [](const json& mj, const std::string& m, double& x) {
+    if (!mj.contains(m) || !mj.at(m).is_number()) return false;
+    x = mj.at(m).get<double>();
+    return true;
+  };
+  // Lookups never insert: a group without results (a missing baseline) stays absent.
+  static const std::map<int64_t, json> kNone;
+  auto seeds_of = [&](const std::string& g) -> const std::map<int64_t, json>& {
+    auto it = values.find(g);
+    return it == values.end() ? kNone : it->second;
+  };
   auto stats = [&](const std::string& g, const std::string& m, double& mean, double& sd, int64_t& n) {
     std::vector<double> xs;
-    for (auto& [seed, mj] : values[g])
-      if (mj.contains(m)) xs.push_back(mj[m].get<double>());
+    double x;
+    for (auto& [seed, mj] : seeds_of(g))
+      if (number(mj, m, x)) xs.push_back(x);
     n = static_cast<int64_t>(xs.size());
     mean = sd = NAN;
     if (xs.empty()) return;
     mean = 0;
-    for (double x : xs) mean += x;
+    for (double v : xs) mean += v;
     mean /= static_cast<double>(n);
     sd = 0;
-    for (double x : xs) sd += (x - mean) * (x - mean);
+    for (double v : xs) sd += (v - mean) * (v - mean);
     sd = n > 1 ? std::sqrt(sd / static_cast<double>(n - 1)) : 0.0;
   };
   // Long-form CSV of every metric.
@@ -275,7 +445,9 @@ void summarize_sweep(const json& sweep, const std::vector<SweepRun>& runs, const
       stats(g, m, mean, sd, n);
       if (n > 0) csv << '"' << g << "\"," << m << "," << mean << "," << sd << "," << n << "\n";
     }
-  std::ofstream(fs::path(out) / "results.csv") << csv.str();
+  // Atomic writes: a reader (or a crash) never sees half a file, and a failed write is an error
+  // rather than a silently truncated summary.
+  write_atomic(fs::path(out) / "results.csv", csv.str());
 
   std::string baseline = sweep.value("baseline", std::string());
   std::ostringstream md;
@@ -301,14 +473,12 @@ void summarize_sweep(const json& sweep, const std::vector<SweepRun>& runs, const
     }
     md << "\n";
   }
-  // Paired differences to the baseline variant (same grid values when it has them).
+  // Paired differences to the baseline variant at the same grid values. When that baseline run is
+  // missing (failed, or not run yet) the row shows "-": a baseline at other grid values would
+  // compare different settings.
   auto baseline_for = [&](const std::string& g) -> std::string {
     if (baseline.empty() || group_variant[g] == baseline) return "";
-    std::string suffix = g.substr(group_variant[g].size());
-    if (values.count(baseline + suffix)) return baseline + suffix;
-    for (auto& h : groups)
-      if (group_variant[h] == baseline) return h;
-    return "";
+    return baseline + g.substr(group_variant[g].size());
   };
   bool any = false;
   std::vector<std::string> scored;
@@ -324,22 +494,25 @@ void summarize_sweep(const json& sweep, const std::vector<SweepRun>& runs, const
     std::string b = baseline_for(g);
     if (b.empty()) continue;
     any = true;
+    const auto& base_seeds = seeds_of(b);
     int64_t pairs = 0;
-    for (auto& [seed, mj] : values[g]) pairs += values[b].count(seed);
+    for (auto& [seed, mj] : values[g]) pairs += static_cast<int64_t>(base_seeds.count(seed));
     diff << "| " << g << " | " << pairs << " |";
     for (auto& m : scored) {
       std::vector<double> d;
-      for (auto& [seed, mj] : values[g])
-        if (values[b].count(seed) && mj.contains(m) && values[b][seed].contains(m))
-          d.push_back(mj[m].get<double>() - values[b][seed][m].get<double>());
+      double x, y;
+      for (auto& [seed, mj] : values[g]) {
+        auto bs = base_seeds.find(seed);
+        if (bs != base_seeds.end() && number(mj, m, x) && number(bs->second, m, y)) d.push_back(x - y);
+      }
       if (d.empty()) {
         diff << " - |";
         continue;
       }
       double mean = 0, sd = 0;
-      for (double x : d) mean += x;
+      for (double v : d) mean += v;
       mean /= static_cast<double>(d.size());
-      for (double x : d) sd += (x - mean) * (x - mean);
+      for (double v : d) sd += (v - mean) * (v - mean);
       if (d.size() > 1) {
         sd = std::sqrt(sd / static_cast<double>(d.size() - 1));
         double h = t_quantile_975(static_cast<int64_t>(d.size()) - 1) * sd / std::sqrt(static_cast<double>(d.size()));
@@ -370,12 +543,22 @@ void summarize_sweep(const json& sweep, const std::vector<SweepRun>& runs, const
         int64_t na, nb;
         stats(g, m, a, sa, na);
         stats(b, m, bb, sb, nb);
-        md << fmt::format(" {:+.2f}% |", 100.0 * ((a - 0.5) / (bb - 0.5) - 1.0));
+        // Undefined ("-") without both means, or against a random baseline (AUC 0.5: no ratio).
+        std::string cell = "-";
+        if (na > 0 && nb > 0 && std::isfinite(a) && std::isfinite(bb)) {
+          try {
+            double r = eval::rela_impr(a, bb);
+            if (std::isfinite(r)) cell = fmt::format("{:+.2f}%", 100.0 * r);
+          } catch (const std::invalid_argument&) {
+            // rela_impr refuses a baseline of exactly 0.5: the cell stays "-"
+          }
+        }
+        md << " " << cell << " |";
       }
       md << "\n";
     }
   }
-  std::ofstream(fs::path(out) / "results.md") << md.str();
+  write_atomic(fs::path(out) / "results.md", md.str());
 }
 
 }  // namespace recsys::train

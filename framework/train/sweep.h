@@ -26,15 +26,23 @@ struct SweepRun {
 
 /// Expands a sweep file: {"base": CONFIG, "set": {k: v}, "variants": {name: {k: v}} or
 /// [{"name": .., "set": {..}}], "grid": {k: [values]}, "seeds": [..], "baseline": name,
-/// "metrics": [..]}. Keys of "set" objects are dotted config paths.
+/// "metrics": [..]}. Keys of "set" objects are dotted config paths. Every key the summary reads
+/// (name, description, metrics, baseline) is checked here, before any training; two runs that
+/// would share a run directory (or a summary row) are rejected. Throws ConfigError at the JSON path.
+/// With `only` non-empty, returns just the runs of those variants (all are checked).
 std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep, const std::vector<std::string>& only);
 
 /// Runs every run not finished yet (results.json present = finished), continues after a failed
 /// run, then writes results.csv, results.md and (when python3 with matplotlib is present) a
-/// PNG chart. Returns 0 when every run succeeded, 1 otherwise.
+/// PNG chart. Before training anything, each finished run's saved config.json must equal the
+/// config the sweep gives it now (else ConfigError at the first differing path). The summary
+/// covers every finished run of the sweep, also those --only leaves out. Returns 0 when every
+/// run succeeded, 1 otherwise.
 int run_sweep(const SweepOptions& options);
 
-/// Aggregates finished runs under `out_dir` into results.csv and results.md.
+/// Aggregates finished runs under `out_dir` into results.csv and results.md (written atomically).
+/// Differences and RelaImpr pair a group with the baseline at the same grid values only; "-" where
+/// that baseline has no results or RelaImpr is undefined (baseline AUC 0.5).
 void summarize_sweep(const nlohmann::json& sweep, const std::vector<SweepRun>& runs, const std::string& out_dir,
                      const std::string& report = "test");
 

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -23,6 +24,10 @@ TrainerOptions TrainerOptions::from_config(const config::Reader& r) {
   auto es = r.child("early_stopping");
   o.early_stopping.metric = es.get<std::string>("metric", "");
   o.early_stopping.maximize = es.choice("mode", "max", {"max", "min"}) == "max";
+  // Without a metric the task's default selection metric and its own direction are used; a mode
+  // given alone would be dropped silently.
+  if (o.early_stopping.metric.empty() && es.has("mode"))
+    es.fail("mode", "set early_stopping.metric too (the task's default metric comes with its own mode)");
   o.early_stopping.patience = es.get<int64_t>("patience", o.early_stopping.patience);
   o.checkpoints = r.get<bool>("checkpoints", o.checkpoints);
   o.log_every = r.get<int64_t>("log_every", o.log_every);
@@ -38,8 +43,11 @@ TrainerOptions TrainerOptions::from_config(const config::Reader& r) {
   if (o.early_stopping.patience < 0) r.fail("early_stopping.patience", "must be >= 0");
   if (o.log_every < 1) r.fail("log_every", "must be at least 1");
   if (o.threads < 1) r.fail("threads", "must be at least 1");
-  if (o.device != "auto" && o.device != "cpu" && o.device.rfind("cuda", 0) != 0)
-    r.fail("device", "must be auto, cpu, cuda or cuda:N");
+  const bool cuda_index = o.device.size() > 5 && o.device.rfind("cuda:", 0) == 0 &&
+                          o.device.size() <= 8 &&
+                          std::all_of(o.device.begin() + 5, o.device.end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (o.device != "auto" && o.device != "cpu" && o.device != "cuda" && !cuda_index)
+    r.fail("device", "'" + o.device + "' must be auto, cpu, cuda or cuda:N");
   return o;
 }
 
@@ -47,7 +55,11 @@ torch::Device resolve_device(const std::string& name) {
   if (name == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
   if (name.rfind("cuda", 0) == 0 && !torch::cuda::is_available())
     throw ConfigError("train.device", "'" + name + "' requested but this LibTorch build sees no CUDA device");
-  return torch::Device(name);
+  torch::Device device(name);
+  if (device.is_cuda() && device.has_index() && device.index() >= static_cast<int>(torch::cuda::device_count()))
+    throw ConfigError("train.device", "'" + name + "': this machine has " +
+                                          std::to_string(torch::cuda::device_count()) + " CUDA device(s)");
+  return device;
 }
 
 namespace {
@@ -152,7 +164,35 @@ void Trainer::restore_best() {
   for (auto& b : task_.module().buffers()) b.copy_(best_params_[i++]);
 }
 
+void Trainer::check_loss(const torch::Tensor& loss) {
+  const auto fail = [&](const std::string& value, const std::string& where) {
+    throw NumericError("non-finite training loss (" + value + ") " + where +
+                       "; lower train.optimizer.lr or set train.optimizer.grad_clip");
+  };
+  if (loss.device().is_cpu()) {
+    const double v = loss.item<double>();
+    if (!std::isfinite(v)) fail(std::to_string(v), "at step " + std::to_string(state_.step));
+    checked_through_ = state_.step;
+    return;
+  }
+  auto bad = torch::logical_not(torch::isfinite(loss.detach()));
+  nonfinite_ = nonfinite_.defined() ? torch::logical_or(nonfinite_, bad) : bad;
+}
+
+void Trainer::check_pending_loss() {
+  if (nonfinite_.defined()) {
+    const bool bad = nonfinite_.item<bool>();
+    nonfinite_ = torch::Tensor();
+    if (bad)
+      throw NumericError("non-finite training loss at a step in " + std::to_string(checked_through_ + 1) +
+                         ".." + std::to_string(state_.step) +
+                         "; lower train.optimizer.lr or set train.optimizer.grad_clip");
+  }
+  checked_through_ = state_.step;
+}
+
 void Trainer::validate() {
+  check_pending_loss();
   auto& s = state_;
   Metrics m = task_.evaluate("valid");
   task_.module().train();
@@ -234,14 +274,13 @@ nlohmann::json Trainer::fit() {
       optimizer_->zero_grad();
       StepOutput out = task_.forward(*batch, gen);
       out.loss.backward();
-      optimizer_->step();
       ++s.step;
+      check_loss(out.loss);
+      optimizer_->step();
       s.examples += batch->size();
       if (s.step % options_.log_every == 0 || (options_.eval_every > 0 && s.step % options_.eval_every == 0)) {
+        check_pending_loss();
         s.last_loss = out.loss.item<double>();  // one host sync per log interval
-        if (!std::isfinite(s.last_loss))
-          throw NumericError("non-finite training loss (" + std::to_string(s.last_loss) + ") at step " +
-                             std::to_string(s.step) + "; lower train.optimizer.lr or set train.optimizer.grad_clip");
         s.last_parts.clear();
         for (auto& [k, v] : out.parts) s.last_parts[k] = v.item<double>();
       }
@@ -254,6 +293,7 @@ nlohmann::json Trainer::fit() {
     // Validate at the end of a truncated epoch too, so max_steps runs still pick a best state.
     for (auto& h : hooks_) h->on_epoch_end(*this);
   }
+  check_pending_loss();
   double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (auto& h : hooks_) h->on_train_end(*this);
   if (s.best_step < 0) validate();

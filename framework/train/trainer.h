@@ -88,6 +88,13 @@ class Trainer {
  private:
   void snapshot_best();
   void restore_best();
+  /// Every step's loss is checked for finiteness: at once on the CPU (before the optimizer step,
+  /// so the parameters stay finite); on an accelerator folded into a device flag (no host sync
+  /// per step) that check_pending_loss() reads before any validation, checkpoint, log line and at
+  /// the end. Either way a non-finite loss ends the run with NumericError (exit 2) before
+  /// anything computed from it is saved.
+  void check_loss(const torch::Tensor& loss);
+  void check_pending_loss();
 
   Task& task_;
   TrainerOptions options_;
@@ -99,6 +106,8 @@ class Trainer {
   std::vector<std::shared_ptr<Hook>> hooks_;
   TrainerState state_;
   std::vector<torch::Tensor> best_params_;
+  torch::Tensor nonfinite_;      // accelerator: any non-finite loss since the last check
+  int64_t checked_through_ = 0;  // the last step whose loss is known to be finite
 };
 
 }  // namespace recsys::train

@@ -67,6 +67,8 @@ struct Options {
   std::string model_type;
   CtrModelBuilder model;
   int64_t eval_batch_size = 1024;
+  /// train.evaluate_test: whether the run reports the test split (which then must not be empty).
+  bool evaluate_test = true;
 };
 
 Options parse_options(const Reader& root) {
@@ -81,6 +83,10 @@ Options parse_options(const Reader& root) {
   auto e = root.child("eval");
   o.eval_batch_size = e.get<int64_t>("batch_size", o.eval_batch_size);
   if (o.eval_batch_size < 1) e.fail("batch_size", "must be at least 1");
+  // The trainer owns this key (and has validated it by now); the task reads it as well so that
+  // it requires a non-empty test split only when the run evaluates one.
+  o.evaluate_test =
+      root.child("train").get<bool>("evaluate_test", train::TrainerOptions().evaluate_test);
   return o;
 }
 
@@ -102,6 +108,7 @@ class CtrTask : public train::Task {
       throw DataError(o_.source_type, 0,
                       "no training samples: users need more than min_history + 2 behaviours "
                       "(lower data.min_history or data.min_user_length, or use more data)");
+    check_eval_splits();
     CtrDataInfo info;
     info.num_items = log_.num_items;
     info.num_categories = log_.num_categories;
@@ -113,6 +120,16 @@ class CtrTask : public train::Task {
     TORCH_CHECK(model_ != nullptr, "the '", o_.model_type, "' builder returned no model");
     root_->register_module("model", model_);
     needs_negatives_ = model_->needs_negative_history();
+    // Said here, before training: fill_negative_history would fail on the prefetch thread with
+    // an internal error, since a negative behaviour must differ from the true one.
+    if (needs_negatives_ && log_.num_items - data::kFirstId < 2)
+      throw ConfigError("model.type",
+                        "'" + o_.model_type +
+                            "' draws negative behaviours for its auxiliary loss, which needs at "
+                            "least 2 items, but the data has " +
+                            std::to_string(log_.num_items - data::kFirstId) +
+                            " (use more items or disable the auxiliary loss, for dien "
+                            "model.alpha_aux = 0)");
     spdlog::info(
         "ctr data {}: {} users, {} items, {} categories; samples train {} valid {} test {}; model "
         "{}",
@@ -214,6 +231,34 @@ class CtrTask : public train::Task {
   }
 
  private:
+  /// An empty validation split scores every validation as a constant (AUC 0.5, logloss 0), so
+  /// the best state and early stopping would be chosen on nothing; an empty test split would be
+  /// reported as the run's result. Both come from fractions too small for the users' lengths.
+  void check_eval_splits() const {
+    const auto& s = o_.data.samples;
+    int64_t longest = 0;  // the most targets of any user
+    for (const auto& items : log_.user_items)
+      longest = std::max<int64_t>(longest, static_cast<int64_t>(items.size()) - s.min_history);
+    const std::string targets = " (the longest user has " + std::to_string(longest) +
+                                " targets after data.min_history); ";
+    auto fail = [&](const std::string& split, const std::string& key, double fraction) {
+      const std::string test_hint =
+          split == "test" ? ", or set train.evaluate_test to false" : "";
+      if (s.split == "fraction")
+        throw ConfigError("data." + key, "the " + split + " split is empty: a fraction of " +
+                                             fmt::format("{}", fraction) +
+                                             " of each user's targets rounds to none" + targets +
+                                             "raise data." + key +
+                                             " or set data.split to \"last\"" + test_hint);
+      throw ConfigError("data.split", "the " + split +
+                                          " split is empty: no user has enough targets" + targets +
+                                          "use users with more behaviours" + test_hint);
+    };
+    if (splits_.valid.size() == 0) fail("validation", "valid_fraction", s.valid_fraction);
+    if (o_.evaluate_test && splits_.test.size() == 0)
+      fail("test", "test_fraction", s.test_fraction);
+  }
+
   std::unique_ptr<CtrTrainBatch> make_batch(const data::CtrSamples& samples,
                                             const std::vector<int64_t>& rows,
                                             std::mt19937_64& rng) const {

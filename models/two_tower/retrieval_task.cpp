@@ -76,6 +76,8 @@ struct Options {
   SslOptions ssl;
   std::function<augment::Chain(const augment::AugmentContext&)> ssl_chain, main_chain;
   EvalOptions eval;
+  /// train.evaluate_test: whether the run reports the test split (which then must not be empty).
+  bool evaluate_test = true;
 };
 
 ModelOptions parse_model(const Reader& r) {
@@ -154,6 +156,10 @@ Options parse_options(const Reader& root) {
     if (k < 1) e.fail("ks", "every K must be at least 1");
   if (o.eval.head_fraction <= 0 || o.eval.head_fraction >= 1) e.fail("head_fraction", "must be in (0, 1)");
   if (o.eval.batch_size < 1) e.fail("batch_size", "must be at least 1");
+  // The trainer owns this key (and has validated it by now); the task reads it as well so that
+  // it requires a non-empty test split only when the run evaluates one.
+  o.evaluate_test =
+      root.child("train").get<bool>("evaluate_test", train::TrainerOptions().evaluate_test);
   return o;
 }
 
@@ -177,6 +183,7 @@ class RetrievalTask : public train::Task {
     if (data_.num_items() < 2 || data_.num_users() < 1)
       throw DataError(o_.source_type, 0, "the corpus needs at least 2 items and 1 user");
     data::split_by_time(data_, o_.split);
+    check_eval_splits();
     build_columns();
     build_examples();
     build_model();
@@ -351,6 +358,38 @@ class RetrievalTask : public train::Task {
   }
 
  private:
+  /// An empty validation split scores every validation 0 (the best state and early stopping
+  /// would be chosen on nothing) and an empty test split reports recall 0 as the result, both
+  /// without a word: the split settings do not fit the corpus.
+  void check_eval_splits() const {
+    auto is_empty = [](const std::vector<std::vector<int64_t>>& per_user) {
+      return std::all_of(per_user.begin(), per_user.end(), [](const auto& v) { return v.empty(); });
+    };
+    const auto& sp = o_.split;
+    int64_t longest = 0;
+    for (const auto& seq : data_.sequences)
+      longest = std::max<int64_t>(longest, static_cast<int64_t>(seq.size()));
+    auto fail = [&](const std::string& split) {
+      const std::string test_hint = split == "test" ? ", or set train.evaluate_test to false" : "";
+      if (longest < sp.min_positives)
+        throw ConfigError("data.split.min_positives",
+                          "the " + split + " split is empty: every user has fewer than " +
+                              std::to_string(sp.min_positives) + " positives (the most is " +
+                              std::to_string(longest) + "), so all of them stay in training; lower it" +
+                              test_hint);
+      if (split == "validation" && sp.protocol == "fraction" && sp.valid_fraction == 0)
+        throw ConfigError("data.split.valid_fraction",
+                          "the validation split is empty: valid_fraction is 0; training selects its "
+                          "best state on the validation split, so give it a positive fraction");
+      throw ConfigError("data.split", "the " + split +
+                                          " split is empty: no user has enough positives "
+                                          "for one (the most is " +
+                                          std::to_string(longest) + ")" + test_hint);
+    };
+    if (is_empty(data_.valid)) fail("validation");
+    if (o_.evaluate_test && is_empty(data_.test)) fail("test");
+  }
+
   void build_columns() {
     if (o_.model.user_features.empty()) {
       for (auto& s : data_.users.specs()) o_.model.user_features.push_back(s.name);

@@ -106,3 +106,60 @@ TEST_CASE("cli: a sweep with an unknown --only variant exits 2", "[cli]") {
   CHECK(r.code == 2);
   CHECK(r.err.find("rfn") != std::string::npos);
 }
+
+TEST_CASE("cli: a sweep rerun with a changed --set exits 2 naming the run and the path", "[cli][sweep]") {
+  if (!have_binary()) return;
+  // A finished run (config.json + results.json, as a sweep leaves it) trained with another lr.
+  auto dir = recsys::testing::temp_dir("cli_sweep_changed");
+  auto base = fs::absolute("configs/tests/twotower_tiny.json").string();
+  std::ofstream(dir / "sweep.json") << nlohmann::json{{"base", base}, {"seeds", {1}}}.dump();
+  auto run_dir = dir / "out" / "runs" / "default_seed_1";
+  fs::create_directories(run_dir);
+  std::ofstream(run_dir / "config.json") << recsys::config::resolve(base, {"seed=1", "train.optimizer.lr=0.001"}).dump(2);
+  std::ofstream(run_dir / "results.json") << R"({"metrics": {"auc": 0.7}})";
+  auto r = run("sweep " + (dir / "sweep.json").string() + " --out " + (dir / "out").string() +
+               " --set train.optimizer.lr=0.5");
+  INFO("stderr: " << r.err);
+  CHECK(r.code == 2);
+  CHECK(r.err.find("default_seed_1") != std::string::npos);
+  CHECK(r.err.find("train.optimizer.lr") != std::string::npos);
+  CHECK(slurp(run_dir / "results.json") == R"({"metrics": {"auc": 0.7}})");
+}
+
+TEST_CASE("cli: bad option values exit 2 naming the option", "[cli]") {
+  if (!have_binary()) return;
+  // spdlog would read an unknown level as "off" and hide every later message.
+  auto level = run(std::string("--log-level INFO train ") + kConfig + " --dump-config");
+  CHECK(level.code == 2);
+  CHECK(level.err.find("--log-level") != std::string::npos);
+
+  // An --out that is a regular file, and an mi --out in a missing directory.
+  auto dir = recsys::testing::temp_dir("cli_out");
+  { std::ofstream(dir / "taken") << "x"; }
+  auto train_out = run(std::string("train ") + kConfig + " --out " + (dir / "taken").string() +
+                       " --set train.epochs=1");
+  INFO("stderr: " << train_out.err);
+  CHECK(train_out.code == 2);
+  CHECK(train_out.err.find("--out") != std::string::npos);
+  auto mi_out = run("mi configs/tests/twotower_tiny.json --out " + (dir / "missing" / "mi.json").string());
+  CHECK(mi_out.code == 2);
+  CHECK(mi_out.err.find("--out") != std::string::npos);
+}
+
+TEST_CASE("cli: malformed device names and a mode without a metric exit 2", "[cli]") {
+  if (!have_binary()) return;
+  for (const char* device : {"cuda:abc", "cudax", "cuda:", "gpu"}) {
+    auto r = run(std::string("train ") + kConfig + " --dump-config --set train.device=" + device);
+    INFO(device << " stderr: " << r.err);
+    CHECK(r.code == 2);
+    CHECK(r.err.find("train.device") != std::string::npos);
+  }
+  CHECK(run(std::string("train ") + kConfig + " --dump-config --set train.device=cpu").code == 0);
+  auto mode = run(std::string("train ") + kConfig + " --dump-config --set 'train.early_stopping={\"mode\":\"min\"}'");
+  CHECK(mode.code == 2);
+  CHECK(mode.err.find("train.early_stopping.mode") != std::string::npos);
+  auto acc = run(std::string("train ") + kConfig +
+                 " --dump-config --set train.optimizer.type=adagrad --set train.optimizer.initial_accumulator=-1");
+  CHECK(acc.code == 2);
+  CHECK(acc.err.find("train.optimizer.initial_accumulator") != std::string::npos);
+}

@@ -219,3 +219,35 @@ TEST_CASE("the synthetic CTR generator is seeded and follows its interests", "[c
   o.seed = 8;
   REQUIRE(data::make_synthetic_ctr(o).user_items != a.user_items);
 }
+
+TEST_CASE("ctr task: empty validation or test splits name the fraction that emptied them", "[ctr]") {
+  // 20 users of 4 behaviours: 3 targets each, so the preset's valid_fraction 0.1 rounds to none.
+  auto dir = testing::temp_dir("ctr_empty_split");
+  auto path = (dir / "log.csv").string();
+  {
+    std::ofstream f(path);
+    for (int u = 0; u < 20; ++u)
+      for (int t = 0; t < 4; ++t) f << "u" << u << "," << (u + t) % 9 << ",c" << t % 2 << "," << t << "\n";
+  }
+  const std::vector<std::string> csv{"data.type=interactions_csv", "data.path=" + path, "data.header=false",
+                                     R"(data.columns={"user":0,"item":1,"category":2,"timestamp":3})",
+                                     "data.split=fraction"};
+  auto build_error = [&](std::vector<std::string> overrides) -> std::string {
+    overrides.insert(overrides.begin(), csv.begin(), csv.end());
+    auto e = parse("configs/experiments/din_taobao.json", overrides);
+    try {
+      e.build_task(0);
+    } catch (const ConfigError& err) {
+      INFO(err.what());
+      CHECK(std::string(err.what()).find("split is empty") != std::string::npos);
+      return err.path();
+    }
+    return "";
+  };
+  REQUIRE(build_error({}) == "data.valid_fraction");
+  REQUIRE(build_error({"data.valid_fraction=0.3", "data.test_fraction=0"}) == "data.test_fraction");
+  // Without a test evaluation an empty test split is fine.
+  REQUIRE(build_error({"data.valid_fraction=0.3", "data.test_fraction=0", "train.evaluate_test=false"}) ==
+          "");
+  REQUIRE(build_error({"data.valid_fraction=0.3"}) == "");
+}

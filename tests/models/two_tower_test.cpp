@@ -177,6 +177,21 @@ TEST_CASE("retrieval task: a non-finite loss raises NumericError", "[model]") {
   spdlog::set_level(spdlog::level::info);
 }
 
+TEST_CASE("trainer: a non-finite loss between log lines ends the run before anything is saved", "[model]") {
+  // Logged every 100,000 steps and validated once per epoch: the loss is still checked at every
+  // step, so the diverged parameters are never validated or checkpointed.
+  spdlog::set_level(spdlog::level::err);
+  auto dir = recsys::testing::temp_dir("retrieval_nan");
+  auto e = recsys::train::parse_experiment(tiny_config(
+      {"train.optimizer.lr=1e30", "train.epochs=1", "train.log_every=100000", "train.eval_every=0"}));
+  CHECK_THROWS_AS(recsys::train::run_experiment(e, recsys::train::RunDir(dir / "run")),
+                  recsys::NumericError);
+  spdlog::set_level(spdlog::level::info);
+  CHECK_FALSE(fs::exists(dir / "run" / "checkpoints" / "best.pt"));
+  CHECK_FALSE(fs::exists(dir / "run" / "checkpoints" / "last.pt"));
+  CHECK_FALSE(fs::exists(dir / "run" / "results.json"));
+}
+
 TEST_CASE("unique_bags finds each distinct row once, in order of appearance", "[model]") {
   // Rows [3 0 1], [3 0 0], [1 3 0], [3 0 1], [3 0 0]: order matters within a bag's row.
   auto ids = torch::tensor({3L, 0L, 1L, 3L, 0L, 0L, 1L, 3L, 0L, 3L, 0L, 1L, 3L, 0L, 0L},
@@ -302,4 +317,21 @@ TEST_CASE("retrieval task: one batched item-tower pass trains as separate passes
   REQUIRE(losses[0].size() == 6);
   REQUIRE(losses[1].size() == 6);
   for (size_t i = 0; i < 6; ++i) CHECK(losses[0][i] == Approx(losses[1][i]).epsilon(1e-4));
+}
+
+TEST_CASE("retrieval task: an empty validation split names the split key that emptied it", "[model]") {
+  auto path_of_error = [](const std::vector<std::string>& overrides) -> std::string {
+    auto e = recsys::train::parse_experiment(tiny_config(overrides));
+    try {
+      e.build_task(e.seed);
+    } catch (const recsys::ConfigError& err) {
+      INFO(err.what());
+      CHECK(std::string(err.what()).find("validation split is empty") != std::string::npos);
+      return err.path();
+    }
+    return "";
+  };
+  // Every synthetic user has at most 30 positives: all of them stay in training.
+  CHECK(path_of_error({"data.split.min_positives=1000"}) == "data.split.min_positives");
+  CHECK(path_of_error({"data.split.valid_fraction=0"}) == "data.split.valid_fraction");
 }

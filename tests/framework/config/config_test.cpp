@@ -169,6 +169,22 @@ TEST_CASE("Reader rejects unknown keys with their path and a hint", "[config]") 
   r4.check_unknown();
 }
 
+TEST_CASE("Reader rejects dotted keys in a config file", "[config]") {
+  // "train.epochs" builds the same path as the nested key the reader looked up (and marked seen
+  // while absent): without the check its value would be ignored silently.
+  Json top = {{"train.epochs", 50}};
+  Reader r(top);
+  CHECK(r.child("train").get<int64_t>("epochs", 1) == 1);
+  auto e = config_error([&] { r.check_unknown(); });
+  CHECK(e.path() == "train.epochs");
+  CHECK(contains(e.what(), "nest objects"));
+
+  Json nested = {{"train", {{"optimizer.lr", 0.5}}}};
+  Reader r2(nested);
+  CHECK(r2.child("train").child("optimizer").get<double>("lr", 0.1) == 0.1);
+  CHECK(config_error([&] { r2.check_unknown(); }).path() == "train.optimizer.lr");
+}
+
 TEST_CASE("Reader names wrong types with their path", "[config]") {
   Json j = {{"m", {{"lr", "fast"}, {"epochs", 2.5}, {"whole", 4.0}, {"flag", 1}, {"name", 3},
                    {"ks", {1, "x"}}, {"obj", 5}}}};

@@ -1,4 +1,5 @@
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,13 @@ std::string data_error_of(F&& f) {
 void require_contains(const std::string& text, const std::string& part) {
   INFO("message: " << text << "\nexpected to contain: " << part);
   REQUIRE(text.find(part) != std::string::npos);
+}
+
+/// Writes `content` (bytes as given) to `name` in a fresh temp dir for `test`; returns its path.
+std::string write_temp(const std::string& test, const std::string& name, const std::string& content) {
+  auto path = recsys::testing::temp_dir("ctr_loaders_" + test) / name;
+  std::ofstream(path, std::ios::binary) << content;
+  return path.string();
 }
 
 void check_shapes(const InteractionLog& log) {
@@ -255,4 +263,73 @@ TEST_CASE("load_taobao on the shared UserBehavior sample", "[ctr]") {
   }
   REQUIRE(shortest == 4);
   REQUIRE(longest == 539);
+}
+
+TEST_CASE("load_taobao rejects an unknown behavior before filtering, with file:line", "[ctr]") {
+  // Upper case, empty, and swapped columns (the category where the behavior belongs).
+  const std::vector<std::pair<std::string, std::string>> rows{
+      {"1,101,10,PV,1001", "'PV'"}, {"1,101,10,,1001", "''"}, {"1,101,pv,10,1001", "'10'"}};
+  for (const auto& [row, shown] : rows) {
+    INFO(row);
+    auto path = write_temp("behavior", "log.csv", "1,100,10,pv,1000\n" + row + "\n");
+    const std::string expected = "log.csv:2: behavior " + shown + " is not one of pv, buy, cart, fav";
+    require_contains(data_error_of([&] { load_taobao(path); }), expected);
+    // Also when the user's filter would have dropped the row anyway.
+    require_contains(data_error_of([&] { load_taobao(path, {"buy"}); }), expected);
+  }
+}
+
+TEST_CASE("the line reader strips a UTF-8 BOM from the first line", "[ctr]") {
+  const std::string bom = "\xEF\xBB\xBF";
+  auto taobao = write_temp("bom_taobao", "log.csv", bom + "1,100,10,pv,1000\n1,101,10,pv,1001\n");
+  auto log = load_taobao(taobao);
+  REQUIRE(log.num_users == 1 + 2);  // the BOM is not part of the first user id
+  REQUIRE(items_of(log, "1") == std::vector<std::string>{"100", "101"});
+
+  CsvOptions o;
+  o.path = write_temp("bom_csv", "log.csv", bom + "user,item\r\nu1,i1\r\nu1,i2\r\n");
+  o.user = "user";
+  o.item = "item";
+  REQUIRE(items_of(load_interactions_csv(o), "u1") == std::vector<std::string>{"i1", "i2"});
+
+  auto reviews = write_temp("bom_amazon", "reviews.json",
+                            bom + R"({"reviewerID": "A1", "asin": "B01", "unixReviewTime": 1})" + "\n");
+  REQUIRE(items_of(load_amazon(reviews, kDir + "amazon_meta.json"), "A1") == std::vector<std::string>{"B01"});
+}
+
+TEST_CASE("load_amazon rejects out-of-range times and empty ids with file:line", "[ctr]") {
+  const std::string good = R"({"reviewerID": "A1", "asin": "B01", "unixReviewTime": 1300000000})";
+  auto huge = write_temp(
+      "amazon_time", "reviews.json",
+      good + "\n" + R"({"reviewerID": "A2", "asin": "B01", "unixReviewTime": 18446744073709551615})" + "\n");
+  require_contains(data_error_of([&] { load_amazon(huge, kDir + "amazon_meta.json"); }),
+                   "reviews.json:2: field 'unixReviewTime' is out of range");
+  auto user = write_temp("amazon_user", "reviews.json",
+                         good + "\n" + R"({"reviewerID": "", "asin": "B01", "unixReviewTime": 1})" + "\n");
+  require_contains(data_error_of([&] { load_amazon(user, kDir + "amazon_meta.json"); }),
+                   "reviews.json:2: empty 'reviewerID'");
+  auto item = write_temp("amazon_item", "reviews.json",
+                         R"({"reviewerID": "A1", "asin": "", "unixReviewTime": 1})"
+                         "\n");
+  require_contains(data_error_of([&] { load_amazon(item, kDir + "amazon_meta.json"); }),
+                   "reviews.json:1: empty 'asin'");
+  // INT64_MAX itself is still a time.
+  auto max = write_temp("amazon_time_max", "reviews.json",
+                        R"({"reviewerID": "A1", "asin": "B01", "unixReviewTime": 9223372036854775807})"
+                        "\n");
+  auto log = load_amazon(max, kDir + "amazon_meta.json");
+  REQUIRE(log.user_times[2] == std::vector<int64_t>{INT64_MAX});
+}
+
+TEST_CASE("a directory given as a data file is named as such", "[ctr]") {
+  auto dir = recsys::testing::temp_dir("ctr_loaders_directory").string();
+  const std::string expected = dir + ": is a directory, not a regular file";
+  require_contains(data_error_of([&] { load_taobao(dir); }), expected);
+  require_contains(data_error_of([&] { load_amazon(dir, kDir + "amazon_meta.json"); }), expected);
+  require_contains(data_error_of([&] { load_amazon(kDir + "amazon_reviews.json", dir); }), expected);
+  CsvOptions o;
+  o.path = dir;
+  o.user = "user";
+  o.item = "item";
+  require_contains(data_error_of([&] { load_interactions_csv(o); }), expected);
 }

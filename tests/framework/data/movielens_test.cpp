@@ -353,3 +353,50 @@ TEST_CASE("movielens real ml-100k", "[movielens]") {
   CHECK(pos.item_names[0] == "Toy Story (1995)");
   CHECK(bag(pos.items, "year", 266) == Seq{kDefaultIndex});
 }
+
+TEST_CASE("movielens error: an id at the loader's limit names file and line", "[movielens]") {
+  // The dense lookup tables span the id range: an id at 2^24 or above is refused before anything
+  // is sized by it (the old limit of 2^30 let one line allocate tens of GB).
+  auto dir = broken_copy("ml-latest-small", "id_limit", "ratings.csv",
+                         "userId,movieId,rating,timestamp\n5,11,4.5,10\n16777216,1,4.0,20\n");
+  require_data_error(dir, "ratings.csv", 3, "user id '16777216' is outside [0, 16777216)");
+  auto movies = broken_copy("ml-1m", "id_limit_movie", "ratings.dat",
+                            "1::2::5::978300760\n1::99999999::3::978300700\n");
+  require_data_error(movies, "ratings.dat", 2, "movie id '99999999' is outside [0, 16777216)");
+  // Just below the limit is still an id.
+  auto below = broken_copy("ml-latest-small", "id_below_limit", "ratings.csv",
+                           "userId,movieId,rating,timestamp\n16777215,1,4.0,20\n");
+  auto d = load(below.string());
+  REQUIRE(d.num_users() == 1);
+  CHECK(bag(d.users, "user_id", 0) == Seq{2});
+  CHECK(d.sequences[0] == Seq{0});
+}
+
+TEST_CASE("movielens error: a ratings file without ratings names the file", "[movielens]") {
+  auto empty = broken_copy("ml-100k", "no_ratings", "u.data", "");
+  require_data_error(empty, "u.data", 0, "no ratings");
+  auto blank = broken_copy("ml-1m", "no_ratings_blank", "ratings.dat", "\n\n");
+  require_data_error(blank, "ratings.dat", 0, "no ratings");
+  auto header_only = broken_copy("ml-latest-small", "no_ratings_header", "ratings.csv",
+                                 "userId,movieId,rating,timestamp\n");
+  require_data_error(header_only, "ratings.csv", 1, "no ratings");
+}
+
+TEST_CASE("movielens error: ages and ratings out of range", "[movielens]") {
+  auto code = broken_copy("ml-1m", "age_code", "users.dat",
+                          "1::F::1::10::48067\n2::M::30::16::70072\n3::M::25::15::55117\n");
+  require_data_error(code, "users.dat", 2, "age code '30' is not one of 1, 18, 25, 35, 45, 50, 56");
+  auto age = broken_copy("ml-100k", "negative_age", "u.user",
+                         "1|24|M|technician|85711\n2|-3|F|other|94043\n3|17|M|student|32067\n");
+  require_data_error(age, "u.user", 2, "age '-3' is negative");
+  auto rating = broken_copy("ml-100k", "rating_range", "u.data", "1\t1\t5\t100\n1\t2\t45\t50\n");
+  require_data_error(rating, "u.data", 2, "rating '45' is outside [0, 5]");
+  auto negative = broken_copy("ml-latest-small", "rating_negative", "ratings.csv",
+                              "userId,movieId,rating,timestamp\n5,11,-0.5,10\n");
+  require_data_error(negative, "ratings.csv", 2, "rating '-0.5' is outside [0, 5]");
+  // The ends of the range are ratings.
+  auto ends = broken_copy("ml-latest-small", "rating_ends", "ratings.csv",
+                          "userId,movieId,rating,timestamp\n5,11,0,10\n5,1,5,20\n");
+  auto d = load(ends.string());
+  CHECK(d.sequences[0] == Seq{0});
+}

@@ -43,6 +43,30 @@ TEST_CASE("split_by_time leave_last keeps order and counts training clicks", "[d
   CHECK(d.item_clicks == V{0, 2, 1, 1, 1, 1});
 }
 
+TEST_CASE("split_by_time leave_last with a single positive gives it to test", "[data]") {
+  // min_positives 1 lets a one-positive user through: it has no positive for validation (the
+  // training part used to get length -1).
+  auto d = corpus({{3}, {1, 2}, {}}, 4);
+  SplitOptions o;
+  o.protocol = "leave_last";
+  o.min_positives = 1;
+  split_by_time(d, o);
+  CHECK(d.train[0].empty());
+  CHECK(d.valid[0].empty());
+  CHECK(d.test[0] == V{3});
+  CHECK(d.train[1].empty());
+  CHECK(d.valid[1] == V{1});
+  CHECK(d.test[1] == V{2});
+  CHECK(d.test[2].empty());
+  CHECK(d.item_clicks == V{0, 0, 0, 0});
+  // min_positives 0 (only reachable from code) leaves an empty sequence alone.
+  o.min_positives = 0;
+  o.protocol = "fraction";
+  split_by_time(d, o);
+  CHECK(d.train[2].empty());
+  CHECK(d.test[2].empty());
+}
+
 TEST_CASE("split_by_time fraction sizes", "[data]") {
   std::vector<int64_t> ten(10);
   std::iota(ten.begin(), ten.end(), 0);

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "framework/util/errors.h"
 #include "support.h"
 
 using namespace recsys::eval;
@@ -66,4 +67,16 @@ TEST_CASE("ctr metrics reject mismatched lengths", "[ctr]") {
   REQUIRE_THROWS_AS(auc({0.1f, 0.2f}, {1}), std::invalid_argument);
   REQUIRE_THROWS_AS(gauc({0.1f}, {1}, {1, 2}), std::invalid_argument);
   REQUIRE_THROWS_AS(logloss({0.1f}, {}), std::invalid_argument);
+}
+
+TEST_CASE("ctr metrics reject non-finite model outputs", "[ctr]") {
+  // A NaN among the scores would otherwise break the sort's ordering and stall the tie scan.
+  const std::vector<float> labels = {0, 1, 0, 1};
+  const std::vector<float> nan_scores = {0.1f, std::nanf(""), 0.3f, 0.4f};
+  const std::vector<float> inf_scores = {0.1f, 0.2f, INFINITY, 0.4f};
+  CHECK_THROWS_AS(recsys::eval::auc(nan_scores, labels), recsys::NumericError);
+  CHECK_THROWS_AS(recsys::eval::auc(inf_scores, labels), recsys::NumericError);
+  CHECK_THROWS_AS(recsys::eval::gauc(nan_scores, labels, {1, 1, 2, 2}), recsys::NumericError);
+  CHECK_THROWS_AS(recsys::eval::logloss(nan_scores, labels), recsys::NumericError);
+  CHECK_THROWS_WITH(recsys::eval::auc(nan_scores, labels), Catch::Contains("impression 1"));
 }

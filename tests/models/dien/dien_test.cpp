@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <string>
@@ -430,4 +431,32 @@ TEST_CASE("DIEN's packed path equals the padded one: logits, aux loss, attention
     inconsistent.hist_mask[1][3] = true;
     CHECK_FALSE(packed->packs(inconsistent));
   }
+}
+
+TEST_CASE("DIEN on a one-item catalogue is a config error naming the model", "[dien]") {
+  // Without negatives the samples build, but the auxiliary loss still needs a negative behaviour
+  // different from the true one: refused when the task is built, not on the prefetch thread.
+  auto dir = recsys::testing::temp_dir("dien_one_item");
+  auto path = (dir / "log.csv").string();
+  {
+    std::ofstream f(path);
+    for (int u = 0; u < 10; ++u)
+      for (int t = 0; t < 4; ++t) f << "u" << u << ",i0,c0," << t << "\n";
+  }
+  std::vector<std::string> overrides{"data.type=interactions_csv", "data.path=" + path, "data.header=false",
+                                     R"(data.columns={"user":0,"item":1,"category":2,"timestamp":3})",
+                                     "data.split=last", "data.negatives=0"};
+  auto e = parse_config("configs/experiments/dien_taobao.json", overrides);
+  try {
+    e.build_task(e.seed);
+    FAIL("expected a ConfigError");
+  } catch (const recsys::ConfigError& err) {
+    INFO(err.what());
+    CHECK(err.path() == "model.type");
+    CHECK(std::string(err.what()).find("at least 2 items, but the data has 1") != std::string::npos);
+  }
+  // Without the auxiliary loss no negative behaviour is drawn.
+  overrides.push_back("model.alpha_aux=0");
+  auto task = parse_config("configs/experiments/dien_taobao.json", overrides).build_task(e.seed);
+  CHECK(task->train_examples() == 10 * 1);
 }
