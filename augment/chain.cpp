@@ -38,13 +38,21 @@ Registry<AugmentFactory>& augmentations() {
 
 std::function<Chain(const AugmentContext&)> parse_chain(const config::Reader& r, const std::string& key) {
   std::vector<AugmentBuilder> builders;
+  std::vector<std::string> type_paths;
   for (auto& item : r.children(key)) {
     std::string type = item.require<std::string>("type");
-    builders.push_back(augmentations().get(type, item.path_of("type"))(item));
+    type_paths.push_back(item.path_of("type"));
+    builders.push_back(augmentations().get(type, type_paths.back())(item));
   }
-  return [builders](const AugmentContext& ctx) {
+  return [builders, type_paths](const AugmentContext& ctx) {
     std::vector<std::shared_ptr<Augmentation>> steps;
-    for (auto& b : builders) steps.push_back(b(ctx));
+    for (size_t i = 0; i < builders.size(); ++i) {
+      steps.push_back(builders[i](ctx));
+      // Checked here too (Chain checks again) to name the step's place in the config.
+      if (i > 0 && steps.back()->paired())
+        throw ConfigError(type_paths[i], "augmentation '" + steps.back()->name() +
+                                             "' defines two views jointly and must come first in the chain");
+    }
     return Chain(std::move(steps));
   };
 }

@@ -559,6 +559,8 @@ int run_bench(const BenchOptions& options) {
   check_optimisation_names(options.disable);
   if (options.threads < 1) throw UsageError("--threads must be >= 1");
   if (options.steps < 1) throw UsageError("--steps must be >= 1");
+  if (options.pipeline_lines < 100)
+    throw UsageError("--pipeline-lines must be >= 100, got " + std::to_string(options.pipeline_lines));
   if (options.device != "cpu" && options.device != "cuda")
     throw UsageError("--device must be cpu or cuda, got '" + options.device + "'");
 

@@ -101,6 +101,13 @@ ModelOptions parse_model(const Reader& r) {
     if (h < 1) r.fail("hidden", "layer widths must be positive");
   if (m.dropout < 0 || m.dropout >= 1) r.fail("dropout", "must be in [0, 1)");
   if (m.history_length < 1) r.fail("history_length", "must be at least 1");
+  // Each feature owns an embedding table named after it: a repeated name would collide there.
+  for (const char* key : {"user_features", "item_features"}) {
+    const auto& names = std::string(key) == "user_features" ? m.user_features : m.item_features;
+    for (size_t i = 0; i < names.size(); ++i)
+      for (size_t j = 0; j < i; ++j)
+        if (names[i] == names[j]) r.fail(key, "feature '" + names[i] + "' is listed twice");
+  }
   return m;
 }
 
@@ -145,7 +152,10 @@ Options parse_options(const Reader& root) {
   if (!(o.ssl.temperature > 0)) s.fail("temperature", "must be positive");
   if (o.ssl.batch_size < 0 || o.ssl.batch_size == 1) s.fail("batch_size", "must be 0 (= train.batch_size) or at least 2");
   if (o.ssl.mixture_uniform < 0 || o.ssl.mixture_uniform > 1) s.fail("mixture_uniform", "must be in [0, 1]");
-  if (o.ssl.alpha > 0 && !s.has("augment")) s.fail("augment", "ssl.alpha > 0 needs an augmentation chain");
+  if (o.ssl.alpha > 0 && s.children("augment").empty())
+    s.fail("augment", "ssl.alpha > 0 needs a non-empty augmentation chain (an empty one gives two identical views)");
+  for (auto w : o.ssl.projection)
+    if (w < 1) s.fail("projection", "layer widths must be positive");
 
   auto e = root.child("eval");
   o.eval.ks = e.get<std::vector<int64_t>>("ks", o.eval.ks);
@@ -599,6 +609,9 @@ class RetrievalTask : public train::Task {
 
 nlohmann::json item_feature_mutual_information(const nlohmann::json& config) {
   train::parse_experiment(config);  // full validation first
+  if (config.value("task", std::string("retrieval")) != "retrieval")
+    throw ConfigError("task", "mi reads the item features of a retrieval config, got task '" +
+                                  config.value("task", std::string()) + "'");
   Reader root(config);
   Options o = parse_options(root);
   RetrievalData data = o.source();

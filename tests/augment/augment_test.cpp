@@ -227,4 +227,10 @@ TEST_CASE("a paired augmentation must come first in a chain", "[augment]") {
   config::Reader r(j);
   auto make = augment::parse_chain(r, "augment");
   REQUIRE_THROWS_WITH(make(ctx3()), Catch::Contains("must come first"));
+  try {
+    make(ctx3());
+    FAIL("expected a ConfigError");
+  } catch (const ConfigError& e) {
+    CHECK(e.path() == "augment[1].type");  // the step's place in the config
+  }
 }

@@ -169,6 +169,9 @@ TEST_CASE("bench: unknown workloads and bad options are usage errors", "[bench]"
   o.threads = 1;
   o.disable = {"packing", "nope"};
   REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("unknown optimisation 'nope'"));
+  o.disable.clear();
+  o.pipeline_lines = 10;  // refused up front, not in a forked child
+  REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("--pipeline-lines"));
 }
 
 TEST_CASE("bench: the pipeline benchmark parses and batches a generated log", "[bench]") {

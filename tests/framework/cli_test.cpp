@@ -163,3 +163,11 @@ TEST_CASE("cli: malformed device names and a mode without a metric exit 2", "[cl
   CHECK(acc.code == 2);
   CHECK(acc.err.find("train.optimizer.initial_accumulator") != std::string::npos);
 }
+
+TEST_CASE("cli: mi on a CTR config exits 2 naming the task", "[cli]") {
+  if (!have_binary()) return;
+  auto r = run("mi configs/presets/ctr_base.json");
+  INFO("stderr: " << r.err);
+  CHECK(r.code == 2);
+  CHECK(r.err.find("task") != std::string::npos);
+}

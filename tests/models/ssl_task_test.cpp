@@ -41,6 +41,25 @@ TEST_CASE("ssl.alpha > 0 without an augmentation chain is rejected at its path",
   }
 }
 
+TEST_CASE("retrieval config: empty chains, projection widths and repeated features are rejected at their paths", "[ssl]") {
+  cli::register_builtins();
+  auto path_of_error = [](const std::vector<std::string>& overrides) {
+    auto config = config::resolve("configs/tests/twotower_tiny.json", overrides);
+    try {
+      train::parse_experiment(config);
+    } catch (const ConfigError& e) {
+      return e.path();
+    }
+    return std::string("(accepted)");
+  };
+  // An empty chain would give two identical views.
+  CHECK(path_of_error({"ssl.alpha=0.5", "ssl.augment=[]"}) == "ssl.augment");
+  CHECK(path_of_error({"ssl.projection=[0]"}) == "ssl.projection");
+  CHECK(path_of_error({"ssl.projection=[-64]"}) == "ssl.projection");
+  CHECK(path_of_error({"ssl.projection=[32]"}) == "(accepted)");
+  CHECK(path_of_error({"model.item_features=[\"categories\",\"categories\"]"}) == "model.item_features");
+}
+
 TEST_CASE("a sweep skips finished runs and re-runs only missing ones", "[ssl][sweep]") {
   cli::register_builtins();
   auto dir = testing::temp_dir("sweep_resume");
