@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <sstream>
 #include <thread>
@@ -64,17 +65,58 @@ void print_table(const nlohmann::json& metrics) {
       std::printf("%-12s %10.4f\n", it.key().c_str(), it.value().get<double>());
 }
 
+/// A resumed run must continue the config it started with. Settings that change neither the
+/// model, the data nor the order of updates may differ: the length of training (epochs,
+/// max_steps, to extend a run), threads, prefetching, logging and the device.
+void check_resumed_config(const fs::path& dir, const nlohmann::json& resolved) {
+  nlohmann::json saved;
+  try {
+    std::ifstream in(dir / "config.json");
+    saved = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception&) {
+    throw DataError((dir / "config.json").string(), 0, "missing or unreadable: nothing shows which config the run used");
+  }
+  auto strip = [](nlohmann::json c) {
+    if (c.contains("train") && c["train"].is_object())
+      for (const char* k : {"epochs", "max_steps", "threads", "prefetch", "progress", "log_every", "device",
+                            "evaluate_test"})
+        c["train"].erase(k);
+    return c;
+  };
+  config::Difference d;
+  if (config::first_difference(strip(saved), strip(resolved), d))
+    throw ConfigError(d.path, "the run in " + dir.string() + " was trained with " + d.path + " = " + d.before +
+                                  ", this config gives " + d.after +
+                                  "; --resume continues the same config (only train.epochs, max_steps, threads, "
+                                  "prefetch, progress, log_every, device and evaluate_test may change)");
+}
+
 int cmd_train(const std::string& config_path, const std::vector<std::string>& overrides, std::string out,
-              bool dump, bool overwrite, const std::string& log_level) {
+              bool dump, bool overwrite, bool resume, const std::string& log_level) {
   auto config = config::resolve(config_path, overrides);
   auto experiment = train::parse_experiment(config);
   if (dump) {
     std::cout << experiment.config.dump(2) << std::endl;
     return 0;
   }
+  if (resume) {
+    if (out.empty()) throw UsageError("--resume needs --out: the run directory to continue");
+    if (overwrite) throw UsageError("--resume continues a run, --overwrite replaces it: pass one");
+    check_resumed_config(out, experiment.config);
+  }
   if (out.empty()) out = default_run_dir(config_path);
-  if (!overwrite && (fs::exists(fs::path(out) / "results.json") || fs::exists(fs::path(out) / "checkpoints" / "best.pt")))
-    throw UsageError("run directory '" + out + "' already holds a run; choose another --out or pass --overwrite");
+  const bool holds = fs::exists(fs::path(out) / "results.json") || fs::exists(fs::path(out) / "checkpoints" / "best.pt") ||
+                     fs::exists(fs::path(out) / "checkpoints" / "last.pt");
+  if (holds && !overwrite && !resume)
+    throw UsageError("run directory '" + out + "' already holds a run; choose another --out, pass --resume to continue it "
+                     "or --overwrite to replace it");
+  if (holds && overwrite) {
+    // Replaced as a whole up front: a failing new run must not leave its config next to the old
+    // results and checkpoints.
+    std::error_code ec;
+    for (const char* f : {"results.json", "metrics.jsonl", "checkpoints/best.pt", "checkpoints/last.pt"})
+      fs::remove(fs::path(out) / f, ec);
+  }
   train::RunDir run_dir;
   try {
     run_dir = train::RunDir(out);
@@ -85,7 +127,7 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
     throw UsageError("--out '" + out + "': cannot write its log.txt: " + e.what());
   }
   spdlog::info("run directory {}", out);
-  auto results = train::run_experiment(experiment, run_dir);
+  auto results = train::run_experiment(experiment, run_dir, resume);
   std::printf("\nTest metrics at the best validation step (%lld), %s:\n",
               static_cast<long long>(results["best_step"].get<int64_t>()), out.c_str());
   print_table(results["metrics"]);
@@ -151,8 +193,10 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--set", overrides, "override a.b.c=VALUE (JSON, else string); repeatable");
   train_cmd->add_option("--out", out, "run directory (default runs/<config>-<time>)");
   train_cmd->add_flag("--dump-config", dump, "print the resolved config and exit");
-  bool overwrite = false;
+  bool overwrite = false, resume = false;
   train_cmd->add_flag("--overwrite", overwrite, "train into a directory that already holds a run");
+  train_cmd->add_flag("--resume", resume,
+                      "continue the run in --out from its last checkpoint (same config; epochs and max_steps may grow)");
 
   auto* list_cmd = app.add_subcommand("list", "print every registry");
 
@@ -206,7 +250,7 @@ int main(int argc, char** argv) {
       bench::ensure_omp_wait_policy(argv, static_cast<int>(std::thread::hardware_concurrency()));
       util::retain_freed_memory();
     }
-    if (*train_cmd) return cmd_train(config_path, overrides, out, dump, overwrite, log_level);
+    if (*train_cmd) return cmd_train(config_path, overrides, out, dump, overwrite, resume, log_level);
     if (*list_cmd) return cmd_list();
     if (*sweep_cmd) {
       sweep.log_level = log_level;

@@ -252,6 +252,44 @@ void Reader::check_node(const Json& node, const std::string& path) const {
 
 void Reader::check_unknown() const { check_node(*node_, path_); }
 
+std::string brief(const Json& v) {
+  std::string s = v.dump();
+  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
+}
+
+bool first_difference(const Json& before, const Json& after, Difference& d, const std::string& path) {
+  if (before.is_object() && after.is_object()) {
+    std::set<std::string> keys;
+    for (auto it = before.begin(); it != before.end(); ++it) keys.insert(it.key());
+    for (auto it = after.begin(); it != after.end(); ++it) keys.insert(it.key());
+    for (auto& k : keys) {
+      std::string p = path.empty() ? k : path + "." + k;
+      if (!before.contains(k) || !after.contains(k)) {
+        // An object present on one side only: its first key names the place more precisely
+        // ("train.optimizer.lr" rather than "train.optimizer").
+        const Json& there = before.contains(k) ? before.at(k) : after.at(k);
+        if (there.is_object() && !there.empty()) {
+          const Json empty = Json::object();
+          return before.contains(k) ? first_difference(there, empty, d, p) : first_difference(empty, there, d, p);
+        }
+        d = {p, before.contains(k) ? brief(before.at(k)) : "(absent)",
+             after.contains(k) ? brief(after.at(k)) : "(absent)"};
+        return true;
+      }
+      if (first_difference(before.at(k), after.at(k), d, p)) return true;
+    }
+    return false;
+  }
+  if (before.is_array() && after.is_array() && before.size() == after.size()) {
+    for (size_t i = 0; i < before.size(); ++i)
+      if (first_difference(before[i], after[i], d, path + "[" + std::to_string(i) + "]")) return true;
+    return false;
+  }
+  if (before == after) return false;
+  d = {path, brief(before), brief(after)};
+  return true;
+}
+
 // ---------------- convert ----------------
 
 namespace {

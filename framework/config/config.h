@@ -25,6 +25,20 @@ void apply_override(Json& config, const std::string& assignment);
 /// Loads a file (may be empty: then `{}`) and applies overrides in order.
 Json resolve(const std::string& path, const std::vector<std::string>& overrides);
 
+/// A JSON value in an error message, cut short: a whole config section would bury the point.
+std::string brief(const Json& v);
+
+/// Where two configs first differ, as a config path ("train.optimizer.lr", "ssl.augment[0]").
+struct Difference {
+  std::string path;
+  std::string before, after;  // brief value texts; "(absent)" for a key missing on that side
+};
+
+/// The first difference between two configs, depth first with object keys in sorted order; arrays
+/// of unequal length differ at the array itself. Numbers compare by value (1 == 1.0), as they do
+/// after a round trip through a saved config.json. False when they are equal.
+bool first_difference(const Json& before, const Json& after, Difference& d, const std::string& path = "");
+
 /// Strict, path-aware reader over a JSON object. Every key read is recorded in a set shared by all
 /// readers made from the same root, so `check_unknown()` on the root can reject every key that no
 /// parser asked for, naming its full JSON path and the closest known key.

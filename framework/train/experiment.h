@@ -32,7 +32,8 @@ struct Experiment {
 /// unknown keys rejected with their JSON path, cross-field rules checked.
 Experiment parse_experiment(const nlohmann::json& config);
 
-/// Seeds torch, builds the task and trains into `run_dir`; returns results.json.
-nlohmann::json run_experiment(const Experiment& experiment, const RunDir& run_dir);
+/// Seeds torch, builds the task and trains into `run_dir`; returns results.json. With `resume`,
+/// continues the run in `run_dir` from its last checkpoint (Trainer::resume).
+nlohmann::json run_experiment(const Experiment& experiment, const RunDir& run_dir, bool resume = false);
 
 }  // namespace recsys::train

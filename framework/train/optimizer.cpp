@@ -390,21 +390,27 @@ void Optimizer::save(torch::serialize::OutputArchive& archive) const {
 void Optimizer::load(torch::serialize::InputArchive& archive) {
   // A fresh tensor per read: InputArchive::read set_()s a defined tensor onto the stored one,
   // which fails when dtype or size differ from the previous read.
+  // Shapes are checked first: copy_ would broadcast a smaller saved state silently.
+  auto read = [&](const std::string& key, const torch::Tensor& into) {
+    torch::Tensor t;
+    archive.read(key, t);
+    TORCH_CHECK(t.sizes() == into.sizes(), "optimizer state '", key, "' has shape ", t.sizes(),
+                ", the parameter's state has ", into.sizes(), ": the checkpoint is for another model");
+    return t;
+  };
   torch::Tensor steps;
   archive.read("optimizer.steps", steps);
-  steps_ = steps.item<int64_t>();
+  std::vector<torch::Tensor> s1(params_.size()), s2(params_.size());
   for (size_t i = 0; i < params_.size(); ++i) {
-    if (state1_[i].defined()) {
-      torch::Tensor t;
-      archive.read("optimizer.s1." + std::to_string(i), t);
-      state1_[i].copy_(t);
-    }
-    if (state2_[i].defined()) {
-      torch::Tensor t;
-      archive.read("optimizer.s2." + std::to_string(i), t);
-      state2_[i].copy_(t);
-    }
+    if (state1_[i].defined()) s1[i] = read("optimizer.s1." + std::to_string(i), state1_[i]);
+    if (state2_[i].defined()) s2[i] = read("optimizer.s2." + std::to_string(i), state2_[i]);
   }
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (s1[i].defined()) state1_[i].copy_(s1[i]);
+    if (s2[i].defined()) state2_[i].copy_(s2[i]);
+  }
+  steps_ = steps.item<int64_t>();
 }
 
 std::vector<torch::Tensor> Optimizer::state_tensors() const {

@@ -39,6 +39,24 @@ void RunDir::reset_metrics() const {
   if (enabled()) std::ofstream(dir_ / "metrics.jsonl", std::ios::trunc);
 }
 
+void RunDir::truncate_metrics(int64_t step) const {
+  if (!enabled() || !fs::exists(dir_ / "metrics.jsonl")) return;
+  std::ifstream in(dir_ / "metrics.jsonl");
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    nlohmann::json record;
+    try {
+      record = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+      break;  // a line cut short by the interruption: nothing after it is kept
+    }
+    if (record.value("split", "") == "test" || record.value("step", int64_t{0}) > step) continue;
+    kept += line + "\n";
+  }
+  write_atomic(dir_ / "metrics.jsonl", kept);
+}
+
 bool RunDir::holds_run() const {
   if (!enabled()) return false;
   if (fs::exists(dir_ / "results.json")) return true;

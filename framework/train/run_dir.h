@@ -22,6 +22,9 @@ class RunDir {
   void append_metrics(const nlohmann::json& record) const;
   /// Starts metrics.jsonl afresh (a new run in an overwritten directory).
   void reset_metrics() const;
+  /// Keeps the records of metrics.jsonl up to `step` (a resumed run redoes what came later; the
+  /// test record of an earlier end goes too); rewritten atomically.
+  void truncate_metrics(int64_t step) const;
   /// True when the directory already holds a finished run or checkpoints.
   bool holds_run() const;
   void write_results(const nlohmann::json& results) const;

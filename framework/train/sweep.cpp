@@ -36,12 +36,6 @@ std::string safe_name(const std::string& s) {
 
 std::string value_text(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
 
-/// A value in an error message, cut short: a whole config section would bury the point.
-std::string brief(const json& v) {
-  std::string s = v.dump();
-  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
-}
-
 /// Overrides from a {"dotted.key": value} object, validated as a whole at `path`.
 std::vector<std::string> overrides_of(const json& set, const std::string& path) {
   std::vector<std::string> out;
@@ -64,43 +58,10 @@ bool summary_has_recall(const std::string& out) {
   return false;
 }
 
-/// Where two configs first differ, as a config path ("train.optimizer.lr", "ssl.augment[0]").
-struct Difference {
-  std::string path;
-  std::string saved, now;  // brief value texts; "(absent)" for a key missing on that side
-};
-
-/// Depth first, object keys in sorted order; arrays of unequal length differ at the array itself.
-/// Numbers compare by value (1 == 1.0), as they do after a round trip through config.json.
-bool first_difference(const json& saved, const json& now, const std::string& path, Difference& d) {
-  if (saved.is_object() && now.is_object()) {
-    std::set<std::string> keys;
-    for (auto it = saved.begin(); it != saved.end(); ++it) keys.insert(it.key());
-    for (auto it = now.begin(); it != now.end(); ++it) keys.insert(it.key());
-    for (auto& k : keys) {
-      std::string p = path.empty() ? k : path + "." + k;
-      if (!saved.contains(k) || !now.contains(k)) {
-        d = {p, saved.contains(k) ? brief(saved.at(k)) : "(absent)", now.contains(k) ? brief(now.at(k)) : "(absent)"};
-        return true;
-      }
-      if (first_difference(saved.at(k), now.at(k), p, d)) return true;
-    }
-    return false;
-  }
-  if (saved.is_array() && now.is_array() && saved.size() == now.size()) {
-    for (size_t i = 0; i < saved.size(); ++i)
-      if (first_difference(saved[i], now[i], path + "[" + std::to_string(i) + "]", d)) return true;
-    return false;
-  }
-  if (saved == now) return false;
-  d = {path, brief(saved), brief(now)};
-  return true;
-}
-
 /// A finished run is skipped on a rerun and its results are summarised as those of the config the
 /// sweep gives it now, so that must be the config it was trained with (a rerun with another --set
 /// into the same directory would otherwise report the old results under the new settings).
-void check_finished_run(const fs::path& dir, const SweepRun& r, const json& config) {
+void check_finished_run(const fs::path& dir, const SweepRun& r, const json& resolved) {
   const std::string advice = "; choose another --out directory for the changed sweep (or restore the sweep file and "
                              "--set options this directory was run with)";
   json saved;
@@ -112,11 +73,11 @@ void check_finished_run(const fs::path& dir, const SweepRun& r, const json& conf
                               ") but has no readable config.json to confirm it was trained with the config this "
                               "sweep gives it" + advice);
   }
-  Difference d;
-  if (first_difference(saved, config, "", d))
+  config::Difference d;
+  if (config::first_difference(saved, resolved, d))
     throw ConfigError(d.path, "sweep run '" + r.name + "' finished earlier in " + dir.string() + " with " +
-                                  (d.path.empty() ? "config" : d.path) + " = " + d.saved +
-                                  ", but this sweep now gives it " + d.now +
+                                  (d.path.empty() ? "config" : d.path) + " = " + d.before +
+                                  ", but this sweep now gives it " + d.after +
                                   ", and its results would be reported for the new config" + advice);
 }
 
@@ -140,14 +101,14 @@ std::vector<SweepRun> expand_sweep(const json& sweep, const std::vector<std::str
   // The summary's keys are checked here, before any training: a wrong type found only by the
   // summary would end the sweep after every run has trained.
   for (const char* k : {"name", "description"})
-    if (sweep.contains(k) && !sweep[k].is_string()) throw ConfigError(k, "expected a string, got " + brief(sweep[k]));
+    if (sweep.contains(k) && !sweep[k].is_string()) throw ConfigError(k, "expected a string, got " + config::brief(sweep[k]));
   if (sweep.contains("metrics")) {
     const json& ms = sweep["metrics"];
     if (!ms.is_array() || ms.empty())
-      throw ConfigError("metrics", "expected a non-empty list of metric names, got " + brief(ms));
+      throw ConfigError("metrics", "expected a non-empty list of metric names, got " + config::brief(ms));
     for (size_t i = 0; i < ms.size(); ++i)
       if (!ms[i].is_string())
-        throw ConfigError("metrics[" + std::to_string(i) + "]", "expected a metric name (string), got " + brief(ms[i]));
+        throw ConfigError("metrics[" + std::to_string(i) + "]", "expected a metric name (string), got " + config::brief(ms[i]));
   }
   // Variants, in file order when given as a list, each with the JSON path it came from.
   struct Variant {
@@ -167,7 +128,7 @@ std::vector<SweepRun> expand_sweep(const json& sweep, const std::vector<std::str
         if (it.key() != "name" && it.key() != "set" && it.key() != "description")
           throw ConfigError(p + "." + it.key(), "unknown variant key (known: name, set, description)");
       if (vs[i].contains("description") && !vs[i]["description"].is_string())
-        throw ConfigError(p + ".description", "expected a string, got " + brief(vs[i]["description"]));
+        throw ConfigError(p + ".description", "expected a string, got " + config::brief(vs[i]["description"]));
       variants.push_back({vs[i]["name"].get<std::string>(), p, overrides_of(vs[i].value("set", json()), p + ".set")});
     }
   } else if (vs.is_object()) {
@@ -185,7 +146,7 @@ std::vector<SweepRun> expand_sweep(const json& sweep, const std::vector<std::str
     if (!is_variant(o)) throw ConfigError("--only", "unknown variant '" + o + "' (known: " + known_v + ")");
   if (sweep.contains("baseline")) {
     if (!sweep["baseline"].is_string())
-      throw ConfigError("baseline", "expected the name of a variant (string), got " + brief(sweep["baseline"]));
+      throw ConfigError("baseline", "expected the name of a variant (string), got " + config::brief(sweep["baseline"]));
     if (!is_variant(sweep["baseline"].get<std::string>()))
       throw ConfigError("baseline", "unknown variant '" + sweep["baseline"].get<std::string>() + "' (known: " + known_v + ")");
   }
@@ -200,7 +161,7 @@ std::vector<SweepRun> expand_sweep(const json& sweep, const std::vector<std::str
         // Seeds pair the runs in the summary: they are read as integers below.
         if (sweep.contains("seeds")) throw ConfigError("grid.seed", "seeds are given twice (\"seeds\" and grid.seed)");
         for (auto& s : it.value())
-          if (!s.is_number_integer()) throw ConfigError("grid.seed", "seeds must be integers, got " + brief(s));
+          if (!s.is_number_integer()) throw ConfigError("grid.seed", "seeds must be integers, got " + config::brief(s));
       }
       grid.push_back({it.key(), std::vector<json>(it.value().begin(), it.value().end())});
     }

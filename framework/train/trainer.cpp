@@ -133,7 +133,8 @@ class EvalHook : public Hook {
 Trainer::Trainer(Task& task, TrainerOptions options, RunDir run_dir, nlohmann::json config,
                  uint64_t seed)
     : task_(task), options_(std::move(options)), run_dir_(std::move(run_dir)),
-      config_(std::move(config)), seed_(seed), device_(resolve_device(options_.device)) {
+      config_(std::move(config)), seed_(seed), device_(resolve_device(options_.device)),
+      gen_(at::detail::createCPUGenerator(seed ^ 0x5eedULL)) {
   torch::set_num_threads(static_cast<int>(options_.threads));
   task_.to(device_);
   optimizer_ = std::make_unique<Optimizer>(task_.module().parameters(), options_.optimizer);
@@ -194,6 +195,10 @@ void Trainer::check_pending_loss() {
 void Trainer::validate() {
   check_pending_loss();
   auto& s = state_;
+  // Once per step: a run resumed from a checkpoint written at an epoch's last step would
+  // otherwise validate that step again at the epoch's end.
+  if (s.step == last_validated_step_) return;
+  last_validated_step_ = s.step;
   Metrics m = task_.evaluate("valid");
   task_.module().train();
   nlohmann::json rec = {{"step", s.step}, {"epoch", s.epoch + 1}, {"split", "valid"},
@@ -224,6 +229,7 @@ void Trainer::validate() {
   } else if (++s.evals_since_best >= es.patience && es.patience > 0) {
     spdlog::info("early stopping: {} did not improve for {} evaluations", es.metric, es.patience);
     s.stop = true;
+    s.early_stopped = true;
   }
   if (options_.checkpoints && run_dir_.enabled()) save_checkpoint("last.pt");
 }
@@ -232,8 +238,26 @@ void Trainer::save_checkpoint(const std::string& name) const {
   torch::serialize::OutputArchive archive;
   task_.module().save(archive);
   optimizer_->save(archive);
-  archive.write("trainer.step", torch::tensor(state_.step));
-  archive.write("trainer.epoch", torch::tensor(state_.epoch));
+  const auto& s = state_;
+  archive.write("trainer.step", torch::tensor(s.step));
+  archive.write("trainer.epoch", torch::tensor(s.epoch));
+  archive.write("trainer.examples", torch::tensor(s.examples));
+  archive.write("trainer.epoch_batches", torch::tensor(s.epoch_batches));
+  archive.write("trainer.epoch_complete", torch::tensor(static_cast<int64_t>(s.epoch_complete)));
+  archive.write("trainer.early_stopped", torch::tensor(static_cast<int64_t>(s.early_stopped)));
+  archive.write("trainer.best_value", torch::tensor(s.best_value, torch::kFloat64));
+  archive.write("trainer.best_step", torch::tensor(s.best_step));
+  archive.write("trainer.best_epoch", torch::tensor(s.best_epoch));
+  archive.write("trainer.evals_since_best", torch::tensor(s.evals_since_best));
+  archive.write("trainer.best_valid", c10::IValue(nlohmann::json(s.best_valid).dump()));
+  // The generators: the forward pass's own, and LibTorch's default one (initialisation is over,
+  // but dropout and any torch::rand in a forward pass draw from it).
+  archive.write("trainer.gen_state", gen_.get_state());
+  {
+    auto default_gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(default_gen.mutex());
+    archive.write("trainer.default_gen_state", default_gen.get_state());
+  }
   archive.write("config", c10::IValue(config_.dump()));
   auto path = run_dir_.checkpoints() / name;
   auto tmp = path;
@@ -242,37 +266,137 @@ void Trainer::save_checkpoint(const std::string& name) const {
   std::filesystem::rename(tmp, path);
 }
 
-void Trainer::load_checkpoint(const std::string& path) {
+namespace {
+
+/// Module::save's layout: a module's own parameters and buffers by name, each child module in a
+/// nested archive under its name. Read into the existing tensors, each shape checked first.
+void load_into(torch::nn::Module& module, torch::serialize::InputArchive& archive, const std::string& file,
+               const std::string& prefix) {
+  torch::NoGradGuard no_grad;
+  auto load = [&](const std::string& name, torch::Tensor& target) {
+    torch::Tensor t;
+    if (!archive.try_read(name, t))
+      throw DataError(file, 0, "checkpoint lacks '" + prefix + name + "': it was written for another model");
+    if (t.sizes() != target.sizes())
+      throw DataError(file, 0, "checkpoint tensor '" + prefix + name + "' has shape " + c10::str(t.sizes()) +
+                                   ", the model's has " + c10::str(target.sizes()));
+    target.copy_(t);
+  };
+  for (auto& item : module.named_parameters(/*recurse=*/false)) load(item.key(), item.value());
+  for (auto& item : module.named_buffers(/*recurse=*/false)) load(item.key(), item.value());
+  for (auto& child : module.named_children()) {
+    torch::serialize::InputArchive nested;
+    if (!archive.try_read(child.key(), nested))
+      throw DataError(file, 0, "checkpoint lacks module '" + prefix + child.key() + "': it was written for another model");
+    load_into(*child.value(), nested, file, prefix + child.key() + ".");
+  }
+}
+
+}  // namespace
+
+void Trainer::load_module(torch::serialize::InputArchive& archive, const std::string& file) {
+  load_into(task_.module(), archive, file, "");
+}
+
+void Trainer::resume() {
+  namespace fs = std::filesystem;
+  const auto last = run_dir_.checkpoints() / "last.pt";
+  const auto best = run_dir_.checkpoints() / "best.pt";
+  if (!run_dir_.enabled() || !fs::exists(last))
+    throw DataError(last.string(), 0, "no checkpoint to resume from (runs write it at each validation)");
+  auto read = [](torch::serialize::InputArchive& a, const std::string& file, const std::string& key) {
+    torch::Tensor t;
+    if (!a.try_read(key, t))
+      throw DataError(file, 0, "checkpoint lacks '" + key + "': written by an older recsys, it cannot be resumed exactly");
+    return t;
+  };
+  auto& s = state_;
+  // The best state first (kept in memory for the end of training), then the last one.
+  if (fs::exists(best)) {
+    torch::serialize::InputArchive archive;
+    archive.load_from(best.string(), device_);
+    load_module(archive, best.string());
+    snapshot_best();
+  }
   torch::serialize::InputArchive archive;
-  archive.load_from(path, device_);
-  task_.module().load(archive);
-  optimizer_->load(archive);
-  torch::Tensor t;
-  archive.read("trainer.step", t);
-  state_.step = t.item<int64_t>();
-  archive.read("trainer.epoch", t);
-  state_.epoch = t.item<int64_t>();
+  archive.load_from(last.string(), device_);
+  load_module(archive, last.string());
+  try {
+    optimizer_->load(archive);
+  } catch (const c10::Error& e) {
+    throw DataError(last.string(), 0, e.what_without_backtrace());
+  }
+  const std::string file = last.string();
+  s.step = read(archive, file, "trainer.step").item<int64_t>();
+  s.epoch = read(archive, file, "trainer.epoch").item<int64_t>();
+  s.examples = read(archive, file, "trainer.examples").item<int64_t>();
+  s.epoch_batches = read(archive, file, "trainer.epoch_batches").item<int64_t>();
+  s.epoch_complete = read(archive, file, "trainer.epoch_complete").item<int64_t>() != 0;
+  s.early_stopped = read(archive, file, "trainer.early_stopped").item<int64_t>() != 0;
+  s.best_value = read(archive, file, "trainer.best_value").item<double>();
+  s.best_step = read(archive, file, "trainer.best_step").item<int64_t>();
+  s.best_epoch = read(archive, file, "trainer.best_epoch").item<int64_t>();
+  s.evals_since_best = read(archive, file, "trainer.evals_since_best").item<int64_t>();
+  c10::IValue best_valid;
+  if (!archive.try_read("trainer.best_valid", best_valid))
+    throw DataError(file, 0, "checkpoint lacks 'trainer.best_valid'");
+  s.best_valid = nlohmann::json::parse(best_valid.toStringRef()).get<Metrics>();
+  gen_.set_state(read(archive, file, "trainer.gen_state"));
+  {
+    auto default_gen = at::detail::getDefaultCPUGenerator();  // shares the default generator
+    std::lock_guard<std::mutex> lock(default_gen.mutex());
+    default_gen.set_state(read(archive, file, "trainer.default_gen_state"));
+  }
+  if (s.best_step >= 0 && !fs::exists(best) && options_.checkpoints)
+    throw DataError(best.string(), 0, "missing: the run's best state cannot be restored at its end");
+  s.stop = s.early_stopped;
+  checked_through_ = s.step;
+  last_validated_step_ = s.step;  // last.pt is written by a validation
+  resumed_ = true;
+  spdlog::info("resuming {} at step {} (epoch {}, {} batches into it{})", run_dir_.dir().string(), s.step,
+               s.epoch + 1, s.epoch_batches, s.early_stopped ? "; early stopping had ended it" : "");
 }
 
 nlohmann::json Trainer::fit() {
   auto& s = state_;
   run_dir_.write_config(config_);
-  run_dir_.reset_metrics();
-  torch::Generator gen = at::detail::createCPUGenerator(seed_ ^ 0x5eedULL);
+  if (resumed_)
+    run_dir_.truncate_metrics(s.step);  // records written after the checkpoint are redone
+  else
+    run_dir_.reset_metrics();
   task_.module().train();
   for (auto& h : hooks_) h->on_train_begin(*this);
   auto start = std::chrono::steady_clock::now();
-  torch::Tensor loss_sum;
-  for (s.epoch = 0; s.epoch < options_.epochs && !s.stop; ++s.epoch) {
+  // A resumed run starts inside the checkpoint's epoch (or after it, if its end had passed).
+  int64_t skip = 0;
+  if (resumed_) {
+    if (s.epoch_complete) {
+      ++s.epoch;
+    } else {
+      skip = s.epoch_batches;
+    }
+  } else {
+    s.epoch = 0;
+  }
+  if (options_.max_steps > 0 && s.step >= options_.max_steps) s.stop = true;  // resumed at the limit
+  for (; s.epoch < options_.epochs && !s.stop; ++s.epoch) {
     StreamOptions so;
     so.batch_size = options_.batch_size;
     so.seed = seed_;
     so.epoch = s.epoch;
     so.prefetch = options_.prefetch;
     auto stream = task_.train_stream(so);
+    s.epoch_batches = 0;
+    s.epoch_complete = false;
+    // The batches trained before the checkpoint: drawn again (the stream's order and sampling
+    // depend only on the seed and the epoch), not trained.
+    for (; skip > 0; --skip, ++s.epoch_batches)
+      if (!stream->next()) break;
+    skip = 0;
     while (auto batch = stream->next()) {
+      ++s.epoch_batches;
       optimizer_->zero_grad();
-      StepOutput out = task_.forward(*batch, gen);
+      StepOutput out = task_.forward(*batch, gen_);
       out.loss.backward();
       ++s.step;
       check_loss(out.loss);
@@ -290,6 +414,7 @@ nlohmann::json Trainer::fit() {
         break;
       }
     }
+    s.epoch_complete = !s.stop;  // a checkpoint written by the epoch-end validation resumes after it
     // Validate at the end of a truncated epoch too, so max_steps runs still pick a best state.
     for (auto& h : hooks_) h->on_epoch_end(*this);
   }

@@ -41,6 +41,12 @@ torch::Device resolve_device(const std::string& name);
 
 struct TrainerState {
   int64_t step = 0, epoch = 0, examples = 0;
+  /// Batches of the current epoch already trained, and whether its end (hooks included) passed:
+  /// where a resumed run picks up.
+  int64_t epoch_batches = 0;
+  bool epoch_complete = false;
+  /// Stopped by early stopping (patience), as opposed to max_steps: a resumed run stays stopped.
+  bool early_stopped = false;
   double last_loss = 0;
   std::map<std::string, double> last_parts;
   bool stop = false;
@@ -81,8 +87,12 @@ class Trainer {
   /// Validation with best-state tracking and early stopping (called by the evaluation hook).
   void validate();
   void save_checkpoint(const std::string& name) const;
-  /// Loads model, optimizer and step from a checkpoint file.
-  void load_checkpoint(const std::string& path);
+  /// Continues the run in the run directory from checkpoints/last.pt, exactly where it stopped:
+  /// model, optimizer state, step, epoch and the position inside it, the best validation state
+  /// (best.pt) and early-stopping counters, and the random generators. Call before fit(); fit()
+  /// then keeps metrics.jsonl up to the checkpoint's step instead of starting it afresh.
+  /// Throws DataError for a missing or mismatched checkpoint.
+  void resume();
   std::string default_metric() const;
 
  private:
@@ -106,6 +116,12 @@ class Trainer {
   std::vector<std::shared_ptr<Hook>> hooks_;
   TrainerState state_;
   std::vector<torch::Tensor> best_params_;
+  /// Loads the model's parameters and buffers from an archive into the existing tensors (copy_,
+  /// so their storage, and the optimizer's references to it, stay), each shape checked.
+  void load_module(torch::serialize::InputArchive& archive, const std::string& file);
+  bool resumed_ = false;
+  int64_t last_validated_step_ = -1;
+  torch::Generator gen_;         // the forward pass's randomness (augmentations, dropout masks)
   torch::Tensor nonfinite_;      // accelerator: any non-finite loss since the last check
   int64_t checked_through_ = 0;  // the last step whose loss is known to be finite
 };

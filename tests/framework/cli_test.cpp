@@ -171,3 +171,30 @@ TEST_CASE("cli: mi on a CTR config exits 2 naming the task", "[cli]") {
   CHECK(r.code == 2);
   CHECK(r.err.find("task") != std::string::npos);
 }
+
+TEST_CASE("cli: --resume continues a run with its own config and refuses another", "[cli][resume]") {
+  if (!have_binary()) return;
+  auto dir = recsys::testing::temp_dir("cli_resume");
+  const std::string run_dir = (dir / "run").string();
+  const std::string cmd = "train configs/tests/twotower_tiny.json --out " + run_dir + " --set train.checkpoints=true";
+  auto first = run(cmd + " --set train.epochs=1");
+  INFO("stderr: " << first.err);
+  REQUIRE(first.code == 0);
+  const auto steps = recsys::config::Json::parse(slurp(dir / "run" / "results.json"))["steps"].get<int64_t>();
+
+  auto again = run(cmd + " --set train.epochs=1");
+  CHECK(again.code == 2);
+  CHECK(again.err.find("--resume") != std::string::npos);
+  auto changed = run(cmd + " --resume --set train.epochs=2 --set train.optimizer.lr=0.5");
+  CHECK(changed.code == 2);
+  CHECK(changed.err.find("train.optimizer.lr") != std::string::npos);
+  CHECK(run("train configs/tests/twotower_tiny.json --resume").code == 2);  // no --out
+
+  // A longer run: the second epoch is trained on top of the first.
+  auto longer = run(cmd + " --resume --set train.epochs=2");
+  INFO("stderr: " << longer.err);
+  REQUIRE(longer.code == 0);
+  auto results = recsys::config::Json::parse(slurp(dir / "run" / "results.json"));
+  CHECK(results["steps"].get<int64_t>() == 2 * steps);
+  CHECK(recsys::config::Json::parse(slurp(dir / "run" / "config.json"))["train"]["epochs"] == 2);
+}

@@ -288,3 +288,31 @@ TEST_CASE("parse_experiment rejects misspelt and invalid keys by path", "[config
   recsys::config::apply_override(j, "ssl.augment=[{\"type\": \"dropout\", \"p\": 0.3}]");
   recsys::train::parse_experiment(j);
 }
+
+TEST_CASE("first_difference names the first differing path", "[config]") {
+  using recsys::config::Difference;
+  using recsys::config::first_difference;
+  Difference d;
+  Json a = {{"train", {{"epochs", 2}, {"optimizer", {{"lr", 0.1}}}}}, {"seed", 1}};
+  CHECK_FALSE(first_difference(a, a, d));
+  Json same_number = {{"train", {{"epochs", 2.0}, {"optimizer", {{"lr", 0.1}}}}}, {"seed", 1}};
+  CHECK_FALSE(first_difference(a, same_number, d));  // 2 == 2.0 after a round trip
+  Json lr = a;
+  lr["train"]["optimizer"]["lr"] = 0.5;
+  REQUIRE(first_difference(a, lr, d));
+  CHECK(d.path == "train.optimizer.lr");
+  CHECK(d.before == "0.1");
+  CHECK(d.after == "0.5");
+  // A section present on one side only is reported at its first key.
+  Json added = a;
+  added["ssl"] = {{"alpha", 0.5}};
+  REQUIRE(first_difference(a, added, d));
+  CHECK(d.path == "ssl.alpha");
+  CHECK(d.before == "(absent)");
+  // Arrays: element by element, or at the array when the lengths differ.
+  Json l1 = {{"ks", {5, 20}}}, l2 = {{"ks", {5, 50}}}, l3 = {{"ks", {5}}};
+  REQUIRE(first_difference(l1, l2, d));
+  CHECK(d.path == "ks[1]");
+  REQUIRE(first_difference(l1, l3, d));
+  CHECK(d.path == "ks");
+}
