@@ -15,6 +15,7 @@
 #include "framework/cli/commands.h"
 #include "framework/data/ctr_sources.h"
 #include "framework/data/retrieval_sources.h"
+#include "framework/dist/dist.h"
 #include "framework/train/experiment.h"
 #include "framework/train/sweep.h"
 #include "models/two_tower/retrieval_task.h"
@@ -92,11 +93,37 @@ void check_resumed_config(const fs::path& dir, const nlohmann::json& resolved) {
 }
 
 int cmd_train(const std::string& config_path, const std::vector<std::string>& overrides, std::string out,
-              bool dump, bool overwrite, bool resume, const std::string& log_level) {
+              bool dump, bool overwrite, bool resume, int nproc, char** argv, const std::string& log_level) {
   auto config = config::resolve(config_path, overrides);
   auto experiment = train::parse_experiment(config);
   if (dump) {
     std::cout << experiment.config.dump(2) << std::endl;
+    return 0;
+  }
+  if (nproc < 1) throw UsageError("--nproc must be at least 1");
+  if (nproc > 1 && resume) throw UsageError("--resume continues single-process runs; drop --nproc");
+  auto ctx = dist::Context::from_env();
+  if (nproc > 1 && !ctx.active()) {
+    // The launcher: the run directory is settled here (so that every rank uses the same one),
+    // then this command runs once per rank with the rank in its environment.
+    const bool given = !out.empty();
+    if (!given) out = default_run_dir(config_path);
+    const bool holds = fs::exists(fs::path(out) / "results.json") || fs::exists(fs::path(out) / "checkpoints" / "best.pt");
+    if (holds && !overwrite)
+      throw UsageError("run directory '" + out + "' already holds a run; choose another --out or pass --overwrite");
+    try {
+      fs::create_directories(out);
+    } catch (const fs::filesystem_error& e) {
+      throw UsageError("--out '" + out + "': cannot create the run directory: " + e.what());
+    }
+    std::vector<std::string> extra;
+    if (!given) extra = {"--out", out};
+    return dist::launch(nproc, argv, extra, (fs::path(out) / ".dist_store").string());
+  }
+  if (ctx.active() && !ctx.leader()) {
+    // The other ranks write nothing: rank 0 owns the run directory and the log.
+    setup_logging("", "warn");
+    train::run_experiment(experiment, train::RunDir(), false, ctx);
     return 0;
   }
   if (resume) {
@@ -127,7 +154,8 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
     throw UsageError("--out '" + out + "': cannot write its log.txt: " + e.what());
   }
   spdlog::info("run directory {}", out);
-  auto results = train::run_experiment(experiment, run_dir, resume);
+  if (ctx.active()) spdlog::info("data-parallel rank 0 of {} (c10d, Gloo)", ctx.world());
+  auto results = train::run_experiment(experiment, run_dir, resume, ctx);
   std::printf("\nTest metrics at the best validation step (%lld), %s:\n",
               static_cast<long long>(results["best_step"].get<int64_t>()), out.c_str());
   print_table(results["metrics"]);
@@ -195,6 +223,10 @@ int main(int argc, char** argv) {
   train_cmd->add_flag("--dump-config", dump, "print the resolved config and exit");
   bool overwrite = false, resume = false;
   train_cmd->add_flag("--overwrite", overwrite, "train into a directory that already holds a run");
+  int nproc = 1;
+  train_cmd->add_option("--nproc", nproc,
+                        "data-parallel processes on this machine (c10d, Gloo): each trains on its share of "
+                        "every global batch of nproc x train.batch_size examples");
   train_cmd->add_flag("--resume", resume,
                       "continue the run in --out from its last checkpoint (same config; epochs and max_steps may grow)");
 
@@ -250,7 +282,7 @@ int main(int argc, char** argv) {
       bench::ensure_omp_wait_policy(argv, static_cast<int>(std::thread::hardware_concurrency()));
       util::retain_freed_memory();
     }
-    if (*train_cmd) return cmd_train(config_path, overrides, out, dump, overwrite, resume, log_level);
+    if (*train_cmd) return cmd_train(config_path, overrides, out, dump, overwrite, resume, nproc, argv, log_level);
     if (*list_cmd) return cmd_list();
     if (*sweep_cmd) {
       sweep.log_level = log_level;

@@ -24,11 +24,11 @@ Experiment parse_experiment(const nlohmann::json& config) {
   return e;
 }
 
-nlohmann::json run_experiment(const Experiment& e, const RunDir& run_dir, bool resume) {
+nlohmann::json run_experiment(const Experiment& e, const RunDir& run_dir, bool resume, dist::Context dist) {
   torch::manual_seed(e.seed);
   torch::set_num_threads(static_cast<int>(e.trainer.threads));
   auto task = e.build_task(e.seed);
-  Trainer trainer(*task, e.trainer, run_dir, e.config, e.seed);
+  Trainer trainer(*task, e.trainer, run_dir, e.config, e.seed, std::move(dist));
   if (resume) trainer.resume();
   auto results = trainer.fit();
   results["seed"] = e.seed;

@@ -34,6 +34,7 @@ Experiment parse_experiment(const nlohmann::json& config);
 
 /// Seeds torch, builds the task and trains into `run_dir`; returns results.json. With `resume`,
 /// continues the run in `run_dir` from its last checkpoint (Trainer::resume).
-nlohmann::json run_experiment(const Experiment& experiment, const RunDir& run_dir, bool resume = false);
+nlohmann::json run_experiment(const Experiment& experiment, const RunDir& run_dir, bool resume = false,
+                              dist::Context dist = dist::Context());
 
 }  // namespace recsys::train

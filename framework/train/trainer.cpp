@@ -131,10 +131,10 @@ class EvalHook : public Hook {
 }  // namespace
 
 Trainer::Trainer(Task& task, TrainerOptions options, RunDir run_dir, nlohmann::json config,
-                 uint64_t seed)
+                 uint64_t seed, dist::Context dist)
     : task_(task), options_(std::move(options)), run_dir_(std::move(run_dir)),
       config_(std::move(config)), seed_(seed), device_(resolve_device(options_.device)),
-      gen_(at::detail::createCPUGenerator(seed ^ 0x5eedULL)) {
+      dist_(std::move(dist)), gen_(at::detail::createCPUGenerator(seed ^ 0x5eedULL)) {
   torch::set_num_threads(static_cast<int>(options_.threads));
   task_.to(device_);
   optimizer_ = std::make_unique<Optimizer>(task_.module().parameters(), options_.optimizer);
@@ -144,7 +144,7 @@ Trainer::Trainer(Task& task, TrainerOptions options, RunDir run_dir, nlohmann::j
     options_.early_stopping.maximize = maximize;
   }
   bool bar = options_.progress == "bar" || (options_.progress == "auto" && stderr_is_terminal());
-  if (options_.progress != "none") add_hook(std::make_shared<ProgressHook>(bar));
+  if (options_.progress != "none" && dist_.leader()) add_hook(std::make_shared<ProgressHook>(bar));
   add_hook(std::make_shared<EvalHook>());
 }
 
@@ -199,6 +199,12 @@ void Trainer::validate() {
   // otherwise validate that step again at the epoch's end.
   if (s.step == last_validated_step_) return;
   last_validated_step_ = s.step;
+  ++validations_;
+  if (!dist_.leader()) {  // rank 0 validates; the others learn whether it stopped the run
+    s.stop = dist_.broadcast_flag(false);
+    s.early_stopped = s.stop;
+    return;
+  }
   Metrics m = task_.evaluate("valid");
   task_.module().train();
   nlohmann::json rec = {{"step", s.step}, {"epoch", s.epoch + 1}, {"split", "valid"},
@@ -232,6 +238,7 @@ void Trainer::validate() {
     s.early_stopped = true;
   }
   if (options_.checkpoints && run_dir_.enabled()) save_checkpoint("last.pt");
+  dist_.broadcast_flag(s.stop);
 }
 
 void Trainer::save_checkpoint(const std::string& name) const {
@@ -379,6 +386,19 @@ nlohmann::json Trainer::fit() {
     s.epoch = 0;
   }
   if (options_.max_steps > 0 && s.step >= options_.max_steps) s.stop = true;  // resumed at the limit
+  const auto params = task_.module().parameters();
+  // Data parallel: every rank starts from rank 0's parameters and steps through the same number
+  // of its own batches per epoch (full batches only, so that no rank runs out first).
+  int64_t per_rank = -1;
+  if (dist_.active()) {
+    std::vector<torch::Tensor> state = params;
+    for (auto& b : task_.module().buffers()) state.push_back(b);
+    dist_.broadcast(state);
+    per_rank = task_.train_examples() / options_.batch_size / dist_.world();
+    if (per_rank < 1)
+      throw ConfigError("train.batch_size", "gives fewer full batches than the " + std::to_string(dist_.world()) +
+                                                " ranks of this run");
+  }
   for (; s.epoch < options_.epochs && !s.stop; ++s.epoch) {
     StreamOptions so;
     so.batch_size = options_.batch_size;
@@ -393,13 +413,20 @@ nlohmann::json Trainer::fit() {
     for (; skip > 0; --skip, ++s.epoch_batches)
       if (!stream->next()) break;
     skip = 0;
+    int64_t own = 0;
     while (auto batch = stream->next()) {
-      ++s.epoch_batches;
+      const int64_t index = s.epoch_batches++;
+      if (dist_.active()) {
+        if (own == per_rank) break;
+        if (index % dist_.world() != dist_.rank()) continue;
+        ++own;
+      }
       optimizer_->zero_grad();
       StepOutput out = task_.forward(*batch, gen_);
       out.loss.backward();
       ++s.step;
       check_loss(out.loss);
+      dist_.average_gradients(params);
       optimizer_->step();
       s.examples += batch->size();
       if (s.step % options_.log_every == 0 || (options_.eval_every > 0 && s.step % options_.eval_every == 0)) {
@@ -421,13 +448,22 @@ nlohmann::json Trainer::fit() {
   check_pending_loss();
   double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (auto& h : hooks_) h->on_train_end(*this);
-  if (s.best_step < 0) validate();
+  if (s.best_step < 0 && validations_ == 0) validate();
+  // The replicas applied the same averaged updates: their parameters must agree exactly.
+  if (dist_.active()) {
+    double checksum = 0;
+    for (auto& p : params) checksum += p.detach().to(torch::kFloat64).sum().item<double>();
+    if (!dist_.all_equal(checksum))
+      throw std::runtime_error("data-parallel replicas diverged: their parameters differ after training");
+  }
   restore_best();
   nlohmann::json results = {{"best_step", s.best_step}, {"best_epoch", s.best_epoch},
                             {"steps", s.step}, {"train_seconds", train_seconds},
-                            {"examples_per_second", s.examples / std::max(train_seconds, 1e-9)},
+                            {"examples_per_second", s.examples * dist_.world() / std::max(train_seconds, 1e-9)},
+                            {"world_size", dist_.world()},
                             {"selection_metric", options_.early_stopping.metric},
                             {"valid_metrics", s.best_valid}, {"data", task_.describe()}};
+  if (!dist_.leader()) return results;  // rank 0 reports the run
   if (options_.evaluate_test) {
     Metrics test = task_.evaluate("test");
     results["metrics"] = test;

@@ -8,6 +8,7 @@
 
 #include "framework/config/config.h"
 #include "framework/train/optimizer.h"
+#include "framework/dist/dist.h"
 #include "framework/train/run_dir.h"
 #include "framework/train/task.h"
 
@@ -71,8 +72,12 @@ class Hook {
 /// The optimisation loop: zero_grad / forward / backward / step, plus hooks.
 class Trainer {
  public:
+  /// With an active `dist` context this process is one rank of a data-parallel run: it trains on
+  /// every world-th batch of each epoch's stream (the same number of full batches on every rank;
+  /// the last, partial one is dropped), gradients are averaged before each step, and only rank 0
+  /// validates, logs, checkpoints and writes results (its early-stopping decision is broadcast).
   Trainer(Task& task, TrainerOptions options, RunDir run_dir, nlohmann::json resolved_config,
-          uint64_t seed);
+          uint64_t seed, dist::Context dist = dist::Context());
   /// Trains, restores the best validation state, evaluates on test; returns results.json.
   nlohmann::json fit();
 
@@ -119,6 +124,8 @@ class Trainer {
   /// Loads the model's parameters and buffers from an archive into the existing tensors (copy_,
   /// so their storage, and the optimizer's references to it, stay), each shape checked.
   void load_module(torch::serialize::InputArchive& archive, const std::string& file);
+  dist::Context dist_;
+  int64_t validations_ = 0;
   bool resumed_ = false;
   int64_t last_validated_step_ = -1;
   torch::Generator gen_;         // the forward pass's randomness (augmentations, dropout masks)

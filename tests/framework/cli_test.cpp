@@ -1,6 +1,7 @@
 // The recsys binary: exit codes and messages (runs ./build/recsys from the repository root).
 #include <sys/wait.h>
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -197,4 +198,27 @@ TEST_CASE("cli: --resume continues a run with its own config and refuses another
   auto results = recsys::config::Json::parse(slurp(dir / "run" / "results.json"));
   CHECK(results["steps"].get<int64_t>() == 2 * steps);
   CHECK(recsys::config::Json::parse(slurp(dir / "run" / "config.json"))["train"]["epochs"] == 2);
+}
+
+TEST_CASE("cli: --nproc 2 trains data-parallel replicas that stay identical", "[cli][dist]") {
+  if (!have_binary()) return;
+  auto dir = recsys::testing::temp_dir("cli_nproc");
+  // The trainer compares the ranks' parameters at the end (exit 1 when they differ).
+  auto r = run("train configs/tests/twotower_tiny.json --nproc 2 --out " + (dir / "run").string() +
+               " --set train.threads=1");
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("rank 0 of 2") != std::string::npos);
+  auto results = recsys::config::Json::parse(slurp(dir / "run" / "results.json"));
+  CHECK(results["world_size"] == 2);
+  // 2,346 training positives in batches of 64: 36 full batches, 18 per rank, per epoch.
+  CHECK(results["steps"] == 2 * 18);
+  CHECK(std::isfinite(results["metrics"]["recall@20"].get<double>()));
+
+  // A failing rank ends the run with its status instead of leaving the other waiting.
+  auto bad = run("train configs/tests/twotower_tiny.json --nproc 2 --out " + (dir / "nan").string() +
+                 " --set train.threads=1 --set train.optimizer.lr=1e30");
+  CHECK(bad.code == 2);
+  CHECK(bad.err.find("non-finite") != std::string::npos);
+  CHECK(run("train configs/tests/twotower_tiny.json --nproc 0").code == 2);
 }

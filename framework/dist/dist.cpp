@@ -1,0 +1,224 @@
+#include "framework/dist/dist.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+
+#include <cstdlib>
+#include <map>
+
+#include "framework/util/errors.h"
+
+namespace recsys::dist {
+
+struct Context::Group {
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+};
+
+namespace {
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  char* end = nullptr;
+  long x = std::strtol(v, &end, 10);
+  if (*end != '\0' || x < 0 || x > 4096)
+    throw UsageError(std::string(name) + "='" + v + "' is not a rank or world size");
+  return static_cast<int>(x);
+}
+
+}  // namespace
+
+Context Context::join(int rank, int world, const std::string& store_path, std::chrono::milliseconds timeout) {
+  Context c;
+  c.rank_ = rank;
+  c.world_ = world;
+  if (world <= 1) return c;
+  if (rank < 0 || rank >= world)
+    throw UsageError("rank " + std::to_string(rank) + " is outside a world of " + std::to_string(world));
+  auto store = c10::make_intrusive<c10d::FileStore>(store_path, world);
+  auto options = c10d::ProcessGroupGloo::Options::create();
+  // Loopback: the ranks of a run share this machine.
+  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+  options->timeout = timeout;
+  c.group_ = std::make_shared<Group>();
+  c.group_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
+  return c;
+}
+
+Context Context::from_env(std::chrono::milliseconds timeout) {
+  const int world = env_int("RECSYS_WORLD_SIZE", 1);
+  if (world <= 1) return Context();
+  const char* store = std::getenv("RECSYS_STORE");
+  if (store == nullptr || *store == '\0') throw UsageError("RECSYS_WORLD_SIZE is set but RECSYS_STORE is not");
+  return join(env_int("RECSYS_RANK", 0), world, store, timeout);
+}
+
+void Context::average_gradients(const std::vector<torch::Tensor>& params) {
+  if (!active()) return;
+  torch::NoGradGuard no_grad;
+  auto& pg = *group_->pg;
+  // What each rank holds per parameter (0 none, 1 dense, 2 sparse): the ranks must issue the
+  // same collectives, and a parameter unused in one rank's batch has no gradient there.
+  const int64_t P = static_cast<int64_t>(params.size());
+  auto kinds = torch::zeros({P}, torch::kLong);
+  auto* k = kinds.data_ptr<int64_t>();
+  for (int64_t i = 0; i < P; ++i) {
+    const auto& g = params[static_cast<size_t>(i)].grad();
+    k[i] = !g.defined() ? 0 : g.is_sparse() ? 2 : 1;
+  }
+  std::vector<torch::Tensor> kinds_in{kinds};
+  pg.allreduce(kinds_in, c10d::AllreduceOptions{c10d::ReduceOp::MAX})->wait();
+  const float scale = 1.0f / static_cast<float>(world_);
+
+  // Dense: one flat buffer per dtype.
+  std::map<c10::ScalarType, std::vector<int64_t>> dense;
+  for (int64_t i = 0; i < P; ++i)
+    if (k[i] == 1) dense[params[static_cast<size_t>(i)].scalar_type()].push_back(i);
+  for (auto& [dtype, idx] : dense) {
+    std::vector<torch::Tensor> flat;
+    for (auto i : idx) {
+      auto& p = const_cast<torch::Tensor&>(params[static_cast<size_t>(i)]);
+      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+      if (p.grad().is_sparse()) p.mutable_grad() = p.grad().to_dense();
+      flat.push_back(p.grad().reshape({-1}));
+    }
+    std::vector<torch::Tensor> buffer{torch::cat(flat)};
+    pg.allreduce(buffer)->wait();
+    buffer[0].mul_(scale);
+    int64_t offset = 0;
+    for (auto i : idx) {
+      auto& g = const_cast<torch::Tensor&>(params[static_cast<size_t>(i)]).mutable_grad();
+      const int64_t n = g.numel();
+      g.copy_(buffer[0].narrow(0, offset, n).view_as(g));
+      offset += n;
+    }
+  }
+
+  // Sparse: gather every rank's rows (padded to the longest), then concatenate the real ones.
+  for (int64_t i = 0; i < P; ++i) {
+    if (k[i] != 2) continue;
+    auto& p = const_cast<torch::Tensor&>(params[static_cast<size_t>(i)]);
+    const auto row_shape = p.sizes().slice(1);
+    torch::Tensor indices, values;
+    if (p.grad().defined() && p.grad().is_sparse()) {
+      TORCH_CHECK(p.grad().sparse_dim() == 1, "dist: sparse gradients must index rows (sparse_dim 1)");
+      indices = p.grad()._indices().reshape({-1}).contiguous();
+      values = p.grad()._values().contiguous();
+    } else if (p.grad().defined()) {  // dense here, sparse elsewhere: every row
+      indices = torch::arange(p.size(0), torch::kLong);
+      values = p.grad().contiguous();
+    } else {
+      indices = torch::empty({0}, torch::kLong);
+      std::vector<int64_t> shape{0};
+      shape.insert(shape.end(), row_shape.begin(), row_shape.end());
+      values = torch::empty(shape, p.options());
+    }
+    std::vector<torch::Tensor> count{torch::full({1}, indices.size(0), torch::kLong)};
+    std::vector<std::vector<torch::Tensor>> counts(1);
+    for (int r = 0; r < world_; ++r) counts[0].push_back(torch::empty({1}, torch::kLong));
+    pg.allgather(counts, count)->wait();
+    int64_t longest = 0;
+    std::vector<int64_t> n(static_cast<size_t>(world_));
+    for (int r = 0; r < world_; ++r) {
+      n[static_cast<size_t>(r)] = counts[0][static_cast<size_t>(r)].item<int64_t>();
+      longest = std::max(longest, n[static_cast<size_t>(r)]);
+    }
+    std::vector<int64_t> padded_shape{longest};
+    padded_shape.insert(padded_shape.end(), row_shape.begin(), row_shape.end());
+    auto pad_i = torch::zeros({longest}, torch::kLong);
+    auto pad_v = torch::zeros(padded_shape, values.options());
+    pad_i.narrow(0, 0, indices.size(0)).copy_(indices);
+    pad_v.narrow(0, 0, values.size(0)).copy_(values);
+    std::vector<std::vector<torch::Tensor>> all_i(1), all_v(1);
+    for (int r = 0; r < world_; ++r) {
+      all_i[0].push_back(torch::empty({longest}, torch::kLong));
+      all_v[0].push_back(torch::empty(padded_shape, values.options()));
+    }
+    std::vector<torch::Tensor> in_i{pad_i}, in_v{pad_v};
+    pg.allgather(all_i, in_i)->wait();
+    pg.allgather(all_v, in_v)->wait();
+    std::vector<torch::Tensor> parts_i, parts_v;
+    for (int r = 0; r < world_; ++r) {
+      parts_i.push_back(all_i[0][static_cast<size_t>(r)].narrow(0, 0, n[static_cast<size_t>(r)]));
+      parts_v.push_back(all_v[0][static_cast<size_t>(r)].narrow(0, 0, n[static_cast<size_t>(r)]));
+    }
+    auto merged_v = torch::cat(parts_v).mul_(scale);
+    p.mutable_grad() = torch::sparse_coo_tensor(torch::cat(parts_i).unsqueeze(0), merged_v, p.sizes());
+  }
+}
+
+void Context::broadcast(const std::vector<torch::Tensor>& tensors) {
+  if (!active()) return;
+  torch::NoGradGuard no_grad;
+  for (const auto& t : tensors) {
+    std::vector<torch::Tensor> one{t.is_contiguous() ? t : t.contiguous()};
+    group_->pg->broadcast(one)->wait();
+    if (!t.is_contiguous()) const_cast<torch::Tensor&>(t).copy_(one[0]);
+  }
+}
+
+bool Context::broadcast_flag(bool value) {
+  if (!active()) return value;
+  std::vector<torch::Tensor> flag{torch::full({1}, static_cast<int64_t>(value), torch::kLong)};
+  group_->pg->broadcast(flag)->wait();
+  return flag[0].item<int64_t>() != 0;
+}
+
+bool Context::all_equal(double value) {
+  if (!active()) return true;
+  std::vector<torch::Tensor> lo{torch::full({1}, value, torch::kFloat64)}, hi{torch::full({1}, value, torch::kFloat64)};
+  group_->pg->allreduce(lo, c10d::AllreduceOptions{c10d::ReduceOp::MIN})->wait();
+  group_->pg->allreduce(hi, c10d::AllreduceOptions{c10d::ReduceOp::MAX})->wait();
+  return lo[0].item<double>() == hi[0].item<double>();
+}
+
+void Context::barrier() {
+  if (active()) group_->pg->barrier()->wait();
+}
+
+int launch(int nproc, char** argv, const std::vector<std::string>& extra_args, const std::string& store_path) {
+  if (nproc < 1) throw UsageError("--nproc must be at least 1");
+  ::unlink(store_path.c_str());  // a FileStore left by an earlier run would hold its keys
+  std::vector<std::string> args;
+  for (char** a = argv; *a != nullptr; ++a) args.emplace_back(*a);
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  std::vector<pid_t> children;
+  for (int rank = 0; rank < nproc; ++rank) {
+    pid_t pid = ::fork();
+    if (pid < 0) throw std::runtime_error("launch: fork failed");
+    if (pid == 0) {
+      ::setenv("RECSYS_RANK", std::to_string(rank).c_str(), 1);
+      ::setenv("RECSYS_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+      ::setenv("RECSYS_STORE", store_path.c_str(), 1);
+      std::vector<char*> cargv;
+      for (auto& a : args) cargv.push_back(const_cast<char*>(a.c_str()));
+      cargv.push_back(nullptr);
+      ::execv("/proc/self/exe", cargv.data());
+      ::_exit(127);
+    }
+    children.push_back(pid);
+  }
+  int first_failure = 0;
+  size_t running = children.size();
+  while (running > 0) {
+    int status = 0;
+    pid_t pid = ::wait(&status);
+    if (pid < 0) break;
+    --running;
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (code != 0 && first_failure == 0) {
+      first_failure = code;
+      // The others would wait for the failed rank at their next collective.
+      for (pid_t c : children)
+        if (c != pid) ::kill(c, SIGTERM);
+    }
+  }
+  ::unlink(store_path.c_str());
+  return first_failure;
+}
+
+}  // namespace recsys::dist

@@ -1,0 +1,87 @@
+// Data-parallel gradient averaging over c10d (Gloo): two forked ranks on loopback, each holding
+// half of a batch, against the full batch's gradients computed in one process.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "framework/dist/dist.h"
+#include "support.h"
+
+namespace {
+
+/// One rank: returns 0 when its averaged gradients match the full batch's, else a code naming
+/// the first mismatch (the parent reports it).
+int rank_main(int rank, const std::string& store) {
+  try {
+    at::set_num_threads(1);
+    auto ctx = recsys::dist::Context::join(rank, 2, store, std::chrono::seconds(30));
+    torch::manual_seed(7);  // the same data and parameters on both ranks
+    auto table = torch::randn({50, 4}).requires_grad_();
+    auto w = torch::randn({4, 1}).requires_grad_();
+    auto b = torch::zeros({1}).requires_grad_();
+    auto unused = torch::randn({3}).requires_grad_();  // a gradient on rank 0 only
+    auto ids = torch::randint(0, 50, {8, 3});
+    auto y = torch::randn({8});
+    auto loss_of = [&](const torch::Tensor& i, const torch::Tensor& t) {
+      auto e = torch::embedding(table, i, -1, false, /*sparse=*/true).mean(1);
+      return (e.mm(w).squeeze(1) + b - t).pow(2).mean();
+    };
+    // The reference: the whole batch in this process.
+    auto ref = torch::autograd::grad({loss_of(ids, y)}, {table, w, b});
+    // This rank's half, averaged with the other's.
+    auto half = loss_of(ids.narrow(0, 4 * rank, 4), y.narrow(0, 4 * rank, 4));
+    if (rank == 0) half = half + 0 * unused.sum();
+    half.backward();
+    ctx.average_gradients({table, w, b, unused});
+    if (!table.grad().is_sparse()) return 10;
+    if (!torch::allclose(table.grad().to_dense(), ref[0].to_dense(), 1e-5, 1e-6)) return 11;
+    if (!torch::allclose(w.grad(), ref[1], 1e-5, 1e-6)) return 12;
+    if (!torch::allclose(b.grad(), ref[2], 1e-5, 1e-6)) return 13;
+    if (!unused.grad().defined() || !torch::equal(unused.grad(), torch::zeros({3}))) return 14;
+    // Rank 0's values reach every rank; flags and equality checks agree.
+    auto x = torch::full({2}, static_cast<float>(rank + 1));
+    ctx.broadcast({x});
+    if (!torch::equal(x, torch::full({2}, 1.0f))) return 15;
+    if (ctx.broadcast_flag(rank == 0) != true) return 16;
+    if (!ctx.all_equal(3.5) || ctx.all_equal(rank)) return 17;
+    ctx.barrier();
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
+    return 20;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("dist: two ranks' averaged gradients equal the full batch's", "[dist]") {
+  auto dir = recsys::testing::temp_dir("dist_average");
+  const std::string store = (dir / "store").string();
+  pid_t pids[2];
+  for (int rank = 0; rank < 2; ++rank) {
+    pids[rank] = ::fork();
+    REQUIRE(pids[rank] >= 0);
+    if (pids[rank] == 0) {
+      ::alarm(60);  // a rank stuck in a collective fails the test instead of hanging it
+      ::_exit(rank_main(rank, store));
+    }
+  }
+  for (int rank = 0; rank < 2; ++rank) {
+    int status = 0;
+    REQUIRE(::waitpid(pids[rank], &status, 0) == pids[rank]);
+    INFO("rank " << rank << " status " << status);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+}
+
+TEST_CASE("dist: a plain context makes every collective a no-op", "[dist]") {
+  recsys::dist::Context plain;
+  CHECK_FALSE(plain.active());
+  CHECK(plain.leader());
+  auto p = torch::ones({2}).requires_grad_();
+  p.sum().backward();
+  plain.average_gradients({p});
+  CHECK(torch::equal(p.grad(), torch::ones({2})));
+  CHECK(plain.broadcast_flag(true));
+  CHECK(plain.all_equal(1.0));
+}
