@@ -66,6 +66,13 @@ void print_table(const nlohmann::json& metrics) {
       std::printf("%-12s %10.4f\n", it.key().c_str(), it.value().get<double>());
 }
 
+/// A finished or interrupted run: results or a checkpoint.
+bool holds_run(const std::string& out) {
+  const fs::path dir(out);
+  return fs::exists(dir / "results.json") || fs::exists(dir / "checkpoints" / "best.pt") ||
+         fs::exists(dir / "checkpoints" / "last.pt");
+}
+
 /// A resumed run must continue the config it started with. Settings that change neither the
 /// model, the data nor the order of updates may differ: the length of training (epochs,
 /// max_steps, to extend a run), threads, prefetching, logging and the device.
@@ -108,8 +115,7 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
     // then this command runs once per rank with the rank in its environment.
     const bool given = !out.empty();
     if (!given) out = default_run_dir(config_path);
-    const bool holds = fs::exists(fs::path(out) / "results.json") || fs::exists(fs::path(out) / "checkpoints" / "best.pt");
-    if (holds && !overwrite)
+    if (holds_run(out) && !overwrite)
       throw UsageError("run directory '" + out + "' already holds a run; choose another --out or pass --overwrite");
     try {
       fs::create_directories(out);
@@ -132,8 +138,7 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
     check_resumed_config(out, experiment.config);
   }
   if (out.empty()) out = default_run_dir(config_path);
-  const bool holds = fs::exists(fs::path(out) / "results.json") || fs::exists(fs::path(out) / "checkpoints" / "best.pt") ||
-                     fs::exists(fs::path(out) / "checkpoints" / "last.pt");
+  const bool holds = holds_run(out);
   if (holds && !overwrite && !resume)
     throw UsageError("run directory '" + out + "' already holds a run; choose another --out, pass --resume to continue it "
                      "or --overwrite to replace it");

@@ -1,12 +1,14 @@
 #include "framework/dist/dist.h"
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 
+#include <cerrno>
 #include <cstdlib>
 #include <map>
 
@@ -180,17 +182,52 @@ void Context::barrier() {
   if (active()) group_->pg->barrier()->wait();
 }
 
+namespace {
+
+// The ranks a launcher has running, for its signal handler (async-signal-safe: a fixed array).
+constexpr int kMaxRanks = 256;
+volatile sig_atomic_t g_ranks = 0;
+pid_t g_rank_pids[kMaxRanks];
+
+void forward_signal(int sig) {
+  for (int i = 0; i < g_ranks; ++i)
+    if (g_rank_pids[i] > 0) ::kill(g_rank_pids[i], sig);
+}
+
+void stop_ranks(int except_index) {
+  for (int i = 0; i < g_ranks; ++i)
+    if (i != except_index && g_rank_pids[i] > 0) ::kill(g_rank_pids[i], SIGTERM);
+}
+
+}  // namespace
+
 int launch(int nproc, char** argv, const std::vector<std::string>& extra_args, const std::string& store_path) {
   if (nproc < 1) throw UsageError("--nproc must be at least 1");
+  if (nproc > kMaxRanks) throw UsageError("--nproc must be at most " + std::to_string(kMaxRanks));
   ::unlink(store_path.c_str());  // a FileStore left by an earlier run would hold its keys
   std::vector<std::string> args;
   for (char** a = argv; *a != nullptr; ++a) args.emplace_back(*a);
   args.insert(args.end(), extra_args.begin(), extra_args.end());
-  std::vector<pid_t> children;
+  struct sigaction forward {};
+  forward.sa_handler = forward_signal;
+  ::sigemptyset(&forward.sa_mask);
+  struct sigaction old_int {}, old_term {};
+  ::sigaction(SIGINT, &forward, &old_int);
+  ::sigaction(SIGTERM, &forward, &old_term);
+  const pid_t launcher = ::getpid();
+  g_ranks = 0;
   for (int rank = 0; rank < nproc; ++rank) {
     pid_t pid = ::fork();
-    if (pid < 0) throw std::runtime_error("launch: fork failed");
+    if (pid < 0) {
+      stop_ranks(-1);
+      throw std::runtime_error("launch: fork failed for rank " + std::to_string(rank));
+    }
     if (pid == 0) {
+      // A rank ends with its launcher (killed by a scheduler, say) instead of training on alone.
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (::getppid() != launcher) ::_exit(143);
+      ::signal(SIGINT, SIG_DFL);
+      ::signal(SIGTERM, SIG_DFL);
       ::setenv("RECSYS_RANK", std::to_string(rank).c_str(), 1);
       ::setenv("RECSYS_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
       ::setenv("RECSYS_STORE", store_path.c_str(), 1);
@@ -200,23 +237,32 @@ int launch(int nproc, char** argv, const std::vector<std::string>& extra_args, c
       ::execv("/proc/self/exe", cargv.data());
       ::_exit(127);
     }
-    children.push_back(pid);
+    g_rank_pids[rank] = pid;
+    g_ranks = rank + 1;
   }
-  int first_failure = 0;
-  size_t running = children.size();
+  int first_failure = 0, running = nproc;
   while (running > 0) {
     int status = 0;
-    pid_t pid = ::wait(&status);
-    if (pid < 0) break;
+    pid_t pid = ::waitpid(-1, &status, 0);
+    if (pid < 0) {
+      if (errno == EINTR) continue;  // a forwarded signal
+      break;
+    }
+    int index = -1;
+    for (int i = 0; i < nproc; ++i)
+      if (g_rank_pids[i] == pid) index = i;
+    if (index < 0) continue;
+    g_rank_pids[index] = 0;  // reaped: its id may be reused, never signal it again
     --running;
     const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     if (code != 0 && first_failure == 0) {
       first_failure = code;
-      // The others would wait for the failed rank at their next collective.
-      for (pid_t c : children)
-        if (c != pid) ::kill(c, SIGTERM);
+      stop_ranks(index);  // the others would wait for the failed rank at their next collective
     }
   }
+  g_ranks = 0;
+  ::sigaction(SIGINT, &old_int, nullptr);
+  ::sigaction(SIGTERM, &old_term, nullptr);
   ::unlink(store_path.c_str());
   return first_failure;
 }

@@ -18,11 +18,12 @@ class Context {
   Context() = default;
   /// Joins the group described by RECSYS_RANK, RECSYS_WORLD_SIZE and RECSYS_STORE (a file both
   /// ranks can reach, set by launch()); a plain context when they are unset. Collectives give up
-  /// after `timeout` (a rank that died leaves the others waiting otherwise).
-  static Context from_env(std::chrono::milliseconds timeout = std::chrono::minutes(5));
+  /// after `timeout`, which must cover rank 0's validation (the others wait for its decision); a
+  /// rank that dies is caught sooner by the launcher, which stops the others.
+  static Context from_env(std::chrono::milliseconds timeout = std::chrono::minutes(30));
   /// Joins a group directly (tests): a c10d FileStore at `store_path`, Gloo over loopback.
   static Context join(int rank, int world, const std::string& store_path,
-                      std::chrono::milliseconds timeout = std::chrono::minutes(5));
+                      std::chrono::milliseconds timeout = std::chrono::minutes(30));
 
   int rank() const { return rank_; }
   int world() const { return world_; }
@@ -50,8 +51,9 @@ class Context {
 
 /// Runs this program `nproc` times as the ranks of one data-parallel run: the same arguments,
 /// with RECSYS_RANK / RECSYS_WORLD_SIZE / RECSYS_STORE set, and `extra_args` appended. Waits for
-/// all of them; when one fails the others are stopped. Returns the first failure's exit status
-/// (0 when all succeed).
+/// all of them; when one fails the others are stopped, and SIGINT / SIGTERM sent to the launcher
+/// reach every rank (which also end if the launcher dies). Returns the first failure's exit
+/// status (0 when all succeed).
 int launch(int nproc, char** argv, const std::vector<std::string>& extra_args, const std::string& store_path);
 
 }  // namespace recsys::dist

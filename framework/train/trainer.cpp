@@ -82,6 +82,7 @@ class ProgressHook : public Hook {
     start_ = last_ = std::chrono::steady_clock::now();
     const auto& o = t.options();
     int64_t per_epoch = (t.task().train_examples() + o.batch_size - 1) / o.batch_size;
+    if (t.world() > 1) per_epoch = t.task().train_examples() / o.batch_size / t.world();  // each rank's steps
     total_steps_ = per_epoch * o.epochs;
     if (o.max_steps > 0) total_steps_ = std::min(total_steps_, o.max_steps);
   }
@@ -135,6 +136,9 @@ Trainer::Trainer(Task& task, TrainerOptions options, RunDir run_dir, nlohmann::j
     : task_(task), options_(std::move(options)), run_dir_(std::move(run_dir)),
       config_(std::move(config)), seed_(seed), device_(resolve_device(options_.device)),
       dist_(std::move(dist)), gen_(at::detail::createCPUGenerator(seed ^ 0x5eedULL)) {
+  if (dist_.active() && !device_.is_cpu())
+    throw ConfigError("train.device", "data-parallel runs (--nproc) average gradients with Gloo on the CPU; "
+                                      "set train.device=cpu");
   torch::set_num_threads(static_cast<int>(options_.threads));
   task_.to(device_);
   optimizer_ = std::make_unique<Optimizer>(task_.module().parameters(), options_.optimizer);
@@ -252,6 +256,8 @@ void Trainer::save_checkpoint(const std::string& name) const {
   archive.write("trainer.epoch_batches", torch::tensor(s.epoch_batches));
   archive.write("trainer.epoch_complete", torch::tensor(static_cast<int64_t>(s.epoch_complete)));
   archive.write("trainer.early_stopped", torch::tensor(static_cast<int64_t>(s.early_stopped)));
+  archive.write("trainer.world_size", torch::tensor(static_cast<int64_t>(dist_.world())));
+  archive.write("trainer.fallback", torch::tensor(static_cast<int64_t>(fallback_validation_)));
   archive.write("trainer.best_value", torch::tensor(s.best_value, torch::kFloat64));
   archive.write("trainer.best_step", torch::tensor(s.best_step));
   archive.write("trainer.best_epoch", torch::tensor(s.best_epoch));
@@ -264,6 +270,11 @@ void Trainer::save_checkpoint(const std::string& name) const {
     auto default_gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(default_gen.mutex());
     archive.write("trainer.default_gen_state", default_gen.get_state());
+  }
+  if (device_.is_cuda()) {  // dropout masks on the device draw from its own generator
+    auto device_gen = at::globalContext().defaultGenerator(device_);
+    std::lock_guard<std::mutex> lock(device_gen.mutex());
+    archive.write("trainer.device_gen_state", device_gen.get_state());
   }
   archive.write("config", c10::IValue(config_.dump()));
   auto path = run_dir_.checkpoints() / name;
@@ -354,11 +365,36 @@ void Trainer::resume() {
     std::lock_guard<std::mutex> lock(default_gen.mutex());
     default_gen.set_state(read(archive, file, "trainer.default_gen_state"));
   }
+  if (device_.is_cuda()) {
+    torch::Tensor state;
+    if (archive.try_read("trainer.device_gen_state", state)) {
+      auto device_gen = at::globalContext().defaultGenerator(device_);
+      std::lock_guard<std::mutex> lock(device_gen.mutex());
+      device_gen.set_state(state);
+    }
+  }
+  const int64_t world = read(archive, file, "trainer.world_size").item<int64_t>();
+  if (world != dist_.world())
+    throw DataError(file, 0, "written by a run of " + std::to_string(world) + " data-parallel ranks; it resumes only "
+                             "with as many (its position in the epoch counts their batches)");
   if (s.best_step >= 0 && !fs::exists(best) && options_.checkpoints)
     throw DataError(best.string(), 0, "missing: the run's best state cannot be restored at its end");
   s.stop = s.early_stopped;
   checked_through_ = s.step;
   last_validated_step_ = s.step;  // last.pt is written by a validation
+  // Written by the validation a run makes at its end when none came before (eval_every beyond
+  // its steps): a longer run would not have made it, so the resumed one forgets it and
+  // validates at its own end.
+  torch::Tensor fallback;
+  if (archive.try_read("trainer.fallback", fallback) && fallback.item<int64_t>() != 0) {
+    s.best_step = s.best_epoch = -1;
+    s.best_value = 0;
+    s.best_valid.clear();
+    s.evals_since_best = 0;
+    best_params_.clear();
+    last_validated_step_ = -1;
+    forget_from_step_ = s.step;
+  }
   resumed_ = true;
   spdlog::info("resuming {} at step {} (epoch {}, {} batches into it{})", run_dir_.dir().string(), s.step,
                s.epoch + 1, s.epoch_batches, s.early_stopped ? "; early stopping had ended it" : "");
@@ -367,13 +403,14 @@ void Trainer::resume() {
 nlohmann::json Trainer::fit() {
   auto& s = state_;
   run_dir_.write_config(config_);
-  if (resumed_)
-    run_dir_.truncate_metrics(s.step);  // records written after the checkpoint are redone
+  if (resumed_)  // records written after the checkpoint are redone
+    run_dir_.truncate_metrics(forget_from_step_ >= 0 ? forget_from_step_ - 1 : s.step);
   else
     run_dir_.reset_metrics();
   task_.module().train();
   for (auto& h : hooks_) h->on_train_begin(*this);
   auto start = std::chrono::steady_clock::now();
+  const int64_t examples_before = s.examples;  // a resumed run times only its own part
   // A resumed run starts inside the checkpoint's epoch (or after it, if its end had passed).
   int64_t skip = 0;
   if (resumed_) {
@@ -448,7 +485,16 @@ nlohmann::json Trainer::fit() {
   check_pending_loss();
   double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (auto& h : hooks_) h->on_train_end(*this);
-  if (s.best_step < 0 && validations_ == 0) validate();
+  if (s.best_step < 0 && validations_ == 0) {
+    // The loop has already counted past the last epoch it trained; the checkpoint this
+    // validation writes must name that epoch (and whether its end passed) to resume from it.
+    const int64_t after = s.epoch;
+    if (s.epoch > 0) --s.epoch;
+    fallback_validation_ = true;
+    validate();
+    fallback_validation_ = false;
+    s.epoch = after;
+  }
   // The replicas applied the same averaged updates: their parameters must agree exactly.
   if (dist_.active()) {
     double checksum = 0;
@@ -459,7 +505,7 @@ nlohmann::json Trainer::fit() {
   restore_best();
   nlohmann::json results = {{"best_step", s.best_step}, {"best_epoch", s.best_epoch},
                             {"steps", s.step}, {"train_seconds", train_seconds},
-                            {"examples_per_second", s.examples * dist_.world() / std::max(train_seconds, 1e-9)},
+                            {"examples_per_second", (s.examples - examples_before) * dist_.world() / std::max(train_seconds, 1e-9)},
                             {"world_size", dist_.world()},
                             {"selection_metric", options_.early_stopping.metric},
                             {"valid_metrics", s.best_valid}, {"data", task_.describe()}};

@@ -88,6 +88,7 @@ class Trainer {
   TrainerState& state() { return state_; }
   const RunDir& run_dir() const { return run_dir_; }
   torch::Device device() const { return device_; }
+  int world() const { return dist_.world(); }
 
   /// Validation with best-state tracking and early stopping (called by the evaluation hook).
   void validate();
@@ -128,6 +129,8 @@ class Trainer {
   int64_t validations_ = 0;
   bool resumed_ = false;
   int64_t last_validated_step_ = -1;
+  bool fallback_validation_ = false;  // the end-of-run validation when none came before
+  int64_t forget_from_step_ = -1;     // resumed from such a validation: its record is dropped
   torch::Generator gen_;         // the forward pass's randomness (augmentations, dropout masks)
   torch::Tensor nonfinite_;      // accelerator: any non-finite loss since the last check
   int64_t checked_through_ = 0;  // the last step whose loss is known to be finite

@@ -380,7 +380,9 @@ TEST_CASE("trainer: a run stopped by max_steps and resumed ends exactly as an un
     extra.insert(extra.begin(), base.begin(), base.end());
     return tiny_config(extra);
   };
-  for (int64_t eval_every : {4, 0}) {
+  // Validation every 4 steps; per epoch; or never before the end (the run validates once at its
+  // end, and the stopped run's end-of-run validation must be forgotten by the resumed one).
+  for (int64_t eval_every : {4, 0, 1000}) {
     DYNAMIC_SECTION("eval_every " << eval_every) {
       const std::string ev = "train.eval_every=" + std::to_string(eval_every);
       auto full_dir = dir / ("full" + std::to_string(eval_every));
