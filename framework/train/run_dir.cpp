@@ -11,14 +11,20 @@ namespace fs = std::filesystem;
 void write_atomic(const fs::path& path, const std::string& text) {
   fs::path tmp = path;
   tmp += ".tmp" + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw std::runtime_error("cannot write " + tmp.string());
-    out << text;
-    out.flush();
-    if (!out) throw std::runtime_error("failed writing " + tmp.string());
+  try {
+    {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      if (!out) throw std::runtime_error("cannot write " + tmp.string());
+      out << text;
+      out.flush();
+      if (!out) throw std::runtime_error("failed writing " + tmp.string());
+    }
+    fs::rename(tmp, path);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);  // the target is untouched; leave no half-written file beside it
+    throw;
   }
-  fs::rename(tmp, path);
 }
 
 RunDir::RunDir(fs::path dir) : dir_(std::move(dir)) {

@@ -291,6 +291,8 @@ int run_sweep(const SweepOptions& options) {
       setup_logging((dir / "log.txt").string(), "warn", options.log_level);
       auto res = run_experiment(e, rd);
       ++done;
+      std::error_code ec;
+      fs::remove(dir / "error.txt", ec);  // an earlier attempt's failure no longer describes this run
       double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       std::string shown;
       for (const char* k : {"recall@50/head", "recall@50/tail", "auc", "gauc"})

@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace recsys::train {
 
@@ -52,6 +53,9 @@ class Task {
   /// The validation metric that selects the best checkpoint unless the config names another,
   /// and whether larger is better.
   virtual std::pair<std::string, bool> selection_metric() const = 0;
+  /// Every metric evaluate("valid") reports (checked against train.early_stopping.metric before
+  /// training starts); empty = unknown, not checked.
+  virtual std::vector<std::string> metric_names() const { return {}; }
   /// Facts about the data for results.json (sizes, test points per slice, ...).
   virtual nlohmann::json describe() const { return nlohmann::json::object(); }
 };

@@ -147,6 +147,14 @@ Trainer::Trainer(Task& task, TrainerOptions options, RunDir run_dir, nlohmann::j
     options_.early_stopping.metric = metric;
     options_.early_stopping.maximize = maximize;
   }
+  // A misspelt metric is reported now, not after the first epoch's validation.
+  const auto names = task_.metric_names();
+  if (!names.empty() && std::find(names.begin(), names.end(), options_.early_stopping.metric) == names.end()) {
+    std::string known;
+    for (auto& n : names) known += (known.empty() ? "" : ", ") + n;
+    throw ConfigError("train.early_stopping.metric",
+                      "metric '" + options_.early_stopping.metric + "' is not reported (known: " + known + ")");
+  }
   bool bar = options_.progress == "bar" || (options_.progress == "auto" && stderr_is_terminal());
   if (options_.progress != "none" && dist_.leader()) add_hook(std::make_shared<ProgressHook>(bar));
   add_hook(std::make_shared<EvalHook>());

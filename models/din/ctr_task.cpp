@@ -145,6 +145,7 @@ class CtrTask : public train::Task {
   }
   int64_t train_examples() const override { return splits_.train.size(); }
   std::pair<std::string, bool> selection_metric() const override { return {"auc", true}; }
+  std::vector<std::string> metric_names() const override { return {"auc", "gauc", "logloss"}; }
 
   std::unique_ptr<train::BatchStream> train_stream(const train::StreamOptions& so) override {
     auto order = std::make_shared<std::vector<int64_t>>(splits_.train.size());

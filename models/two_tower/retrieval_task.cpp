@@ -221,6 +221,13 @@ class RetrievalTask : public train::Task {
     auto k = *std::max_element(o_.eval.ks.begin(), o_.eval.ks.end());
     return {"recall@" + std::to_string(k), true};
   }
+  std::vector<std::string> metric_names() const override {
+    std::vector<std::string> out{"users", "test_points", "test_points/head", "test_points/tail"};
+    for (auto k : o_.eval.ks)
+      for (const char* m : {"recall@", "ndcg@"})
+        for (const char* slice : {"", "/head", "/tail"}) out.push_back(m + std::to_string(k) + slice);
+    return out;
+  }
 
   std::unique_ptr<train::BatchStream> train_stream(const train::StreamOptions& so) override {
     auto order = std::make_shared<std::vector<int64_t>>(examples_.size());

@@ -76,10 +76,13 @@ TEST_CASE("a sweep skips finished runs and re-runs only missing ones", "[ssl][sw
     stamps[n] = fs::last_write_time(runs / n / "results.json");
   }
   fs::remove(runs / "cfm_seed_2" / "results.json");
+  // As after a failed attempt: the successful rerun removes the stale reason.
+  { std::ofstream(runs / "cfm_seed_2" / "error.txt") << "an earlier failure\n"; }
   REQUIRE(train::run_sweep(o) == 0);
   for (auto& n : {"baseline_seed_1", "baseline_seed_2", "cfm_seed_1"})
     REQUIRE(fs::last_write_time(runs / n / "results.json") == stamps[n]);
   REQUIRE(fs::exists(runs / "cfm_seed_2" / "results.json"));
+  CHECK_FALSE(fs::exists(runs / "cfm_seed_2" / "error.txt"));
   // Long-form CSV: one row per variant and metric, n = 2 seeds.
   std::ifstream csv(dir / "results.csv");
   std::string header, line;

@@ -431,3 +431,21 @@ TEST_CASE("trainer: resume refuses a run directory without a checkpoint", "[mode
                   recsys::DataError);
   spdlog::set_level(spdlog::level::info);
 }
+
+TEST_CASE("trainer: a misspelt early-stopping metric is a config error before training", "[model]") {
+  spdlog::set_level(spdlog::level::err);
+  auto dir = recsys::testing::temp_dir("retrieval_metric_typo");
+  auto e = recsys::train::parse_experiment(tiny_config({"train.early_stopping.metric=\"recal@50\""}));
+  try {
+    recsys::train::run_experiment(e, recsys::train::RunDir(dir / "run"));
+    FAIL("expected a ConfigError");
+  } catch (const recsys::ConfigError& err) {
+    CHECK(err.path() == "train.early_stopping.metric");
+    CHECK(std::string(err.what()).find("recall@50/tail") != std::string::npos);  // the known names
+  }
+  spdlog::set_level(spdlog::level::info);
+  CHECK_FALSE(fs::exists(dir / "run" / "metrics.jsonl"));  // nothing trained or validated
+  // Every name the task lists is one it reports.
+  auto ok = recsys::train::parse_experiment(tiny_config({"train.epochs=1", "train.early_stopping.metric=\"ndcg@10/head\""}));
+  CHECK_NOTHROW(recsys::train::run_experiment(ok, recsys::train::RunDir()));
+}
