@@ -153,6 +153,47 @@ void Context::average_gradients(const std::vector<torch::Tensor>& params) {
   }
 }
 
+namespace {
+
+std::vector<torch::Tensor> gather_rows(c10d::ProcessGroupGloo& pg, int world, const torch::Tensor& x) {
+  std::vector<std::vector<torch::Tensor>> out(1);
+  for (int r = 0; r < world; ++r) out[0].push_back(torch::empty_like(x));
+  std::vector<torch::Tensor> in{x};
+  pg.allgather(out, in)->wait();
+  return out[0];
+}
+
+/// all_gather_rows' autograd: forward gathers, backward sums the whole gradient over the ranks
+/// and keeps this rank's rows.
+struct GatherRows : torch::autograd::Function<GatherRows> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               c10d::ProcessGroupGloo* pg, int64_t rank, int64_t world) {
+    ctx->saved_data["rank"] = rank;
+    ctx->saved_data["world"] = world;
+    ctx->saved_data["rows"] = x.size(0);
+    ctx->saved_data["pg"] = reinterpret_cast<int64_t>(pg);
+    return torch::cat(gather_rows(*pg, static_cast<int>(world), x.contiguous()));
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto* pg = reinterpret_cast<c10d::ProcessGroupGloo*>(ctx->saved_data["pg"].toInt());
+    const int64_t rank = ctx->saved_data["rank"].toInt(), rows = ctx->saved_data["rows"].toInt();
+    std::vector<torch::Tensor> g{grads[0].contiguous().clone()};
+    pg->allreduce(g)->wait();
+    return {g[0].narrow(0, rank * rows, rows), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor Context::all_gather_rows(const torch::Tensor& x) {
+  if (!active()) return x;
+  TORCH_CHECK(x.device().is_cpu(), "dist: all_gather_rows runs on CPU tensors (Gloo)");
+  if (!x.requires_grad() || !torch::GradMode::is_enabled())
+    return torch::cat(gather_rows(*group_->pg, world_, x.contiguous()));
+  return GatherRows::apply(x, group_->pg.get(), rank_, world_);
+}
+
 void Context::broadcast(const std::vector<torch::Tensor>& tensors) {
   if (!active()) return;
   torch::NoGradGuard no_grad;

@@ -35,6 +35,11 @@ class Context {
   /// values, and their values divided by the world size, so each rank holds the rows every rank
   /// touched. A gradient missing on some rank counts as zero there.
   void average_gradients(const std::vector<torch::Tensor>& params);
+  /// Every rank's `x` (the same shape on each), concatenated in rank order along dim 0. The
+  /// gradient flows back to each rank's own rows summed over the ranks (each rank's loss may use
+  /// every rank's rows; with average_gradients this is the gradient of the ranks' mean loss).
+  /// A plain context returns `x`.
+  torch::Tensor all_gather_rows(const torch::Tensor& x);
   /// Copies rank 0's values into every rank's tensors (in place).
   void broadcast(const std::vector<torch::Tensor>& tensors);
   /// Rank 0's value of a flag, on every rank.

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "framework/dist/dist.h"
+
 namespace recsys::train {
 
 using Metrics = std::map<std::string, double>;
@@ -56,6 +58,9 @@ class Task {
   /// Every metric evaluate("valid") reports (checked against train.early_stopping.metric before
   /// training starts); empty = unknown, not checked.
   virtual std::vector<std::string> metric_names() const { return {}; }
+  /// The data-parallel group this task trains in (Trainer calls it once, before training); a task
+  /// whose loss couples examples (in-batch negatives) may use it to see the other ranks' rows.
+  virtual void set_distributed(const dist::Context&) {}
   /// Facts about the data for results.json (sizes, test points per slice, ...).
   virtual nlohmann::json describe() const { return nlohmann::json::object(); }
 };

@@ -140,6 +140,7 @@ Trainer::Trainer(Task& task, TrainerOptions options, RunDir run_dir, nlohmann::j
     throw ConfigError("train.device", "data-parallel runs (--nproc) average gradients with Gloo on the CPU; "
                                       "set train.device=cpu");
   torch::set_num_threads(static_cast<int>(options_.threads));
+  task_.set_distributed(dist_);
   task_.to(device_);
   optimizer_ = std::make_unique<Optimizer>(task_.module().parameters(), options_.optimizer);
   if (options_.early_stopping.metric.empty()) {

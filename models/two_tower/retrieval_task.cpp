@@ -47,6 +47,9 @@ struct LossOptions {
   int64_t streaming_buckets = 1 << 20;
   double streaming_alpha = 0.05;
   double spread_out = 0.0;  // weight of spread-out regularisation on in-batch item embeddings
+  /// Data-parallel runs: every rank's in-batch items (and extra negatives) are negatives for every
+  /// rank's users, so N ranks of batch B see the N x B candidates of one process with batch N x B.
+  bool cross_rank_negatives = true;
 };
 
 enum class SslSampling { kUniform, kPopularity, kMixture };
@@ -130,6 +133,7 @@ Options parse_options(const Reader& root) {
   o.loss.streaming_buckets = st.get<int64_t>("buckets", o.loss.streaming_buckets);
   o.loss.streaming_alpha = st.get<double>("alpha", o.loss.streaming_alpha);
   o.loss.spread_out = l.get<double>("spread_out", 0.0);
+  o.loss.cross_rank_negatives = l.get<bool>("cross_rank_negatives", o.loss.cross_rank_negatives);
   if (!(o.loss.softmax.temperature() > 0)) l.fail("temperature", "must be positive");
   if (o.loss.mixed_negatives < 0) l.fail("mixed_negatives", "must be >= 0");
   if (o.loss.streaming_buckets < 1) st.fail("buckets", "must be at least 1");
@@ -221,6 +225,7 @@ class RetrievalTask : public train::Task {
     auto k = *std::max_element(o_.eval.ks.begin(), o_.eval.ks.end());
     return {"recall@" + std::to_string(k), true};
   }
+  void set_distributed(const dist::Context& ctx) override { dist_ = ctx; }
   std::vector<std::string> metric_names() const override {
     std::vector<std::string> out{"users", "test_points", "test_points/head", "test_points/tail"};
     for (auto k : o_.eval.ks)
@@ -268,7 +273,29 @@ class RetrievalTask : public train::Task {
     auto outputs = item_passes(passes);
     auto i = outputs[0];
     Tensor extra = b.extra_inputs.empty() ? Tensor() : outputs[1];
-    auto main = losses::inbatch_softmax_mean(u, i, b.log_q.to(device_), b.item_ids.to(device_), o_.loss.softmax, extra);
+    Tensor log_q = b.log_q.to(device_), item_ids = b.item_ids.to(device_);
+    if (o_.loss.cross_rank_negatives && dist_.active()) {
+      // The other ranks' candidates (positives, then extra negatives) appended as columns; this
+      // rank's positives stay first, so row k's positive is still column k. Full batches only,
+      // so every rank's block has the same shape.
+      auto candidates = extra.defined() ? torch::cat({i, extra}) : i;
+      auto all = dist_.all_gather_rows(candidates);
+      auto all_log_q = dist_.all_gather_rows(log_q);
+      auto all_ids = dist_.all_gather_rows(item_ids);
+      const int64_t C = candidates.size(0), me = dist_.rank();
+      std::vector<Tensor> others{}, others_q{log_q}, others_ids{item_ids};
+      if (extra.defined()) others.push_back(extra);
+      for (int64_t r = 0; r < dist_.world(); ++r) {
+        if (r == me) continue;
+        others.push_back(all.narrow(0, r * C, C));
+        others_q.push_back(all_log_q.narrow(0, r * C, C));
+        others_ids.push_back(all_ids.narrow(0, r * C, C));
+      }
+      extra = torch::cat(others);
+      log_q = torch::cat(others_q);
+      item_ids = torch::cat(others_ids);
+    }
+    auto main = losses::inbatch_softmax_mean(u, i, log_q, item_ids, o_.loss.softmax, extra);
     train::StepOutput out;
     out.loss = main;
     out.parts["main"] = main.detach();
@@ -601,6 +628,7 @@ class RetrievalTask : public train::Task {
   std::vector<int64_t> user_cols_, item_cols_;  // -1 = history
   std::vector<std::pair<int64_t, int64_t>> examples_;
   std::vector<uint8_t> slices_;
+  dist::Context dist_;
   int64_t total_clicks_ = 0;
   std::shared_ptr<torch::nn::Module> root_;
   TwoTower model_{nullptr};
