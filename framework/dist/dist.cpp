@@ -100,56 +100,87 @@ void Context::average_gradients(const std::vector<torch::Tensor>& params) {
     }
   }
 
-  // Sparse: gather every rank's rows (padded to the longest), then concatenate the real ones.
+  // Sparse: every rank's rows of all sparse gradients of one dtype travel together: one gather of
+  // the per-parameter row counts, one of the concatenated indices and one of the flattened values
+  // (each padded to the longest rank), then each parameter's rows are cut out of every rank's part.
+  struct Rows {
+    int64_t param, width;
+    torch::Tensor indices, values;  // [n], [n * width]
+  };
+  std::map<c10::ScalarType, std::vector<Rows>> sparse;
   for (int64_t i = 0; i < P; ++i) {
     if (k[i] != 2) continue;
-    auto& p = const_cast<torch::Tensor&>(params[static_cast<size_t>(i)]);
-    const auto row_shape = p.sizes().slice(1);
-    torch::Tensor indices, values;
-    if (p.grad().defined() && p.grad().is_sparse()) {
-      TORCH_CHECK(p.grad().sparse_dim() == 1, "dist: sparse gradients must index rows (sparse_dim 1)");
-      indices = p.grad()._indices().reshape({-1}).contiguous();
-      values = p.grad()._values().contiguous();
-    } else if (p.grad().defined()) {  // dense here, sparse elsewhere: every row
-      indices = torch::arange(p.size(0), torch::kLong);
-      values = p.grad().contiguous();
+    const auto& p = params[static_cast<size_t>(i)];
+    const int64_t width = p.dim() > 1 ? p.numel() / p.size(0) : 1;
+    Rows r{i, width, torch::Tensor(), torch::Tensor()};
+    const auto& g = p.grad();
+    if (g.defined() && g.is_sparse()) {
+      TORCH_CHECK(g.sparse_dim() == 1, "dist: sparse gradients must index rows (sparse_dim 1)");
+      r.indices = g._indices().reshape({-1}).contiguous();
+      r.values = g._values().contiguous().reshape({-1});
+    } else if (g.defined()) {  // dense here, sparse elsewhere: every row
+      r.indices = torch::arange(p.size(0), torch::kLong);
+      r.values = g.contiguous().reshape({-1});
     } else {
-      indices = torch::empty({0}, torch::kLong);
-      std::vector<int64_t> shape{0};
-      shape.insert(shape.end(), row_shape.begin(), row_shape.end());
-      values = torch::empty(shape, p.options());
+      r.indices = torch::empty({0}, torch::kLong);
+      r.values = torch::empty({0}, p.options());
     }
-    std::vector<torch::Tensor> count{torch::full({1}, indices.size(0), torch::kLong)};
-    std::vector<std::vector<torch::Tensor>> counts(1);
-    for (int r = 0; r < world_; ++r) counts[0].push_back(torch::empty({1}, torch::kLong));
-    pg.allgather(counts, count)->wait();
-    int64_t longest = 0;
-    std::vector<int64_t> n(static_cast<size_t>(world_));
+    sparse[p.scalar_type()].push_back(std::move(r));
+  }
+  auto gather = [&](const torch::Tensor& x) {
+    std::vector<std::vector<torch::Tensor>> out(1);
+    for (int r = 0; r < world_; ++r) out[0].push_back(torch::empty_like(x));
+    std::vector<torch::Tensor> in{x};
+    pg.allgather(out, in)->wait();
+    return out[0];
+  };
+  for (auto& [dtype, rows] : sparse) {
+    const int64_t S = static_cast<int64_t>(rows.size());
+    auto counts = torch::empty({S}, torch::kLong);
+    for (int64_t j = 0; j < S; ++j) counts[j] = rows[static_cast<size_t>(j)].indices.size(0);
+    auto all_counts = gather(counts);
+    // Per rank: its row counts, and the longest index / value buffers any rank sends.
+    std::vector<std::vector<int64_t>> n(static_cast<size_t>(world_), std::vector<int64_t>(static_cast<size_t>(S)));
+    int64_t longest_i = 0, longest_v = 0;
     for (int r = 0; r < world_; ++r) {
-      n[static_cast<size_t>(r)] = counts[0][static_cast<size_t>(r)].item<int64_t>();
-      longest = std::max(longest, n[static_cast<size_t>(r)]);
+      int64_t ti = 0, tv = 0;
+      for (int64_t j = 0; j < S; ++j) {
+        n[static_cast<size_t>(r)][static_cast<size_t>(j)] = all_counts[static_cast<size_t>(r)][j].item<int64_t>();
+        ti += n[static_cast<size_t>(r)][static_cast<size_t>(j)];
+        tv += n[static_cast<size_t>(r)][static_cast<size_t>(j)] * rows[static_cast<size_t>(j)].width;
+      }
+      longest_i = std::max(longest_i, ti);
+      longest_v = std::max(longest_v, tv);
     }
-    std::vector<int64_t> padded_shape{longest};
-    padded_shape.insert(padded_shape.end(), row_shape.begin(), row_shape.end());
-    auto pad_i = torch::zeros({longest}, torch::kLong);
-    auto pad_v = torch::zeros(padded_shape, values.options());
-    pad_i.narrow(0, 0, indices.size(0)).copy_(indices);
-    pad_v.narrow(0, 0, values.size(0)).copy_(values);
-    std::vector<std::vector<torch::Tensor>> all_i(1), all_v(1);
-    for (int r = 0; r < world_; ++r) {
-      all_i[0].push_back(torch::empty({longest}, torch::kLong));
-      all_v[0].push_back(torch::empty(padded_shape, values.options()));
+    auto pad_i = torch::zeros({longest_i}, torch::kLong);
+    auto pad_v = torch::zeros({longest_v}, torch::TensorOptions().dtype(dtype));
+    int64_t oi = 0, ov = 0;
+    for (auto& r : rows) {
+      pad_i.narrow(0, oi, r.indices.size(0)).copy_(r.indices);
+      pad_v.narrow(0, ov, r.values.size(0)).copy_(r.values);
+      oi += r.indices.size(0);
+      ov += r.values.size(0);
     }
-    std::vector<torch::Tensor> in_i{pad_i}, in_v{pad_v};
-    pg.allgather(all_i, in_i)->wait();
-    pg.allgather(all_v, in_v)->wait();
-    std::vector<torch::Tensor> parts_i, parts_v;
-    for (int r = 0; r < world_; ++r) {
-      parts_i.push_back(all_i[0][static_cast<size_t>(r)].narrow(0, 0, n[static_cast<size_t>(r)]));
-      parts_v.push_back(all_v[0][static_cast<size_t>(r)].narrow(0, 0, n[static_cast<size_t>(r)]));
+    auto all_i = gather(pad_i);
+    auto all_v = gather(pad_v);
+    std::vector<int64_t> at_i(static_cast<size_t>(world_), 0), at_v(static_cast<size_t>(world_), 0);
+    for (int64_t j = 0; j < S; ++j) {
+      const auto& r = rows[static_cast<size_t>(j)];
+      auto& p = const_cast<torch::Tensor&>(params[static_cast<size_t>(r.param)]);
+      std::vector<torch::Tensor> parts_i, parts_v;
+      for (int w = 0; w < world_; ++w) {
+        const int64_t m = n[static_cast<size_t>(w)][static_cast<size_t>(j)];
+        parts_i.push_back(all_i[static_cast<size_t>(w)].narrow(0, at_i[static_cast<size_t>(w)], m));
+        parts_v.push_back(all_v[static_cast<size_t>(w)].narrow(0, at_v[static_cast<size_t>(w)], m * r.width));
+        at_i[static_cast<size_t>(w)] += m;
+        at_v[static_cast<size_t>(w)] += m * r.width;
+      }
+      auto indices = torch::cat(parts_i);
+      std::vector<int64_t> value_shape{indices.size(0)};
+      for (int64_t d = 1; d < p.dim(); ++d) value_shape.push_back(p.size(d));
+      auto values = torch::cat(parts_v).view(value_shape).mul_(scale);
+      p.mutable_grad() = torch::sparse_coo_tensor(indices.unsqueeze(0), values, p.sizes());
     }
-    auto merged_v = torch::cat(parts_v).mul_(scale);
-    p.mutable_grad() = torch::sparse_coo_tensor(torch::cat(parts_i).unsqueeze(0), merged_v, p.sizes());
   }
 }
 
