@@ -339,11 +339,13 @@ void Trainer::resume() {
   };
   auto& s = state_;
   // The best state first (kept in memory for the end of training), then the last one.
+  int64_t best_file_step = -1;
   if (fs::exists(best)) {
     torch::serialize::InputArchive archive;
     archive.load_from(best.string(), device_);
     load_module(archive, best.string());
     snapshot_best();
+    best_file_step = read(archive, best.string(), "trainer.step").item<int64_t>();
   }
   torch::serialize::InputArchive archive;
   archive.load_from(last.string(), device_);
@@ -388,6 +390,14 @@ void Trainer::resume() {
                              "with as many (its position in the epoch counts their batches)");
   if (s.best_step >= 0 && !fs::exists(best) && options_.checkpoints)
     throw DataError(best.string(), 0, "missing: the run's best state cannot be restored at its end");
+  if (best_file_step >= 0 && best_file_step != s.best_step) {
+    // Interrupted between the two renames of one validation: best.pt is already that
+    // validation's, last.pt still the one before. The resumed run replays up to that validation
+    // and writes both again; until then the snapshot would not match the bookkeeping.
+    spdlog::warn("{} is from step {} but {} names step {} as the best: the snapshot is dropped until "
+                 "the next validation", best.string(), best_file_step, last.string(), s.best_step);
+    best_params_.clear();
+  }
   s.stop = s.early_stopped;
   checked_through_ = s.step;
   last_validated_step_ = s.step;  // last.pt is written by a validation
