@@ -1,5 +1,6 @@
 // Shared helpers for the Catch2 tests: seeding, tolerance checks, fixture paths.
 #pragma once
+#include <unistd.h>
 #include <catch.hpp>
 #include <torch/torch.h>
 
@@ -46,11 +47,26 @@ struct ThreadCount {
 inline std::string shared_data(const std::string& rel) { return "../shared/data/" + rel; }
 
 /// A fresh empty temporary directory for one test.
+/// The prefix of this test process's scratch directories: the process id keeps two test runs on
+/// one machine (a developer's and CI's) out of each other's files.
+inline std::string temp_prefix() { return "recsys_test_" + std::to_string(::getpid()) + "_"; }
+
+/// A fresh, empty scratch directory for one test (removed again when the test run ends).
 inline std::filesystem::path temp_dir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() / ("recsys_test_" + name);
+  auto dir = std::filesystem::temp_directory_path() / (temp_prefix() + name);
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir;
+}
+
+/// Removes this process's scratch directories (called once the test run is over).
+inline void remove_temp_dirs() {
+  std::error_code ec;
+  const std::string prefix = temp_prefix();
+  std::vector<std::filesystem::path> mine;
+  for (auto& e : std::filesystem::directory_iterator(std::filesystem::temp_directory_path(), ec))
+    if (e.path().filename().string().rfind(prefix, 0) == 0) mine.push_back(e.path());
+  for (auto& p : mine) std::filesystem::remove_all(p, ec);
 }
 
 }  // namespace recsys::testing
