@@ -66,13 +66,6 @@ void print_table(const nlohmann::json& metrics) {
       std::printf("%-12s %10.4f\n", it.key().c_str(), it.value().get<double>());
 }
 
-/// A finished or interrupted run: results or a checkpoint.
-bool holds_run(const std::string& out) {
-  const fs::path dir(out);
-  return fs::exists(dir / "results.json") || fs::exists(dir / "checkpoints" / "best.pt") ||
-         fs::exists(dir / "checkpoints" / "last.pt");
-}
-
 /// A resumed run must continue the config it started with. Settings that change neither the
 /// model, the data nor the order of updates may differ: the length of training (epochs,
 /// max_steps, to extend a run), threads, prefetching, logging and the device.
@@ -110,22 +103,6 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
   if (nproc < 1) throw UsageError("--nproc must be at least 1");
   if (nproc > 1 && resume) throw UsageError("--resume continues single-process runs; drop --nproc");
   auto ctx = dist::Context::from_env();
-  if (nproc > 1 && !ctx.active()) {
-    // The launcher: the run directory is settled here (so that every rank uses the same one),
-    // then this command runs once per rank with the rank in its environment.
-    const bool given = !out.empty();
-    if (!given) out = default_run_dir(config_path);
-    if (holds_run(out) && !overwrite)
-      throw UsageError("run directory '" + out + "' already holds a run; choose another --out or pass --overwrite");
-    try {
-      fs::create_directories(out);
-    } catch (const fs::filesystem_error& e) {
-      throw UsageError("--out '" + out + "': cannot create the run directory: " + e.what());
-    }
-    std::vector<std::string> extra;
-    if (!given) extra = {"--out", out};
-    return dist::launch(nproc, argv, extra, (fs::path(out) / ".dist_store").string());
-  }
   if (ctx.active() && !ctx.leader()) {
     // The other ranks write nothing: rank 0 owns the run directory and the log.
     setup_logging("", "warn");
@@ -137,11 +114,25 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
     if (overwrite) throw UsageError("--resume continues a run, --overwrite replaces it: pass one");
     check_resumed_config(out, experiment.config);
   }
-  if (out.empty()) out = default_run_dir(config_path);
-  const bool holds = holds_run(out);
+  const bool out_given = !out.empty();
+  if (!out_given) out = default_run_dir(config_path);
+  const bool holds = train::RunDir::holds_run(out);
   if (holds && !overwrite && !resume)
-    throw UsageError("run directory '" + out + "' already holds a run; choose another --out, pass --resume to continue it "
-                     "or --overwrite to replace it");
+    throw UsageError("run directory '" + out + "' already holds a run; choose another --out" +
+                     std::string(nproc > 1 ? "" : ", pass --resume to continue it") + " or --overwrite to replace it");
+  if (nproc > 1 && !ctx.active()) {
+    // The launcher: the run directory is settled here (every rank uses this one; the ranks'
+    // FileStore lives in it), then this command runs once per rank with the rank in its
+    // environment. Rank 0 takes it from there (clearing an overwritten run).
+    try {
+      fs::create_directories(out);
+    } catch (const fs::filesystem_error& e) {
+      throw UsageError("--out '" + out + "': cannot create the run directory: " + e.what());
+    }
+    std::vector<std::string> extra;
+    if (!out_given) extra = {"--out", out};
+    return dist::launch(nproc, argv, extra, (fs::path(out) / ".dist_store").string());
+  }
   if (holds && overwrite) {
     // Replaced as a whole up front: a failing new run must not leave its config next to the old
     // results and checkpoints.

@@ -32,6 +32,15 @@ int env_int(const char* name, int fallback) {
   return static_cast<int>(x);
 }
 
+/// Every rank's `x` (the same shape on each), in rank order.
+std::vector<torch::Tensor> gather_rows(c10d::ProcessGroupGloo& pg, int world, const torch::Tensor& x) {
+  std::vector<std::vector<torch::Tensor>> out(1);
+  for (int r = 0; r < world; ++r) out[0].push_back(torch::empty_like(x));
+  std::vector<torch::Tensor> in{x};
+  pg.allgather(out, in)->wait();
+  return out[0];
+}
+
 }  // namespace
 
 Context Context::join(int rank, int world, const std::string& store_path, std::chrono::milliseconds timeout) {
@@ -127,13 +136,7 @@ void Context::average_gradients(const std::vector<torch::Tensor>& params) {
     }
     sparse[p.scalar_type()].push_back(std::move(r));
   }
-  auto gather = [&](const torch::Tensor& x) {
-    std::vector<std::vector<torch::Tensor>> out(1);
-    for (int r = 0; r < world_; ++r) out[0].push_back(torch::empty_like(x));
-    std::vector<torch::Tensor> in{x};
-    pg.allgather(out, in)->wait();
-    return out[0];
-  };
+  auto gather = [&](const torch::Tensor& x) { return gather_rows(pg, world_, x); };
   for (auto& [dtype, rows] : sparse) {
     const int64_t S = static_cast<int64_t>(rows.size());
     auto counts = torch::empty({S}, torch::kLong);
@@ -185,14 +188,6 @@ void Context::average_gradients(const std::vector<torch::Tensor>& params) {
 }
 
 namespace {
-
-std::vector<torch::Tensor> gather_rows(c10d::ProcessGroupGloo& pg, int world, const torch::Tensor& x) {
-  std::vector<std::vector<torch::Tensor>> out(1);
-  for (int r = 0; r < world; ++r) out[0].push_back(torch::empty_like(x));
-  std::vector<torch::Tensor> in{x};
-  pg.allgather(out, in)->wait();
-  return out[0];
-}
 
 /// all_gather_rows' autograd: forward gathers, backward sums the whole gradient over the ranks
 /// and keeps this rank's rows.

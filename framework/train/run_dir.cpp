@@ -63,11 +63,11 @@ void RunDir::truncate_metrics(int64_t step) const {
   write_atomic(dir_ / "metrics.jsonl", kept);
 }
 
-bool RunDir::holds_run() const {
-  if (!enabled()) return false;
-  if (fs::exists(dir_ / "results.json")) return true;
+bool RunDir::holds_run(const fs::path& dir) {
+  if (dir.empty()) return false;
+  if (fs::exists(dir / "results.json")) return true;
   std::error_code ec;
-  for (auto& e : fs::directory_iterator(dir_ / "checkpoints", ec))
+  for (auto& e : fs::directory_iterator(dir / "checkpoints", ec))
     if (e.path().extension() == ".pt") return true;
   return false;
 }

@@ -25,8 +25,8 @@ class RunDir {
   /// Keeps the records of metrics.jsonl up to `step` (a resumed run redoes what came later; the
   /// test record of an earlier end goes too); rewritten atomically.
   void truncate_metrics(int64_t step) const;
-  /// True when the directory already holds a finished run or checkpoints.
-  bool holds_run() const;
+  /// True when `dir` already holds a finished run or checkpoints.
+  static bool holds_run(const std::filesystem::path& dir);
   void write_results(const nlohmann::json& results) const;
 
  private:

@@ -178,14 +178,16 @@ void Trainer::restore_best() {
   for (auto& b : task_.module().buffers()) b.copy_(best_params_[i++]);
 }
 
+namespace {
+const char* const kDivergedAdvice = "; lower train.optimizer.lr or set train.optimizer.grad_clip";
+}  // namespace
+
 void Trainer::check_loss(const torch::Tensor& loss) {
-  const auto fail = [&](const std::string& value, const std::string& where) {
-    throw NumericError("non-finite training loss (" + value + ") " + where +
-                       "; lower train.optimizer.lr or set train.optimizer.grad_clip");
-  };
   if (loss.device().is_cpu()) {
     const double v = loss.item<double>();
-    if (!std::isfinite(v)) fail(std::to_string(v), "at step " + std::to_string(state_.step));
+    if (!std::isfinite(v))
+      throw NumericError("non-finite training loss (" + std::to_string(v) + ") at step " +
+                         std::to_string(state_.step) + kDivergedAdvice);
     checked_through_ = state_.step;
     return;
   }
@@ -199,8 +201,7 @@ void Trainer::check_pending_loss() {
     nonfinite_ = torch::Tensor();
     if (bad)
       throw NumericError("non-finite training loss at a step in " + std::to_string(checked_through_ + 1) +
-                         ".." + std::to_string(state_.step) +
-                         "; lower train.optimizer.lr or set train.optimizer.grad_clip");
+                         ".." + std::to_string(state_.step) + kDivergedAdvice);
   }
   checked_through_ = state_.step;
 }
@@ -212,7 +213,6 @@ void Trainer::validate() {
   // otherwise validate that step again at the epoch's end.
   if (s.step == last_validated_step_) return;
   last_validated_step_ = s.step;
-  ++validations_;
   if (!dist_.leader()) {  // rank 0 validates; the others learn whether it stopped the run
     s.stop = dist_.broadcast_flag(false);
     s.early_stopped = s.stop;
@@ -504,7 +504,7 @@ nlohmann::json Trainer::fit() {
   check_pending_loss();
   double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (auto& h : hooks_) h->on_train_end(*this);
-  if (s.best_step < 0 && validations_ == 0) {
+  if (s.best_step < 0 && last_validated_step_ < 0) {
     // The loop has already counted past the last epoch it trained; the checkpoint this
     // validation writes must name that epoch (and whether its end passed) to resume from it.
     const int64_t after = s.epoch;

@@ -126,9 +126,8 @@ class Trainer {
   /// so their storage, and the optimizer's references to it, stay), each shape checked.
   void load_module(torch::serialize::InputArchive& archive, const std::string& file);
   dist::Context dist_;
-  int64_t validations_ = 0;
   bool resumed_ = false;
-  int64_t last_validated_step_ = -1;
+  int64_t last_validated_step_ = -1;  // -1: no validation yet in this process
   bool fallback_validation_ = false;  // the end-of-run validation when none came before
   int64_t forget_from_step_ = -1;     // resumed from such a validation: its record is dropped
   torch::Generator gen_;         // the forward pass's randomness (augmentations, dropout masks)
