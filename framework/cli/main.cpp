@@ -17,6 +17,7 @@
 #include "framework/data/retrieval_sources.h"
 #include "framework/dist/dist.h"
 #include "framework/train/experiment.h"
+#include "framework/train/saved_run.h"
 #include "framework/train/sweep.h"
 #include "models/two_tower/retrieval_task.h"
 #include "framework/util/allocator.h"
@@ -183,6 +184,70 @@ int cmd_mi(const std::string& config_path, const std::vector<std::string>& overr
   return 0;
 }
 
+int cmd_eval(const std::string& target, const std::string& which, const std::string& split,
+             const std::vector<std::string>& overrides, bool json, const std::string& out) {
+  auto run = train::load_saved_run(target, which, overrides, split);
+  auto metrics = run.task->evaluate(split);
+  nlohmann::json result = {{"checkpoint", run.checkpoint.string()}, {"step", run.step}, {"split", split},
+                           {"task", run.experiment.task}, {"metrics", metrics}};
+  if (json) {
+    std::cout << result.dump() << std::endl;
+  } else {
+    std::printf("%s metrics of %s (step %lld):\n", split.c_str(), run.checkpoint.string().c_str(),
+                static_cast<long long>(run.step));
+    print_table(result["metrics"]);
+  }
+  if (!out.empty()) {
+    try {
+      train::write_atomic(out, result.dump(2) + "\n");
+    } catch (const std::exception& e) {
+      throw UsageError("--out '" + out + "': " + e.what());
+    }
+  }
+  return 0;
+}
+
+struct ExportArgs {
+  std::string target, what, which = "best", split = "test", format = "tsv", out;
+  int64_t k = 50;
+  std::vector<std::string> overrides;
+};
+
+int cmd_export(const ExportArgs& a) {
+  if (a.k < 1) throw UsageError("--k must be at least 1");
+  auto run = train::load_saved_run(a.target, a.which, a.overrides, a.split);
+  const auto kinds = run.task->export_kinds();
+  auto kind = std::find_if(kinds.begin(), kinds.end(), [&](const auto& k) { return k.name == a.what; });
+  if (kind == kinds.end()) {
+    std::string known;
+    for (const auto& k : kinds) known += (known.empty() ? "" : ", ") + k.name;
+    throw UsageError("--what '" + a.what + "': the " + run.experiment.task + " task exports " +
+                     (known.empty() ? std::string("nothing") : known));
+  }
+  fs::path path = a.out;
+  if (path.empty()) {
+    std::error_code ec;
+    const bool dir = fs::is_directory(a.target, ec);
+    const std::string name = a.what + (kind->uses_split ? "-" + a.split : "") + "-" +
+                             (dir ? a.which : run.checkpoint.stem().string()) + "." + a.format;
+    path = dir ? fs::path(a.target) / "exports" / name : fs::path(name);
+  }
+  if (path.has_parent_path()) {
+    std::error_code ec;
+    fs::create_directories(path.parent_path(), ec);
+    if (ec) throw UsageError("cannot create '" + path.parent_path().string() + "': " + ec.message());
+  }
+  auto table = run.task->export_table(a.what, a.split, a.k);
+  if (a.format == "npy")
+    train::write_table_npy(table, path);
+  else
+    train::write_table_tsv(table, path);
+  std::printf("wrote %s: %lld rows, %zu key and %zu value columns (%s, step %lld)\n", path.string().c_str(),
+              static_cast<long long>(table.keys.size()), table.key_columns.size(), table.value_columns.size(),
+              run.checkpoint.string().c_str(), static_cast<long long>(run.step));
+  return 0;
+}
+
 int cmd_list() {
   auto show = [](const std::string& title, const auto& registry) {
     std::printf("%s:\n", title.c_str());
@@ -237,6 +302,34 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"test", "valid"}));
   sweep_cmd->add_option("--only", sweep.only, "run just these variants (comma-separated)")->delimiter(',');
 
+  std::string eval_target, eval_which = "best", eval_split = "test", eval_out;
+  std::vector<std::string> eval_overrides;
+  bool eval_json = false;
+  auto* eval_cmd = app.add_subcommand("eval", "evaluate a trained model from its checkpoint");
+  eval_cmd->add_option("run", eval_target, "run directory, or a checkpoint file")->required();
+  eval_cmd->add_option("--checkpoint", eval_which, "best (default) or last, in a run directory")
+      ->check(CLI::IsMember({"best", "last"}));
+  eval_cmd->add_option("--split", eval_split, "test (default) or valid")->check(CLI::IsMember({"test", "valid"}));
+  eval_cmd->add_option("--set", eval_overrides, "eval.*=VALUE, train.device, train.threads; repeatable");
+  eval_cmd->add_flag("--json", eval_json, "print one JSON line");
+  eval_cmd->add_option("--out", eval_out, "also write the result as JSON to this file");
+
+  ExportArgs export_args;
+  auto* export_cmd = app.add_subcommand("export", "write embeddings, recommendations or predictions of a trained model");
+  export_cmd->add_option("run", export_args.target, "run directory, or a checkpoint file")->required();
+  export_cmd->add_option("--what", export_args.what,
+                         "retrieval: item_embeddings, user_embeddings, recommendations; ctr: predictions")
+      ->required();
+  export_cmd->add_option("--checkpoint", export_args.which, "best (default) or last, in a run directory")
+      ->check(CLI::IsMember({"best", "last"}));
+  export_cmd->add_option("--split", export_args.split, "test (default) or valid")
+      ->check(CLI::IsMember({"test", "valid"}));
+  export_cmd->add_option("--k", export_args.k, "recommendations per user (default 50)");
+  export_cmd->add_option("--format", export_args.format, "tsv (default) or npy (values; keys in .keys.tsv)")
+      ->check(CLI::IsMember({"tsv", "npy"}));
+  export_cmd->add_option("--out", export_args.out, "output file (default RUN/exports/<what>[-<split>]-<checkpoint>.<format>)");
+  export_cmd->add_option("--set", export_args.overrides, "eval.*=VALUE, train.device, train.threads; repeatable");
+
   std::string mi_config, mi_out;
   std::vector<std::string> mi_overrides;
   auto* mi_cmd = app.add_subcommand("mi", "print and save the item features' mutual information matrix");
@@ -280,6 +373,8 @@ int main(int argc, char** argv) {
     }
     if (*train_cmd) return cmd_train(config_path, overrides, out, dump, overwrite, resume, nproc, argv, log_level);
     if (*list_cmd) return cmd_list();
+    if (*eval_cmd) return cmd_eval(eval_target, eval_which, eval_split, eval_overrides, eval_json, eval_out);
+    if (*export_cmd) return cmd_export(export_args);
     if (*sweep_cmd) {
       sweep.log_level = log_level;
       return train::run_sweep(sweep);

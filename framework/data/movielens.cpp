@@ -494,6 +494,8 @@ RetrievalData assemble(Parsed& p, const MovieLensOptions& options) {
 
   // Users.
   data.users = FeatureTable(nu);
+  for (int64_t r = 0; r < nu; ++r) data.user_keys.push_back(std::to_string(user_ids[r]));
+  for (int64_t r = 0; r < ni; ++r) data.item_keys.push_back(std::to_string(item_ids[r]));
   {
     std::vector<std::vector<int64_t>> bags(nu);
     for (int64_t r = 0; r < nu; ++r) bags[r] = {r + kFirstIndex};

@@ -14,7 +14,9 @@ struct RetrievalData {
   std::string source;  ///< "synthetic", "movielens:ml-100k", ...
   FeatureTable users;
   FeatureTable items;
-  std::vector<std::string> item_names;                 ///< raw ids / titles, for exports
+  std::vector<std::string> item_names;                 ///< titles (or generated names), for exports
+  /// The source's raw ids by row, for exports (empty: the row number stands for the id).
+  std::vector<std::string> item_keys, user_keys;
   std::vector<std::vector<int64_t>> sequences;         ///< per user row: positive item rows by time
 
   // Filled by split_by_time():

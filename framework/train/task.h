@@ -4,6 +4,7 @@
 
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,21 @@ struct StreamOptions {
   uint64_t seed = 0;
   int64_t epoch = 0;
   int64_t prefetch = 4;  ///< batches prepared ahead by a background thread (0: inline)
+};
+
+/// One export of a trained model (`recsys export`): a table with one row per key. Keys are text
+/// (raw ids, names, ranks); values are numbers, one column each.
+struct ExportTable {
+  std::vector<std::string> key_columns;
+  std::vector<std::vector<std::string>> keys;  ///< [rows][key_columns.size()]
+  std::vector<std::string> value_columns;
+  torch::Tensor values;  ///< CPU [rows, value_columns.size()]
+};
+
+/// An export a task offers: its name and a one-line description.
+struct ExportKind {
+  std::string name, help;
+  bool uses_split = true;  ///< the table depends on the split (else the split is ignored)
 };
 
 struct StepOutput {
@@ -61,6 +77,16 @@ class Task {
   /// The data-parallel group this task trains in (Trainer calls it once, before training); a task
   /// whose loss couples examples (in-batch negatives) may use it to see the other ranks' rows.
   virtual void set_distributed(const dist::Context&) {}
+  /// What export_table() can produce (empty: the task exports nothing).
+  virtual std::vector<ExportKind> export_kinds() const { return {}; }
+  /// One export from the current parameters, on "valid" or "test" where the kind depends on the
+  /// split (user histories, samples); runs under NoGradGuard in eval mode. `k` is the list length
+  /// of ranked exports. Called only with a kind from export_kinds().
+  virtual ExportTable export_table(const std::string& kind, const std::string& split, int64_t k) {
+    (void)split;
+    (void)k;
+    throw std::logic_error("export '" + kind + "' is not offered by this task");
+  }
   /// Facts about the data for results.json (sizes, test points per slice, ...).
   virtual nlohmann::json describe() const { return nlohmann::json::object(); }
 };

@@ -293,12 +293,10 @@ void Trainer::save_checkpoint(const std::string& name) const {
   std::filesystem::rename(tmp, path);
 }
 
-namespace {
-
 /// Module::save's layout: a module's own parameters and buffers by name, each child module in a
 /// nested archive under its name. Read into the existing tensors, each shape checked first.
-void load_into(torch::nn::Module& module, torch::serialize::InputArchive& archive, const std::string& file,
-               const std::string& prefix) {
+void load_module_state(torch::nn::Module& module, torch::serialize::InputArchive& archive,
+                       const std::string& file, const std::string& prefix) {
   torch::NoGradGuard no_grad;
   auto load = [&](const std::string& name, torch::Tensor& target) {
     torch::Tensor t;
@@ -315,14 +313,25 @@ void load_into(torch::nn::Module& module, torch::serialize::InputArchive& archiv
     torch::serialize::InputArchive nested;
     if (!archive.try_read(child.key(), nested))
       throw DataError(file, 0, "checkpoint lacks module '" + prefix + child.key() + "': it was written for another model");
-    load_into(*child.value(), nested, file, prefix + child.key() + ".");
+    load_module_state(*child.value(), nested, file, prefix + child.key() + ".");
   }
 }
 
-}  // namespace
+void open_checkpoint(torch::serialize::InputArchive& archive, const std::filesystem::path& file,
+                     torch::Device device) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(file, ec))
+    throw DataError(file.string(), 0, std::filesystem::exists(file, ec) ? "not a checkpoint file" : "no such checkpoint");
+  try {
+    archive.load_from(file.string(), device);
+  } catch (const c10::Error& e) {
+    throw DataError(file.string(), 0, std::string("not a readable checkpoint (truncated or another format): ") +
+                                          e.what_without_backtrace());
+  }
+}
 
 void Trainer::load_module(torch::serialize::InputArchive& archive, const std::string& file) {
-  load_into(task_.module(), archive, file, "");
+  load_module_state(task_.module(), archive, file);
 }
 
 void Trainer::resume() {
@@ -342,13 +351,13 @@ void Trainer::resume() {
   int64_t best_file_step = -1;
   if (fs::exists(best)) {
     torch::serialize::InputArchive archive;
-    archive.load_from(best.string(), device_);
+    open_checkpoint(archive, best, device_);
     load_module(archive, best.string());
     snapshot_best();
     best_file_step = read(archive, best.string(), "trainer.step").item<int64_t>();
   }
   torch::serialize::InputArchive archive;
-  archive.load_from(last.string(), device_);
+  open_checkpoint(archive, last, device_);
   load_module(archive, last.string());
   try {
     optimizer_->load(archive);

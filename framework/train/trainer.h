@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,6 +40,14 @@ struct TrainerOptions {
 };
 
 torch::Device resolve_device(const std::string& name);
+
+/// Reads a checkpoint file (DataError naming it when it is missing, truncated or not one).
+void open_checkpoint(torch::serialize::InputArchive& archive, const std::filesystem::path& file,
+                     torch::Device device);
+/// Loads a module's parameters and buffers (Module::save's layout) into its existing tensors, each
+/// shape checked: DataError naming `file` and the tensor for a checkpoint of another model.
+void load_module_state(torch::nn::Module& module, torch::serialize::InputArchive& archive,
+                       const std::string& file, const std::string& prefix = "");
 
 struct TrainerState {
   int64_t step = 0, epoch = 0, examples = 0;

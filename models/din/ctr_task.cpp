@@ -188,33 +188,41 @@ class CtrTask : public train::Task {
   }
 
   train::Metrics evaluate(const std::string& split) override {
-    torch::NoGradGuard no_grad;
-    root_->eval();
-    const auto& samples = split == "test" ? splits_.test : splits_.valid;
-    std::vector<float> logits, probs, labels;
-    std::vector<int64_t> users;
-    std::mt19937_64 rng(seed_ ^ 0xe7a1ULL);  // negative histories, when a model needs them
-    const int64_t n = samples.size();
-    for (int64_t s = 0; s < n; s += o_.eval_batch_size) {
-      std::vector<int64_t> rows(static_cast<size_t>(std::min(n, s + o_.eval_batch_size) - s));
-      std::iota(rows.begin(), rows.end(), s);
-      auto b = make_batch(samples, rows, rng);
-      auto z =
-          model_->forward(input_of(*b)).logits.to(torch::kCPU).to(torch::kFloat32).contiguous();
-      auto p = torch::sigmoid(z);
-      logits.insert(logits.end(), z.data_ptr<float>(), z.data_ptr<float>() + z.numel());
-      probs.insert(probs.end(), p.data_ptr<float>(), p.data_ptr<float>() + p.numel());
-      auto l = b->batch.label.contiguous();
-      labels.insert(labels.end(), l.data_ptr<float>(), l.data_ptr<float>() + l.numel());
-      auto u = b->batch.user.contiguous();
-      users.insert(users.end(), u.data_ptr<int64_t>(), u.data_ptr<int64_t>() + u.numel());
-    }
-    root_->train();
-    if (n == 0) spdlog::warn("ctr: the {} split is empty; its metrics are placeholders", split);
+    const Scores sc = score_split(split);
+    if (sc.labels.empty()) spdlog::warn("ctr: the {} split is empty; its metrics are placeholders", split);
     // Rankings use the logits: the sigmoid of large logits rounds to ties in float32.
-    return {{"auc", eval::auc(logits, labels)},
-            {"gauc", eval::gauc(logits, labels, users)},
-            {"logloss", eval::logloss(probs, labels)}};
+    return {{"auc", eval::auc(sc.logits, sc.labels)},
+            {"gauc", eval::gauc(sc.logits, sc.labels, sc.users)},
+            {"logloss", eval::logloss(sc.probs, sc.labels)}};
+  }
+
+  std::vector<train::ExportKind> export_kinds() const override {
+    return {{"predictions",
+             "every sample of the split: user, candidate item and category (raw ids), label, logit and "
+             "click probability, in the order evaluation scores them",
+             true}};
+  }
+
+  train::ExportTable export_table(const std::string& kind, const std::string& split, int64_t) override {
+    if (kind != "predictions") throw std::logic_error("ctr: no export '" + kind + "'");
+    const Scores sc = score_split(split);
+    train::ExportTable t;
+    t.key_columns = {"user", "item", "category"};
+    t.value_columns = {"label", "logit", "probability"};
+    auto name = [](const std::vector<std::string>& names, int64_t id) {
+      return id >= 0 && id < static_cast<int64_t>(names.size()) ? names[static_cast<size_t>(id)] : std::to_string(id);
+    };
+    const int64_t n = static_cast<int64_t>(sc.labels.size());
+    t.values = torch::empty({n, 3}, torch::kFloat32);
+    float* v = t.values.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      t.keys.push_back({name(log_.user_names, sc.users[i]), name(log_.item_names, sc.items[i]),
+                        name(log_.category_names, sc.categories[i])});
+      v[3 * i] = sc.labels[i];
+      v[3 * i + 1] = sc.logits[i];
+      v[3 * i + 2] = sc.probs[i];
+    }
+    return t;
   }
 
   nlohmann::json describe() const override {
@@ -258,6 +266,39 @@ class CtrTask : public train::Task {
     if (splits_.valid.size() == 0) fail("validation", "valid_fraction", s.valid_fraction);
     if (o_.evaluate_test && splits_.test.size() == 0)
       fail("test", "test_fraction", s.test_fraction);
+  }
+
+  /// Every sample of a split scored by the model, in order (eval mode, no gradients).
+  struct Scores {
+    std::vector<float> logits, probs, labels;
+    std::vector<int64_t> users, items, categories;
+  };
+  Scores score_split(const std::string& split) {
+    torch::NoGradGuard no_grad;
+    root_->eval();
+    const auto& samples = split == "test" ? splits_.test : splits_.valid;
+    Scores sc;
+    auto append = [](auto& out, const Tensor& t) {
+      auto c = t.contiguous();
+      using T = typename std::decay_t<decltype(out)>::value_type;
+      out.insert(out.end(), c.template data_ptr<T>(), c.template data_ptr<T>() + c.numel());
+    };
+    std::mt19937_64 rng(seed_ ^ 0xe7a1ULL);  // negative histories, when a model needs them
+    const int64_t n = samples.size();
+    for (int64_t s = 0; s < n; s += o_.eval_batch_size) {
+      std::vector<int64_t> rows(static_cast<size_t>(std::min(n, s + o_.eval_batch_size) - s));
+      std::iota(rows.begin(), rows.end(), s);
+      auto b = make_batch(samples, rows, rng);
+      auto z = model_->forward(input_of(*b)).logits.to(torch::kCPU).to(torch::kFloat32);
+      append(sc.logits, z);
+      append(sc.probs, torch::sigmoid(z));
+      append(sc.labels, b->batch.label);
+      append(sc.users, b->batch.user);
+      append(sc.items, b->batch.item);
+      append(sc.categories, b->batch.category);
+    }
+    root_->train();
+    return sc;
   }
 
   std::unique_ptr<CtrTrainBatch> make_batch(const data::CtrSamples& samples,

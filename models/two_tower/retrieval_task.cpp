@@ -354,44 +354,65 @@ class RetrievalTask : public train::Task {
     torch::NoGradGuard no_grad;
     root_->eval();
     const bool test = split == "test";
-    const auto& targets = test ? data_.test : data_.valid;
-    // All item embeddings once.
-    const int64_t N = data_.num_items();
-    std::vector<Tensor> item_chunks;
-    for (int64_t s = 0; s < N; s += 4096) {
-      int64_t e = std::min(N, s + 4096);
-      std::vector<int64_t> rows(static_cast<size_t>(e - s));
-      std::iota(rows.begin(), rows.end(), s);
-      auto inputs = item_inputs(rows);
-      move_all(inputs, device_);
-      item_chunks.push_back(model_->item(inputs));
-    }
-    auto items = torch::cat(item_chunks, 0);
     eval::RankingAccumulator acc(o_.eval.ks, slices_, {"head", "tail"});
-    const int64_t K = std::min<int64_t>(acc.max_k(), N);
-    std::vector<int64_t> users;
-    for (int64_t u = 0; u < data_.num_users(); ++u)
-      if (!targets[u].empty()) users.push_back(u);
-    for (size_t s = 0; s < users.size(); s += static_cast<size_t>(o_.eval.batch_size)) {
-      size_t e = std::min(users.size(), s + static_cast<size_t>(o_.eval.batch_size));
-      std::vector<int64_t> ub(users.begin() + static_cast<long>(s), users.begin() + static_cast<long>(e));
-      std::vector<std::vector<int64_t>> known(ub.size());
-      for (size_t j = 0; j < ub.size(); ++j) {
-        known[j] = data_.train[ub[j]];
-        if (test) known[j].insert(known[j].end(), data_.valid[ub[j]].begin(), data_.valid[ub[j]].end());
-      }
-      auto inputs = user_inputs(ub, known);
-      move_all(inputs, device_);
-      auto scores = torch::matmul(model_->user(inputs), items.t()).to(torch::kCPU).contiguous();
-      float* sp = scores.data_ptr<float>();
-      for (size_t j = 0; j < ub.size(); ++j)
-        for (int64_t it : known[j]) sp[static_cast<int64_t>(j) * N + it] = -std::numeric_limits<float>::infinity();
-      auto top = std::get<1>(scores.topk(K, 1)).contiguous();
-      const int64_t* tp = top.data_ptr<int64_t>();
-      for (size_t j = 0; j < ub.size(); ++j) acc.add(tp + static_cast<int64_t>(j) * K, K, targets[ub[j]]);
-    }
+    rank_split(test, acc.max_k(), [&](int64_t u, const int64_t* top, const float*, int64_t K) {
+      acc.add(top, K, (test ? data_.test : data_.valid)[u]);
+    });
     root_->train();
     return acc.result();
+  }
+
+  std::vector<train::ExportKind> export_kinds() const override {
+    return {{"item_embeddings", "the item tower's output for every item of the catalogue", false},
+            {"user_embeddings",
+             "the user tower's output for every user, with the history known before the split", true},
+            {"recommendations",
+             "the top k items of each user with held-out items in the split (known items excluded, as "
+             "in evaluation), their scores and whether each is held out",
+             true}};
+  }
+
+  train::ExportTable export_table(const std::string& kind, const std::string& split, int64_t k) override {
+    torch::NoGradGuard no_grad;
+    root_->eval();
+    const bool test = split == "test";
+    train::ExportTable t;
+    if (kind == "item_embeddings") {
+      t.key_columns = {"item", "name"};
+      for (int64_t i = 0; i < data_.num_items(); ++i) t.keys.push_back({item_key(i), data_.item_names[i]});
+      t.values = item_embeddings().to(torch::kCPU).to(torch::kFloat32).contiguous();
+      for (int64_t c = 0; c < t.values.size(1); ++c) t.value_columns.push_back("e" + std::to_string(c));
+    } else if (kind == "user_embeddings") {
+      t.key_columns = {"user"};
+      std::vector<Tensor> parts;
+      const int64_t U = data_.num_users();
+      for (int64_t s = 0; s < U; s += o_.eval.batch_size) {
+        std::vector<int64_t> ub(static_cast<size_t>(std::min(U, s + o_.eval.batch_size) - s));
+        std::iota(ub.begin(), ub.end(), s);
+        parts.push_back(user_embeddings(ub, test).to(torch::kCPU));
+      }
+      for (int64_t u = 0; u < U; ++u) t.keys.push_back({user_key(u)});
+      t.values = torch::cat(parts).to(torch::kFloat32).contiguous();
+      for (int64_t c = 0; c < t.values.size(1); ++c) t.value_columns.push_back("e" + std::to_string(c));
+    } else if (kind == "recommendations") {
+      t.key_columns = {"user", "rank", "item", "name"};
+      t.value_columns = {"score", "held_out"};
+      std::vector<float> values;
+      const auto& targets = test ? data_.test : data_.valid;
+      rank_split(test, k, [&](int64_t u, const int64_t* top, const float* score, int64_t K) {
+        const auto& held = targets[u];
+        for (int64_t r = 0; r < K; ++r) {
+          t.keys.push_back({user_key(u), std::to_string(r + 1), item_key(top[r]), data_.item_names[top[r]]});
+          values.push_back(score[r]);
+          values.push_back(std::find(held.begin(), held.end(), top[r]) != held.end() ? 1.0f : 0.0f);
+        }
+      });
+      t.values = torch::tensor(values, torch::kFloat32).reshape({static_cast<int64_t>(t.keys.size()), 2});
+    } else {
+      throw std::logic_error("retrieval: no export '" + kind + "'");
+    }
+    root_->train();
+    return t;
   }
 
   nlohmann::json describe() const override {
@@ -432,6 +453,71 @@ class RetrievalTask : public train::Task {
     };
     if (is_empty(data_.valid)) fail("validation");
     if (o_.evaluate_test && is_empty(data_.test)) fail("test");
+  }
+
+  std::string item_key(int64_t row) const {
+    return data_.item_keys.empty() ? std::to_string(row) : data_.item_keys[static_cast<size_t>(row)];
+  }
+  std::string user_key(int64_t row) const {
+    return data_.user_keys.empty() ? std::to_string(row) : data_.user_keys[static_cast<size_t>(row)];
+  }
+
+  /// The item tower on the whole catalogue, in chunks: [num_items, D] on the device.
+  Tensor item_embeddings() {
+    const int64_t N = data_.num_items();
+    std::vector<Tensor> chunks;
+    for (int64_t s = 0; s < N; s += 4096) {
+      std::vector<int64_t> rows(static_cast<size_t>(std::min(N, s + 4096) - s));
+      std::iota(rows.begin(), rows.end(), s);
+      auto inputs = item_inputs(rows);
+      move_all(inputs, device_);
+      chunks.push_back(model_->item(inputs));
+    }
+    return torch::cat(chunks, 0);
+  }
+
+  /// What user u is known to have clicked before the split: training positives, plus the
+  /// validation ones before the test split. These are the history and are excluded from ranking.
+  std::vector<int64_t> known_items(int64_t u, bool test) const {
+    auto known = data_.train[u];
+    if (test) known.insert(known.end(), data_.valid[u].begin(), data_.valid[u].end());
+    return known;
+  }
+
+  Tensor user_embeddings(const std::vector<int64_t>& users, bool test) {
+    std::vector<std::vector<int64_t>> known(users.size());
+    for (size_t j = 0; j < users.size(); ++j) known[j] = known_items(users[j], test);
+    auto inputs = user_inputs(users, known);
+    move_all(inputs, device_);
+    return model_->user(inputs);
+  }
+
+  /// Ranks the catalogue for every user with held-out items in the split, known items excluded,
+  /// and calls visit(user, top item rows, their scores, count) with the best min(k, items) first.
+  template <typename Visit>
+  void rank_split(bool test, int64_t k, Visit visit) {
+    const auto& targets = test ? data_.test : data_.valid;
+    auto items = item_embeddings();
+    const int64_t N = data_.num_items(), K = std::min<int64_t>(k, N);
+    std::vector<int64_t> users;
+    for (int64_t u = 0; u < data_.num_users(); ++u)
+      if (!targets[u].empty()) users.push_back(u);
+    for (size_t s = 0; s < users.size(); s += static_cast<size_t>(o_.eval.batch_size)) {
+      size_t e = std::min(users.size(), s + static_cast<size_t>(o_.eval.batch_size));
+      std::vector<int64_t> ub(users.begin() + static_cast<long>(s), users.begin() + static_cast<long>(e));
+      auto scores = torch::matmul(user_embeddings(ub, test), items.t()).to(torch::kCPU).contiguous();
+      float* sp = scores.data_ptr<float>();
+      for (size_t j = 0; j < ub.size(); ++j)
+        for (int64_t it : known_items(ub[j], test))
+          sp[static_cast<int64_t>(j) * N + it] = -std::numeric_limits<float>::infinity();
+      auto [top_scores, top] = scores.topk(K, 1);
+      top = top.contiguous();
+      top_scores = top_scores.contiguous();
+      const int64_t* tp = top.data_ptr<int64_t>();
+      const float* ts = top_scores.data_ptr<float>();
+      for (size_t j = 0; j < ub.size(); ++j)
+        visit(ub[j], tp + static_cast<int64_t>(j) * K, ts + static_cast<int64_t>(j) * K, K);
+    }
   }
 
   void build_columns() {

@@ -289,3 +289,42 @@ TEST_CASE("cli: two ranks of batch 32 with cross-rank negatives train as one pro
   INFO("max difference: per-rank candidates " << different);
   CHECK(different > 20 * same);
 }
+
+TEST_CASE("cli: eval and export read a trained run from its checkpoint", "[cli][saved_run]") {
+  if (!have_binary()) return;
+  auto dir = recsys::testing::temp_dir("cli_eval");
+  const std::string run_dir = (dir / "run").string();
+  auto trained = run("train configs/tests/twotower_tiny.json --set train.epochs=1 --set train.checkpoints=true --out " +
+                     run_dir);
+  INFO("stderr: " << trained.err);
+  REQUIRE(trained.code == 0);
+  auto results = recsys::config::Json::parse(slurp(dir / "run" / "results.json"));
+
+  auto evaluated = run("eval " + run_dir + " --json --out " + (dir / "eval.json").string());
+  INFO("stderr: " << evaluated.err);
+  REQUIRE(evaluated.code == 0);
+  auto printed = recsys::config::Json::parse(evaluated.out);
+  CHECK(printed["metrics"] == results["metrics"]);
+  CHECK(printed["split"] == "test");
+  CHECK(printed["step"] == results["best_step"]);
+  CHECK(recsys::config::Json::parse(slurp(dir / "eval.json")) == printed);
+
+  auto exported = run("export " + run_dir + " --what recommendations --k 3");
+  INFO("stderr: " << exported.err);
+  REQUIRE(exported.code == 0);
+  const auto file = dir / "run" / "exports" / "recommendations-test-best.tsv";
+  REQUIRE(fs::exists(file));
+  std::ifstream in(file);
+  int64_t lines = 0;
+  for (std::string line; std::getline(in, line);) ++lines;
+  CHECK(lines == 1 + 3 * static_cast<int64_t>(printed["metrics"]["users"].get<double>()));
+
+  auto unknown = run("export " + run_dir + " --what predictions");
+  CHECK(unknown.code == 2);
+  CHECK(unknown.err.find("item_embeddings, user_embeddings, recommendations") != std::string::npos);
+  auto not_a_run = run("eval " + (dir / "missing").string());
+  CHECK(not_a_run.code == 2);
+  auto model_change = run("eval " + run_dir + " --set model.embedding_dim=4");
+  CHECK(model_change.code == 2);
+  CHECK(model_change.err.find("model.embedding_dim") != std::string::npos);
+}
