@@ -54,25 +54,55 @@ torch::Tensor inbatch_softmax_mean(const torch::Tensor& user, const torch::Tenso
   return inbatch_softmax(user, item, log_q, item_ids, options, extra_item).mean();
 }
 
-torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, double temperature,
-                          bool symmetric, bool fused_kernel) {
+namespace {
+
+void check_views(const torch::Tensor& z1, const torch::Tensor& z2, const torch::Tensor& extra2,
+                 const torch::Tensor& extra1, bool symmetric) {
   TORCH_CHECK(z1.dim() == 2 && z1.sizes() == z2.sizes(), "contrastive: views must both be [M, D]");
-  // Scaling z1 [M, D] rather than the [M, M] logits: the same products, M / D times less work.
-  auto logits = torch::mm(z1 * (1.0 / temperature), z2.t());
+  TORCH_CHECK(!extra2.defined() || (extra2.dim() == 2 && extra2.size(1) == z1.size(1)),
+              "contrastive: extra view-2 negatives must be [K, D]");
+  TORCH_CHECK(!symmetric || extra1.defined() == extra2.defined(),
+              "contrastive: the symmetric loss needs extra negatives for both views or neither");
+  TORCH_CHECK(!extra1.defined() || (extra1.dim() == 2 && extra1.size(1) == z1.size(1)),
+              "contrastive: extra view-1 negatives must be [K, D]");
+}
+
+torch::Tensor with_extra(const torch::Tensor& view, const torch::Tensor& extra) {
+  return extra.defined() && extra.size(0) > 0 ? torch::cat({view, extra}, 0) : view;
+}
+
+}  // namespace
+
+torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, double temperature,
+                          bool symmetric, bool fused_kernel, const torch::Tensor& extra2,
+                          const torch::Tensor& extra1) {
+  check_views(z1, z2, extra2, extra1, symmetric);
+  // Scaling z1 [M, D] rather than the [M, C] logits: the same products, C / D times less work.
+  auto logits = torch::mm(z1 * (1.0 / temperature), with_extra(z2, extra2).t());
   auto targets = torch::arange(z1.size(0), torch::TensorOptions().dtype(torch::kInt64).device(z1.device()));
   const auto ce = fused_kernel ? rowwise_cross_entropy : rowwise_cross_entropy_reference;
   auto loss = ce(logits, targets);
-  if (symmetric) loss = 0.5 * (loss + ce(logits.t(), targets));
+  if (symmetric) {
+    // Without extra columns the other direction's scores are the transpose.
+    auto back = extra1.defined() && extra1.size(0) > 0
+                    ? torch::mm(z2 * (1.0 / temperature), with_extra(z1, extra1).t())
+                    : logits.t();
+    loss = 0.5 * (loss + ce(back, targets));
+  }
   return loss;
 }
 
 torch::Tensor contrastive_mean(const torch::Tensor& z1, const torch::Tensor& z2,
                                double temperature, bool symmetric, bool fused_kernel,
-                               bool fused_mean) {
-  TORCH_CHECK(z1.dim() == 2 && z1.sizes() == z2.sizes(), "contrastive: views must both be [M, D]");
-  if (fused_mean && !symmetric && diagonal_softmax_unsupported(z1, z2, {}, {}).empty())
-    return diagonal_softmax_mean_fused(z1, z2, 1.0 / temperature);
-  return contrastive(z1, z2, temperature, symmetric, fused_kernel).mean();
+                               bool fused_mean, const torch::Tensor& extra2,
+                               const torch::Tensor& extra1) {
+  check_views(z1, z2, extra2, extra1, symmetric);
+  if (fused_mean && !symmetric) {
+    auto columns = with_extra(z2, extra2);
+    if (diagonal_softmax_unsupported(z1, columns, {}, {}).empty())
+      return diagonal_softmax_mean_fused(z1, columns, 1.0 / temperature);
+  }
+  return contrastive(z1, z2, temperature, symmetric, fused_kernel, extra2, extra1).mean();
 }
 
 torch::Tensor spread_out(const torch::Tensor& q) {

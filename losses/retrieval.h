@@ -39,15 +39,19 @@ torch::Tensor inbatch_softmax_mean(const torch::Tensor& user, const torch::Tenso
 
 /// The SSL contrastive loss of Yao et al. (eq. 3): views z1 [M,D], z2 [M,D] (unit vectors);
 /// loss_i = -log softmax_j(<z1_i, z2_j> / tau)[i]; `symmetric` averages both directions.
-/// Returns the per-example loss [M].
+/// `extra2` [K, D] adds view-2 rows of other items as further negatives (columns after z2's);
+/// with `symmetric`, `extra1` does the same for the other direction (both or neither). Data-
+/// parallel runs pass the other ranks' views here. Returns the per-example loss [M].
 torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, double temperature,
-                          bool symmetric = false, bool fused_kernel = true);
+                          bool symmetric = false, bool fused_kernel = true,
+                          const torch::Tensor& extra2 = {}, const torch::Tensor& extra1 = {});
 
 /// mean_i of contrastive(...)_i; `fused_mean` runs the one-direction loss as one blockwise kernel
 /// (losses/softmax_fused.h) on CPU float32 / float64, else contrastive(...).mean().
 torch::Tensor contrastive_mean(const torch::Tensor& z1, const torch::Tensor& z2,
                                double temperature, bool symmetric = false,
-                               bool fused_kernel = true, bool fused_mean = true);
+                               bool fused_kernel = true, bool fused_mean = true,
+                               const torch::Tensor& extra2 = {}, const torch::Tensor& extra1 = {});
 
 /// Spread-out regularisation (Zhang et al., ICCV 2017) on unit vectors q [N,D]:
 ///   M1 = mean_{i != j} <q_i, q_j>, M2 = mean_{i != j} <q_i, q_j>^2,

@@ -279,21 +279,15 @@ class RetrievalTask : public train::Task {
       // rank's positives stay first, so row k's positive is still column k. Full batches only,
       // so every rank's block has the same shape.
       auto candidates = extra.defined() ? torch::cat({i, extra}) : i;
-      auto all = dist_.all_gather_rows(candidates);
-      auto all_log_q = dist_.all_gather_rows(log_q);
-      auto all_ids = dist_.all_gather_rows(item_ids);
-      const int64_t C = candidates.size(0), me = dist_.rank();
-      std::vector<Tensor> others{}, others_q{log_q}, others_ids{item_ids};
-      if (extra.defined()) others.push_back(extra);
-      for (int64_t r = 0; r < dist_.world(); ++r) {
-        if (r == me) continue;
-        others.push_back(all.narrow(0, r * C, C));
-        others_q.push_back(all_log_q.narrow(0, r * C, C));
-        others_ids.push_back(all_ids.narrow(0, r * C, C));
-      }
-      extra = torch::cat(others);
-      log_q = torch::cat(others_q);
-      item_ids = torch::cat(others_ids);
+      const int64_t C = candidates.size(0);
+      std::vector<Tensor> columns{}, columns_q{log_q}, columns_ids{item_ids};
+      if (extra.defined()) columns.push_back(extra);
+      columns.push_back(other_ranks(dist_.all_gather_rows(candidates), C));
+      columns_q.push_back(other_ranks(dist_.all_gather_rows(log_q), C));
+      columns_ids.push_back(other_ranks(dist_.all_gather_rows(item_ids), C));
+      extra = torch::cat(columns);
+      log_q = torch::cat(columns_q);
+      item_ids = torch::cat(columns_ids);
     }
     auto main = losses::inbatch_softmax_mean(u, i, log_q, item_ids, o_.loss.softmax, extra);
     train::StepOutput out;
@@ -306,7 +300,14 @@ class RetrievalTask : public train::Task {
         z1 = torch::nn::functional::normalize(projection_->forward(z1), torch::nn::functional::NormalizeFuncOptions().dim(1));
         z2 = torch::nn::functional::normalize(projection_->forward(z2), torch::nn::functional::NormalizeFuncOptions().dim(1));
       }
-      auto ssl = losses::contrastive_mean(z1, z2, o_.ssl.temperature, o_.ssl.symmetric);
+      Tensor extra2, extra1;
+      if (o_.loss.cross_rank_negatives && dist_.active()) {
+        // Every rank's SSL items are negatives for every rank's views too, so N ranks contrast
+        // the N x m items of one process whose SSL batch is N x m.
+        extra2 = other_ranks(dist_.all_gather_rows(z2), z2.size(0));
+        if (o_.ssl.symmetric) extra1 = other_ranks(dist_.all_gather_rows(z1), z1.size(0));
+      }
+      auto ssl = losses::contrastive_mean(z1, z2, o_.ssl.temperature, o_.ssl.symmetric, true, true, extra2, extra1);
       out.loss = out.loss + o_.ssl.alpha * ssl;
       out.parts["ssl"] = ssl.detach();
     }
@@ -316,6 +317,15 @@ class RetrievalTask : public train::Task {
       out.parts["spread_out"] = so.detach();
     }
     return out;
+  }
+
+  /// The rows of every other rank in an all_gather_rows result of `rows` rows per rank, in rank
+  /// order.
+  Tensor other_ranks(const Tensor& all, int64_t rows) const {
+    std::vector<Tensor> parts;
+    for (int64_t r = 0; r < dist_.world(); ++r)
+      if (r != dist_.rank()) parts.push_back(all.narrow(0, r * rows, rows));
+    return torch::cat(parts);
   }
 
   /// The item tower on each input set. With model.batch_item_passes, when every set's features

@@ -290,6 +290,45 @@ TEST_CASE("cli: two ranks of batch 32 with cross-rank negatives train as one pro
   CHECK(different > 20 * same);
 }
 
+TEST_CASE("cli: two ranks of SSL batch 32 contrast their views across ranks as one process of 64", "[cli][dist]") {
+  if (!have_binary()) return;
+  auto dir = recsys::testing::temp_dir("cli_nproc_ssl");
+  // The SSL batch follows the training batch (ssl.batch_size 0): 32 items per rank, 64 in one
+  // process, drawn from the same stream in the same order. Correlated masking draws one seed
+  // feature per row, so the two halves of a 64-row draw are the two 32-row draws (value dropout
+  // draws per feature, which would interleave differently).
+  const std::string common =
+      "train configs/tests/twotower_tiny.json --set train.checkpoints=true --set train.epochs=1 "
+      "--set train.max_steps=12 --set train.eval_every=12 --set train.threads=1 --set ssl.alpha=0.5 "
+      "--set ssl.batch_size=0 --set ssl.temperature=0.1 "
+      "--set 'ssl.augment=[{\"type\":\"correlated_mask\",\"fraction\":0.5}]'";
+  for (const char* symmetric : {"false", "true"}) {
+    DYNAMIC_SECTION("symmetric " << symmetric) {
+      const std::string sym = std::string(" --set ssl.symmetric=") + symmetric;
+      auto single = run(common + sym + " --set train.batch_size=64 --out " + (dir / "single").string());
+      INFO("stderr: " << single.err);
+      REQUIRE(single.code == 0);
+      auto pair = run(common + sym + " --nproc 2 --set train.batch_size=32 --out " + (dir / "pair").string());
+      INFO("stderr: " << pair.err);
+      REQUIRE(pair.code == 0);
+      auto apart = run(common + sym + " --nproc 2 --set train.batch_size=32 --set loss.cross_rank_negatives=false --out " +
+                       (dir / "apart").string());
+      REQUIRE(apart.code == 0);
+      int compared = 0;
+      const double same = checkpoint_difference(dir / "single" / "checkpoints" / "last.pt",
+                                                dir / "pair" / "checkpoints" / "last.pt", compared);
+      CHECK(compared > 10);
+      INFO("max difference: same objective " << same);
+      CHECK(same < 1e-4);
+      int compared_apart = 0;
+      const double different = checkpoint_difference(dir / "single" / "checkpoints" / "last.pt",
+                                                     dir / "apart" / "checkpoints" / "last.pt", compared_apart);
+      INFO("max difference: per-rank candidates " << different);
+      CHECK(different > 20 * same);
+    }
+  }
+}
+
 TEST_CASE("cli: eval and export read a trained run from its checkpoint", "[cli][saved_run]") {
   if (!have_binary()) return;
   auto dir = recsys::testing::temp_dir("cli_eval");

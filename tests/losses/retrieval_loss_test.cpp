@@ -145,6 +145,39 @@ TEST_CASE("contrastive loss matches float64, one-sided and symmetric", "[loss]")
   CHECK(std::abs(one[0] - sym[0]) > 1e-3);  // the two directions really differ here
 }
 
+TEST_CASE("contrastive loss with extra negatives (other ranks' views) matches float64", "[loss]") {
+  const Mat z1 = {{1.0, 0.0}, {0.6, 0.8}};
+  const Mat z2 = {{0.8, 0.6}, {0.0, 1.0}};
+  const Mat e2 = {{-0.6, -0.8}, {0.6, -0.8}};  // other items' view 2: extra columns for z1's rows
+  const Mat e1 = {{0.0, -1.0}};                 // other items' view 1: extra columns for z2's rows
+  const double tau = 0.25;
+  std::vector<double> one, sym;
+  for (size_t i = 0; i < 2; ++i) {
+    double row = 0, col = 0;
+    for (size_t j = 0; j < 2; ++j) {
+      row += std::exp(dot(z1[i], z2[j]) / tau);
+      col += std::exp(dot(z2[i], z1[j]) / tau);
+    }
+    for (const auto& e : e2) row += std::exp(dot(z1[i], e) / tau);
+    for (const auto& e : e1) col += std::exp(dot(z2[i], e) / tau);
+    const double pos = dot(z1[i], z2[i]) / tau;
+    one.push_back(std::log(row) - pos);
+    sym.push_back(0.5 * ((std::log(row) - pos) + (std::log(col) - pos)));
+  }
+  auto a = to_tensor(z1), b = to_tensor(z2), x2 = to_tensor(e2), x1 = to_tensor(e1);
+  require_close(contrastive(a, b, tau, false, true, x2), vec(one), 1e-5, 1e-6);
+  require_close(contrastive(a, b, tau, true, true, x2, x1), vec(sym), 1e-5, 1e-6);
+  require_close(contrastive(a, b, tau, true, false, x2, x1), vec(sym), 1e-5, 1e-6);  // reference cross-entropy
+  const double mean_one = (one[0] + one[1]) / 2, mean_sym = (sym[0] + sym[1]) / 2;
+  require_close(contrastive_mean(a, b, tau, false, true, true, x2).item<double>(), mean_one, 1e-5);  // fused kernel
+  require_close(contrastive_mean(a, b, tau, false, true, false, x2).item<double>(), mean_one, 1e-5);
+  require_close(contrastive_mean(a, b, tau, true, true, true, x2, x1).item<double>(), mean_sym, 1e-5);
+  // The extras change the loss, and the symmetric loss needs extras for both views or neither.
+  CHECK(std::abs(contrastive_mean(a, b, tau).item<double>() - mean_one) > 1e-3);
+  CHECK_THROWS(contrastive(a, b, tau, true, true, x2));
+  CHECK_THROWS(contrastive(a, b, tau, false, true, torch::zeros({2, 3})));
+}
+
 TEST_CASE("spread_out matches float64", "[loss]") {
   auto by_hand = [](const Mat& q) {
     double m1 = 0, m2 = 0, pairs = 0;
