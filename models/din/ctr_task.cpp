@@ -17,6 +17,7 @@
 #include "models/baselines/wide_deep.h"
 #include "models/din/ctr_model_options.h"
 #include "models/din/din.h"
+#include "models/layers/dice.h"
 
 namespace recsys::models {
 namespace {
@@ -67,6 +68,8 @@ struct Options {
   std::string model_type;
   CtrModelBuilder model;
   int64_t eval_batch_size = 1024;
+  /// model.sync_batch_stats: data-parallel runs take Dice's batch statistics over every rank.
+  bool sync_batch_stats = true;
   /// train.evaluate_test: whether the run reports the test split (which then must not be empty).
   bool evaluate_test = true;
 };
@@ -79,6 +82,7 @@ Options parse_options(const Reader& root) {
   o.data = data::parse_ctr_data_options(d);
   auto m = root.child("model");
   o.model_type = m.get<std::string>("type", "din");
+  o.sync_batch_stats = m.get<bool>("sync_batch_stats", o.sync_batch_stats);
   o.model = ctr_models().get(o.model_type, m.path_of("type"))(m);
   auto e = root.child("eval");
   o.eval_batch_size = e.get<int64_t>("batch_size", o.eval_batch_size);
@@ -145,6 +149,11 @@ class CtrTask : public train::Task {
   }
   int64_t train_examples() const override { return splits_.train.size(); }
   std::pair<std::string, bool> selection_metric() const override { return {"auc", true}; }
+  void set_distributed(const dist::Context& ctx) override {
+    if (!o_.sync_batch_stats) return;
+    for (auto& m : root_->modules())
+      if (auto* dice = dynamic_cast<DiceImpl*>(m.get())) dice->set_sync(ctx);
+  }
   std::vector<std::string> metric_names() const override { return {"auc", "gauc", "logloss"}; }
 
   std::unique_ptr<train::BatchStream> train_stream(const train::StreamOptions& so) override {

@@ -155,6 +155,7 @@ torch::Tensor DiceImpl::forward(const torch::Tensor& x) {
   TORCH_CHECK(x.size(-1) == options_.dim(), "Dice: expected last dimension ", options_.dim(),
               ", got ", x.size(-1));
   auto flat = x.reshape({-1, options_.dim()});
+  if (is_training() && sync_.active()) return forward_synced(flat).view(x.sizes());
   const auto dtype = x.scalar_type();
   if (options_.fused() && x.device().is_cpu() && alpha.device().is_cpu() &&
       (dtype == torch::kFloat || dtype == torch::kDouble) && alpha.scalar_type() == dtype &&
@@ -182,6 +183,29 @@ torch::Tensor DiceImpl::forward(const torch::Tensor& x) {
   auto p = torch::sigmoid((x - mean) * torch::rsqrt(var + options_.eps()));
   // p*x + (1-p)*alpha*x  ==  x * (alpha + p * (1 - alpha))
   return x * (alpha + p * (1 - alpha));
+}
+
+torch::Tensor DiceImpl::forward_synced(const torch::Tensor& flat) {
+  // One collective per call: each rank's [sum x, sum x^2, rows] per column, in double, gathered
+  // and summed (the gather's backward returns each rank's share of the gradient from every
+  // rank's loss). The variance as E[x^2] - E[x]^2: the two-pass form would need a second
+  // collective, and double keeps the cancellation harmless at activation scales.
+  const int64_t D = flat.size(1);
+  auto xd = flat.to(torch::kFloat64);
+  auto rows = torch::full({1}, static_cast<double>(flat.size(0)), xd.options());
+  auto local = torch::cat({xd.sum(0), xd.pow(2).sum(0), rows});
+  auto total = sync_.all_gather_rows(local.unsqueeze(0)).sum(0);
+  auto n = total.narrow(0, 2 * D, 1).detach();
+  TORCH_CHECK(n.item<double>() > 0, "Dice: no rows on any rank");
+  auto mean = total.narrow(0, 0, D) / n;
+  auto var = (total.narrow(0, D, D) / n - mean.pow(2)).clamp_min(0.0);  // biased, as in the local path
+  {
+    torch::NoGradGuard guard;
+    running_mean.mul_(1 - options_.momentum()).add_(mean.to(running_mean.scalar_type()), options_.momentum());
+    running_var.mul_(1 - options_.momentum()).add_(var.to(running_var.scalar_type()), options_.momentum());
+  }
+  auto p = torch::sigmoid(((xd - mean) * torch::rsqrt(var + options_.eps())).to(flat.scalar_type()));
+  return flat * (alpha + p * (1 - alpha));
 }
 
 }  // namespace recsys::models

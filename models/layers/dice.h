@@ -1,6 +1,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include "framework/dist/dist.h"
+
 namespace recsys::models {
 
 struct DiceOptions {
@@ -24,11 +26,18 @@ class DiceImpl : public torch::nn::Module {
  public:
   explicit DiceImpl(DiceOptions options);
   torch::Tensor forward(const torch::Tensor& x);
+  /// Data-parallel runs: in training the batch statistics are taken over every rank's rows
+  /// (SyncBatchNorm's rule; differentiable, the gradient reaching each rank's rows from every
+  /// rank's loss), so N ranks of batch B normalise as one process of batch N x B, and the running
+  /// statistics stay equal on every rank. A plain context (the default) keeps them local.
+  void set_sync(dist::Context context) { sync_ = std::move(context); }
 
   torch::Tensor alpha, running_mean, running_var;
 
  private:
+  torch::Tensor forward_synced(const torch::Tensor& flat);
   DiceOptions options_;
+  dist::Context sync_;
 };
 TORCH_MODULE(Dice);
 

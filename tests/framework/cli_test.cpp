@@ -329,6 +329,34 @@ TEST_CASE("cli: two ranks of SSL batch 32 contrast their views across ranks as o
   }
 }
 
+TEST_CASE("cli: two DIN ranks of batch 32 with synchronised Dice train as one process of batch 64", "[cli][dist]") {
+  if (!have_binary()) return;
+  auto dir = recsys::testing::temp_dir("cli_nproc_dice");
+  const std::string common = "train configs/tests/ctr_din.json --set train.checkpoints=true --set train.epochs=1 "
+                             "--set train.max_steps=12 --set train.eval_every=12 --set train.threads=1";
+  auto single = run(common + " --set train.batch_size=64 --out " + (dir / "single").string());
+  INFO("stderr: " << single.err);
+  REQUIRE(single.code == 0);
+  auto pair = run(common + " --nproc 2 --set train.batch_size=32 --out " + (dir / "pair").string());
+  INFO("stderr: " << pair.err);
+  REQUIRE(pair.code == 0);
+  auto apart = run(common + " --nproc 2 --set train.batch_size=32 --set model.sync_batch_stats=false --out " +
+                   (dir / "apart").string());
+  REQUIRE(apart.code == 0);
+  // Parameters, Adam moments and Dice's running statistics.
+  int compared = 0;
+  const double same = checkpoint_difference(dir / "single" / "checkpoints" / "last.pt",
+                                            dir / "pair" / "checkpoints" / "last.pt", compared);
+  CHECK(compared > 10);
+  INFO("max difference: synchronised " << same);
+  CHECK(same < 1e-4);
+  int compared_apart = 0;
+  const double different = checkpoint_difference(dir / "single" / "checkpoints" / "last.pt",
+                                                 dir / "apart" / "checkpoints" / "last.pt", compared_apart);
+  INFO("max difference: per-rank statistics " << different);
+  CHECK(different > 20 * same);
+}
+
 TEST_CASE("cli: eval and export read a trained run from its checkpoint", "[cli][saved_run]") {
   if (!have_binary()) return;
   auto dir = recsys::testing::temp_dir("cli_eval");

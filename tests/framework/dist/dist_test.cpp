@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "framework/dist/dist.h"
+#include "models/layers/dice.h"
 #include "support.h"
 
 namespace {
@@ -51,10 +52,62 @@ int rank_main(int rank, const std::string& store) {
   }
 }
 
-}  // namespace
+/// One rank of the synchronised Dice test: its half of a batch through a Dice whose statistics
+/// span both ranks, against the whole batch through a local Dice in this process.
+int dice_rank_main(int rank, const std::string& store) {
+  try {
+    at::set_num_threads(1);
+    auto ctx = recsys::dist::Context::join(rank, 2, store, std::chrono::seconds(30));
+    torch::manual_seed(11);
+    const auto f64 = torch::kFloat64;
+    auto x = (torch::randn({8, 5}, f64) * 2 + 1).requires_grad_();
+    auto c = torch::randn({8, 5}, f64);  // a loss that weighs every output differently
+    recsys::models::Dice local(recsys::models::DiceOptions(5)), synced(recsys::models::DiceOptions(5));
+    local->to(f64);
+    synced->to(f64);
+    {
+      torch::NoGradGuard g;
+      local->alpha.copy_(torch::randn({5}, f64));
+      synced->alpha.copy_(local->alpha);
+    }
+    synced->set_sync(ctx);
+    auto y_ref = local->forward(x);
+    auto ref = torch::autograd::grad({(y_ref * c).mean()}, {x, local->alpha});
+    auto xh = x.detach().narrow(0, 4 * rank, 4).clone().requires_grad_();
+    auto yh = synced->forward(xh);
+    if (!torch::allclose(yh, y_ref.detach().narrow(0, 4 * rank, 4), 1e-10, 1e-12)) return 30;
+    (yh * c.narrow(0, 4 * rank, 4)).mean().backward();
+    ctx.average_gradients({synced->alpha});
+    if (!torch::allclose(synced->alpha.grad(), ref[1], 1e-10, 1e-12)) return 31;
+    // Each rank's rows get the gradient of both ranks' losses; the mean of the two is the
+    // whole-batch objective.
+    if (!torch::allclose(xh.grad() / 2, ref[0].narrow(0, 4 * rank, 4), 1e-10, 1e-12)) return 32;
+    if (!torch::allclose(synced->running_mean, local->running_mean, 1e-12, 1e-14)) return 33;
+    if (!torch::allclose(synced->running_var, local->running_var, 1e-12, 1e-14)) return 34;
+    // The half's own statistics would give other outputs: the synchronisation is what matches.
+    recsys::models::Dice unsynced(recsys::models::DiceOptions(5));
+    unsynced->to(f64);
+    {
+      torch::NoGradGuard g;
+      unsynced->alpha.copy_(local->alpha);
+    }
+    if (torch::allclose(unsynced->forward(xh.detach()), yh.detach(), 1e-4, 1e-6)) return 36;
+    synced->eval();  // eval mode uses the running statistics, no collective
+    auto ye = synced->forward(xh.detach());
+    local->eval();
+    if (!torch::allclose(ye, local->forward(x.detach().narrow(0, 4 * rank, 4)), 1e-12, 1e-14)) return 35;
+    ctx.barrier();
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
+    return 20;
+  }
+}
 
-TEST_CASE("dist: two ranks' averaged gradients equal the full batch's", "[dist]") {
-  auto dir = recsys::testing::temp_dir("dist_average");
+/// Forks two ranks running `main_fn` and checks both exit 0.
+template <typename Fn>
+void run_two_ranks(const std::string& name, Fn main_fn) {
+  auto dir = recsys::testing::temp_dir(name);
   const std::string store = (dir / "store").string();
   pid_t pids[2];
   for (int rank = 0; rank < 2; ++rank) {
@@ -62,7 +115,7 @@ TEST_CASE("dist: two ranks' averaged gradients equal the full batch's", "[dist]"
     REQUIRE(pids[rank] >= 0);
     if (pids[rank] == 0) {
       ::alarm(60);  // a rank stuck in a collective fails the test instead of hanging it
-      ::_exit(rank_main(rank, store));
+      ::_exit(main_fn(rank, store));
     }
   }
   for (int rank = 0; rank < 2; ++rank) {
@@ -72,6 +125,16 @@ TEST_CASE("dist: two ranks' averaged gradients equal the full batch's", "[dist]"
     REQUIRE(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
   }
+}
+
+}  // namespace
+
+TEST_CASE("dist: two ranks' averaged gradients equal the full batch's", "[dist]") {
+  run_two_ranks("dist_average", rank_main);
+}
+
+TEST_CASE("dist: synchronised Dice on two halves equals Dice on the whole batch", "[dist]") {
+  run_two_ranks("dist_dice", dice_rank_main);
 }
 
 TEST_CASE("dist: a plain context makes every collective a no-op", "[dist]") {
