@@ -56,8 +56,12 @@ torch::Tensor inbatch_softmax_mean(const torch::Tensor& user, const torch::Tenso
 
 namespace {
 
+/// An empty extra block counts as none.
+torch::Tensor nonempty(const torch::Tensor& t) { return t.defined() && t.numel() > 0 ? t : torch::Tensor(); }
+
 void check_views(const torch::Tensor& z1, const torch::Tensor& z2, const torch::Tensor& extra2,
                  const torch::Tensor& extra1, bool symmetric) {
+  TORCH_CHECK(symmetric || !extra1.defined(), "contrastive: extra view-1 negatives need the symmetric loss");
   TORCH_CHECK(z1.dim() == 2 && z1.sizes() == z2.sizes(), "contrastive: views must both be [M, D]");
   TORCH_CHECK(!extra2.defined() || (extra2.dim() == 2 && extra2.size(1) == z1.size(1)),
               "contrastive: extra view-2 negatives must be [K, D]");
@@ -74,8 +78,9 @@ torch::Tensor with_extra(const torch::Tensor& view, const torch::Tensor& extra) 
 }  // namespace
 
 torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, double temperature,
-                          bool symmetric, bool fused_kernel, const torch::Tensor& extra2,
-                          const torch::Tensor& extra1) {
+                          bool symmetric, bool fused_kernel, const torch::Tensor& extra2_in,
+                          const torch::Tensor& extra1_in) {
+  const auto extra2 = nonempty(extra2_in), extra1 = nonempty(extra1_in);
   check_views(z1, z2, extra2, extra1, symmetric);
   // Scaling z1 [M, D] rather than the [M, C] logits: the same products, C / D times less work.
   auto logits = torch::mm(z1 * (1.0 / temperature), with_extra(z2, extra2).t());
@@ -84,9 +89,7 @@ torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, doub
   auto loss = ce(logits, targets);
   if (symmetric) {
     // Without extra columns the other direction's scores are the transpose.
-    auto back = extra1.defined() && extra1.size(0) > 0
-                    ? torch::mm(z2 * (1.0 / temperature), with_extra(z1, extra1).t())
-                    : logits.t();
+    auto back = extra1.defined() ? torch::mm(z2 * (1.0 / temperature), with_extra(z1, extra1).t()) : logits.t();
     loss = 0.5 * (loss + ce(back, targets));
   }
   return loss;
@@ -94,8 +97,9 @@ torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, doub
 
 torch::Tensor contrastive_mean(const torch::Tensor& z1, const torch::Tensor& z2,
                                double temperature, bool symmetric, bool fused_kernel,
-                               bool fused_mean, const torch::Tensor& extra2,
-                               const torch::Tensor& extra1) {
+                               bool fused_mean, const torch::Tensor& extra2_in,
+                               const torch::Tensor& extra1_in) {
+  const auto extra2 = nonempty(extra2_in), extra1 = nonempty(extra1_in);
   check_views(z1, z2, extra2, extra1, symmetric);
   if (fused_mean && !symmetric) {
     auto columns = with_extra(z2, extra2);

@@ -102,12 +102,11 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
     return 0;
   }
   if (nproc < 1) throw UsageError("--nproc must be at least 1");
-  if (nproc > 1 && resume) throw UsageError("--resume continues single-process runs; drop --nproc");
   auto ctx = dist::Context::from_env();
   if (ctx.active() && !ctx.leader()) {
     // The other ranks write nothing: rank 0 owns the run directory and the log.
     setup_logging("", "warn");
-    train::run_experiment(experiment, train::RunDir(), false, ctx);
+    train::run_experiment(experiment, train::RunDir(), resume, ctx, out);
     return 0;
   }
   if (resume) {
@@ -119,8 +118,8 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
   if (!out_given) out = default_run_dir(config_path);
   const bool holds = train::RunDir::holds_run(out);
   if (holds && !overwrite && !resume)
-    throw UsageError("run directory '" + out + "' already holds a run; choose another --out" +
-                     std::string(nproc > 1 ? "" : ", pass --resume to continue it") + " or --overwrite to replace it");
+    throw UsageError("run directory '" + out + "' already holds a run; choose another --out, pass --resume to "
+                     "continue it or --overwrite to replace it");
   if (nproc > 1 && !ctx.active()) {
     // The launcher: the run directory is settled here (every rank uses this one; the ranks'
     // FileStore lives in it), then this command runs once per rank with the rank in its
@@ -184,12 +183,24 @@ int cmd_mi(const std::string& config_path, const std::vector<std::string>& overr
   return 0;
 }
 
+/// Creates the parent directory of an output file (UsageError naming it when it cannot).
+void make_parent(const fs::path& path) {
+  if (!path.has_parent_path()) return;
+  std::error_code ec;
+  fs::create_directories(path.parent_path(), ec);
+  if (ec) throw UsageError("cannot create '" + path.parent_path().string() + "': " + ec.message());
+}
+
 int cmd_eval(const std::string& target, const std::string& which, const std::string& split,
              const std::vector<std::string>& overrides, bool json, const std::string& out) {
   auto run = train::load_saved_run(target, which, overrides, split);
+  if (!out.empty()) {  // settled before the evaluation runs
+    train::check_output_path(out, run.checkpoint);
+    make_parent(out);
+  }
   auto metrics = run.task->evaluate(split);
   nlohmann::json result = {{"checkpoint", run.checkpoint.string()}, {"step", run.step}, {"split", split},
-                           {"task", run.experiment.task}, {"metrics", metrics}};
+                           {"task", run.experiment.task}, {"overrides", overrides}, {"metrics", metrics}};
   if (json) {
     std::cout << result.dump() << std::endl;
   } else {
@@ -226,17 +237,19 @@ int cmd_export(const ExportArgs& a) {
   }
   fs::path path = a.out;
   if (path.empty()) {
-    std::error_code ec;
-    const bool dir = fs::is_directory(a.target, ec);
     const std::string name = a.what + (kind->uses_split ? "-" + a.split : "") + "-" +
-                             (dir ? a.which : run.checkpoint.stem().string()) + "." + a.format;
-    path = dir ? fs::path(a.target) / "exports" / name : fs::path(name);
+                             run.checkpoint.stem().string() + (kind->uses_k ? "-k" + std::to_string(a.k) : "") +
+                             "." + a.format;
+    path = train::default_export_dir(a.target, run.checkpoint) / name;
   }
-  if (path.has_parent_path()) {
-    std::error_code ec;
-    fs::create_directories(path.parent_path(), ec);
-    if (ec) throw UsageError("cannot create '" + path.parent_path().string() + "': " + ec.message());
+  train::check_output_path(path, run.checkpoint);
+  if (a.format == "npy") {  // the keys and column names go beside the values
+    auto stem = path;
+    stem.replace_extension();
+    train::check_output_path(stem.string() + ".keys.tsv", run.checkpoint);
+    train::check_output_path(stem.string() + ".columns.txt", run.checkpoint);
   }
+  make_parent(path);
   auto table = run.task->export_table(a.what, a.split, a.k);
   if (a.format == "npy")
     train::write_table_npy(table, path);
@@ -327,7 +340,8 @@ int main(int argc, char** argv) {
   export_cmd->add_option("--k", export_args.k, "recommendations per user (default 50)");
   export_cmd->add_option("--format", export_args.format, "tsv (default) or npy (values; keys in .keys.tsv)")
       ->check(CLI::IsMember({"tsv", "npy"}));
-  export_cmd->add_option("--out", export_args.out, "output file (default RUN/exports/<what>[-<split>]-<checkpoint>.<format>)");
+  export_cmd->add_option("--out", export_args.out,
+                         "output file (default RUN/exports/<what>[-<split>]-<checkpoint>[-k<k>].<format>)");
   export_cmd->add_option("--set", export_args.overrides, "eval.*=VALUE, train.device, train.threads; repeatable");
 
   std::string mi_config, mi_out;

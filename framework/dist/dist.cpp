@@ -245,6 +245,13 @@ bool Context::all_equal(double value) {
   return lo[0].item<double>() == hi[0].item<double>();
 }
 
+int64_t Context::all_max(int64_t value) {
+  if (!active()) return value;
+  std::vector<torch::Tensor> v{torch::full({1}, value, torch::kLong)};
+  group_->pg->allreduce(v, c10d::AllreduceOptions{c10d::ReduceOp::MAX})->wait();
+  return v[0].item<int64_t>();
+}
+
 void Context::barrier() {
   if (active()) group_->pg->barrier()->wait();
 }

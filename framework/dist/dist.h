@@ -46,6 +46,8 @@ class Context {
   bool broadcast_flag(bool value);
   /// Whether every rank holds the same value (compared exactly).
   bool all_equal(double value);
+  /// The largest of the ranks' values, on every rank.
+  int64_t all_max(int64_t value);
   void barrier();
 
  private:

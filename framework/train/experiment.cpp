@@ -24,12 +24,18 @@ Experiment parse_experiment(const nlohmann::json& config) {
   return e;
 }
 
-nlohmann::json run_experiment(const Experiment& e, const RunDir& run_dir, bool resume, dist::Context dist) {
+nlohmann::json run_experiment(const Experiment& e, const RunDir& run_dir, bool resume, dist::Context dist,
+                              const std::filesystem::path& resume_from) {
   torch::manual_seed(e.seed);
   torch::set_num_threads(static_cast<int>(e.trainer.threads));
   auto task = e.build_task(e.seed);
+  // Data parallel: the model is built alike everywhere (rank 0's parameters are broadcast
+  // anyway), then each rank draws its own random numbers (dropout masks), as separate processes
+  // of one big batch would.
+  if (dist.active() && dist.rank() > 0)
+    torch::manual_seed(e.seed + 0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(dist.rank()));
   Trainer trainer(*task, e.trainer, run_dir, e.config, e.seed, std::move(dist));
-  if (resume) trainer.resume();
+  if (resume) trainer.resume(resume_from);
   auto results = trainer.fit();
   results["seed"] = e.seed;
   results["task"] = e.task;

@@ -1,6 +1,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
@@ -33,8 +34,10 @@ struct Experiment {
 Experiment parse_experiment(const nlohmann::json& config);
 
 /// Seeds torch, builds the task and trains into `run_dir`; returns results.json. With `resume`,
-/// continues the run in `run_dir` from its last checkpoint (Trainer::resume).
+/// continues the run in `run_dir` (or `resume_from`: the other ranks of a data-parallel run read
+/// rank 0's directory and write nothing) from its last checkpoint (Trainer::resume).
 nlohmann::json run_experiment(const Experiment& experiment, const RunDir& run_dir, bool resume = false,
-                              dist::Context dist = dist::Context());
+                              dist::Context dist = dist::Context(),
+                              const std::filesystem::path& resume_from = {});
 
 }  // namespace recsys::train

@@ -23,9 +23,12 @@ std::string override_key(const std::string& assignment) {
   return eq == std::string::npos ? assignment : assignment.substr(0, eq);
 }
 
-/// Keys an evaluation may change: none of them touches the data, the split or the model.
+/// Keys an evaluation may change: none of them touches the split or the model. The data files
+/// may have moved (relative paths, another machine); a different corpus in their place would
+/// fail the checkpoint's shape checks unless its vocabularies had the very same sizes.
 bool may_change(const std::string& key) {
-  return key.rfind("eval.", 0) == 0 || key == "train.device" || key == "train.threads";
+  return key.rfind("eval.", 0) == 0 || key == "train.device" || key == "train.threads" ||
+         key == "data.path" || key == "data.reviews" || key == "data.meta";
 }
 
 }  // namespace
@@ -33,6 +36,29 @@ bool may_change(const std::string& key) {
 void check_split(const std::string& split) {
   if (split != "valid" && split != "test")
     throw UsageError("--split must be 'valid' or 'test', got '" + split + "'");
+}
+
+void check_output_path(const fs::path& out, const fs::path& checkpoint) {
+  std::error_code ec;
+  const auto target = fs::weakly_canonical(fs::absolute(out), ec);
+  if (fs::equivalent(out, checkpoint, ec))
+    throw UsageError("--out '" + out.string() + "' is the checkpoint being read");
+  const auto parent = target.parent_path();
+  if (parent.filename() == "checkpoints")
+    throw UsageError("--out '" + out.string() + "' lies in a checkpoints directory: choose another path");
+  const auto name = target.filename().string();
+  for (const char* saved : {"config.json", "results.json", "metrics.jsonl", "log.txt"})
+    if (name == saved && RunDir::holds_run(parent))
+      throw UsageError("--out '" + out.string() + "' would replace the " + name + " of the run in " +
+                       parent.string() + ": choose another path");
+}
+
+fs::path default_export_dir(const std::string& target, const fs::path& checkpoint) {
+  std::error_code ec;
+  if (fs::is_directory(target, ec)) return fs::path(target) / "exports";
+  const auto dir = fs::absolute(checkpoint, ec).parent_path();
+  if (dir.filename() == "checkpoints") return dir.parent_path() / "exports";
+  return dir;
 }
 
 SavedRun load_saved_run(const std::string& target, const std::string& which,
@@ -76,17 +102,25 @@ SavedRun load_saved_run(const std::string& target, const std::string& which,
   for (const auto& assignment : overrides) {
     const auto key = override_key(assignment);
     if (!may_change(key))
-      throw ConfigError(key, "evaluating a trained model may change only eval.*, train.device and train.threads "
-                             "(the rest defines the model and its data)");
+      throw ConfigError(key, "evaluating a trained model may change only eval.*, train.device, train.threads and "
+                             "the data files' paths (the rest defines the model and its data)");
     config::apply_override(config, assignment);
   }
   // The tasks require a non-empty test split only where the run reports one.
+  const bool trained_with_test =
+      !(config.contains("train") && config["train"].is_object() && config["train"].value("evaluate_test", true) == false);
   if (split == "test") config::apply_override(config, "train.evaluate_test=true");
   run.experiment = parse_experiment(config);
   torch::manual_seed(run.experiment.seed);
   torch::set_num_threads(static_cast<int>(run.experiment.trainer.threads));
   run.device = resolve_device(run.experiment.trainer.device);
-  run.task = run.experiment.build_task(run.experiment.seed);
+  try {
+    run.task = run.experiment.build_task(run.experiment.seed);
+  } catch (const ConfigError& e) {
+    if (split != "test" || trained_with_test) throw;
+    throw ConfigError(e.path(), "the run has no test split (it was trained with train.evaluate_test = false and "
+                                "this split setting leaves test empty): evaluate it with --split valid");
+  }
   run.task->to(run.device);
   load_module_state(run.task->module(), archive, file);
   torch::Tensor step;
@@ -96,9 +130,19 @@ SavedRun load_saved_run(const std::string& target, const std::string& which,
 
 namespace {
 
-/// A key as one TSV field: tabs and line breaks would split it.
+/// A key as one TSV field. One holding a tab, a line break or a double quote is quoted, with its
+/// quotes doubled (what Python's csv module and pandas read with sep="\t").
 void append_field(std::string& out, const std::string& key) {
-  for (char c : key) out.push_back(c == '\t' || c == '\n' || c == '\r' ? ' ' : c);
+  if (key.find_first_of("\t\n\r\"") == std::string::npos) {
+    out += key;
+    return;
+  }
+  out.push_back('"');
+  for (char c : key) {
+    if (c == '"') out.push_back('"');
+    out.push_back(c);
+  }
+  out.push_back('"');
 }
 
 void append_float(std::string& out, float v) {

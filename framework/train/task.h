@@ -47,6 +47,7 @@ struct ExportTable {
 struct ExportKind {
   std::string name, help;
   bool uses_split = true;  ///< the table depends on the split (else the split is ignored)
+  bool uses_k = false;     ///< a ranked list: `k` entries per user
 };
 
 struct StepOutput {

@@ -42,7 +42,7 @@ TrainerOptions TrainerOptions::from_config(const config::Reader& r) {
   if (o.eval_every < 0) r.fail("eval_every", "must be >= 0 (0 = every epoch)");
   if (o.early_stopping.patience < 0) r.fail("early_stopping.patience", "must be >= 0");
   if (o.log_every < 1) r.fail("log_every", "must be at least 1");
-  if (o.threads < 1) r.fail("threads", "must be at least 1");
+  if (o.threads < 1 || o.threads > 4096) r.fail("threads", "must be between 1 and 4096");
   const bool cuda_index = o.device.size() > 5 && o.device.rfind("cuda:", 0) == 0 &&
                           o.device.size() <= 8 &&
                           std::all_of(o.device.begin() + 5, o.device.end(), [](char c) { return c >= '0' && c <= '9'; });
@@ -135,7 +135,8 @@ Trainer::Trainer(Task& task, TrainerOptions options, RunDir run_dir, nlohmann::j
                  uint64_t seed, dist::Context dist)
     : task_(task), options_(std::move(options)), run_dir_(std::move(run_dir)),
       config_(std::move(config)), seed_(seed), device_(resolve_device(options_.device)),
-      dist_(std::move(dist)), gen_(at::detail::createCPUGenerator(seed ^ 0x5eedULL)) {
+      dist_(std::move(dist)),
+      gen_(at::detail::createCPUGenerator((seed ^ 0x5eedULL) + 0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(dist_.rank()))) {
   if (dist_.active() && !device_.is_cpu())
     throw ConfigError("train.device", "data-parallel runs (--nproc) average gradients with Gloo on the CPU; "
                                       "set train.device=cpu");
@@ -206,6 +207,28 @@ void Trainer::check_pending_loss() {
   checked_through_ = state_.step;
 }
 
+namespace {
+
+/// This process's forward and default CPU generator states, as one row of int32 (Gloo gathers
+/// them; a byte per entry).
+torch::Tensor generator_row(const torch::Generator& forward) {
+  torch::Tensor def;
+  {
+    auto default_gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(default_gen.mutex());
+    def = default_gen.get_state();
+  }
+  auto fwd = forward.get_state();
+  return torch::cat({torch::tensor({fwd.numel(), def.numel()}, torch::kInt32), fwd.to(torch::kInt32),
+                     def.to(torch::kInt32)});
+}
+
+}  // namespace
+
+void Trainer::gather_rank_generators() {
+  rank_generators_ = dist_.all_gather_rows(generator_row(gen_).unsqueeze(0));
+}
+
 void Trainer::validate() {
   check_pending_loss();
   auto& s = state_;
@@ -213,6 +236,9 @@ void Trainer::validate() {
   // otherwise validate that step again at the epoch's end.
   if (s.step == last_validated_step_) return;
   last_validated_step_ = s.step;
+  // Every rank's generators travel to rank 0's checkpoints: a resumed data-parallel run restores
+  // each rank's own (their streams differ by rank).
+  if (dist_.active() && options_.checkpoints) gather_rank_generators();
   if (!dist_.leader()) {  // rank 0 validates; the others learn whether it stopped the run
     s.stop = dist_.broadcast_flag(false);
     s.early_stopped = s.stop;
@@ -262,7 +288,11 @@ void Trainer::save_checkpoint(const std::string& name) const {
   archive.write("trainer.step", torch::tensor(s.step));
   archive.write("trainer.epoch", torch::tensor(s.epoch));
   archive.write("trainer.examples", torch::tensor(s.examples));
-  archive.write("trainer.epoch_batches", torch::tensor(s.epoch_batches));
+  // Data parallel: rank 0 writes while the other ranks' batches of its global step lie after its
+  // own in the stream; the position is the whole global step (a multiple of the world size), so
+  // that no rank trains one of them again after a resume.
+  const int64_t world = dist_.world();
+  archive.write("trainer.epoch_batches", torch::tensor((s.epoch_batches + world - 1) / world * world));
   archive.write("trainer.epoch_complete", torch::tensor(static_cast<int64_t>(s.epoch_complete)));
   archive.write("trainer.early_stopped", torch::tensor(static_cast<int64_t>(s.early_stopped)));
   archive.write("trainer.world_size", torch::tensor(static_cast<int64_t>(dist_.world())));
@@ -280,6 +310,7 @@ void Trainer::save_checkpoint(const std::string& name) const {
     std::lock_guard<std::mutex> lock(default_gen.mutex());
     archive.write("trainer.default_gen_state", default_gen.get_state());
   }
+  if (rank_generators_.defined()) archive.write("trainer.rank_generators", rank_generators_);
   if (device_.is_cuda()) {  // dropout masks on the device draw from its own generator
     auto device_gen = at::globalContext().defaultGenerator(device_);
     std::lock_guard<std::mutex> lock(device_gen.mutex());
@@ -334,11 +365,12 @@ void Trainer::load_module(torch::serialize::InputArchive& archive, const std::st
   load_module_state(task_.module(), archive, file);
 }
 
-void Trainer::resume() {
+void Trainer::resume(const std::filesystem::path& from) {
   namespace fs = std::filesystem;
-  const auto last = run_dir_.checkpoints() / "last.pt";
-  const auto best = run_dir_.checkpoints() / "best.pt";
-  if (!run_dir_.enabled() || !fs::exists(last))
+  const fs::path dir = from.empty() ? run_dir_.dir() : from;
+  const auto last = dir / "checkpoints" / "last.pt";
+  const auto best = dir / "checkpoints" / "best.pt";
+  if (dir.empty() || !fs::exists(last))
     throw DataError(last.string(), 0, "no checkpoint to resume from (runs write it at each validation)");
   auto read = [](torch::serialize::InputArchive& a, const std::string& file, const std::string& key) {
     torch::Tensor t;
@@ -397,6 +429,25 @@ void Trainer::resume() {
   if (world != dist_.world())
     throw DataError(file, 0, "written by a run of " + std::to_string(world) + " data-parallel ranks; it resumes only "
                              "with as many (its position in the epoch counts their batches)");
+  if (dist_.active()) {
+    // The other ranks' own generators, gathered at the validation that wrote the checkpoint (rank
+    // 0's are the plain keys above, written after its evaluation).
+    torch::Tensor all;
+    if (!archive.try_read("trainer.rank_generators", all) || all.dim() != 2 || all.size(0) != world)
+      throw DataError(file, 0, "checkpoint lacks every rank's generators ('trainer.rank_generators'): it cannot be "
+                               "resumed exactly");
+    auto row = all[dist_.rank()];
+    const int64_t nf = row[0].item<int64_t>(), nd = row[1].item<int64_t>();
+    if (nf < 0 || nd < 0 || 2 + nf + nd > row.numel())
+      throw DataError(file, 0, "checkpoint's 'trainer.rank_generators' is malformed");
+    if (!dist_.leader()) {
+      gen_.set_state(row.narrow(0, 2, nf).to(torch::kUInt8));
+      auto default_gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(default_gen.mutex());
+      default_gen.set_state(row.narrow(0, 2 + nf, nd).to(torch::kUInt8));
+    }
+    rank_generators_ = all;
+  }
   if (s.best_step >= 0 && !fs::exists(best) && options_.checkpoints)
     throw DataError(best.string(), 0, "missing: the run's best state cannot be restored at its end");
   if (best_file_step >= 0 && best_file_step != s.best_step) {

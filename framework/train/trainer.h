@@ -106,8 +106,10 @@ class Trainer {
   /// model, optimizer state, step, epoch and the position inside it, the best validation state
   /// (best.pt) and early-stopping counters, and the random generators. Call before fit(); fit()
   /// then keeps metrics.jsonl up to the checkpoint's step instead of starting it afresh.
-  /// Throws DataError for a missing or mismatched checkpoint.
-  void resume();
+  /// Throws DataError for a missing or mismatched checkpoint. `from` is the run directory to read
+  /// (default: this trainer's); the ranks of a data-parallel run all read rank 0's, each taking
+  /// its own generators from it.
+  void resume(const std::filesystem::path& from = {});
   std::string default_metric() const;
 
  private:
@@ -140,6 +142,10 @@ class Trainer {
   bool fallback_validation_ = false;  // the end-of-run validation when none came before
   int64_t forget_from_step_ = -1;     // resumed from such a validation: its record is dropped
   torch::Generator gen_;         // the forward pass's randomness (augmentations, dropout masks)
+  /// Data parallel: every rank's forward and default generator states at the last validation
+  /// (rank 0's checkpoints store them).
+  torch::Tensor rank_generators_;
+  void gather_rank_generators();
   torch::Tensor nonfinite_;      // accelerator: any non-finite loss since the last check
   int64_t checked_through_ = 0;  // the last step whose loss is known to be finite
 };

@@ -151,6 +151,7 @@ class CtrTask : public train::Task {
   std::pair<std::string, bool> selection_metric() const override { return {"auc", true}; }
   void set_distributed(const dist::Context& ctx) override {
     if (!o_.sync_batch_stats) return;
+    dist_ = ctx;
     for (auto& m : root_->modules())
       if (auto* dice = dynamic_cast<DiceImpl*>(m.get())) dice->set_sync(ctx);
   }
@@ -179,6 +180,10 @@ class CtrTask : public train::Task {
 
   train::StepOutput forward(train::Batch& base, torch::Generator&) override {
     auto& b = static_cast<CtrTrainBatch&>(base);
+    // Synchronised statistics: every rank's histories padded to the longest of the step, as one
+    // process's batch would be (a Dice inside DIN's attention normalises the padded positions
+    // too). Masked positions change nothing else.
+    if (dist_.active()) pad_history(b, dist_.all_max(b.batch.hist_item.size(1)));
     auto out = model_->forward(input_of(b));
     auto label = b.batch.label.to(device_, /*non_blocking=*/true);
     auto bce = torch::binary_cross_entropy_with_logits(out.logits, label);
@@ -207,8 +212,8 @@ class CtrTask : public train::Task {
 
   std::vector<train::ExportKind> export_kinds() const override {
     return {{"predictions",
-             "every sample of the split: user, candidate item and category (raw ids), label, logit and "
-             "click probability, in the order evaluation scores them",
+             "every sample of the split: its index, user, candidate item and category (raw ids), label, "
+             "logit and click probability, in the order evaluation scores them",
              true}};
   }
 
@@ -216,7 +221,7 @@ class CtrTask : public train::Task {
     if (kind != "predictions") throw std::logic_error("ctr: no export '" + kind + "'");
     const Scores sc = score_split(split);
     train::ExportTable t;
-    t.key_columns = {"user", "item", "category"};
+    t.key_columns = {"sample", "user", "item", "category"};
     t.value_columns = {"label", "logit", "probability"};
     auto name = [](const std::vector<std::string>& names, int64_t id) {
       return id >= 0 && id < static_cast<int64_t>(names.size()) ? names[static_cast<size_t>(id)] : std::to_string(id);
@@ -225,7 +230,7 @@ class CtrTask : public train::Task {
     t.values = torch::empty({n, 3}, torch::kFloat32);
     float* v = t.values.data_ptr<float>();
     for (int64_t i = 0; i < n; ++i) {
-      t.keys.push_back({name(log_.user_names, sc.users[i]), name(log_.item_names, sc.items[i]),
+      t.keys.push_back({std::to_string(i), name(log_.user_names, sc.users[i]), name(log_.item_names, sc.items[i]),
                         name(log_.category_names, sc.categories[i])});
       v[3 * i] = sc.labels[i];
       v[3 * i + 1] = sc.logits[i];
@@ -322,6 +327,20 @@ class CtrTask : public train::Task {
     return out;
   }
 
+  /// Pads the batch's history tensors with zeros (mask false) to `T` steps.
+  static void pad_history(CtrTrainBatch& b, int64_t T) {
+    const int64_t extra = T - b.batch.hist_item.size(1);
+    if (extra <= 0) return;
+    auto pad = [extra](torch::Tensor& t) {
+      if (t.defined()) t = torch::constant_pad_nd(t, {0, extra});
+    };
+    pad(b.batch.hist_item);
+    pad(b.batch.hist_category);
+    pad(b.batch.hist_mask);
+    pad(b.neg_hist_item);
+    pad(b.neg_hist_category);
+  }
+
   CtrModelInput input_of(CtrTrainBatch& b) const {
     auto dev = [this](const Tensor& t) {
       return t.defined() ? t.to(device_, /*non_blocking=*/true) : t;
@@ -346,6 +365,7 @@ class CtrTask : public train::Task {
   std::shared_ptr<CtrModel> model_;
   bool needs_negatives_ = false;
   torch::Device device_ = torch::kCPU;
+  dist::Context dist_;  // set when data-parallel statistics are synchronised
 };
 
 }  // namespace

@@ -378,8 +378,8 @@ class RetrievalTask : public train::Task {
              "the user tower's output for every user, with the history known before the split", true},
             {"recommendations",
              "the top k items of each user with held-out items in the split (known items excluded, as "
-             "in evaluation), their scores and whether each is held out",
-             true}};
+             "in evaluation; fewer where fewer remain), their scores and whether each is held out",
+             true, true}};
   }
 
   train::ExportTable export_table(const std::string& kind, const std::string& split, int64_t k) override {
@@ -411,7 +411,8 @@ class RetrievalTask : public train::Task {
       const auto& targets = test ? data_.test : data_.valid;
       rank_split(test, k, [&](int64_t u, const int64_t* top, const float* score, int64_t K) {
         const auto& held = targets[u];
-        for (int64_t r = 0; r < K; ++r) {
+        // Known items score -inf and rank last: where k reaches them the list stops.
+        for (int64_t r = 0; r < K && score[r] != -std::numeric_limits<float>::infinity(); ++r) {
           t.keys.push_back({user_key(u), std::to_string(r + 1), item_key(top[r]), data_.item_names[top[r]]});
           values.push_back(score[r]);
           values.push_back(std::find(held.begin(), held.end(), top[r]) != held.end() ? 1.0f : 0.0f);

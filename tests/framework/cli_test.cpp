@@ -260,101 +260,109 @@ double checkpoint_difference(const fs::path& x, const fs::path& y, int& compared
 
 }  // namespace
 
-TEST_CASE("cli: two ranks of batch 32 with cross-rank negatives train as one process of batch 64", "[cli][dist]") {
-  if (!have_binary()) return;
-  auto dir = recsys::testing::temp_dir("cli_nproc_equivalence");
-  const std::string common = "train configs/tests/twotower_tiny.json --set train.checkpoints=true --set train.epochs=1 "
-                             "--set train.max_steps=12 --set train.eval_every=12 --set train.threads=1";
+namespace {
+
+/// `common` (a train command of 12 steps with checkpoints) run as one process of batch 64, as two
+/// ranks of batch 32, and as two ranks with `off` (the cross-rank option under test) set: the
+/// pair must end within 1e-4 of the single process in every saved tensor (parameters, Adam
+/// moments, buffers), and the ranks without the option visibly further away.
+void check_two_ranks_match_one(const fs::path& dir, const std::string& common, const std::string& off) {
   auto single = run(common + " --set train.batch_size=64 --out " + (dir / "single").string());
   INFO("stderr: " << single.err);
   REQUIRE(single.code == 0);
   auto pair = run(common + " --nproc 2 --set train.batch_size=32 --out " + (dir / "pair").string());
   INFO("stderr: " << pair.err);
   REQUIRE(pair.code == 0);
-  auto apart = run(common + " --nproc 2 --set train.batch_size=32 --set loss.cross_rank_negatives=false --out " +
-                   (dir / "apart").string());
+  auto apart = run(common + " --nproc 2 --set train.batch_size=32 --set " + off + " --out " + (dir / "apart").string());
   REQUIRE(apart.code == 0);
-  // The same 64 examples and 64 candidates per step: the same parameters and Adam moments after
-  // 12 steps, up to the order of float sums.
   int compared = 0;
   const double same = checkpoint_difference(dir / "single" / "checkpoints" / "last.pt",
                                             dir / "pair" / "checkpoints" / "last.pt", compared);
   CHECK(compared > 10);
-  INFO("max difference: same objective " << same);
+  INFO("max difference: two ranks " << same);
   CHECK(same < 1e-4);
-  // Each rank's 32 candidates alone: a different objective, visibly different parameters.
   int compared_apart = 0;
   const double different = checkpoint_difference(dir / "single" / "checkpoints" / "last.pt",
                                                  dir / "apart" / "checkpoints" / "last.pt", compared_apart);
-  INFO("max difference: per-rank candidates " << different);
+  INFO("max difference: two ranks with " << off << ": " << different);
   CHECK(different > 20 * same);
+}
+
+const char* const kTwelveSteps =
+    " --set train.checkpoints=true --set train.epochs=1 --set train.max_steps=12 --set train.eval_every=12 "
+    "--set train.threads=1";
+
+}  // namespace
+
+TEST_CASE("cli: two ranks of batch 32 with cross-rank negatives train as one process of batch 64", "[cli][dist]") {
+  if (!have_binary()) return;
+  // The same 64 examples and 64 candidates per step, up to the order of float sums; each rank's
+  // 32 candidates alone are a different objective.
+  check_two_ranks_match_one(recsys::testing::temp_dir("cli_nproc_equivalence"),
+                            std::string("train configs/tests/twotower_tiny.json") + kTwelveSteps,
+                            "loss.cross_rank_negatives=false");
 }
 
 TEST_CASE("cli: two ranks of SSL batch 32 contrast their views across ranks as one process of 64", "[cli][dist]") {
   if (!have_binary()) return;
-  auto dir = recsys::testing::temp_dir("cli_nproc_ssl");
   // The SSL batch follows the training batch (ssl.batch_size 0): 32 items per rank, 64 in one
   // process, drawn from the same stream in the same order. Correlated masking draws one seed
   // feature per row, so the two halves of a 64-row draw are the two 32-row draws (value dropout
   // draws per feature, which would interleave differently).
-  const std::string common =
-      "train configs/tests/twotower_tiny.json --set train.checkpoints=true --set train.epochs=1 "
-      "--set train.max_steps=12 --set train.eval_every=12 --set train.threads=1 --set ssl.alpha=0.5 "
-      "--set ssl.batch_size=0 --set ssl.temperature=0.1 "
-      "--set 'ssl.augment=[{\"type\":\"correlated_mask\",\"fraction\":0.5}]'";
-  for (const char* symmetric : {"false", "true"}) {
-    DYNAMIC_SECTION("symmetric " << symmetric) {
-      const std::string sym = std::string(" --set ssl.symmetric=") + symmetric;
-      auto single = run(common + sym + " --set train.batch_size=64 --out " + (dir / "single").string());
-      INFO("stderr: " << single.err);
-      REQUIRE(single.code == 0);
-      auto pair = run(common + sym + " --nproc 2 --set train.batch_size=32 --out " + (dir / "pair").string());
-      INFO("stderr: " << pair.err);
-      REQUIRE(pair.code == 0);
-      auto apart = run(common + sym + " --nproc 2 --set train.batch_size=32 --set loss.cross_rank_negatives=false --out " +
-                       (dir / "apart").string());
-      REQUIRE(apart.code == 0);
-      int compared = 0;
-      const double same = checkpoint_difference(dir / "single" / "checkpoints" / "last.pt",
-                                                dir / "pair" / "checkpoints" / "last.pt", compared);
-      CHECK(compared > 10);
-      INFO("max difference: same objective " << same);
-      CHECK(same < 1e-4);
-      int compared_apart = 0;
-      const double different = checkpoint_difference(dir / "single" / "checkpoints" / "last.pt",
-                                                     dir / "apart" / "checkpoints" / "last.pt", compared_apart);
-      INFO("max difference: per-rank candidates " << different);
-      CHECK(different > 20 * same);
-    }
-  }
+  const std::string symmetric = GENERATE(std::string("false"), std::string("true"));
+  check_two_ranks_match_one(recsys::testing::temp_dir("cli_nproc_ssl"),
+                            std::string("train configs/tests/twotower_tiny.json") + kTwelveSteps +
+                                " --set ssl.alpha=0.5 --set ssl.batch_size=0 --set ssl.temperature=0.1 "
+                                "--set 'ssl.augment=[{\"type\":\"correlated_mask\",\"fraction\":0.5}]' "
+                                "--set ssl.symmetric=" + symmetric,
+                            "loss.cross_rank_negatives=false");
 }
 
 TEST_CASE("cli: two DIN ranks of batch 32 with synchronised Dice train as one process of batch 64", "[cli][dist]") {
   if (!have_binary()) return;
-  auto dir = recsys::testing::temp_dir("cli_nproc_dice");
-  const std::string common = "train configs/tests/ctr_din.json --set train.checkpoints=true --set train.epochs=1 "
-                             "--set train.max_steps=12 --set train.eval_every=12 --set train.threads=1";
-  auto single = run(common + " --set train.batch_size=64 --out " + (dir / "single").string());
-  INFO("stderr: " << single.err);
-  REQUIRE(single.code == 0);
-  auto pair = run(common + " --nproc 2 --set train.batch_size=32 --out " + (dir / "pair").string());
-  INFO("stderr: " << pair.err);
-  REQUIRE(pair.code == 0);
-  auto apart = run(common + " --nproc 2 --set train.batch_size=32 --set model.sync_batch_stats=false --out " +
-                   (dir / "apart").string());
-  REQUIRE(apart.code == 0);
-  // Parameters, Adam moments and Dice's running statistics.
+  // Dice in the output MLP, and in the attention unit over padded histories of up to 200 steps
+  // (each rank's batch is padded to the step's longest history, as one process's would be).
+  const std::string attention =
+      GENERATE(std::string(""), std::string(" --set model.attention_activation=dice --set data.max_history=200"));
+  check_two_ranks_match_one(recsys::testing::temp_dir("cli_nproc_dice"),
+                            std::string("train configs/tests/ctr_din.json") + kTwelveSteps + attention,
+                            "model.sync_batch_stats=false");
+}
+
+TEST_CASE("cli: a data-parallel run resumed mid-epoch ends bit for bit like an uninterrupted one", "[cli][dist][resume]") {
+  if (!have_binary()) return;
+  auto dir = recsys::testing::temp_dir("cli_nproc_resume");
+  // Dropout draws from each rank's own generator: the checkpoint must carry every rank's.
+  const std::string common = "train configs/tests/ctr_din.json --nproc 2 --set train.checkpoints=true "
+                             "--set train.epochs=1 --set train.eval_every=8 --set train.threads=1 "
+                             "--set train.batch_size=32 --set model.dropout=0.3";
+  const std::string full = (dir / "full").string(), part = (dir / "part").string();
+  auto whole = run(common + " --set train.max_steps=24 --out " + full);
+  INFO("stderr: " << whole.err);
+  REQUIRE(whole.code == 0);
+  auto first = run(common + " --set train.max_steps=16 --out " + part);
+  INFO("stderr: " << first.err);
+  REQUIRE(first.code == 0);
+  auto resumed = run(common + " --set train.max_steps=24 --resume --out " + part);
+  INFO("stderr: " << resumed.err);
+  REQUIRE(resumed.code == 0);
+  CHECK(slurp(dir / "full" / "metrics.jsonl") == slurp(dir / "part" / "metrics.jsonl"));
   int compared = 0;
-  const double same = checkpoint_difference(dir / "single" / "checkpoints" / "last.pt",
-                                            dir / "pair" / "checkpoints" / "last.pt", compared);
+  CHECK(checkpoint_difference(dir / "full" / "checkpoints" / "last.pt", dir / "part" / "checkpoints" / "last.pt",
+                              compared) == 0.0);
   CHECK(compared > 10);
-  INFO("max difference: synchronised " << same);
-  CHECK(same < 1e-4);
-  int compared_apart = 0;
-  const double different = checkpoint_difference(dir / "single" / "checkpoints" / "last.pt",
-                                                 dir / "apart" / "checkpoints" / "last.pt", compared_apart);
-  INFO("max difference: per-rank statistics " << different);
-  CHECK(different > 20 * same);
+  // The ranks' generators differ (each draws its own dropout masks).
+  torch::serialize::InputArchive archive;
+  archive.load_from((dir / "part" / "checkpoints" / "last.pt").string());
+  torch::Tensor rows;
+  REQUIRE(archive.try_read("trainer.rank_generators", rows));
+  REQUIRE(rows.size(0) == 2);
+  CHECK(!torch::equal(rows[0], rows[1]));
+  // Another world size cannot continue it.
+  auto other = run("train configs/tests/ctr_din.json --nproc 3 --set train.checkpoints=true --set train.epochs=1 "
+                   "--set train.eval_every=8 --set train.threads=1 --set train.batch_size=32 --set model.dropout=0.3 "
+                   "--set train.max_steps=32 --resume --out " + part);
+  CHECK(other.code == 2);
 }
 
 TEST_CASE("cli: eval and export read a trained run from its checkpoint", "[cli][saved_run]") {
@@ -379,7 +387,7 @@ TEST_CASE("cli: eval and export read a trained run from its checkpoint", "[cli][
   auto exported = run("export " + run_dir + " --what recommendations --k 3");
   INFO("stderr: " << exported.err);
   REQUIRE(exported.code == 0);
-  const auto file = dir / "run" / "exports" / "recommendations-test-best.tsv";
+  const auto file = dir / "run" / "exports" / "recommendations-test-best-k3.tsv";
   REQUIRE(fs::exists(file));
   std::ifstream in(file);
   int64_t lines = 0;
@@ -394,4 +402,31 @@ TEST_CASE("cli: eval and export read a trained run from its checkpoint", "[cli][
   auto model_change = run("eval " + run_dir + " --set model.embedding_dim=4");
   CHECK(model_change.code == 2);
   CHECK(model_change.err.find("model.embedding_dim") != std::string::npos);
+
+  // Nothing the run saved can be replaced by an output.
+  const auto saved_results = slurp(dir / "run" / "results.json");
+  const auto saved_best = slurp(dir / "run" / "checkpoints" / "best.pt");
+  CHECK(run("eval " + run_dir + " --out " + run_dir + "/results.json").code == 2);
+  CHECK(run("export " + run_dir + " --what item_embeddings --out " + run_dir + "/checkpoints/best.pt").code == 2);
+  CHECK(run("export " + run_dir + "/checkpoints/last.pt --what item_embeddings --out " + run_dir +
+            "/checkpoints/last.pt").code == 2);
+  CHECK(slurp(dir / "run" / "results.json") == saved_results);
+  CHECK(slurp(dir / "run" / "checkpoints" / "best.pt") == saved_best);
+  // A checkpoint file inside a run exports into that run's exports/.
+  auto from_file = run("export " + run_dir + "/checkpoints/last.pt --what item_embeddings --format npy");
+  INFO("stderr: " << from_file.err);
+  CHECK(from_file.code == 0);
+  CHECK(fs::exists(dir / "run" / "exports" / "item_embeddings-last.npy"));
+  CHECK(fs::exists(dir / "run" / "exports" / "item_embeddings-last.keys.tsv"));
+
+  // A run trained without a test split says how to evaluate it.
+  auto no_test = run("train configs/tests/ctr_din.json --set train.epochs=1 --set train.checkpoints=true "
+                     "--set train.evaluate_test=false --set data.split=fraction --set data.test_fraction=0 --out " +
+                     (dir / "no_test").string());
+  INFO("stderr: " << no_test.err);
+  REQUIRE(no_test.code == 0);
+  auto eval_test = run("eval " + (dir / "no_test").string());
+  CHECK(eval_test.code == 2);
+  CHECK(eval_test.err.find("--split valid") != std::string::npos);
+  CHECK(run("eval " + (dir / "no_test").string() + " --split valid").code == 0);
 }

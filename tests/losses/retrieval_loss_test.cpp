@@ -175,6 +175,10 @@ TEST_CASE("contrastive loss with extra negatives (other ranks' views) matches fl
   // The extras change the loss, and the symmetric loss needs extras for both views or neither.
   CHECK(std::abs(contrastive_mean(a, b, tau).item<double>() - mean_one) > 1e-3);
   CHECK_THROWS(contrastive(a, b, tau, true, true, x2));
+  CHECK_THROWS(contrastive(a, b, tau, false, true, x2, x1));  // view-1 extras need the symmetric loss
+  // Empty extra blocks count as none.
+  auto none = torch::empty({0, 2}, torch::kFloat32);
+  require_close(contrastive(a, b, tau, true, true, none, none), contrastive(a, b, tau, true), 1e-6, 1e-7);
   CHECK_THROWS(contrastive(a, b, tau, false, true, torch::zeros({2, 3})));
 }
 

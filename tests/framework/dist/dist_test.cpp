@@ -96,6 +96,31 @@ int dice_rank_main(int rank, const std::string& store) {
     auto ye = synced->forward(xh.detach());
     local->eval();
     if (!torch::allclose(ye, local->forward(x.detach().narrow(0, 4 * rank, 4)), 1e-12, 1e-14)) return 35;
+
+    // 3-D input [B, T, D] and unequal shares (3 and 5 rows): the statistics count every row of
+    // every rank. Summed losses, so that both ranks' sum is the whole batch's.
+    recsys::models::Dice local3(recsys::models::DiceOptions(5)), synced3(recsys::models::DiceOptions(5));
+    local3->to(f64);
+    synced3->to(f64);
+    {
+      torch::NoGradGuard g;
+      local3->alpha.copy_(torch::randn({5}, f64));
+      synced3->alpha.copy_(local3->alpha);
+    }
+    synced3->set_sync(ctx);
+    auto x3 = (torch::randn({8, 3, 5}, f64) - 0.5).requires_grad_();
+    auto c3 = torch::randn({8, 3, 5}, f64);
+    auto y3 = local3->forward(x3);
+    auto ref3 = torch::autograd::grad({(y3 * c3).sum()}, {x3, local3->alpha});
+    const int64_t r0 = rank == 0 ? 0 : 3, n = rank == 0 ? 3 : 5;
+    auto xh3 = x3.detach().narrow(0, r0, n).clone().requires_grad_();
+    auto yh3 = synced3->forward(xh3);
+    if (!torch::allclose(yh3, y3.detach().narrow(0, r0, n), 1e-10, 1e-12)) return 37;
+    (yh3 * c3.narrow(0, r0, n)).sum().backward();
+    ctx.average_gradients({synced3->alpha});
+    if (!torch::allclose(synced3->alpha.grad() * 2, ref3[1], 1e-10, 1e-12)) return 38;
+    if (!torch::allclose(xh3.grad(), ref3[0].narrow(0, r0, n), 1e-10, 1e-12)) return 39;
+    if (!torch::allclose(synced3->running_var, local3->running_var, 1e-12, 1e-14)) return 40;
     ctx.barrier();
     return 0;
   } catch (const std::exception& e) {

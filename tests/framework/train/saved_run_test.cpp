@@ -3,6 +3,7 @@
 // back exactly.
 #include <spdlog/spdlog.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -45,17 +46,40 @@ std::string slurp(const fs::path& p) {
   return ss.str();
 }
 
+/// Reads tab-separated text with Python csv's quoting: a field that starts with a double quote
+/// runs to the closing one (tabs and line breaks inside), "" standing for one quote.
 std::vector<std::vector<std::string>> read_tsv(const fs::path& p) {
-  std::ifstream in(p);
+  const std::string text = slurp(p);
   std::vector<std::vector<std::string>> rows;
-  std::string line;
-  while (std::getline(in, line)) {
-    std::vector<std::string> fields;
-    std::stringstream ss(line);
-    std::string f;
-    while (std::getline(ss, f, '\t')) fields.push_back(f);
-    rows.push_back(fields);
+  std::vector<std::string> row;
+  std::string field;
+  bool quoted = false, any = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (quoted) {
+      if (c == '"' && i + 1 < text.size() && text[i + 1] == '"') {
+        field.push_back('"');
+        ++i;
+      } else if (c == '"') {
+        quoted = false;
+      } else {
+        field.push_back(c);
+      }
+    } else if (c == '"' && field.empty()) {
+      quoted = any = true;
+    } else if (c == '\t' || c == '\n') {
+      row.push_back(field);
+      field.clear();
+      if (c == '\n') {
+        rows.push_back(row);
+        row.clear();
+      }
+    } else {
+      field.push_back(c);
+    }
   }
+  REQUIRE(!quoted);
+  (void)any;
   return rows;
 }
 
@@ -140,6 +164,18 @@ TEST_CASE("saved run: retrieval exports agree with each other and with evaluatio
   // Recall@K from the held-out flags is evaluation's.
   CHECK(hits / metrics.at("test_points") == metrics.at("recall@20"));
 
+  // A k beyond the items a user has not seen: the list holds only those (no known item, no -inf).
+  auto all = run.task->export_table("recommendations", "test", 1000);
+  std::map<std::string, int64_t> listed;
+  for (size_t r = 0; r < all.keys.size(); ++r) {
+    ++listed[all.keys[r][0]];
+    CHECK(std::isfinite(all.values[static_cast<int64_t>(r)][0].item<float>()));
+  }
+  for (const auto& [user, count] : listed) {
+    CHECK(count < 300);
+    CHECK(count > 200);  // tiny histories: most of the 300 items remain
+  }
+
   // The user embeddings for the validation split use a shorter history: they differ.
   auto valid_users = run.task->export_table("user_embeddings", "valid", K);
   CHECK(!torch::equal(valid_users.values, users.values));
@@ -164,7 +200,10 @@ TEST_CASE("saved run: CTR predictions give evaluation's AUC", "[saved_run]") {
   }
   CHECK(recsys::eval::auc(logits, labels) == results["metrics"]["auc"].get<double>());
   CHECK(recsys::eval::logloss(probs, labels) == results["metrics"]["logloss"].get<double>());
-  CHECK(t.keys[0][0].rfind("u", 0) == 0);  // raw user ids of the synthetic log
+  CHECK(t.key_columns == std::vector<std::string>{"sample", "user", "item", "category"});
+  CHECK(t.keys[0][0] == "0");
+  CHECK(t.keys.back()[0] == std::to_string(t.keys.size() - 1));
+  CHECK(t.keys[0][1].rfind("u", 0) == 0);  // raw user ids of the synthetic log
 }
 
 TEST_CASE("saved run: bad targets, overrides and checkpoints are named", "[saved_run]") {
@@ -214,7 +253,7 @@ TEST_CASE("export writers: TSV reads back exactly, NPY has numpy's layout", "[sa
   auto dir = recsys::testing::temp_dir("export_writers");
   ExportTable t;
   t.key_columns = {"item", "name"};
-  t.keys = {{"7", "Tab\there"}, {"9", "Line\nbreak"}, {"11", ""}};
+  t.keys = {{"7", "Tab\there"}, {"9", "Line\nbreak"}, {"11", "\"Great\" \"Films\""}};
   t.value_columns = {"a", "b"};
   t.values = torch::tensor({0.1f, -3.0e-8f, 1.0f / 3.0f, 123456789.0f, -0.0f, 7.25f}).reshape({3, 2});
 
@@ -222,9 +261,12 @@ TEST_CASE("export writers: TSV reads back exactly, NPY has numpy's layout", "[sa
   auto rows = read_tsv(dir / "t.tsv");
   REQUIRE(rows.size() == 4);
   CHECK(rows[0] == std::vector<std::string>{"item", "name", "a", "b"});
-  CHECK(rows[1][1] == "Tab here");  // a tab inside a key would shift the columns
-  CHECK(rows[2][1] == "Line break");
-  CHECK(rows[3][1].empty());
+  // Keys with tabs, line breaks and quotes come back whole.
+  CHECK(rows[1][1] == "Tab\there");
+  CHECK(rows[2][1] == "Line\nbreak");
+  CHECK(rows[3][1] == "\"Great\" \"Films\"");
+  CHECK(slurp(dir / "t.tsv").find("\t\"\"\"Great\"\" \"\"Films\"\"\"\t") != std::string::npos);
+  CHECK(slurp(dir / "t.tsv").find("\n7\t\"Tab\there\"\t") != std::string::npos);
   for (int64_t r = 0; r < 3; ++r)
     for (int64_t c = 0; c < 2; ++c) {
       const float expected = t.values[r][c].item<float>();
@@ -248,6 +290,6 @@ TEST_CASE("export writers: TSV reads back exactly, NPY has numpy's layout", "[sa
   auto keys = read_tsv(dir / "t.keys.tsv");
   REQUIRE(keys.size() == 4);
   CHECK(keys[0] == std::vector<std::string>{"item", "name"});
-  CHECK(keys[1] == std::vector<std::string>{"7", "Tab here"});
+  CHECK(keys[1] == std::vector<std::string>{"7", "Tab\there"});
   CHECK(slurp(dir / "t.columns.txt") == "a\nb\n");
 }
