@@ -529,7 +529,9 @@ nlohmann::json Trainer::fit() {
     for (; skip > 0; --skip, ++s.epoch_batches)
       if (!stream->next()) break;
     skip = 0;
-    int64_t own = 0;
+    // This rank's batches of the epoch trained so far (a resumed run's position is a whole number
+    // of global steps): every rank stops at the same per-rank count as an uninterrupted run.
+    int64_t own = dist_.active() ? s.epoch_batches / dist_.world() : 0;
     while (auto batch = stream->next()) {
       const int64_t index = s.epoch_batches++;
       if (dist_.active()) {

@@ -358,6 +358,27 @@ TEST_CASE("cli: a data-parallel run resumed mid-epoch ends bit for bit like an u
   REQUIRE(archive.try_read("trainer.rank_generators", rows));
   REQUIRE(rows.size(0) == 2);
   CHECK(!torch::equal(rows[0], rows[1]));
+  // Resumed mid-epoch and run to the epoch's end: batch 30 leaves an odd number of full batches
+  // (471 in all, 235 per rank); the ranks stop at the uninterrupted count, not at the stream's end.
+  const std::string to_end = "train configs/tests/ctr_din.json --nproc 2 --set train.checkpoints=true "
+                             "--set train.epochs=1 --set train.eval_every=0 --set train.threads=1 "
+                             "--set train.batch_size=30 --set model.dropout=0.3";
+  auto whole_epoch = run(to_end + " --out " + (dir / "epoch_full").string());
+  REQUIRE(whole_epoch.code == 0);
+  auto stopped = run(to_end + " --set train.max_steps=100 --out " + (dir / "epoch_part").string());
+  REQUIRE(stopped.code == 0);
+  auto finished = run(to_end + " --set train.max_steps=0 --resume --out " + (dir / "epoch_part").string());
+  INFO("stderr: " << finished.err);
+  REQUIRE(finished.code == 0);
+  auto steps_of = [&](const char* name) {
+    return recsys::config::Json::parse(slurp(dir / name / "results.json"))["steps"].get<int64_t>();
+  };
+  CHECK(steps_of("epoch_full") == 235);
+  CHECK(steps_of("epoch_part") == 235);
+  int compared_epoch = 0;
+  CHECK(checkpoint_difference(dir / "epoch_full" / "checkpoints" / "last.pt",
+                              dir / "epoch_part" / "checkpoints" / "last.pt", compared_epoch) == 0.0);
+
   // Another world size cannot continue it.
   auto other = run("train configs/tests/ctr_din.json --nproc 3 --set train.checkpoints=true --set train.epochs=1 "
                    "--set train.eval_every=8 --set train.threads=1 --set train.batch_size=32 --set model.dropout=0.3 "
