@@ -116,6 +116,17 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
   }
   const bool out_given = !out.empty();
   if (!out_given) out = default_run_dir(config_path);
+  // One process writes a run directory at a time (a data-parallel launcher holds it for its
+  // ranks, which are started under its hold).
+  train::DirectoryLock lock;
+  if (!ctx.active()) {
+    try {
+      fs::create_directories(out);
+    } catch (const fs::filesystem_error& e) {
+      throw UsageError("--out '" + out + "': cannot create the run directory: " + e.what());
+    }
+    lock = train::DirectoryLock(out);
+  }
   const bool holds = train::RunDir::holds_run(out);
   if (holds && !overwrite && !resume)
     throw UsageError("run directory '" + out + "' already holds a run; choose another --out, pass --resume to "

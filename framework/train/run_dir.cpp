@@ -3,7 +3,14 @@
 #include <fstream>
 #include <stdexcept>
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "framework/util/errors.h"
 
 namespace recsys::train {
 namespace fs = std::filesystem;
@@ -25,6 +32,42 @@ void write_atomic(const fs::path& path, const std::string& text) {
     fs::remove(tmp, ec);  // the target is untouched; leave no half-written file beside it
     throw;
   }
+}
+
+DirectoryLock::DirectoryLock(const fs::path& dir) {
+  const auto path = dir / ".lock";
+  // Close-on-exec: the ranks a data-parallel launcher starts run under its hold, not their own.
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw UsageError("cannot open " + path.string() + ": " + std::strerror(errno));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    char holder[32] = {0};
+    const auto n = ::pread(fd_, holder, sizeof holder - 1, 0);
+    ::close(fd_);
+    fd_ = -1;
+    if (err == EWOULDBLOCK)
+      throw UsageError("directory '" + dir.string() + "' is in use by another recsys process" +
+                       (n > 0 ? " (pid " + std::string(holder, static_cast<size_t>(n)) + ")" : std::string()) +
+                       ": wait for it to finish or choose another --out");
+    throw UsageError("cannot lock " + path.string() + ": " + std::strerror(err));
+  }
+  const std::string pid = std::to_string(::getpid());
+  if (::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
+    // The pid only improves the message a second process gets; the hold is what matters.
+  }
+}
+
+DirectoryLock& DirectoryLock::operator=(DirectoryLock&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = other.fd_;
+    other.fd_ = -1;
+  }
+  return *this;
+}
+
+DirectoryLock::~DirectoryLock() {
+  if (fd_ >= 0) ::close(fd_);
 }
 
 RunDir::RunDir(fs::path dir) : dir_(std::move(dir)) {

@@ -9,6 +9,24 @@ namespace recsys::train {
 /// Writes `text` to `path` atomically: a temporary file beside it, then rename.
 void write_atomic(const std::filesystem::path& path, const std::string& text);
 
+/// An exclusive hold on a directory for one process's lifetime (flock on DIR/.lock, released when
+/// the process ends however it ends), so that two runs never write the same run or sweep
+/// directory at once. Throws UsageError naming the directory (and the holder's process id) when
+/// another process holds it.
+class DirectoryLock {
+ public:
+  DirectoryLock() = default;
+  explicit DirectoryLock(const std::filesystem::path& dir);
+  DirectoryLock(DirectoryLock&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+  DirectoryLock& operator=(DirectoryLock&& other) noexcept;
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+  ~DirectoryLock();
+
+ private:
+  int fd_ = -1;
+};
+
 /// The run directory layout other tools rely on: config.json, log.txt, metrics.jsonl,
 /// results.json, checkpoints/.
 class RunDir {

@@ -123,6 +123,7 @@ SavedRun load_saved_run(const std::string& target, const std::string& which,
   }
   run.task->to(run.device);
   load_module_state(run.task->module(), archive, file);
+  verify_checksum(run.task->module(), archive, file);
   torch::Tensor step;
   if (archive.try_read("trainer.step", step)) run.step = step.item<int64_t>();
   return run;

@@ -270,6 +270,7 @@ int run_sweep(const SweepOptions& options) {
     if (selected) configs[r.name] = cfg;
   }
   fs::create_directories(fs::path(out) / "runs");
+  const DirectoryLock lock(out);  // two sweeps into one directory would train and write the same runs
   json record = sweep;
   record["resolved_base"] = base.string();
   record["cli_overrides"] = options.overrides;

@@ -1,5 +1,7 @@
 #include "framework/train/trainer.h"
 
+#include <cstring>
+
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -285,6 +287,7 @@ void Trainer::save_checkpoint(const std::string& name) const {
   task_.module().save(archive);
   optimizer_->save(archive);
   const auto& s = state_;
+  archive.write("trainer.model_checksum", torch::tensor(static_cast<int64_t>(module_checksum(task_.module()))));
   archive.write("trainer.step", torch::tensor(s.step));
   archive.write("trainer.epoch", torch::tensor(s.epoch));
   archive.write("trainer.examples", torch::tensor(s.examples));
@@ -348,6 +351,54 @@ void load_module_state(torch::nn::Module& module, torch::serialize::InputArchive
   }
 }
 
+namespace {
+
+/// FNV-1a's offset and prime over 64-bit words (the bytes in 8-byte steps, the tail zero-padded):
+/// a checksum at memory speed, not a cryptographic hash.
+struct WordHash {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  void add(const void* data, size_t n) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t w;
+      std::memcpy(&w, p + i, 8);
+      h = (h ^ w) * 0x100000001b3ULL;
+    }
+    if (i < n) {
+      uint64_t w = 0;
+      std::memcpy(&w, p + i, n - i);
+      h = (h ^ w) * 0x100000001b3ULL;
+    }
+    h = (h ^ n) * 0x100000001b3ULL;  // the length: "ab" + "c" differs from "a" + "bc"
+  }
+};
+
+}  // namespace
+
+uint64_t module_checksum(torch::nn::Module& module) {
+  WordHash hash;
+  auto add = [&](const std::string& name, const torch::Tensor& value) {
+    hash.add(name.data(), name.size());
+    auto t = value.detach().to(torch::kCPU).contiguous();
+    const auto sizes = t.sizes().vec();
+    hash.add(sizes.data(), sizes.size() * sizeof(int64_t));
+    const auto dtype = static_cast<int64_t>(t.scalar_type());
+    hash.add(&dtype, sizeof dtype);
+    hash.add(t.data_ptr(), t.numel() * t.element_size());
+  };
+  for (const auto& p : module.named_parameters()) add(p.key(), p.value());
+  for (const auto& b : module.named_buffers()) add(b.key(), b.value());
+  return hash.h;
+}
+
+void verify_checksum(torch::nn::Module& module, torch::serialize::InputArchive& archive, const std::string& file) {
+  torch::Tensor stored;
+  if (!archive.try_read("trainer.model_checksum", stored)) return;
+  if (static_cast<uint64_t>(stored.item<int64_t>()) != module_checksum(module))
+    throw DataError(file, 0, "the model's tensors do not match the checksum stored with them: the file is damaged");
+}
+
 void open_checkpoint(torch::serialize::InputArchive& archive, const std::filesystem::path& file,
                      torch::Device device) {
   std::error_code ec;
@@ -385,12 +436,14 @@ void Trainer::resume(const std::filesystem::path& from) {
     torch::serialize::InputArchive archive;
     open_checkpoint(archive, best, device_);
     load_module(archive, best.string());
+    verify_checksum(task_.module(), archive, best.string());
     snapshot_best();
     best_file_step = read(archive, best.string(), "trainer.step").item<int64_t>();
   }
   torch::serialize::InputArchive archive;
   open_checkpoint(archive, last, device_);
   load_module(archive, last.string());
+  verify_checksum(task_.module(), archive, last.string());
   try {
     optimizer_->load(archive);
   } catch (const c10::Error& e) {

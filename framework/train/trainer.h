@@ -41,6 +41,14 @@ struct TrainerOptions {
 
 torch::Device resolve_device(const std::string& name);
 
+/// A 64-bit hash of a module's parameters and buffers (names, shapes, dtypes and bytes, in the
+/// module's order). Checkpoints store it; loading compares it, so that a checkpoint whose tensor
+/// data was damaged inside an intact archive is an error rather than a silently different model.
+uint64_t module_checksum(torch::nn::Module& module);
+/// Compares `module` (just loaded from `archive`) with the archive's stored checksum: DataError
+/// naming `file` when they differ. Checkpoints written before the checksum existed pass.
+void verify_checksum(torch::nn::Module& module, torch::serialize::InputArchive& archive, const std::string& file);
+
 /// Reads a checkpoint file (DataError naming it when it is missing, truncated or not one).
 void open_checkpoint(torch::serialize::InputArchive& archive, const std::filesystem::path& file,
                      torch::Device device);

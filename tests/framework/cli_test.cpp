@@ -1,5 +1,7 @@
 // The recsys binary: exit codes and messages (runs ./build/recsys from the repository root).
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <fstream>
@@ -384,6 +386,33 @@ TEST_CASE("cli: a data-parallel run resumed mid-epoch ends bit for bit like an u
                    "--set train.eval_every=8 --set train.threads=1 --set train.batch_size=32 --set model.dropout=0.3 "
                    "--set train.max_steps=32 --resume --out " + part);
   CHECK(other.code == 2);
+}
+
+TEST_CASE("cli: a run directory held by a running process is refused", "[cli]") {
+  if (!have_binary()) return;
+  auto dir = recsys::testing::temp_dir("cli_lock");
+  const std::string out = (dir / "run").string();
+  // A long run in the background holds the directory; a second run into it exits 2 at once and
+  // leaves the first one's files alone.
+  const std::string first = std::string(kBinary) + " train configs/tests/twotower_tiny.json --set train.epochs=100000 --set train.early_stopping.patience=0 "
+                            "--set train.progress=none --out " + out + " >/dev/null 2>&1 & echo $!";
+  FILE* p = ::popen(first.c_str(), "r");
+  REQUIRE(p != nullptr);
+  long pid = 0;
+  REQUIRE(std::fscanf(p, "%ld", &pid) == 1);
+  ::pclose(p);
+  for (int i = 0; i < 200 && !fs::exists(dir / "run" / "config.json"); ++i) ::usleep(50000);
+  auto second = run("train configs/tests/twotower_tiny.json --set train.epochs=1 --overwrite --out " + out);
+  ::kill(static_cast<pid_t>(pid), SIGTERM);
+  // Not this process's child (the shell started it): wait until it is gone.
+  for (int i = 0; i < 200 && ::kill(static_cast<pid_t>(pid), 0) == 0; ++i) ::usleep(50000);
+  INFO("stderr: " << second.err);
+  CHECK(second.code == 2);
+  CHECK(second.err.find("in use by another recsys process") != std::string::npos);
+  // Once the holder has ended, the directory can be taken again.
+  auto third = run("train configs/tests/twotower_tiny.json --set train.epochs=1 --overwrite --out " + out);
+  INFO("stderr: " << third.err);
+  CHECK(third.code == 0);
 }
 
 TEST_CASE("cli: eval and export read a trained run from its checkpoint", "[cli][saved_run]") {

@@ -239,6 +239,30 @@ TEST_CASE("saved run: bad targets, overrides and checkpoints are named", "[saved
     CHECK(e.file() == cut.string());
   }
   CHECK(slurp(best) == bytes);
+
+  // Damaged tensor data inside an intact archive: the stored checksum catches it. The first bytes
+  // of the largest parameter are found in the file and one of them is changed.
+  {
+    torch::Tensor largest;
+    for (const auto& p : run.task->module().parameters())
+      if (!largest.defined() || p.numel() > largest.numel()) largest = p.detach().contiguous();
+    // From the tensor's middle: its first row is the zero padding row.
+    const std::string pattern(static_cast<const char*>(largest.data_ptr()) + largest.nbytes() / 2, 32);
+    auto damaged = bytes;
+    const auto at = damaged.find(pattern);
+    REQUIRE(at != std::string::npos);
+    REQUIRE(damaged.find(pattern, at + 1) == std::string::npos);
+    damaged[at + 5] = static_cast<char>(damaged[at + 5] ^ 0x10);
+    const auto flipped = dir / "flipped.pt";
+    std::ofstream(flipped, std::ios::binary).write(damaged.data(), static_cast<std::streamsize>(damaged.size()));
+    try {
+      load_saved_run(flipped.string(), "best", {}, "test");
+      FAIL("a damaged checkpoint loaded");
+    } catch (const recsys::DataError& e) {
+      CHECK(e.file() == flipped.string());
+      CHECK(std::string(e.what()).find("damaged") != std::string::npos);
+    }
+  }
   // A run without checkpoints says why it has none.
   train(dir / "plain", "configs/tests/twotower_tiny.json", {"train.epochs=1", "train.checkpoints=false"});
   try {
