@@ -232,6 +232,7 @@ int cmd_eval(const std::string& target, const std::string& which, const std::str
 struct ExportArgs {
   std::string target, what, which = "best", split = "test", format = "tsv", out;
   int64_t k = 50;
+  bool all_users = false;
   std::vector<std::string> overrides;
 };
 
@@ -250,7 +251,7 @@ int cmd_export(const ExportArgs& a) {
   if (path.empty()) {
     const std::string name = a.what + (kind->uses_split ? "-" + a.split : "") + "-" +
                              run.checkpoint.stem().string() + (kind->uses_k ? "-k" + std::to_string(a.k) : "") +
-                             "." + a.format;
+                             (a.all_users ? "-all" : "") + "." + a.format;
     path = train::default_export_dir(a.target, run.checkpoint) / name;
   }
   train::check_output_path(path, run.checkpoint);
@@ -261,7 +262,13 @@ int cmd_export(const ExportArgs& a) {
     train::check_output_path(stem.string() + ".columns.txt", run.checkpoint);
   }
   make_parent(path);
-  auto table = run.task->export_table(a.what, a.split, a.k);
+  if (a.all_users && !kind->uses_k) throw UsageError("--all-users applies to ranked exports (recommendations)");
+  train::ExportRequest request;
+  request.kind = a.what;
+  request.split = a.split;
+  request.k = a.k;
+  request.all_users = a.all_users;
+  auto table = run.task->export_table(request);
   if (a.format == "npy")
     train::write_table_npy(table, path);
   else
@@ -349,6 +356,8 @@ int main(int argc, char** argv) {
   export_cmd->add_option("--split", export_args.split, "test (default) or valid")
       ->check(CLI::IsMember({"test", "valid"}));
   export_cmd->add_option("--k", export_args.k, "recommendations per user (default 50)");
+  export_cmd->add_flag("--all-users", export_args.all_users,
+                       "recommendations for every user (default: users with held-out items in the split)");
   export_cmd->add_option("--format", export_args.format, "tsv (default) or npy (values; keys in .keys.tsv)")
       ->check(CLI::IsMember({"tsv", "npy"}));
   export_cmd->add_option("--out", export_args.out,

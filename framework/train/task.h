@@ -50,6 +50,17 @@ struct ExportKind {
   bool uses_k = false;     ///< a ranked list: `k` entries per user
 };
 
+/// What one export asks for.
+struct ExportRequest {
+  std::string kind;
+  /// "valid" or "test", where the kind depends on the split (user histories, samples).
+  std::string split = "test";
+  /// Entries per user of ranked exports.
+  int64_t k = 50;
+  /// Ranked exports: every user, not only those with held-out items in the split.
+  bool all_users = false;
+};
+
 struct StepOutput {
   torch::Tensor loss;                          ///< scalar to minimise
   std::map<std::string, torch::Tensor> parts;  ///< named components, logged (detached)
@@ -80,13 +91,10 @@ class Task {
   virtual void set_distributed(const dist::Context&) {}
   /// What export_table() can produce (empty: the task exports nothing).
   virtual std::vector<ExportKind> export_kinds() const { return {}; }
-  /// One export from the current parameters, on "valid" or "test" where the kind depends on the
-  /// split (user histories, samples); runs under NoGradGuard in eval mode. `k` is the list length
-  /// of ranked exports. Called only with a kind from export_kinds().
-  virtual ExportTable export_table(const std::string& kind, const std::string& split, int64_t k) {
-    (void)split;
-    (void)k;
-    throw std::logic_error("export '" + kind + "' is not offered by this task");
+  /// One export from the current parameters (NoGradGuard, eval mode). Called only with a kind
+  /// from export_kinds().
+  virtual ExportTable export_table(const ExportRequest& request) {
+    throw std::logic_error("export '" + request.kind + "' is not offered by this task");
   }
   /// Facts about the data for results.json (sizes, test points per slice, ...).
   virtual nlohmann::json describe() const { return nlohmann::json::object(); }

@@ -217,9 +217,9 @@ class CtrTask : public train::Task {
              true}};
   }
 
-  train::ExportTable export_table(const std::string& kind, const std::string& split, int64_t) override {
-    if (kind != "predictions") throw std::logic_error("ctr: no export '" + kind + "'");
-    const Scores sc = score_split(split);
+  train::ExportTable export_table(const train::ExportRequest& request) override {
+    if (request.kind != "predictions") throw std::logic_error("ctr: no export '" + request.kind + "'");
+    const Scores sc = score_split(request.split);
     train::ExportTable t;
     t.key_columns = {"sample", "user", "item", "category"};
     t.value_columns = {"label", "logit", "probability"};

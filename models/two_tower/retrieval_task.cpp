@@ -365,7 +365,7 @@ class RetrievalTask : public train::Task {
     root_->eval();
     const bool test = split == "test";
     eval::RankingAccumulator acc(o_.eval.ks, slices_, {"head", "tail"});
-    rank_split(test, acc.max_k(), [&](int64_t u, const int64_t* top, const float*, int64_t K) {
+    rank_split(test, acc.max_k(), false, [&](int64_t u, const int64_t* top, const float*, int64_t K) {
       acc.add(top, K, (test ? data_.test : data_.valid)[u]);
     });
     root_->train();
@@ -377,15 +377,17 @@ class RetrievalTask : public train::Task {
             {"user_embeddings",
              "the user tower's output for every user, with the history known before the split", true},
             {"recommendations",
-             "the top k items of each user with held-out items in the split (known items excluded, as "
-             "in evaluation; fewer where fewer remain), their scores and whether each is held out",
+             "the top k items of each user with held-out items in the split (of every user with "
+             "--all-users; known items excluded, as in evaluation; fewer where fewer remain), their "
+             "scores and whether each is held out",
              true, true}};
   }
 
-  train::ExportTable export_table(const std::string& kind, const std::string& split, int64_t k) override {
+  train::ExportTable export_table(const train::ExportRequest& request) override {
     torch::NoGradGuard no_grad;
     root_->eval();
-    const bool test = split == "test";
+    const auto& kind = request.kind;
+    const bool test = request.split == "test";
     train::ExportTable t;
     if (kind == "item_embeddings") {
       t.key_columns = {"item", "name"};
@@ -409,7 +411,7 @@ class RetrievalTask : public train::Task {
       t.value_columns = {"score", "held_out"};
       std::vector<float> values;
       const auto& targets = test ? data_.test : data_.valid;
-      rank_split(test, k, [&](int64_t u, const int64_t* top, const float* score, int64_t K) {
+      rank_split(test, request.k, request.all_users, [&](int64_t u, const int64_t* top, const float* score, int64_t K) {
         const auto& held = targets[u];
         // Known items score -inf and rank last: where k reaches them the list stops.
         for (int64_t r = 0; r < K && score[r] != -std::numeric_limits<float>::infinity(); ++r) {
@@ -503,16 +505,17 @@ class RetrievalTask : public train::Task {
     return model_->user(inputs);
   }
 
-  /// Ranks the catalogue for every user with held-out items in the split, known items excluded,
-  /// and calls visit(user, top item rows, their scores, count) with the best min(k, items) first.
+  /// Ranks the catalogue for every user with held-out items in the split (every user with
+  /// `all_users`), known items excluded, and calls visit(user, top item rows, their scores,
+  /// count) with the best min(k, items) first.
   template <typename Visit>
-  void rank_split(bool test, int64_t k, Visit visit) {
+  void rank_split(bool test, int64_t k, bool all_users, Visit visit) {
     const auto& targets = test ? data_.test : data_.valid;
     auto items = item_embeddings();
     const int64_t N = data_.num_items(), K = std::min<int64_t>(k, N);
     std::vector<int64_t> users;
     for (int64_t u = 0; u < data_.num_users(); ++u)
-      if (!targets[u].empty()) users.push_back(u);
+      if (all_users || !targets[u].empty()) users.push_back(u);
     for (size_t s = 0; s < users.size(); s += static_cast<size_t>(o_.eval.batch_size)) {
       size_t e = std::min(users.size(), s + static_cast<size_t>(o_.eval.batch_size));
       std::vector<int64_t> ub(users.begin() + static_cast<long>(s), users.begin() + static_cast<long>(e));

@@ -125,12 +125,13 @@ TEST_CASE("saved run: the best checkpoint evaluates to the run's test results", 
 TEST_CASE("saved run: retrieval exports agree with each other and with evaluation", "[saved_run]") {
   QuietLogs quiet;
   auto dir = recsys::testing::temp_dir("saved_run_export");
-  train(dir, "configs/tests/twotower_tiny.json", {"train.epochs=1"});
+  // Users with fewer than 12 positives keep them all in training: they have no held-out items.
+  train(dir, "configs/tests/twotower_tiny.json", {"train.epochs=1", "data.split.min_positives=12"});
   auto run = load_saved_run((dir / "run").string(), "best", {}, "test");
   const int64_t K = 20;  // one of the config's eval.ks
-  auto items = run.task->export_table("item_embeddings", "test", K);
-  auto users = run.task->export_table("user_embeddings", "test", K);
-  auto recs = run.task->export_table("recommendations", "test", K);
+  auto items = run.task->export_table({"item_embeddings", "test", K});
+  auto users = run.task->export_table({"user_embeddings", "test", K});
+  auto recs = run.task->export_table({"recommendations", "test", K});
   auto metrics = run.task->evaluate("test");
 
   REQUIRE(items.values.size(0) == 300);
@@ -165,7 +166,7 @@ TEST_CASE("saved run: retrieval exports agree with each other and with evaluatio
   CHECK(hits / metrics.at("test_points") == metrics.at("recall@20"));
 
   // A k beyond the items a user has not seen: the list holds only those (no known item, no -inf).
-  auto all = run.task->export_table("recommendations", "test", 1000);
+  auto all = run.task->export_table({"recommendations", "test", 1000});
   std::map<std::string, int64_t> listed;
   for (size_t r = 0; r < all.keys.size(); ++r) {
     ++listed[all.keys[r][0]];
@@ -176,8 +177,21 @@ TEST_CASE("saved run: retrieval exports agree with each other and with evaluatio
     CHECK(count > 200);  // tiny histories: most of the 300 items remain
   }
 
+  // Every user: those without held-out items too, and the same lists for the others.
+  auto everyone = run.task->export_table({"recommendations", "test", K, true});
+  std::map<std::string, int64_t> listed_all;
+  for (const auto& key : everyone.keys) ++listed_all[key[0]];
+  CHECK(static_cast<int64_t>(listed_all.size()) == 200);
+  CHECK(per_user.size() < 200);
+  int64_t matched = 0;
+  for (size_t r = 0, e = 0; r < recs.keys.size(); ++r) {
+    while (e < everyone.keys.size() && everyone.keys[e] != recs.keys[r]) ++e;
+    matched += e < everyone.keys.size();
+  }
+  CHECK(matched == static_cast<int64_t>(recs.keys.size()));
+
   // The user embeddings for the validation split use a shorter history: they differ.
-  auto valid_users = run.task->export_table("user_embeddings", "valid", K);
+  auto valid_users = run.task->export_table({"user_embeddings", "valid", K});
   CHECK(!torch::equal(valid_users.values, users.values));
 }
 
@@ -189,7 +203,7 @@ TEST_CASE("saved run: CTR predictions give evaluation's AUC", "[saved_run]") {
   auto kinds = run.task->export_kinds();
   REQUIRE(kinds.size() == 1);
   CHECK(kinds[0].name == "predictions");
-  auto t = run.task->export_table("predictions", "test", 1);
+  auto t = run.task->export_table({"predictions", "test", 1});
   REQUIRE(t.values.size(0) == results["data"]["test_samples"].get<int64_t>());
   std::vector<float> logits, labels, probs;
   for (int64_t i = 0; i < t.values.size(0); ++i) {
