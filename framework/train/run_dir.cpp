@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include <spdlog/spdlog.h>
+
 #include "framework/util/errors.h"
 
 namespace recsys::train {
@@ -37,22 +39,35 @@ void write_atomic(const fs::path& path, const std::string& text) {
 DirectoryLock::DirectoryLock(const fs::path& dir) {
   const auto path = dir / ".lock";
   // Close-on-exec: the ranks a data-parallel launcher starts run under its hold, not their own.
-  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw UsageError("cannot open " + path.string() + ": " + std::strerror(errno));
+  // Created 0666 (the umask decides); read-only where another user created it: flock works on
+  // any descriptor, the pid written for the message is optional.
+  bool writable = true;
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+  if (fd_ < 0 && errno == EACCES) {
+    writable = false;
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  }
+  if (fd_ < 0)
+    throw UsageError("cannot open " + path.string() + " (the directory's lock): " + std::strerror(errno));
   if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
+    if (err == EOPNOTSUPP || err == ENOLCK) {  // file systems without flock: no protection, no refusal
+      spdlog::warn("{}: this file system cannot lock files; nothing stops another process writing {} too",
+                   path.string(), dir.string());
+      return;
+    }
     char holder[32] = {0};
     const auto n = ::pread(fd_, holder, sizeof holder - 1, 0);
     ::close(fd_);
     fd_ = -1;
     if (err == EWOULDBLOCK)
-      throw UsageError("directory '" + dir.string() + "' is in use by another recsys process" +
-                       (n > 0 ? " (pid " + std::string(holder, static_cast<size_t>(n)) + ")" : std::string()) +
-                       ": wait for it to finish or choose another --out");
+      throw DirectoryBusy("directory '" + dir.string() + "' is in use by another recsys process" +
+                          (n > 0 ? " (pid " + std::string(holder, static_cast<size_t>(n)) + ")" : std::string()) +
+                          ": wait for it to finish or use another directory");
     throw UsageError("cannot lock " + path.string() + ": " + std::strerror(err));
   }
   const std::string pid = std::to_string(::getpid());
-  if (::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
+  if (writable && ::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
     // The pid only improves the message a second process gets; the hold is what matters.
   }
 }

@@ -4,15 +4,24 @@
 #include <filesystem>
 #include <string>
 
+#include "framework/util/errors.h"
+
 namespace recsys::train {
 
 /// Writes `text` to `path` atomically: a temporary file beside it, then rename.
 void write_atomic(const std::filesystem::path& path, const std::string& text);
 
+/// Thrown by DirectoryLock when another process holds the directory (a UsageError: exit 2).
+class DirectoryBusy : public UsageError {
+ public:
+  using UsageError::UsageError;
+};
+
 /// An exclusive hold on a directory for one process's lifetime (flock on DIR/.lock, released when
-/// the process ends however it ends), so that two runs never write the same run or sweep
-/// directory at once. Throws UsageError naming the directory (and the holder's process id) when
-/// another process holds it.
+/// the process ends however it ends), so that two processes never write one run directory at
+/// once. Throws DirectoryBusy naming the directory (and the holder's process id) when another
+/// process holds it, UsageError when the lock file cannot be opened; on a file system without
+/// flock it warns and holds nothing.
 class DirectoryLock {
  public:
   DirectoryLock() = default;

@@ -269,18 +269,39 @@ int run_sweep(const SweepOptions& options) {
     if (fs::exists(dir / "results.json")) check_finished_run(dir, r, cfg);
     if (selected) configs[r.name] = cfg;
   }
-  fs::create_directories(fs::path(out) / "runs");
-  const DirectoryLock lock(out);  // two sweeps into one directory would train and write the same runs
+  try {
+    fs::create_directories(fs::path(out) / "runs");
+  } catch (const fs::filesystem_error& e) {
+    throw UsageError("--out '" + out + "': cannot create the sweep directory: " + e.what());
+  }
   json record = sweep;
   record["resolved_base"] = base.string();
   record["cli_overrides"] = options.overrides;
   write_atomic(fs::path(out) / "sweep.json", record.dump(2) + "\n");
-  int failed = 0, skipped = 0, done = 0;
+  int failed = 0, skipped = 0, done = 0, busy = 0;
   auto t0 = std::chrono::steady_clock::now();
   for (size_t i = 0; i < runs.size(); ++i) {
     const auto& r = runs[i];
     fs::path dir = fs::path(out) / "runs" / r.name;
     if (fs::exists(dir / "results.json")) {
+      ++skipped;
+      std::printf("[%zu/%zu] %-40s finished earlier, skipped\n", i + 1, runs.size(), r.name.c_str());
+      continue;
+    }
+    // Each run directory is held while it trains: another sweep into the same directory (another
+    // --only selection) or a `recsys train --out` there leaves it alone, and this one it.
+    DirectoryLock hold;
+    try {
+      fs::create_directories(dir);
+      hold = DirectoryLock(dir);
+    } catch (const DirectoryBusy& ex) {
+      ++busy;
+      std::printf("[%zu/%zu] %-40s being trained by another process, skipped\n", i + 1, runs.size(), r.name.c_str());
+      continue;
+    } catch (const std::exception&) {
+      // Reported with the run's other failures below (RunDir names the problem).
+    }
+    if (fs::exists(dir / "results.json")) {  // finished by another process meanwhile
       ++skipped;
       std::printf("[%zu/%zu] %-40s finished earlier, skipped\n", i + 1, runs.size(), r.name.c_str());
       continue;
@@ -315,8 +336,8 @@ int run_sweep(const SweepOptions& options) {
   }
   setup_logging("", "info");
   summarize_sweep(sweep, all, out, options.report);
-  std::printf("sweep: %d trained, %d skipped (finished earlier), %d failed; results in %s/results.md\n", done,
-              skipped, failed, out.c_str());
+  std::printf("sweep: %d trained, %d skipped (finished earlier), %d failed%s; results in %s/results.md\n", done,
+              skipped, failed, busy ? fmt::format(", {} being trained elsewhere", busy).c_str() : "", out.c_str());
   // The chart is optional: it needs python3 with matplotlib.
   char exe[4096] = {0};
   ssize_t n = ::readlink("/proc/self/exe", exe, sizeof exe - 1);

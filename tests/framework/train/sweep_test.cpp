@@ -1,6 +1,8 @@
-// Sweep expansion, rerun safety and the summary. No test trains: finished runs are written by hand
-// (config.json + results.json, as RunDir leaves them), so every case runs in milliseconds.
+// Sweep expansion, rerun safety and the summary. Finished runs are written by hand (config.json +
+// results.json, as RunDir leaves them), so the cases run in milliseconds; only the busy-run case
+// trains one tiny run.
 #include "framework/train/sweep.h"
+#include "framework/train/run_dir.h"
 
 #include <filesystem>
 #include <fstream>
@@ -248,4 +250,23 @@ TEST_CASE("sweep: RelaImpr is '-' when undefined, and no baseline comes from oth
   CHECK(line_after(md, "RelaImpr against", "| v[x=4] |") == "| v[x=4] | - |");
   CHECK(md.find("inf") == std::string::npos);
   CHECK(md.find("nan") == std::string::npos);
+}
+
+TEST_CASE("sweep: a run held by another process is skipped, not failed, and trained once free", "[sweep]") {
+  cli::register_builtins();
+  auto dir = testing::temp_dir("sweep_busy_run");
+  json sweep = tiny_sweep({{"seeds", {1}}, {"baseline", "a"}, {"variants", json::array({{{"name", "a"}}})}});
+  auto o = options_for(dir, sweep);
+  const auto run = fs::path(o.out_dir) / "runs" / train::expand_sweep(sweep, {})[0].name;
+  fs::create_directories(run);
+  {
+    const train::DirectoryLock held(run);  // a concurrent sweep (or train --out) on this run
+    REQUIRE(train::run_sweep(o) == 0);
+    CHECK(!fs::exists(run / "error.txt"));
+    CHECK(!fs::exists(run / "results.json"));
+    // The same hold refuses a second one.
+    CHECK_THROWS_AS(train::DirectoryLock(run), train::DirectoryBusy);
+  }
+  REQUIRE(train::run_sweep(o) == 0);
+  CHECK(fs::exists(run / "results.json"));
 }
