@@ -415,6 +415,34 @@ TEST_CASE("cli: a run directory held by a running process is refused", "[cli]") 
   CHECK(third.code == 0);
 }
 
+TEST_CASE("cli: a run stopped between a validation's two checkpoint renames resumes exactly", "[cli][resume]") {
+  if (!have_binary()) return;
+  auto dir = recsys::testing::temp_dir("cli_resume_renames");
+  const std::string common = "train configs/tests/twotower_tiny.json --set train.checkpoints=true --set train.epochs=1 "
+                             "--set train.eval_every=8 --set train.early_stopping.patience=0 --set train.threads=1 "
+                             "--set train.optimizer.lr=0.01";  // improving at every validation
+  const std::string full = (dir / "full").string(), part = (dir / "part").string();
+  auto whole = run(common + " --set train.max_steps=24 --out " + full);
+  INFO("stderr: " << whole.err);
+  REQUIRE(whole.code == 0);
+  auto first = run(common + " --set train.max_steps=16 --out " + part);
+  REQUIRE(first.code == 0);
+  // The validation at step 24 improved, so it wrote best.pt and then last.pt. The crash comes
+  // between the two: best.pt is step 24's, last.pt still step 16's.
+  auto metrics = recsys::config::Json::parse(slurp(dir / "full" / "results.json"));
+  REQUIRE(metrics["best_step"] == 24);
+  fs::copy_file(dir / "full" / "checkpoints" / "best.pt", dir / "part" / "checkpoints" / "best.pt",
+                fs::copy_options::overwrite_existing);
+  auto resumed = run(common + " --set train.max_steps=24 --resume --out " + part);
+  INFO("stderr: " << resumed.err);
+  REQUIRE(resumed.code == 0);
+  CHECK(resumed.err.find("snapshot is dropped") != std::string::npos);
+  CHECK(slurp(dir / "full" / "metrics.jsonl") == slurp(dir / "part" / "metrics.jsonl"));
+  CHECK(recsys::config::Json::parse(slurp(dir / "part" / "results.json"))["metrics"] == metrics["metrics"]);
+  CHECK(slurp(dir / "full" / "checkpoints" / "last.pt") == slurp(dir / "part" / "checkpoints" / "last.pt"));
+  CHECK(slurp(dir / "full" / "checkpoints" / "best.pt") == slurp(dir / "part" / "checkpoints" / "best.pt"));
+}
+
 TEST_CASE("cli: eval and export read a trained run from its checkpoint", "[cli][saved_run]") {
   if (!have_binary()) return;
   auto dir = recsys::testing::temp_dir("cli_eval");
