@@ -1,5 +1,7 @@
 #include "framework/train/optimizer.h"
 
+#include "framework/util/checksum.h"
+
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -385,6 +387,16 @@ void Optimizer::save(torch::serialize::OutputArchive& archive) const {
     if (state1_[i].defined()) archive.write("optimizer.s1." + std::to_string(i), state1_[i]);
     if (state2_[i].defined()) archive.write("optimizer.s2." + std::to_string(i), state2_[i]);
   }
+}
+
+uint64_t Optimizer::checksum() const {
+  util::Checksum sum;
+  sum.add(&steps_, sizeof steps_);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (state1_[i].defined()) sum.add("optimizer.s1." + std::to_string(i), state1_[i]);
+    if (state2_[i].defined()) sum.add("optimizer.s2." + std::to_string(i), state2_[i]);
+  }
+  return sum.value();
 }
 
 void Optimizer::load(torch::serialize::InputArchive& archive) {

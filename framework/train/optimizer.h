@@ -42,6 +42,9 @@ class Optimizer {
   const OptimizerOptions& options() const { return options_; }
   /// Optimizer state as named tensors (for checkpoints) and back.
   void save(torch::serialize::OutputArchive& archive) const;
+  /// A checksum of the state save() writes (step count and every state tensor), stored with
+  /// checkpoints and compared after load().
+  uint64_t checksum() const;
   void load(torch::serialize::InputArchive& archive);
   /// Deep copies of the state (for keeping the best model in memory).
   std::vector<torch::Tensor> state_tensors() const;

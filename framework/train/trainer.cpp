@@ -1,7 +1,5 @@
 #include "framework/train/trainer.h"
 
-#include <cstring>
-
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -12,6 +10,7 @@
 
 #include <unistd.h>
 
+#include "framework/util/checksum.h"
 #include "framework/util/errors.h"
 
 namespace recsys::train {
@@ -288,6 +287,7 @@ void Trainer::save_checkpoint(const std::string& name) const {
   optimizer_->save(archive);
   const auto& s = state_;
   archive.write("trainer.model_checksum", torch::tensor(static_cast<int64_t>(module_checksum(task_.module()))));
+  archive.write("trainer.optimizer_checksum", torch::tensor(static_cast<int64_t>(optimizer_->checksum())));
   archive.write("trainer.step", torch::tensor(s.step));
   archive.write("trainer.epoch", torch::tensor(s.epoch));
   archive.write("trainer.examples", torch::tensor(s.examples));
@@ -351,45 +351,11 @@ void load_module_state(torch::nn::Module& module, torch::serialize::InputArchive
   }
 }
 
-namespace {
-
-/// FNV-1a's offset and prime over 64-bit words (the bytes in 8-byte steps, the tail zero-padded):
-/// a checksum at memory speed, not a cryptographic hash.
-struct WordHash {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  void add(const void* data, size_t n) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-      uint64_t w;
-      std::memcpy(&w, p + i, 8);
-      h = (h ^ w) * 0x100000001b3ULL;
-    }
-    if (i < n) {
-      uint64_t w = 0;
-      std::memcpy(&w, p + i, n - i);
-      h = (h ^ w) * 0x100000001b3ULL;
-    }
-    h = (h ^ n) * 0x100000001b3ULL;  // the length: "ab" + "c" differs from "a" + "bc"
-  }
-};
-
-}  // namespace
-
 uint64_t module_checksum(torch::nn::Module& module) {
-  WordHash hash;
-  auto add = [&](const std::string& name, const torch::Tensor& value) {
-    hash.add(name.data(), name.size());
-    auto t = value.detach().to(torch::kCPU).contiguous();
-    const auto sizes = t.sizes().vec();
-    hash.add(sizes.data(), sizes.size() * sizeof(int64_t));
-    const auto dtype = static_cast<int64_t>(t.scalar_type());
-    hash.add(&dtype, sizeof dtype);
-    hash.add(t.data_ptr(), t.numel() * t.element_size());
-  };
-  for (const auto& p : module.named_parameters()) add(p.key(), p.value());
-  for (const auto& b : module.named_buffers()) add(b.key(), b.value());
-  return hash.h;
+  util::Checksum sum;
+  for (const auto& p : module.named_parameters()) sum.add(p.key(), p.value());
+  for (const auto& b : module.named_buffers()) sum.add(b.key(), b.value());
+  return sum.value();
 }
 
 void verify_checksum(torch::nn::Module& module, torch::serialize::InputArchive& archive, const std::string& file) {
@@ -449,6 +415,10 @@ void Trainer::resume(const std::filesystem::path& from) {
   } catch (const c10::Error& e) {
     throw DataError(last.string(), 0, e.what_without_backtrace());
   }
+  torch::Tensor stored_optimizer;
+  if (archive.try_read("trainer.optimizer_checksum", stored_optimizer) &&
+      static_cast<uint64_t>(stored_optimizer.item<int64_t>()) != optimizer_->checksum())
+    throw DataError(last.string(), 0, "the optimizer state does not match the checksum stored with it: the file is damaged");
   const std::string file = last.string();
   s.step = read(archive, file, "trainer.step").item<int64_t>();
   s.epoch = read(archive, file, "trainer.epoch").item<int64_t>();

@@ -443,6 +443,37 @@ TEST_CASE("cli: a run stopped between a validation's two checkpoint renames resu
   CHECK(slurp(dir / "full" / "checkpoints" / "best.pt") == slurp(dir / "part" / "checkpoints" / "best.pt"));
 }
 
+TEST_CASE("cli: --resume refuses a checkpoint whose optimizer state was damaged", "[cli][resume]") {
+  if (!have_binary()) return;
+  auto dir = recsys::testing::temp_dir("cli_resume_damaged");
+  const std::string out = (dir / "run").string();
+  const std::string cmd = "train configs/tests/twotower_tiny.json --set train.checkpoints=true --out " + out;
+  REQUIRE(run(cmd + " --set train.epochs=1").code == 0);
+  const auto last = dir / "run" / "checkpoints" / "last.pt";
+  // The middle of the largest Adam moment, found in the file, one byte changed.
+  torch::Tensor largest;
+  {
+    torch::serialize::InputArchive archive;
+    archive.load_from(last.string());
+    for (const auto& key : archive.keys()) {
+      torch::Tensor t;
+      if (key.rfind("optimizer.s1.", 0) == 0 && archive.try_read(key, t) && (!largest.defined() || t.numel() > largest.numel()))
+        largest = t.contiguous();
+    }
+  }
+  REQUIRE(largest.defined());
+  auto bytes = slurp(last);
+  const std::string pattern(static_cast<const char*>(largest.data_ptr()) + largest.nbytes() / 2, 32);
+  const auto at = bytes.find(pattern);
+  REQUIRE(at != std::string::npos);
+  bytes[at + 3] = static_cast<char>(bytes[at + 3] ^ 0x08);
+  std::ofstream(last, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  auto resumed = run(cmd + " --set train.epochs=2 --resume");
+  INFO("stderr: " << resumed.err);
+  CHECK(resumed.code == 2);
+  CHECK(resumed.err.find("optimizer state does not match") != std::string::npos);
+}
+
 TEST_CASE("cli: eval and export read a trained run from its checkpoint", "[cli][saved_run]") {
   if (!have_binary()) return;
   auto dir = recsys::testing::temp_dir("cli_eval");
