@@ -71,8 +71,9 @@ void check_views(const torch::Tensor& z1, const torch::Tensor& z2, const torch::
               "contrastive: extra view-1 negatives must be [K, D]");
 }
 
+/// The view's rows, then the extra negatives' (after nonempty(): undefined = none).
 torch::Tensor with_extra(const torch::Tensor& view, const torch::Tensor& extra) {
-  return extra.defined() && extra.size(0) > 0 ? torch::cat({view, extra}, 0) : view;
+  return extra.defined() ? torch::cat({view, extra}, 0) : view;
 }
 
 }  // namespace

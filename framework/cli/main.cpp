@@ -132,14 +132,9 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
     throw UsageError("run directory '" + out + "' already holds a run; choose another --out, pass --resume to "
                      "continue it or --overwrite to replace it");
   if (nproc > 1 && !ctx.active()) {
-    // The launcher: the run directory is settled here (every rank uses this one; the ranks'
-    // FileStore lives in it), then this command runs once per rank with the rank in its
-    // environment. Rank 0 takes it from there (clearing an overwritten run).
-    try {
-      fs::create_directories(out);
-    } catch (const fs::filesystem_error& e) {
-      throw UsageError("--out '" + out + "': cannot create the run directory: " + e.what());
-    }
+    // The launcher: the run directory is settled (created and held) above; every rank uses this
+    // one, and the ranks' FileStore lives in it. This command then runs once per rank with the
+    // rank in its environment; rank 0 takes it from there (clearing an overwritten run).
     std::vector<std::string> extra;
     if (!out_given) extra = {"--out", out};
     return dist::launch(nproc, argv, extra, (fs::path(out) / ".dist_store").string());
@@ -247,6 +242,7 @@ int cmd_export(const ExportArgs& a) {
     throw UsageError("--what '" + a.what + "': the " + run.experiment.task + " task exports " +
                      (known.empty() ? std::string("nothing") : known));
   }
+  if (a.all_users && !kind->uses_k) throw UsageError("--all-users applies to ranked exports (recommendations)");
   fs::path path = a.out;
   if (path.empty()) {
     const std::string name = a.what + (kind->uses_split ? "-" + a.split : "") + "-" +
@@ -255,14 +251,9 @@ int cmd_export(const ExportArgs& a) {
     path = train::default_export_dir(a.target, run.checkpoint) / name;
   }
   train::check_output_path(path, run.checkpoint);
-  if (a.format == "npy") {  // the keys and column names go beside the values
-    auto stem = path;
-    stem.replace_extension();
-    train::check_output_path(stem.string() + ".keys.tsv", run.checkpoint);
-    train::check_output_path(stem.string() + ".columns.txt", run.checkpoint);
-  }
+  if (a.format == "npy")  // the keys and column names go beside the values
+    for (const auto& beside : train::npy_companions(path)) train::check_output_path(beside, run.checkpoint);
   make_parent(path);
-  if (a.all_users && !kind->uses_k) throw UsageError("--all-users applies to ranked exports (recommendations)");
   train::ExportRequest request;
   request.kind = a.what;
   request.split = a.split;
@@ -341,7 +332,8 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--checkpoint", eval_which, "best (default) or last, in a run directory")
       ->check(CLI::IsMember({"best", "last"}));
   eval_cmd->add_option("--split", eval_split, "test (default) or valid")->check(CLI::IsMember({"test", "valid"}));
-  eval_cmd->add_option("--set", eval_overrides, "eval.*=VALUE, train.device, train.threads; repeatable");
+  eval_cmd->add_option("--set", eval_overrides,
+                       "eval.*=VALUE, train.device, train.threads, data.path (data.reviews, data.meta); repeatable");
   eval_cmd->add_flag("--json", eval_json, "print one JSON line");
   eval_cmd->add_option("--out", eval_out, "also write the result as JSON to this file");
 
@@ -362,7 +354,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"tsv", "npy"}));
   export_cmd->add_option("--out", export_args.out,
                          "output file (default RUN/exports/<what>[-<split>]-<checkpoint>[-k<k>].<format>)");
-  export_cmd->add_option("--set", export_args.overrides, "eval.*=VALUE, train.device, train.threads; repeatable");
+  export_cmd->add_option("--set", export_args.overrides,
+                         "eval.*=VALUE, train.device, train.threads, data.path (data.reviews, data.meta); repeatable");
 
   std::string mi_config, mi_out;
   std::vector<std::string> mi_overrides;

@@ -195,7 +195,6 @@ struct GatherRows : torch::autograd::Function<GatherRows> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
                                c10d::ProcessGroupGloo* pg, int64_t rank, int64_t world) {
     ctx->saved_data["rank"] = rank;
-    ctx->saved_data["world"] = world;
     ctx->saved_data["rows"] = x.size(0);
     ctx->saved_data["pg"] = reinterpret_cast<int64_t>(pg);
     return torch::cat(gather_rows(*pg, static_cast<int>(world), x.contiguous()));

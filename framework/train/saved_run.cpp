@@ -113,7 +113,7 @@ SavedRun load_saved_run(const std::string& target, const std::string& which,
   run.experiment = parse_experiment(config);
   torch::manual_seed(run.experiment.seed);
   torch::set_num_threads(static_cast<int>(run.experiment.trainer.threads));
-  run.device = resolve_device(run.experiment.trainer.device);
+  const auto device = resolve_device(run.experiment.trainer.device);
   try {
     run.task = run.experiment.build_task(run.experiment.seed);
   } catch (const ConfigError& e) {
@@ -121,9 +121,8 @@ SavedRun load_saved_run(const std::string& target, const std::string& which,
     throw ConfigError(e.path(), "the run has no test split (it was trained with train.evaluate_test = false and "
                                 "this split setting leaves test empty): evaluate it with --split valid");
   }
-  run.task->to(run.device);
+  run.task->to(device);
   load_module_state(run.task->module(), archive, file);
-  verify_checksum(run.task->module(), archive, file);
   torch::Tensor step;
   if (archive.try_read("trainer.step", step)) run.step = step.item<int64_t>();
   return run;
@@ -153,11 +152,16 @@ void append_float(std::string& out, float v) {
   out.append(buf, r.ptr);
 }
 
-void append_header(std::string& out, const std::vector<std::string>& columns) {
-  for (size_t c = 0; c < columns.size(); ++c) {
+/// Text fields separated by tabs (no line end).
+void append_fields(std::string& out, const std::vector<std::string>& fields) {
+  for (size_t c = 0; c < fields.size(); ++c) {
     if (c) out.push_back('\t');
-    append_field(out, columns[c]);
+    append_field(out, fields[c]);
   }
+}
+
+void append_row(std::string& out, const std::vector<std::string>& fields) {
+  append_fields(out, fields);
   out.push_back('\n');
 }
 
@@ -188,17 +192,11 @@ void write_table_tsv(const ExportTable& table, const fs::path& path) {
   std::vector<std::string> header = table.key_columns;
   header.insert(header.end(), table.value_columns.begin(), table.value_columns.end());
   std::string out;
-  append_header(out, header);
+  append_row(out, header);
   for (size_t r = 0; r < table.keys.size(); ++r) {
-    bool first = true;
-    for (const auto& key : table.keys[r]) {
-      if (!first) out.push_back('\t');
-      first = false;
-      append_field(out, key);
-    }
+    append_fields(out, table.keys[r]);
     for (int64_t c = 0; c < cols; ++c) {
-      if (!first) out.push_back('\t');
-      first = false;
+      if (c > 0 || !table.keys[r].empty()) out.push_back('\t');
       append_float(out, v[static_cast<int64_t>(r) * cols + c]);
     }
     out.push_back('\n');
@@ -226,16 +224,21 @@ void write_table_npy(const ExportTable& table, const fs::path& path) {
   out.resize(at + bytes);
   static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the .npy header says little-endian '<f4'");
   if (bytes) std::memcpy(&out[at], values.data_ptr<float>(), bytes);
-  auto stem = path;
-  stem.replace_extension();
   std::string keys;
-  append_header(keys, table.key_columns);
-  for (const auto& row : table.keys) append_header(keys, row);
+  append_row(keys, table.key_columns);
+  for (const auto& row : table.keys) append_row(keys, row);
   std::string columns;
   for (const auto& c : table.value_columns) columns += c + "\n";
+  const auto beside = npy_companions(path);
   write_file(path, out);
-  write_file(stem.string() + ".keys.tsv", keys);
-  write_file(stem.string() + ".columns.txt", columns);
+  write_file(beside[0], keys);
+  write_file(beside[1], columns);
+}
+
+std::vector<fs::path> npy_companions(const fs::path& path) {
+  auto stem = path;
+  stem.replace_extension();
+  return {stem.string() + ".keys.tsv", stem.string() + ".columns.txt"};
 }
 
 }  // namespace recsys::train

@@ -18,8 +18,7 @@ namespace recsys::train {
 struct SavedRun {
   std::filesystem::path checkpoint;
   Experiment experiment;
-  std::unique_ptr<Task> task;
-  torch::Device device = torch::kCPU;
+  std::unique_ptr<Task> task;  ///< on the config's train.device
   int64_t step = -1;  ///< the training step the checkpoint was written at (-1: not recorded)
 };
 
@@ -55,5 +54,8 @@ void write_table_tsv(const ExportTable& table, const std::filesystem::path& path
 /// keys beside it as `<path without .npy>.keys.tsv` (header = key columns; the value columns'
 /// names in `<...>.columns.txt`). Atomic per file.
 void write_table_npy(const ExportTable& table, const std::filesystem::path& path);
+
+/// The files write_table_npy writes beside `path`: the keys, then the value column names.
+std::vector<std::filesystem::path> npy_companions(const std::filesystem::path& path);
 
 }  // namespace recsys::train

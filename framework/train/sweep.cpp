@@ -283,11 +283,6 @@ int run_sweep(const SweepOptions& options) {
   for (size_t i = 0; i < runs.size(); ++i) {
     const auto& r = runs[i];
     fs::path dir = fs::path(out) / "runs" / r.name;
-    if (fs::exists(dir / "results.json")) {
-      ++skipped;
-      std::printf("[%zu/%zu] %-40s finished earlier, skipped\n", i + 1, runs.size(), r.name.c_str());
-      continue;
-    }
     // Each run directory is held while it trains: another sweep into the same directory (another
     // --only selection) or a `recsys train --out` there leaves it alone, and this one it.
     DirectoryLock hold;
@@ -301,7 +296,7 @@ int run_sweep(const SweepOptions& options) {
     } catch (const std::exception&) {
       // Reported with the run's other failures below (RunDir names the problem).
     }
-    if (fs::exists(dir / "results.json")) {  // finished by another process meanwhile
+    if (fs::exists(dir / "results.json")) {  // by an earlier sweep, or another process meanwhile
       ++skipped;
       std::printf("[%zu/%zu] %-40s finished earlier, skipped\n", i + 1, runs.size(), r.name.c_str());
       continue;

@@ -82,9 +82,7 @@ class ProgressHook : public Hook {
   void on_train_begin(Trainer& t) override {
     start_ = last_ = std::chrono::steady_clock::now();
     const auto& o = t.options();
-    int64_t per_epoch = (t.task().train_examples() + o.batch_size - 1) / o.batch_size;
-    if (t.world() > 1) per_epoch = t.task().train_examples() / o.batch_size / t.world();  // each rank's steps
-    total_steps_ = per_epoch * o.epochs;
+    total_steps_ = t.steps_per_epoch() * o.epochs;
     if (o.max_steps > 0) total_steps_ = std::min(total_steps_, o.max_steps);
   }
   void on_step_end(Trainer& t) override {
@@ -210,25 +208,30 @@ void Trainer::check_pending_loss() {
 
 namespace {
 
+/// LibTorch's default CPU generator (shared by every module: dropout, torch::rand) read and set
+/// under its lock.
+torch::Tensor default_generator_state() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void set_default_generator_state(const torch::Tensor& state) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
 /// This process's forward and default CPU generator states, as one row of int32 (Gloo gathers
 /// them; a byte per entry).
 torch::Tensor generator_row(const torch::Generator& forward) {
-  torch::Tensor def;
-  {
-    auto default_gen = at::detail::getDefaultCPUGenerator();
-    std::lock_guard<std::mutex> lock(default_gen.mutex());
-    def = default_gen.get_state();
-  }
+  auto def = default_generator_state();
   auto fwd = forward.get_state();
   return torch::cat({torch::tensor({fwd.numel(), def.numel()}, torch::kInt32), fwd.to(torch::kInt32),
                      def.to(torch::kInt32)});
 }
 
 }  // namespace
-
-void Trainer::gather_rank_generators() {
-  rank_generators_ = dist_.all_gather_rows(generator_row(gen_).unsqueeze(0));
-}
 
 void Trainer::validate() {
   check_pending_loss();
@@ -239,7 +242,8 @@ void Trainer::validate() {
   last_validated_step_ = s.step;
   // Every rank's generators travel to rank 0's checkpoints: a resumed data-parallel run restores
   // each rank's own (their streams differ by rank).
-  if (dist_.active() && options_.checkpoints) gather_rank_generators();
+  if (dist_.active() && options_.checkpoints)
+    rank_generators_ = dist_.all_gather_rows(generator_row(gen_).unsqueeze(0));
   if (!dist_.leader()) {  // rank 0 validates; the others learn whether it stopped the run
     s.stop = dist_.broadcast_flag(false);
     s.early_stopped = s.stop;
@@ -308,11 +312,7 @@ void Trainer::save_checkpoint(const std::string& name) const {
   // The generators: the forward pass's own, and LibTorch's default one (initialisation is over,
   // but dropout and any torch::rand in a forward pass draw from it).
   archive.write("trainer.gen_state", gen_.get_state());
-  {
-    auto default_gen = at::detail::getDefaultCPUGenerator();
-    std::lock_guard<std::mutex> lock(default_gen.mutex());
-    archive.write("trainer.default_gen_state", default_gen.get_state());
-  }
+  archive.write("trainer.default_gen_state", default_generator_state());
   if (rank_generators_.defined()) archive.write("trainer.rank_generators", rank_generators_);
   if (device_.is_cuda()) {  // dropout masks on the device draw from its own generator
     auto device_gen = at::globalContext().defaultGenerator(device_);
@@ -327,10 +327,12 @@ void Trainer::save_checkpoint(const std::string& name) const {
   std::filesystem::rename(tmp, path);
 }
 
+namespace {
+
 /// Module::save's layout: a module's own parameters and buffers by name, each child module in a
 /// nested archive under its name. Read into the existing tensors, each shape checked first.
-void load_module_state(torch::nn::Module& module, torch::serialize::InputArchive& archive,
-                       const std::string& file, const std::string& prefix) {
+void load_into(torch::nn::Module& module, torch::serialize::InputArchive& archive, const std::string& file,
+               const std::string& prefix) {
   torch::NoGradGuard no_grad;
   auto load = [&](const std::string& name, torch::Tensor& target) {
     torch::Tensor t;
@@ -347,9 +349,20 @@ void load_module_state(torch::nn::Module& module, torch::serialize::InputArchive
     torch::serialize::InputArchive nested;
     if (!archive.try_read(child.key(), nested))
       throw DataError(file, 0, "checkpoint lacks module '" + prefix + child.key() + "': it was written for another model");
-    load_module_state(*child.value(), nested, file, prefix + child.key() + ".");
+    load_into(*child.value(), nested, file, prefix + child.key() + ".");
   }
 }
+
+/// Compares a checksum stored under `key` (absent in checkpoints written before checksums) with
+/// the loaded state's.
+void check_stored_checksum(torch::serialize::InputArchive& archive, const std::string& key, uint64_t loaded,
+                           const std::string& file, const std::string& what) {
+  torch::Tensor stored;
+  if (archive.try_read(key, stored) && static_cast<uint64_t>(stored.item<int64_t>()) != loaded)
+    throw DataError(file, 0, what + " does not match the checksum stored with it: the file is damaged");
+}
+
+}  // namespace
 
 uint64_t module_checksum(torch::nn::Module& module) {
   util::Checksum sum;
@@ -358,11 +371,10 @@ uint64_t module_checksum(torch::nn::Module& module) {
   return sum.value();
 }
 
-void verify_checksum(torch::nn::Module& module, torch::serialize::InputArchive& archive, const std::string& file) {
-  torch::Tensor stored;
-  if (!archive.try_read("trainer.model_checksum", stored)) return;
-  if (static_cast<uint64_t>(stored.item<int64_t>()) != module_checksum(module))
-    throw DataError(file, 0, "the model's tensors do not match the checksum stored with them: the file is damaged");
+void load_module_state(torch::nn::Module& module, torch::serialize::InputArchive& archive,
+                       const std::string& file) {
+  load_into(module, archive, file, "");
+  check_stored_checksum(archive, "trainer.model_checksum", module_checksum(module), file, "the model's tensors");
 }
 
 void open_checkpoint(torch::serialize::InputArchive& archive, const std::filesystem::path& file,
@@ -376,10 +388,6 @@ void open_checkpoint(torch::serialize::InputArchive& archive, const std::filesys
     throw DataError(file.string(), 0, std::string("not a readable checkpoint (truncated or another format): ") +
                                           e.what_without_backtrace());
   }
-}
-
-void Trainer::load_module(torch::serialize::InputArchive& archive, const std::string& file) {
-  load_module_state(task_.module(), archive, file);
 }
 
 void Trainer::resume(const std::filesystem::path& from) {
@@ -401,24 +409,20 @@ void Trainer::resume(const std::filesystem::path& from) {
   if (fs::exists(best)) {
     torch::serialize::InputArchive archive;
     open_checkpoint(archive, best, device_);
-    load_module(archive, best.string());
-    verify_checksum(task_.module(), archive, best.string());
+    load_module_state(task_.module(), archive, best.string());
     snapshot_best();
     best_file_step = read(archive, best.string(), "trainer.step").item<int64_t>();
   }
   torch::serialize::InputArchive archive;
   open_checkpoint(archive, last, device_);
-  load_module(archive, last.string());
-  verify_checksum(task_.module(), archive, last.string());
+  load_module_state(task_.module(), archive, last.string());
   try {
     optimizer_->load(archive);
   } catch (const c10::Error& e) {
     throw DataError(last.string(), 0, e.what_without_backtrace());
   }
-  torch::Tensor stored_optimizer;
-  if (archive.try_read("trainer.optimizer_checksum", stored_optimizer) &&
-      static_cast<uint64_t>(stored_optimizer.item<int64_t>()) != optimizer_->checksum())
-    throw DataError(last.string(), 0, "the optimizer state does not match the checksum stored with it: the file is damaged");
+  check_stored_checksum(archive, "trainer.optimizer_checksum", optimizer_->checksum(), last.string(),
+                        "the optimizer state");
   const std::string file = last.string();
   s.step = read(archive, file, "trainer.step").item<int64_t>();
   s.epoch = read(archive, file, "trainer.epoch").item<int64_t>();
@@ -435,11 +439,7 @@ void Trainer::resume(const std::filesystem::path& from) {
     throw DataError(file, 0, "checkpoint lacks 'trainer.best_valid'");
   s.best_valid = nlohmann::json::parse(best_valid.toStringRef()).get<Metrics>();
   gen_.set_state(read(archive, file, "trainer.gen_state"));
-  {
-    auto default_gen = at::detail::getDefaultCPUGenerator();  // shares the default generator
-    std::lock_guard<std::mutex> lock(default_gen.mutex());
-    default_gen.set_state(read(archive, file, "trainer.default_gen_state"));
-  }
+  set_default_generator_state(read(archive, file, "trainer.default_gen_state"));
   if (device_.is_cuda()) {
     torch::Tensor state;
     if (archive.try_read("trainer.device_gen_state", state)) {
@@ -465,11 +465,8 @@ void Trainer::resume(const std::filesystem::path& from) {
       throw DataError(file, 0, "checkpoint's 'trainer.rank_generators' is malformed");
     if (!dist_.leader()) {
       gen_.set_state(row.narrow(0, 2, nf).to(torch::kUInt8));
-      auto default_gen = at::detail::getDefaultCPUGenerator();
-      std::lock_guard<std::mutex> lock(default_gen.mutex());
-      default_gen.set_state(row.narrow(0, 2 + nf, nd).to(torch::kUInt8));
+      set_default_generator_state(row.narrow(0, 2 + nf, nd).to(torch::kUInt8));
     }
-    rank_generators_ = all;
   }
   if (s.best_step >= 0 && !fs::exists(best) && options_.checkpoints)
     throw DataError(best.string(), 0, "missing: the run's best state cannot be restored at its end");
@@ -533,7 +530,7 @@ nlohmann::json Trainer::fit() {
     std::vector<torch::Tensor> state = params;
     for (auto& b : task_.module().buffers()) state.push_back(b);
     dist_.broadcast(state);
-    per_rank = task_.train_examples() / options_.batch_size / dist_.world();
+    per_rank = steps_per_epoch();
     if (per_rank < 1)
       throw ConfigError("train.batch_size", "gives fewer full batches than the " + std::to_string(dist_.world()) +
                                                 " ranks of this run");
@@ -601,9 +598,10 @@ nlohmann::json Trainer::fit() {
   }
   // The replicas applied the same averaged updates: their parameters must agree exactly.
   if (dist_.active()) {
-    double checksum = 0;
-    for (auto& p : params) checksum += p.detach().to(torch::kFloat64).sum().item<double>();
-    if (!dist_.all_equal(checksum))
+    util::Checksum sum;
+    for (auto& p : task_.module().named_parameters()) sum.add(p.key(), p.value());
+    // The hash's top 53 bits: exactly representable, as all_equal compares doubles.
+    if (!dist_.all_equal(static_cast<double>(sum.value() >> 11)))
       throw std::runtime_error("data-parallel replicas diverged: their parameters differ after training");
   }
   restore_best();

@@ -42,20 +42,20 @@ struct TrainerOptions {
 torch::Device resolve_device(const std::string& name);
 
 /// A 64-bit hash of a module's parameters and buffers (names, shapes, dtypes and bytes, in the
-/// module's order). Checkpoints store it; loading compares it, so that a checkpoint whose tensor
-/// data was damaged inside an intact archive is an error rather than a silently different model.
+/// module's order). Checkpoints store it; load_module_state compares it, so that a checkpoint
+/// whose tensor data was damaged inside an intact archive is an error rather than a silently
+/// different model.
 uint64_t module_checksum(torch::nn::Module& module);
-/// Compares `module` (just loaded from `archive`) with the archive's stored checksum: DataError
-/// naming `file` when they differ. Checkpoints written before the checksum existed pass.
-void verify_checksum(torch::nn::Module& module, torch::serialize::InputArchive& archive, const std::string& file);
 
 /// Reads a checkpoint file (DataError naming it when it is missing, truncated or not one).
 void open_checkpoint(torch::serialize::InputArchive& archive, const std::filesystem::path& file,
                      torch::Device device);
-/// Loads a module's parameters and buffers (Module::save's layout) into its existing tensors, each
-/// shape checked: DataError naming `file` and the tensor for a checkpoint of another model.
+/// Loads a module's parameters and buffers (Module::save's layout) into its existing tensors (copy_,
+/// so their storage, and an optimizer's references to it, stay), each shape checked, then compares
+/// the stored checksum: DataError naming `file` (and the tensor) for a checkpoint of another model
+/// or a damaged one. Checkpoints written before checksums existed pass the comparison.
 void load_module_state(torch::nn::Module& module, torch::serialize::InputArchive& archive,
-                       const std::string& file, const std::string& prefix = "");
+                       const std::string& file);
 
 struct TrainerState {
   int64_t step = 0, epoch = 0, examples = 0;
@@ -105,7 +105,12 @@ class Trainer {
   TrainerState& state() { return state_; }
   const RunDir& run_dir() const { return run_dir_; }
   torch::Device device() const { return device_; }
-  int world() const { return dist_.world(); }
+  /// Optimizer steps per epoch: the batches of an epoch, or in a data-parallel run each rank's
+  /// share of the full ones.
+  int64_t steps_per_epoch() const {
+    const int64_t n = task_.train_examples(), b = options_.batch_size;
+    return dist_.active() ? n / b / dist_.world() : (n + b - 1) / b;
+  }
 
   /// Validation with best-state tracking and early stopping (called by the evaluation hook).
   void validate();
@@ -141,9 +146,6 @@ class Trainer {
   std::vector<std::shared_ptr<Hook>> hooks_;
   TrainerState state_;
   std::vector<torch::Tensor> best_params_;
-  /// Loads the model's parameters and buffers from an archive into the existing tensors (copy_,
-  /// so their storage, and the optimizer's references to it, stay), each shape checked.
-  void load_module(torch::serialize::InputArchive& archive, const std::string& file);
   dist::Context dist_;
   bool resumed_ = false;
   int64_t last_validated_step_ = -1;  // -1: no validation yet in this process
@@ -153,7 +155,6 @@ class Trainer {
   /// Data parallel: every rank's forward and default generator states at the last validation
   /// (rank 0's checkpoints store them).
   torch::Tensor rank_generators_;
-  void gather_rank_generators();
   torch::Tensor nonfinite_;      // accelerator: any non-finite loss since the last check
   int64_t checked_through_ = 0;  // the last step whose loss is known to be finite
 };

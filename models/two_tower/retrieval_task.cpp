@@ -393,7 +393,6 @@ class RetrievalTask : public train::Task {
       t.key_columns = {"item", "name"};
       for (int64_t i = 0; i < data_.num_items(); ++i) t.keys.push_back({item_key(i), data_.item_names[i]});
       t.values = item_embeddings().to(torch::kCPU).to(torch::kFloat32).contiguous();
-      for (int64_t c = 0; c < t.values.size(1); ++c) t.value_columns.push_back("e" + std::to_string(c));
     } else if (kind == "user_embeddings") {
       t.key_columns = {"user"};
       std::vector<Tensor> parts;
@@ -401,11 +400,10 @@ class RetrievalTask : public train::Task {
       for (int64_t s = 0; s < U; s += o_.eval.batch_size) {
         std::vector<int64_t> ub(static_cast<size_t>(std::min(U, s + o_.eval.batch_size) - s));
         std::iota(ub.begin(), ub.end(), s);
-        parts.push_back(user_embeddings(ub, test).to(torch::kCPU));
+        parts.push_back(user_embeddings(ub, known_items(ub, test)).to(torch::kCPU));
       }
       for (int64_t u = 0; u < U; ++u) t.keys.push_back({user_key(u)});
       t.values = torch::cat(parts).to(torch::kFloat32).contiguous();
-      for (int64_t c = 0; c < t.values.size(1); ++c) t.value_columns.push_back("e" + std::to_string(c));
     } else if (kind == "recommendations") {
       t.key_columns = {"user", "rank", "item", "name"};
       t.value_columns = {"score", "held_out"};
@@ -424,6 +422,8 @@ class RetrievalTask : public train::Task {
     } else {
       throw std::logic_error("retrieval: no export '" + kind + "'");
     }
+    if (kind != "recommendations")  // embeddings: one column per dimension
+      for (int64_t c = 0; c < t.values.size(1); ++c) t.value_columns.push_back("e" + std::to_string(c));
     root_->train();
     return t;
   }
@@ -489,17 +489,19 @@ class RetrievalTask : public train::Task {
     return torch::cat(chunks, 0);
   }
 
-  /// What user u is known to have clicked before the split: training positives, plus the
+  /// What each user is known to have clicked before the split: training positives, plus the
   /// validation ones before the test split. These are the history and are excluded from ranking.
-  std::vector<int64_t> known_items(int64_t u, bool test) const {
-    auto known = data_.train[u];
-    if (test) known.insert(known.end(), data_.valid[u].begin(), data_.valid[u].end());
+  std::vector<std::vector<int64_t>> known_items(const std::vector<int64_t>& users, bool test) const {
+    std::vector<std::vector<int64_t>> known(users.size());
+    for (size_t j = 0; j < users.size(); ++j) {
+      known[j] = data_.train[users[j]];
+      if (test) known[j].insert(known[j].end(), data_.valid[users[j]].begin(), data_.valid[users[j]].end());
+    }
     return known;
   }
 
-  Tensor user_embeddings(const std::vector<int64_t>& users, bool test) {
-    std::vector<std::vector<int64_t>> known(users.size());
-    for (size_t j = 0; j < users.size(); ++j) known[j] = known_items(users[j], test);
+  /// The user tower on `users` with `known` (known_items) as their histories.
+  Tensor user_embeddings(const std::vector<int64_t>& users, const std::vector<std::vector<int64_t>>& known) {
     auto inputs = user_inputs(users, known);
     move_all(inputs, device_);
     return model_->user(inputs);
@@ -519,11 +521,11 @@ class RetrievalTask : public train::Task {
     for (size_t s = 0; s < users.size(); s += static_cast<size_t>(o_.eval.batch_size)) {
       size_t e = std::min(users.size(), s + static_cast<size_t>(o_.eval.batch_size));
       std::vector<int64_t> ub(users.begin() + static_cast<long>(s), users.begin() + static_cast<long>(e));
-      auto scores = torch::matmul(user_embeddings(ub, test), items.t()).to(torch::kCPU).contiguous();
+      const auto known = known_items(ub, test);
+      auto scores = torch::matmul(user_embeddings(ub, known), items.t()).to(torch::kCPU).contiguous();
       float* sp = scores.data_ptr<float>();
       for (size_t j = 0; j < ub.size(); ++j)
-        for (int64_t it : known_items(ub[j], test))
-          sp[static_cast<int64_t>(j) * N + it] = -std::numeric_limits<float>::infinity();
+        for (int64_t it : known[j]) sp[static_cast<int64_t>(j) * N + it] = -std::numeric_limits<float>::infinity();
       auto [top_scores, top] = scores.topk(K, 1);
       top = top.contiguous();
       top_scores = top_scores.contiguous();

@@ -52,6 +52,21 @@ int rank_main(int rank, const std::string& store) {
   }
 }
 
+/// Two float64 Dice layers over 5 channels with the same random alpha: one local, one whose
+/// statistics span the ranks of `ctx`.
+std::pair<recsys::models::Dice, recsys::models::Dice> dice_pair(const recsys::dist::Context& ctx) {
+  recsys::models::Dice local(recsys::models::DiceOptions(5)), synced(recsys::models::DiceOptions(5));
+  local->to(torch::kFloat64);
+  synced->to(torch::kFloat64);
+  {
+    torch::NoGradGuard g;
+    local->alpha.copy_(torch::randn({5}, torch::kFloat64));
+    synced->alpha.copy_(local->alpha);
+  }
+  synced->set_sync(ctx);
+  return {local, synced};
+}
+
 /// One rank of the synchronised Dice test: its half of a batch through a Dice whose statistics
 /// span both ranks, against the whole batch through a local Dice in this process.
 int dice_rank_main(int rank, const std::string& store) {
@@ -62,15 +77,7 @@ int dice_rank_main(int rank, const std::string& store) {
     const auto f64 = torch::kFloat64;
     auto x = (torch::randn({8, 5}, f64) * 2 + 1).requires_grad_();
     auto c = torch::randn({8, 5}, f64);  // a loss that weighs every output differently
-    recsys::models::Dice local(recsys::models::DiceOptions(5)), synced(recsys::models::DiceOptions(5));
-    local->to(f64);
-    synced->to(f64);
-    {
-      torch::NoGradGuard g;
-      local->alpha.copy_(torch::randn({5}, f64));
-      synced->alpha.copy_(local->alpha);
-    }
-    synced->set_sync(ctx);
+    auto [local, synced] = dice_pair(ctx);
     auto y_ref = local->forward(x);
     auto ref = torch::autograd::grad({(y_ref * c).mean()}, {x, local->alpha});
     auto xh = x.detach().narrow(0, 4 * rank, 4).clone().requires_grad_();
@@ -99,15 +106,7 @@ int dice_rank_main(int rank, const std::string& store) {
 
     // 3-D input [B, T, D] and unequal shares (3 and 5 rows): the statistics count every row of
     // every rank. Summed losses, so that both ranks' sum is the whole batch's.
-    recsys::models::Dice local3(recsys::models::DiceOptions(5)), synced3(recsys::models::DiceOptions(5));
-    local3->to(f64);
-    synced3->to(f64);
-    {
-      torch::NoGradGuard g;
-      local3->alpha.copy_(torch::randn({5}, f64));
-      synced3->alpha.copy_(local3->alpha);
-    }
-    synced3->set_sync(ctx);
+    auto [local3, synced3] = dice_pair(ctx);
     auto x3 = (torch::randn({8, 3, 5}, f64) - 0.5).requires_grad_();
     auto c3 = torch::randn({8, 3, 5}, f64);
     auto y3 = local3->forward(x3);
