@@ -54,6 +54,49 @@ torch::Tensor inbatch_softmax_mean(const torch::Tensor& user, const torch::Tenso
   return inbatch_softmax(user, item, log_q, item_ids, options, extra_item).mean();
 }
 
+torch::Tensor inbatch_softmax_mean_distinct(const torch::Tensor& user, const torch::Tensor& item,
+                                            const torch::Tensor& targets,
+                                            const torch::Tensor& log_q,
+                                            const torch::Tensor& item_ids,
+                                            const InBatchSoftmaxOptions& options,
+                                            const torch::Tensor& extra_item) {
+  TORCH_CHECK(user.dim() == 2 && item.dim() == 2 && item.size(1) == user.size(1) && item.size(0) >= 1,
+              "inbatch_softmax_mean_distinct: user must be [B, D] and item [U, D], got ",
+              user.sizes(), " and ", item.sizes());
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == user.size(0) &&
+                  targets.scalar_type() == torch::kInt64,
+              "inbatch_softmax_mean_distinct: targets must be int64 [", user.size(0), "], got ",
+              targets.sizes());
+  const int64_t U = item.size(0);
+  const bool has_extra = extra_item.defined() && extra_item.numel() > 0;
+  const int64_t C = U + (has_extra ? extra_item.size(0) : 0);
+  TORCH_CHECK(log_q.dim() == 1 && log_q.size(0) == C,
+              "inbatch_softmax_mean_distinct: log_q needs one entry per distinct column (", C,
+              "), got ", log_q.sizes());
+  const bool ids_needed = options.remove_accidental_hits();
+  TORCH_CHECK(!ids_needed || (item_ids.defined() && item_ids.dim() == 1 && item_ids.size(0) == C),
+              "inbatch_softmax_mean_distinct: remove_accidental_hits needs the item id of every "
+              "distinct column (", C, ")");
+  if (options.fused_mean() && !log_q.requires_grad()) {
+    auto columns = has_extra ? torch::cat({item, extra_item}, 0) : item;
+    auto counts = torch::bincount(targets.cpu(), {}, U).to(torch::kFloat64);
+    if (has_extra) counts = torch::cat({counts, torch::ones({C - U}, counts.options())});
+    auto bias = -log_q.to(user.scalar_type());
+    auto ids = ids_needed ? item_ids.to(torch::kInt64) : torch::Tensor();
+    if (distinct_softmax_unsupported(user, columns, targets, counts, bias, ids).empty())
+      return distinct_softmax_mean_fused(user, columns, 1.0 / options.temperature(), targets,
+                                         counts, bias, ids);
+  }
+  // The expanded form: row i's positive in column i, each distinct column copied per row.
+  auto expand = [&](const torch::Tensor& per_column) {
+    auto own = per_column.narrow(0, 0, U).index_select(0, targets);
+    return C > U ? torch::cat({own, per_column.narrow(0, U, C - U)}) : own;
+  };
+  return inbatch_softmax(user, item.index_select(0, targets), expand(log_q), ids_needed ? expand(item_ids) : item_ids,
+                         options, extra_item)
+      .mean();
+}
+
 namespace {
 
 /// An empty extra block counts as none.

@@ -69,6 +69,11 @@ struct Problem {
   S scale = 1;
   const S *a = nullptr, *b = nullptr, *bias = nullptr;
   const int64_t* ids = nullptr;
+  // Distinct columns (diagonal_softmax_mean_fused's `targets`): row i's target column, and
+  // log of each column's multiplicity (added to its score, except to the target's own score
+  // when accidental hits are removed). Null: the diagonal, multiplicity 1.
+  const int64_t* targets = nullptr;
+  const S* log_counts = nullptr;
   bool grads = false;
   S* da = nullptr;  // [B, D], rows written by the block that owns them
 };
@@ -87,22 +92,30 @@ double run_block(const Problem<S>& p, int64_t i0, int64_t i1, S* s, S* db, S* db
   for (int64_t r = 0; r < n; ++r) {
     const int64_t i = i0 + r;
     S* row = s + r * C;
+    const int64_t t = p.targets ? p.targets[i] : i;
     if (p.bias)
       for (int64_t j = 0; j < C; ++j) row[j] += p.bias[j];
-    if (p.ids) {
-      const int64_t own = p.ids[i];
-      for (int64_t j = 0; j < C; ++j)
-        if (p.ids[j] == own && j != i) row[j] = S(-1e9);
+    // The target's score before the multiplicities: loss_i = logsumexp_j s'_ij - s_it, where
+    // s'_ij = s_ij + log c_j sums c_j equal columns; with hits removed the target column counts
+    // once (its other copies are row i's positive again).
+    const S target = row[t];
+    if (p.log_counts) {
+      for (int64_t j = 0; j < C; ++j) row[j] += p.log_counts[j];
+      if (p.ids) row[t] = target;
     }
-    const S target = row[i];
+    if (p.ids) {
+      const int64_t own = p.ids[t];
+      for (int64_t j = 0; j < C; ++j)
+        if (p.ids[j] == own && j != t) row[j] = S(-1e9);
+    }
     const S m = row_max(row, C);
     const S sum = exp_and_sum(row, m, C);
     loss += static_cast<double>(m + std::log(sum) - target);
     if (!p.grads) continue;
-    // d loss / d s_ij = (softmax_ij - [j == i]) / B.
+    // d loss / d s_ij = (softmax_ij - [j == t]) / B.
     const S k = mean_weight / sum;
     for (int64_t j = 0; j < C; ++j) row[j] *= k;
-    row[i] -= mean_weight;
+    row[t] -= mean_weight;
     if (dbias) {
       if (first && r == 0)
         std::copy(row, row + C, dbias);
@@ -122,12 +135,17 @@ double run_block(const Problem<S>& p, int64_t i0, int64_t i1, S* s, S* db, S* db
 class DiagonalSoftmaxFunction : public torch::autograd::Function<DiagonalSoftmaxFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& a_in, const Tensor& b_in,
-                               const Tensor& bias_in, const Tensor& ids_in, double scale,
-                               bool has_bias, bool has_ids, bool need_grads, bool bias_grad) {
+                               const Tensor& bias_in, const Tensor& ids_in,
+                               const Tensor& targets_in, const Tensor& log_counts_in,
+                               double scale, bool has_bias, bool has_ids, bool has_targets,
+                               bool need_grads, bool bias_grad) {
     auto a = a_in.contiguous(), b = b_in.contiguous();
-    // Absent bias / ids arrive as empty placeholders (an autograd input cannot be undefined).
+    // Absent bias / ids / targets arrive as empty placeholders (an autograd input cannot be
+    // undefined).
     auto bias = has_bias ? bias_in.contiguous() : Tensor();
     auto ids = has_ids ? ids_in.contiguous() : Tensor();
+    auto targets = has_targets ? targets_in.contiguous() : Tensor();
+    auto log_counts = has_targets ? log_counts_in.contiguous() : Tensor();
     const int64_t B = a.size(0), C = b.size(0), D = a.size(1);
     bias_grad = bias_grad && bias.defined();
     Tensor loss, da, db, dbias;
@@ -141,6 +159,10 @@ class DiagonalSoftmaxFunction : public torch::autograd::Function<DiagonalSoftmax
       p.b = b.data_ptr<scalar_t>();
       p.bias = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
       p.ids = ids.defined() ? ids.data_ptr<int64_t>() : nullptr;
+      if (targets.defined()) {
+        p.targets = targets.data_ptr<int64_t>();
+        p.log_counts = log_counts.data_ptr<scalar_t>();
+      }
       p.grads = need_grads;
       if (need_grads) {
         da = torch::empty_like(a);
@@ -198,28 +220,34 @@ class DiagonalSoftmaxFunction : public torch::autograd::Function<DiagonalSoftmax
     const bool one = g.numel() == 1 && g.item<double>() == 1.0;
     auto scaled = [&](const Tensor& t) { return one ? t : t * g; };
     if (ctx->saved_data.count("dbias")) dbias = scaled(ctx->saved_data["dbias"].toTensor());
-    // Inputs in order: a, b, bias, ids, scale, has_bias, has_ids, need_grads, bias_grad.
-    return {scaled(saved[0]), scaled(saved[1]), dbias,    Tensor(), Tensor(),
-            Tensor(),         Tensor(),         Tensor(), Tensor()};
+    // Inputs in order: a, b, bias, ids, targets, log_counts, scale, has_bias, has_ids,
+    // has_targets, need_grads, bias_grad.
+    return {scaled(saved[0]), scaled(saved[1]), dbias,    Tensor(), Tensor(), Tensor(),
+            Tensor(),         Tensor(),         Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 }  // namespace
 
-std::string diagonal_softmax_unsupported(const torch::Tensor& a, const torch::Tensor& b,
-                                         const torch::Tensor& bias,
-                                         const torch::Tensor& column_ids) {
+namespace {
+
+/// diagonal_softmax_unsupported's checks; `targets` / `counts` defined = the distinct-column form.
+std::string softmax_unsupported(const Tensor& a, const Tensor& b, const Tensor& bias,
+                                const Tensor& column_ids, const Tensor& targets,
+                                const Tensor& counts) {
   std::ostringstream why;
   const auto dtype = a.scalar_type();
   const int64_t kMaxBlas = int64_t{1} << 30;
+  const bool distinct = targets.defined();
   if (const auto base = util::blas_kernel_unsupported(dtype); !base.empty()) {
     why << base;
   } else if (!a.device().is_cpu() || !b.device().is_cpu() || b.scalar_type() != dtype) {
     why << "a and b must be CPU tensors of one dtype";
   } else if (a.dim() != 2 || b.dim() != 2 || a.size(1) != b.size(1) || a.size(0) < 1 ||
-             b.size(0) < a.size(0) || b.size(0) > kMaxBlas || a.size(1) > kMaxBlas) {
-    why << "a must be [B, D] and b [C, D] with C >= B >= 1, got " << a.sizes() << " and "
-        << b.sizes();
+             b.size(0) < (distinct ? 1 : a.size(0)) || b.size(0) > kMaxBlas ||
+             a.size(1) > kMaxBlas) {
+    why << "a must be [B, D] and b [C, D] with " << (distinct ? "C, B >= 1" : "C >= B >= 1")
+        << ", got " << a.sizes() << " and " << b.sizes();
   } else if (bias.defined() && (!bias.device().is_cpu() || bias.scalar_type() != dtype ||
                                 bias.dim() != 1 || bias.size(0) != b.size(0))) {
     why << "bias must be a CPU " << dtype << " vector [" << b.size(0) << "], got "
@@ -229,23 +257,82 @@ std::string diagonal_softmax_unsupported(const torch::Tensor& a, const torch::Te
               column_ids.dim() != 1 || column_ids.size(0) != b.size(0))) {
     why << "column ids must be a CPU int64 vector [" << b.size(0) << "], got "
         << column_ids.sizes();
+  } else if (distinct && (!targets.device().is_cpu() || targets.scalar_type() != torch::kInt64 ||
+                          targets.dim() != 1 || targets.size(0) != a.size(0))) {
+    why << "targets must be a CPU int64 vector [" << a.size(0) << "], got " << targets.sizes();
+  } else if (distinct && (!counts.defined() || !counts.device().is_cpu() || counts.dim() != 1 ||
+                          counts.size(0) != b.size(0))) {
+    why << "counts must be a CPU vector [" << b.size(0) << "]";
   }
   return why.str();
+}
+
+/// The shared entry of both forms (`targets` undefined: the diagonal).
+Tensor softmax_mean_fused(const char* name, const Tensor& a, const Tensor& b, double scale,
+                          const Tensor& bias, const Tensor& column_ids, const Tensor& targets,
+                          const Tensor& counts) {
+  const auto why = softmax_unsupported(a, b, bias, column_ids, targets, counts);
+  TORCH_CHECK(why.empty(), name, ": ", why);
+  Tensor log_counts;
+  if (targets.defined()) {
+    const int64_t C = b.size(0);
+    // One pass over the raw values (this runs every step): targets in range, counts >= 0, and
+    // every target column standing for at least its own row's copy.
+    auto c = counts.to(torch::kFloat64).contiguous();
+    auto t = targets.contiguous();
+    const double* cp = c.data_ptr<double>();
+    const int64_t* tp = t.data_ptr<int64_t>();
+    for (int64_t j = 0; j < C; ++j)
+      TORCH_CHECK(cp[j] >= 0, name, ": counts must be >= 0, got ", cp[j], " at column ", j);
+    for (int64_t i = 0; i < t.size(0); ++i) {
+      TORCH_CHECK(tp[i] >= 0 && tp[i] < C, name, ": targets must lie in [0, ", C, "), got ",
+                  tp[i], " at row ", i);
+      TORCH_CHECK(cp[tp[i]] >= 1, name, ": the target column ", tp[i], " of row ", i,
+                  " has a count below 1");
+    }
+    log_counts = c.log().to(a.scalar_type());  // a count of 0 leaves the column out (-inf)
+  }
+  const bool grad_mode = torch::GradMode::is_enabled();
+  const bool bias_grad = grad_mode && bias.defined() && bias.requires_grad();
+  const bool need = grad_mode && (a.requires_grad() || b.requires_grad() || bias_grad);
+  RECORD_FUNCTION(name, std::vector<c10::IValue>());
+  auto none = torch::empty({0}, a.options());
+  auto none_ids = torch::empty({0}, a.options().dtype(torch::kInt64));
+  return DiagonalSoftmaxFunction::apply(
+      a, b, bias.defined() ? bias : none, column_ids.defined() ? column_ids : none_ids,
+      targets.defined() ? targets : none_ids, log_counts.defined() ? log_counts : none, scale,
+      bias.defined(), column_ids.defined(), targets.defined(), need, bias_grad)[0];
+}
+
+}  // namespace
+
+std::string diagonal_softmax_unsupported(const torch::Tensor& a, const torch::Tensor& b,
+                                         const torch::Tensor& bias,
+                                         const torch::Tensor& column_ids) {
+  return softmax_unsupported(a, b, bias, column_ids, {}, {});
+}
+
+std::string distinct_softmax_unsupported(const torch::Tensor& a, const torch::Tensor& b,
+                                         const torch::Tensor& targets, const torch::Tensor& counts,
+                                         const torch::Tensor& bias,
+                                         const torch::Tensor& column_ids) {
+  TORCH_CHECK(targets.defined(), "distinct_softmax_unsupported: targets are required");
+  return softmax_unsupported(a, b, bias, column_ids, targets, counts);
 }
 
 torch::Tensor diagonal_softmax_mean_fused(const torch::Tensor& a, const torch::Tensor& b,
                                           double scale, const torch::Tensor& bias,
                                           const torch::Tensor& column_ids) {
-  const auto why = diagonal_softmax_unsupported(a, b, bias, column_ids);
-  TORCH_CHECK(why.empty(), "diagonal_softmax_mean_fused: ", why);
-  const bool grad_mode = torch::GradMode::is_enabled();
-  const bool bias_grad = grad_mode && bias.defined() && bias.requires_grad();
-  const bool need = grad_mode && (a.requires_grad() || b.requires_grad() || bias_grad);
-  RECORD_FUNCTION("diagonal_softmax_mean_fused", std::vector<c10::IValue>());
-  auto none = torch::empty({0}, a.options());
-  return DiagonalSoftmaxFunction::apply(a, b, bias.defined() ? bias : none,
-                                        column_ids.defined() ? column_ids : none, scale,
-                                        bias.defined(), column_ids.defined(), need, bias_grad)[0];
+  return softmax_mean_fused("diagonal_softmax_mean_fused", a, b, scale, bias, column_ids, {}, {});
+}
+
+torch::Tensor distinct_softmax_mean_fused(const torch::Tensor& a, const torch::Tensor& b,
+                                          double scale, const torch::Tensor& targets,
+                                          const torch::Tensor& counts, const torch::Tensor& bias,
+                                          const torch::Tensor& column_ids) {
+  TORCH_CHECK(targets.defined(), "distinct_softmax_mean_fused: targets are required");
+  return softmax_mean_fused("distinct_softmax_mean_fused", a, b, scale, bias, column_ids, targets,
+                            counts);
 }
 
 }  // namespace recsys::losses

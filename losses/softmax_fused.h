@@ -29,4 +29,27 @@ torch::Tensor diagonal_softmax_mean_fused(const torch::Tensor& a, const torch::T
                                           double scale, const torch::Tensor& bias = {},
                                           const torch::Tensor& column_ids = {});
 
+/// The distinct-column form: b holds C distinct columns, column j standing for counts[j] equal
+/// columns of the expanded score matrix, and row i's target is column targets[i]:
+///   mean_i [logsumexp_j (s_ij + log counts_j) - s_{i,targets_i}],
+/// which equals diagonal_softmax_mean_fused(a, b[targets], ...) when every column is some row's
+/// target as often as its count says (in-batch softmax over a batch whose popular items repeat:
+/// the repeats' scores are computed once). With column_ids (accidental hits removed) the target
+/// column counts once (its other copies are row i's positive again) and every other column with
+/// the target's id is left out. counts [C] >= 0 (a count of 0 leaves the column out), >= 1 at
+/// every target; targets [B] int64 in [0, C). Differentiable in a, b and bias.
+torch::Tensor distinct_softmax_mean_fused(const torch::Tensor& a, const torch::Tensor& b,
+                                          double scale, const torch::Tensor& targets,
+                                          const torch::Tensor& counts,
+                                          const torch::Tensor& bias = {},
+                                          const torch::Tensor& column_ids = {});
+
+/// Why distinct_softmax_mean_fused cannot take these operands ("" when it can): as
+/// diagonal_softmax_unsupported but C >= 1 (not C >= B), targets a CPU int64 [B], counts a CPU
+/// vector [C]. (Values are checked by the kernel.)
+std::string distinct_softmax_unsupported(const torch::Tensor& a, const torch::Tensor& b,
+                                         const torch::Tensor& targets, const torch::Tensor& counts,
+                                         const torch::Tensor& bias = {},
+                                         const torch::Tensor& column_ids = {});
+
 }  // namespace recsys::losses

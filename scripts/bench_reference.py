@@ -93,8 +93,14 @@ def twotower_batches(rng, n=1024, m=1024, users=100000, items=200000):
     def uni(vocab, shape):
         return integers(rng, 2, vocab + 2, shape)
 
+    # An item's categories, keywords and city are attributes of the item (as in a catalogue),
+    # drawn once per item id: the same item in two rows is the same input (as in `recsys bench`).
+    rows_all = items + 2
+    attrs = [uni(1000, (rows_all, 3)), uni(10000, (rows_all, 5)), uni(500, (rows_all, 1))]
+
     def item_feats(ids, rows):
-        return [ids, uni(1000, (rows, 3)), uni(10000, (rows, 5)), uni(500, (rows, 1))]
+        flat = ids.reshape(rows)
+        return [ids] + [a[flat] for a in attrs]
 
     out = []
     for _ in range(BATCHES):

@@ -138,7 +138,7 @@ const std::vector<std::string>& optimisation_names() {
                                                  "gemm", "gru_threads", "softmax_fused",
                                                  "sparse_lookup", "distinct_bags",
                                                  "tower_mlp", "attention_tail",
-                                                 "huge_pages"};
+                                                 "huge_pages", "distinct_items"};
   return names;
 }
 
@@ -177,6 +177,7 @@ std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShap
     p.fused_lookup = on("sparse_lookup");
     p.distinct_bags = on("distinct_bags");
     p.fused_mlp = on("tower_mlp");
+    p.distinct_items = on("distinct_items");
     return make_twotower_ssl(shapes.two_tower, device, seed, p);
   }
   CtrPaths p;

@@ -26,7 +26,17 @@ int64_t rows_of(int64_t vocab) { return vocab + data::kFirstIndex; }
 struct TwoTowerBatch {
   std::vector<torch::Tensor> user, item, ssl_item;
   torch::Tensor log_q, item_ids;
+  /// The positives' features, ids and log q bit patterns on the CPU (the distinct-item key).
+  std::vector<torch::Tensor> item_key;
 };
+
+/// SplitMix64's finaliser: a well-mixed 64-bit hash.
+uint64_t mix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
 
 class TwoTowerSsl : public Workload {
  public:
@@ -86,11 +96,25 @@ class TwoTowerSsl : public Workload {
       for (int64_t i = 0; i < rows * cols; ++i) p[i] = draw();
       return t;
     };
+    // An item's categories, keywords and city are attributes of the item, as in a catalogue:
+    // drawn uniformly, once per item id (from a hash of the id, so no table is stored), and the
+    // same in every row that holds the item.
     auto item_features = [&](int64_t rows, torch::Tensor item_id) {
-      return std::vector<torch::Tensor>{
-          item_id, ids(rows, s.category_bag, [&] { return uniform(s.categories); }),
-          ids(rows, s.keyword_bag, [&] { return uniform(s.keywords); }),
-          ids(rows, 1, [&] { return uniform(s.cities); })};
+      const int64_t* id = item_id.data_ptr<int64_t>();
+      auto attribute = [&](int64_t feature, int64_t width, int64_t vocab) {
+        auto t = torch::empty({rows, width}, torch::kInt64);
+        auto* p = t.data_ptr<int64_t>();
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t k = 0; k < width; ++k) {
+            const uint64_t h = mix64(seed ^ mix64(static_cast<uint64_t>(id[r]) * 64 +
+                                                 static_cast<uint64_t>(feature * 16 + k)));
+            p[r * width + k] = data::kFirstIndex + static_cast<int64_t>(h % static_cast<uint64_t>(vocab));
+          }
+        return t;
+      };
+      return std::vector<torch::Tensor>{item_id, attribute(1, s.category_bag, s.categories),
+                                        attribute(2, s.keyword_bag, s.keywords),
+                                        attribute(3, 1, s.cities)};
     };
     auto to_device = [&](std::vector<torch::Tensor> v) {
       for (auto& t : v) t = t.to(device);
@@ -110,7 +134,10 @@ class TwoTowerSsl : public Workload {
         item_id.data_ptr<int64_t>()[i] = data::kFirstIndex + rank;
         log_q.data_ptr<float>()[i] = static_cast<float>(zipf.log_prob(rank));
       }
-      b.item = to_device(item_features(n, item_id));
+      auto item = item_features(n, item_id);
+      b.item_key = item;
+      b.item_key.push_back(log_q.view(torch::kInt32).to(torch::kInt64));
+      b.item = to_device(item);
       b.item_ids = item_id.reshape({n}).to(device);
       b.log_q = log_q.to(device);
       // Kept on the CPU: the augmentation draws its masks from a CPU generator.
@@ -132,12 +159,23 @@ class TwoTowerSsl : public Workload {
       for (auto& t : v2) t = t.to(device_, /*non_blocking=*/true);
     }
     torch::Tensor a = model_->user(b.user), pos, z1, z2;
+    // The positives, once per distinct item (rows equal in every feature, id and log q).
+    auto positives = b.item;
+    torch::Tensor targets, log_q = b.log_q, item_ids = b.item_ids;
+    if (paths_.distinct_items) {
+      auto u = models::unique_rows(b.item_key);
+      auto first = u.first.to(device_), inverse = u.inverse.to(device_);
+      for (auto& t : positives) t = t.index_select(0, first);
+      targets = inverse;
+      log_q = log_q.index_select(0, first);
+      item_ids = item_ids.index_select(0, first);
+    }
     if (paths_.batched_item_tower) {
       // One pass of the item tower over [positives; view 1; view 2]: the same function row by row,
       // three times fewer (and larger) operations.
-      const int64_t n = s_.batch, m = s_.ssl_batch;
-      std::vector<torch::Tensor> all(b.item.size());
-      for (size_t f = 0; f < all.size(); ++f) all[f] = torch::cat({b.item[f], v1[f], v2[f]}, 0);
+      const int64_t n = positives[0].size(0), m = s_.ssl_batch;
+      std::vector<torch::Tensor> all(positives.size());
+      for (size_t f = 0; f < all.size(); ++f) all[f] = torch::cat({positives[f], v1[f], v2[f]}, 0);
       auto out = model_->item(all);
       // One split (its backward concatenates the three gradients; three narrows would each
       // zero-fill a full-size gradient and the engine would add them).
@@ -146,17 +184,18 @@ class TwoTowerSsl : public Workload {
       z1 = parts[1];
       z2 = parts[2];
     } else {
-      pos = model_->item(b.item);
+      pos = model_->item(positives);
       z1 = model_->item(v1);
       z2 = model_->item(v2);
     }
-    auto main = losses::inbatch_softmax_mean(
-        a, pos, b.log_q, b.item_ids,
-        losses::InBatchSoftmaxOptions()
-            .temperature(s_.temperature)
-            .remove_accidental_hits(false)
-            .fused_kernel(paths_.cross_entropy_kernel)
-            .fused_mean(paths_.fused_softmax_mean));
+    const auto softmax = losses::InBatchSoftmaxOptions()
+                             .temperature(s_.temperature)
+                             .remove_accidental_hits(false)
+                             .fused_kernel(paths_.cross_entropy_kernel)
+                             .fused_mean(paths_.fused_softmax_mean);
+    auto main = targets.defined()
+                    ? losses::inbatch_softmax_mean_distinct(a, pos, targets, log_q, item_ids, softmax)
+                    : losses::inbatch_softmax_mean(a, pos, log_q, item_ids, softmax);
     auto ssl = losses::contrastive_mean(z1, z2, s_.temperature, /*symmetric=*/false,
                                         paths_.cross_entropy_kernel, paths_.fused_softmax_mean);
     auto loss = main + s_.ssl_weight * ssl;

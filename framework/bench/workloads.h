@@ -29,6 +29,10 @@ struct TwoTowerPaths {
   /// Sparse embedding lookups through models::pooled_rows_sparse (TowerOptions::fused_lookup;
   /// else torch::embedding + pooling).
   bool fused_lookup = true;
+  /// The main batch's positives through the item tower once per distinct item, the in-batch
+  /// softmax over distinct columns counted with their multiplicity
+  /// (losses::inbatch_softmax_mean_distinct; else every row's positive and column).
+  bool distinct_items = true;
 };
 
 std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Device device,

@@ -81,24 +81,46 @@ uint64_t bag_hash(const int64_t* row, int64_t L) {
 
 }  // namespace
 
-UniqueBags unique_bags(const torch::Tensor& ids_in) {
-  auto ids = (ids_in.dim() == 1 ? ids_in.unsqueeze(1) : ids_in).contiguous();
-  TORCH_CHECK(ids.dim() == 2 && ids.scalar_type() == torch::kLong && ids.device().is_cpu(),
-              "unique_bags: ids must be a CPU [B] or [B, L] int64 tensor, got ", ids_in.sizes());
-  const int64_t B = ids.size(0), L = ids.size(1);
-  const int64_t* ix = ids.data_ptr<int64_t>();
+UniqueBags unique_bags(const torch::Tensor& ids) {
+  TORCH_CHECK((ids.dim() == 1 || ids.dim() == 2) && ids.scalar_type() == torch::kLong && ids.device().is_cpu(),
+              "unique_bags: ids must be a CPU [B] or [B, L] int64 tensor, got ", ids.sizes());
+  return unique_rows({ids});
+}
+
+UniqueBags unique_rows(const std::vector<torch::Tensor>& columns) {
+  TORCH_CHECK(!columns.empty(), "unique_rows: no columns");
+  const int64_t B = columns[0].size(0);
+  std::vector<torch::Tensor> mats;
+  std::vector<const int64_t*> data;
+  std::vector<int64_t> widths;
+  for (const auto& c : columns) {
+    auto m = (c.dim() == 1 ? c.unsqueeze(1) : c).contiguous();
+    TORCH_CHECK(m.dim() == 2 && m.size(0) == B && m.scalar_type() == torch::kLong && m.device().is_cpu(),
+                "unique_rows: every column must be a CPU int64 [", B, "] or [", B, ", L], got ", c.sizes());
+    data.push_back(m.data_ptr<int64_t>());
+    widths.push_back(m.size(1));
+    mats.push_back(std::move(m));
+  }
+  auto row_hash = [&](int64_t b) {
+    uint64_t h = 0;
+    for (size_t k = 0; k < data.size(); ++k) h = h * 0x9E3779B97F4A7C15ull + bag_hash(data[k] + b * widths[k], widths[k]);
+    return h ^ (h >> 29);
+  };
+  auto equal = [&](int64_t x, int64_t y) {
+    for (size_t k = 0; k < data.size(); ++k)
+      if (!std::equal(data[k] + x * widths[k], data[k] + (x + 1) * widths[k], data[k] + y * widths[k])) return false;
+    return true;
+  };
   int64_t capacity = 16;
   while (capacity < 2 * B) capacity *= 2;
   const uint64_t mask = static_cast<uint64_t>(capacity - 1);
   std::vector<int64_t> table(static_cast<size_t>(capacity), -1);  // slot -> unique index
   std::vector<int64_t> first;
   UniqueBags u;
-  u.inverse = torch::empty({B}, ids.options());
+  u.inverse = torch::empty({B}, torch::kLong);
   int64_t* inv = u.inverse.data_ptr<int64_t>();
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t* row = ix + b * L;
-    uint64_t h = bag_hash(row, L) & mask;
-    while (true) {
+    for (uint64_t h = row_hash(b) & mask;; h = (h + 1) & mask) {
       const int64_t k = table[h];
       if (k < 0) {
         table[h] = static_cast<int64_t>(first.size());
@@ -106,14 +128,13 @@ UniqueBags unique_bags(const torch::Tensor& ids_in) {
         first.push_back(b);
         break;
       }
-      if (std::equal(row, row + L, ix + first[static_cast<size_t>(k)] * L)) {
+      if (equal(b, first[static_cast<size_t>(k)])) {
         inv[b] = k;
         break;
       }
-      h = (h + 1) & mask;
     }
   }
-  u.first = torch::tensor(first, ids.options());
+  u.first = torch::tensor(first, torch::kLong);
   return u;
 }
 

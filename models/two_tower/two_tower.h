@@ -55,6 +55,10 @@ struct UniqueBags {
   torch::Tensor first, inverse;
 };
 UniqueBags unique_bags(const torch::Tensor& ids);
+/// The distinct rows of several CPU int64 tensors of B rows each ([B] or [B, L_k]) taken
+/// together: two rows are equal when they are equal in every tensor (an item's features, its
+/// id, the bit pattern of its log q). Same result layout as unique_bags.
+UniqueBags unique_rows(const std::vector<torch::Tensor>& columns);
 
 /// Embeddings -> concatenation -> MLP -> (L2 normalisation).
 class TowerImpl : public torch::nn::Module {

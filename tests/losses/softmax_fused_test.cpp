@@ -198,3 +198,133 @@ TEST_CASE("inbatch_softmax_mean and contrastive_mean equal the composed means", 
   require_close(contrastive_mean(z1, z2, 0.05, true), contrastive(z1, z2, 0.05, true).mean(),
                 1e-6, 1e-7);
 }
+
+namespace {
+
+// inbatch_softmax_mean_distinct through `fused_mean` (the distinct-column kernel) or through its
+// expansion; returns the loss and the gradients of user, distinct items and extra columns.
+std::vector<torch::Tensor> distinct_run(const torch::Tensor& u, const torch::Tensor& items,
+                                        const torch::Tensor& extra, const torch::Tensor& targets,
+                                        const torch::Tensor& log_q, const torch::Tensor& ids,
+                                        InBatchSoftmaxOptions opts, bool fused_mean) {
+  auto a = u.clone().requires_grad_(true), b = items.clone().requires_grad_(true);
+  auto e = extra.defined() ? extra.clone().requires_grad_(true) : extra;
+  auto l = recsys::losses::inbatch_softmax_mean_distinct(a, b, targets, log_q, ids,
+                                                         opts.fused_mean(fused_mean), e);
+  if (fused_mean) CHECK_THAT(l.grad_fn()->name(), Catch::Contains("DiagonalSoftmax"));
+  l.backward();
+  return {l.detach(), a.grad(), b.grad(), e.defined() ? e.grad() : torch::zeros({1})};
+}
+
+}  // namespace
+
+TEST_CASE("inbatch_softmax_mean_distinct equals the in-batch softmax over the expanded batch",
+          "[loss][kernel]") {
+  recsys::testing::seed(8);
+  // Float64: the distinct-column kernel against three references: its own expanded
+  // composition, and the plain in-batch softmax (fused and composed) on the batch written out
+  // row by row, with the positives' gradients summed back per distinct item.
+  for (int64_t B : {1, 40, 300}) {
+    const int64_t U = std::max<int64_t>(1, B / 3), M = 6, D = 5;
+    auto u = torch::randn({B, D}, torch::kFloat64);
+    auto items = torch::randn({U, D}, torch::kFloat64);
+    auto extra = torch::randn({M, D}, torch::kFloat64);
+    // Every distinct column some row's positive, popular ones many times.
+    auto targets = torch::cat({torch::arange(std::min(U, B)), torch::randint(0, std::max<int64_t>(1, U / 4), {B - std::min(U, B)})})
+                       .index_select(0, torch::randperm(B));
+    auto log_q = -torch::rand({U + M}, torch::kFloat64) * 6;
+    // Distinct columns that share an item id (different features of one item) and extra
+    // negatives that hit a positive's id.
+    auto ids = torch::randint(0, std::max<int64_t>(2, U / 2), {U + M}, torch::kInt64);
+    for (bool hits : {false, true})
+      for (bool with_extra : {false, true}) {
+        INFO("B " << B << " hits " << hits << " extra " << with_extra);
+        auto ex = with_extra ? extra : torch::Tensor();
+        auto lq = with_extra ? log_q : log_q.narrow(0, 0, U);
+        auto id = with_extra ? ids : ids.narrow(0, 0, U);
+        auto opts = InBatchSoftmaxOptions().temperature(0.5).remove_accidental_hits(hits);
+        auto f = distinct_run(u, items, ex, targets, lq, id, opts, true);
+        auto c = distinct_run(u, items, ex, targets, lq, id, opts, false);
+        for (size_t k = 0; k < f.size(); ++k) require_close(f[k], c[k], 1e-10, 1e-12);
+        // The batch written out: column i is row i's positive.
+        auto expand = [&](const torch::Tensor& t) {
+          auto own = t.narrow(0, 0, U).index_select(0, targets);
+          return with_extra ? torch::cat({own, t.narrow(0, U, M)}) : own;
+        };
+        for (bool fused_mean : {true, false}) {
+          auto a = u.clone().requires_grad_(true), b = items.clone().requires_grad_(true);
+          auto e = ex.defined() ? ex.clone().requires_grad_(true) : ex;
+          auto full = b.index_select(0, targets);
+          auto l = inbatch_softmax_mean(a, full, expand(lq), expand(id),
+                                        InBatchSoftmaxOptions(opts).fused_mean(fused_mean), e);
+          l.backward();
+          require_close(f[0], l.detach(), 1e-10, 1e-12);
+          require_close(f[1], a.grad(), 1e-10, 1e-12);
+          require_close(f[2], b.grad(), 1e-10, 1e-12);
+          if (e.defined()) require_close(f[3], e.grad(), 1e-10, 1e-12);
+        }
+      }
+  }
+}
+
+TEST_CASE("distinct_softmax_mean_fused: counts, float32, threads and refused operands",
+          "[loss][kernel]") {
+  using recsys::losses::distinct_softmax_mean_fused;
+  using recsys::losses::distinct_softmax_unsupported;
+  recsys::testing::seed(9);
+  const int64_t B = 200, U = 90, D = 8;
+  auto a = torch::nn::functional::normalize(torch::randn({B, D}, torch::kFloat64));
+  auto b = torch::nn::functional::normalize(torch::randn({U, D}, torch::kFloat64));
+  // Columns 80.. are no row's target: a count of 0 leaves them out, like the expansion does.
+  auto targets = torch::randint(0, 80, {B}, torch::kInt64);
+  auto counts = torch::bincount(targets, {}, U).to(torch::kFloat64);
+  auto bias = -torch::rand({U}, torch::kFloat64) * 8;
+  auto want = composed(a, b.index_select(0, targets), 20.0, bias.index_select(0, targets), {});
+  auto run = [&](torch::ScalarType dtype, double upstream) {
+    auto ag = a.to(dtype).clone().requires_grad_(true), bg = b.to(dtype).clone().requires_grad_(true);
+    auto l = distinct_softmax_mean_fused(ag, bg, 20.0, targets, counts, bias.to(dtype));
+    (l * upstream).backward();
+    return std::vector<torch::Tensor>{l.detach(), ag.grad(), bg.grad()};
+  };
+  // The expanded oracle's gradient of b, summed per distinct column.
+  auto db = torch::zeros({U, D}, torch::kFloat64).index_add_(0, targets, want.db);
+  const int threads = at::get_num_threads();
+  for (int t : {1, 2}) {
+    at::set_num_threads(t);
+    INFO("threads " << t);
+    auto g = run(torch::kFloat64, 1.0);
+    require_close(g[0], want.loss, 1e-10, 1e-12);
+    require_close(g[1], want.da, 1e-10, 1e-12);
+    require_close(g[2], db, 1e-10, 1e-12);
+    REQUIRE(g[2].narrow(0, 80, U - 80).abs().max().item<double>() == 0.0);
+    auto s = run(torch::kFloat64, -1.5);
+    require_close(s[1], want.da * -1.5, 1e-10, 1e-12);
+  }
+  at::set_num_threads(threads);
+  auto f32 = run(torch::kFloat32, 1.0);
+  REQUIRE(f32[0].scalar_type() == torch::kFloat32);
+  require_close(f32[0], want.loss, 1e-4, 1e-6);
+  require_close(f32[1], want.da, 1e-4, 1e-6);
+  require_close(f32[2], db, 1e-4, 1e-6);
+
+  // C < B is fine in this form; wrong operands are named.
+  CHECK(distinct_softmax_unsupported(a, b, targets, counts).empty());
+  CHECK_THAT(distinct_softmax_unsupported(a, b, targets.narrow(0, 0, 5), counts),
+             Catch::Contains("targets must be"));
+  CHECK_THAT(distinct_softmax_unsupported(a, b, targets.to(torch::kInt32), counts),
+             Catch::Contains("targets must be"));
+  CHECK_THAT(distinct_softmax_unsupported(a, b, targets, counts.narrow(0, 0, 3)),
+             Catch::Contains("counts must be"));
+  auto bad = targets.clone();
+  bad[7] = U;
+  CHECK_THROWS_WITH(distinct_softmax_mean_fused(a, b, 1.0, bad, counts),
+                    Catch::Contains("targets must lie in [0, 90)") && Catch::Contains("row 7"));
+  auto zero = counts.clone();
+  zero[targets[3].item<int64_t>()] = 0;
+  CHECK_THROWS_WITH(distinct_softmax_mean_fused(a, b, 1.0, targets, zero),
+                    Catch::Contains("has a count below 1"));
+  auto negative = counts.clone();
+  negative[85] = -1;
+  CHECK_THROWS_WITH(distinct_softmax_mean_fused(a, b, 1.0, targets, negative),
+                    Catch::Contains("counts must be >= 0"));
+}

@@ -218,6 +218,28 @@ TEST_CASE("unique_bags finds each distinct row once, in order of appearance", "[
   }
 }
 
+TEST_CASE("unique_rows: rows are equal only when equal in every column", "[model]") {
+  // Item ids, a bag per row and a scalar key: rows 0, 3 and 5 are equal in all three; row 1
+  // equals row 0 in its id and bag but not its key, row 2 in its id and key but not its bag.
+  auto id = torch::tensor({4L, 4L, 4L, 4L, 9L, 4L});
+  auto bag = torch::tensor({1L, 2L, 1L, 2L, 2L, 1L, 1L, 2L, 1L, 2L, 1L, 2L}).view({6, 2});
+  auto key = torch::tensor({0L, 5L, 0L, 0L, 0L, 0L});
+  auto u = recsys::models::unique_rows({id, bag, key});
+  CHECK(torch::equal(u.first, torch::tensor({0L, 1L, 2L, 4L})));
+  CHECK(torch::equal(u.inverse, torch::tensor({0L, 1L, 2L, 0L, 3L, 0L})));
+  // Random rows over few values: reconstructing every column from the distinct rows.
+  recsys::testing::seed(12);
+  auto c1 = torch::randint(0, 3, {4000}, torch::kInt64);
+  auto c2 = torch::randint(0, 2, {4000, 3}, torch::kInt64);
+  auto m = recsys::models::unique_rows({c1, c2});
+  CHECK(m.first.size(0) == 24);
+  CHECK(torch::equal(c1.index_select(0, m.first).index_select(0, m.inverse), c1));
+  CHECK(torch::equal(c2.index_select(0, m.first).index_select(0, m.inverse), c2));
+  CHECK_THROWS_WITH(recsys::models::unique_rows({c1, c2.narrow(0, 0, 10)}),
+                    Catch::Contains("every column must be"));
+  CHECK_THROWS_WITH(recsys::models::unique_rows({}), Catch::Contains("no columns"));
+}
+
 TEST_CASE("Tower: projected rows and distinct bags compute the plain tower's function and gradients",
           "[model]") {
   // Bags with padding, mean and sum pooling, a single-valued id, a large vocabulary (direct)
