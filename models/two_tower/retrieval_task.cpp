@@ -36,6 +36,7 @@ struct ModelOptions {
   bool sparse = true;
   bool project_small_vocabularies = true;
   bool batch_item_passes = true;
+  bool distinct_positives = true;
 };
 
 enum class LogQ { kNone, kCounts, kStreaming };
@@ -98,6 +99,7 @@ ModelOptions parse_model(const Reader& r) {
   m.project_small_vocabularies =
       r.get<bool>("project_small_vocabularies", m.project_small_vocabularies);
   m.batch_item_passes = r.get<bool>("batch_item_passes", m.batch_item_passes);
+  m.distinct_positives = r.get<bool>("distinct_positives", m.distinct_positives);
   if (m.embedding_dim < 1) r.fail("embedding_dim", "must be at least 1");
   if (m.hidden.empty()) r.fail("hidden", "give at least one layer width");
   for (auto h : m.hidden)
@@ -256,8 +258,51 @@ class RetrievalTask : public train::Task {
         so.prefetch);
   }
 
+  /// Column of a distinct-row key: int64 as is, floating point by its bit pattern; undefined for
+  /// other types.
+  static Tensor key_column(const Tensor& t) {
+    if (t.scalar_type() == torch::kInt64) return t;
+    if (t.scalar_type() == torch::kFloat32) return t.contiguous().view(torch::kInt32).to(torch::kInt64);
+    if (t.scalar_type() == torch::kFloat64) return t.contiguous().view(torch::kInt64);
+    return {};
+  }
+
+  /// model.distinct_positives: the batch's positives once per distinct item (equal features,
+  /// id and log q), row k's positive becoming distinct row targets[k]; log_q and item_ids keep
+  /// one entry per column (the distinct positives', then the extra negatives'). Applies where
+  /// the item tower is a function of each row alone in training (no dropout, no Dice batch
+  /// statistics) and the columns are not shared across ranks; returns an undefined tensor (and
+  /// changes nothing) otherwise or when every positive is distinct.
+  Tensor distinct_positives(RetrievalBatch& b, Tensor& log_q, Tensor& item_ids) const {
+    if (!o_.model.distinct_positives || o_.model.dropout > 0 || o_.model.activation == "dice" ||
+        (o_.loss.cross_rank_negatives && dist_.active()))
+      return {};
+    const int64_t n = b.n, C = log_q.size(0);
+    std::vector<Tensor> key;
+    for (const auto& t : b.item_inputs) {
+      key.push_back(key_column(t.cpu()));
+      if (!key.back().defined()) return {};
+    }
+    key.push_back(item_ids.narrow(0, 0, n).cpu());
+    key.push_back(key_column(log_q.narrow(0, 0, n).cpu()));
+    auto u = models::unique_rows(key);
+    const int64_t U = u.first.size(0);
+    if (U == n) return {};
+    auto first = u.first.to(log_q.device());
+    for (auto& t : b.item_inputs) t = t.index_select(0, u.first.to(t.device()));
+    auto keep = [&](const Tensor& per_column) {
+      auto own = per_column.narrow(0, 0, n).index_select(0, first);
+      return C > n ? torch::cat({own, per_column.narrow(0, n, C - n)}) : own;
+    };
+    log_q = keep(log_q);
+    item_ids = keep(item_ids);
+    return u.inverse.to(device_);
+  }
+
   train::StepOutput forward(train::Batch& base, torch::Generator&) override {
     auto& b = static_cast<RetrievalBatch&>(base);
+    Tensor log_q = b.log_q, item_ids = b.item_ids;
+    auto targets = distinct_positives(b, log_q, item_ids);
     move_all(b.user_inputs, device_);
     move_all(b.item_inputs, device_);
     auto u = model_->user(b.user_inputs);
@@ -273,7 +318,8 @@ class RetrievalTask : public train::Task {
     auto outputs = item_passes(passes);
     auto i = outputs[0];
     Tensor extra = b.extra_inputs.empty() ? Tensor() : outputs[1];
-    Tensor log_q = b.log_q.to(device_), item_ids = b.item_ids.to(device_);
+    log_q = log_q.to(device_);
+    item_ids = item_ids.to(device_);
     if (o_.loss.cross_rank_negatives && dist_.active()) {
       // The other ranks' candidates (positives, then extra negatives) appended as columns; this
       // rank's positives stay first, so row k's positive is still column k. Full batches only,
@@ -289,7 +335,9 @@ class RetrievalTask : public train::Task {
       log_q = torch::cat(columns_q);
       item_ids = torch::cat(columns_ids);
     }
-    auto main = losses::inbatch_softmax_mean(u, i, log_q, item_ids, o_.loss.softmax, extra);
+    auto main = targets.defined() ? losses::inbatch_softmax_mean_distinct(u, i, targets, log_q, item_ids,
+                                                                          o_.loss.softmax, extra)
+                                  : losses::inbatch_softmax_mean(u, i, log_q, item_ids, o_.loss.softmax, extra);
     train::StepOutput out;
     out.loss = main;
     out.parts["main"] = main.detach();
@@ -312,7 +360,8 @@ class RetrievalTask : public train::Task {
       out.parts["ssl"] = ssl.detach();
     }
     if (o_.loss.spread_out > 0) {
-      auto so = losses::spread_out(i);
+      // Over the batch's positives row by row (repeats included), as without distinct positives.
+      auto so = losses::spread_out(targets.defined() ? i.index_select(0, targets) : i);
       out.loss = out.loss + o_.loss.spread_out * so;
       out.parts["spread_out"] = so.detach();
     }

@@ -341,6 +341,35 @@ TEST_CASE("retrieval task: one batched item-tower pass trains as separate passes
   for (size_t i = 0; i < 6; ++i) CHECK(losses[0][i] == Approx(losses[1][i]).epsilon(1e-4));
 }
 
+TEST_CASE("retrieval task: distinct positives train as the batch row by row", "[model]") {
+  // Popular items repeat within a batch of 64 out of 300: with model.distinct_positives they go
+  // through the item tower once and count with their multiplicity in the softmax. The same
+  // losses at every step, with and without accidental-hit removal, mixed negatives, SSL and
+  // spread-out (over the positives row by row).
+  spdlog::set_level(spdlog::level::warn);
+  for (const char* hits : {"true", "false"}) {
+    std::vector<std::vector<double>> losses;
+    for (const char* distinct : {"true", "false"}) {
+      auto dir = recsys::testing::temp_dir(std::string("retrieval_distinct_") + distinct + hits);
+      auto e = recsys::train::parse_experiment(tiny_config(
+          {std::string("model.distinct_positives=") + distinct,
+           std::string("loss.remove_accidental_hits=") + hits, "train.max_steps=6",
+           "loss.mixed_negatives=16", "loss.spread_out=0.1", "ssl.alpha=0.5",
+           R"(ssl.augment=[{"type":"complementary"}])", "train.checkpoints=false"}));
+      recsys::train::run_experiment(e, recsys::train::RunDir(dir / "run"));
+      std::vector<double> l;
+      for (auto& line : read_lines(dir / "run" / "metrics.jsonl"))
+        if (line.contains("train_loss")) l.push_back(line["train_loss"].get<double>());
+      losses.push_back(l);
+    }
+    INFO("remove_accidental_hits " << hits);
+    REQUIRE(losses[0].size() == 6);
+    REQUIRE(losses[1].size() == 6);
+    for (size_t i = 0; i < 6; ++i) CHECK(losses[0][i] == Approx(losses[1][i]).epsilon(1e-4));
+  }
+  spdlog::set_level(spdlog::level::info);
+}
+
 TEST_CASE("retrieval task: an empty validation split names the split key that emptied it", "[model]") {
   auto path_of_error = [](const std::vector<std::string>& overrides) -> std::string {
     auto e = recsys::train::parse_experiment(tiny_config(overrides));
