@@ -19,7 +19,7 @@ trap 'rm -rf "$OUT"' EXIT
 [ -x "$BIN" ] || { echo "missing $BIN: build first (ninja -C build recsys)" >&2; exit 2; }
 
 declare -A OPTS=(
-  [twotower_ssl]="optimizer cross_entropy item_tower_batch small_vocab_projection allocator gemm softmax_fused sparse_lookup distinct_bags tower_mlp huge_pages"
+  [twotower_ssl]="optimizer cross_entropy item_tower_batch small_vocab_projection allocator gemm softmax_fused sparse_lookup distinct_bags tower_mlp huge_pages distinct_items"
   [din]="optimizer first_layer packing dice allocator gemm attention_tail huge_pages"
   [dien]="optimizer packing gru_packed gru_fused dice aux_fused gru_threads allocator gemm"
 )

@@ -184,6 +184,9 @@ Options parse_options(const Reader& root) {
 struct RetrievalBatch : train::Batch {
   std::vector<Tensor> user_inputs, item_inputs, extra_inputs, ssl_view1, ssl_view2;
   Tensor item_ids, log_q;
+  /// model.distinct_positives: row k's positive is distinct row targets[k] of item_inputs
+  /// (item_ids and log_q then hold one entry per distinct column); undefined = one per row.
+  Tensor targets;
   int64_t n = 0;
   int64_t size() const override { return n; }
 };
@@ -267,42 +270,41 @@ class RetrievalTask : public train::Task {
     return {};
   }
 
-  /// model.distinct_positives: the batch's positives once per distinct item (equal features,
-  /// id and log q), row k's positive becoming distinct row targets[k]; log_q and item_ids keep
-  /// one entry per column (the distinct positives', then the extra negatives'). Applies where
-  /// the item tower is a function of each row alone in training (no dropout, no Dice batch
-  /// statistics) and the columns are not shared across ranks; returns an undefined tensor (and
-  /// changes nothing) otherwise or when every positive is distinct.
-  Tensor distinct_positives(RetrievalBatch& b, Tensor& log_q, Tensor& item_ids) const {
+  /// model.distinct_positives, applied while the batch is made (off the training thread): the
+  /// batch's positives once per distinct item (equal features, id and log q), row k's positive
+  /// becoming distinct row targets[k]; log_q and item_ids keep one entry per column (the
+  /// distinct positives', then the extra negatives'). Applies where the item tower is a function
+  /// of each row alone in training (no dropout, no Dice batch statistics) and the columns are
+  /// not shared across ranks; leaves the batch as it is otherwise or when every positive is
+  /// distinct.
+  void make_positives_distinct(RetrievalBatch& b) const {
     if (!o_.model.distinct_positives || o_.model.dropout > 0 || o_.model.activation == "dice" ||
         (o_.loss.cross_rank_negatives && dist_.active()))
-      return {};
-    const int64_t n = b.n, C = log_q.size(0);
+      return;
+    const int64_t n = b.n, C = b.log_q.size(0);
     std::vector<Tensor> key;
     for (const auto& t : b.item_inputs) {
-      key.push_back(key_column(t.cpu()));
-      if (!key.back().defined()) return {};
+      key.push_back(key_column(t));
+      if (!key.back().defined()) return;
     }
-    key.push_back(item_ids.narrow(0, 0, n).cpu());
-    key.push_back(key_column(log_q.narrow(0, 0, n).cpu()));
+    key.push_back(b.item_ids.narrow(0, 0, n));
+    key.push_back(key_column(b.log_q.narrow(0, 0, n)));
     auto u = models::unique_rows(key);
-    const int64_t U = u.first.size(0);
-    if (U == n) return {};
-    auto first = u.first.to(log_q.device());
-    for (auto& t : b.item_inputs) t = t.index_select(0, u.first.to(t.device()));
+    if (u.first.size(0) == n) return;
+    for (auto& t : b.item_inputs) t = t.index_select(0, u.first);
     auto keep = [&](const Tensor& per_column) {
-      auto own = per_column.narrow(0, 0, n).index_select(0, first);
+      auto own = per_column.narrow(0, 0, n).index_select(0, u.first);
       return C > n ? torch::cat({own, per_column.narrow(0, n, C - n)}) : own;
     };
-    log_q = keep(log_q);
-    item_ids = keep(item_ids);
-    return u.inverse.to(device_);
+    b.log_q = keep(b.log_q);
+    b.item_ids = keep(b.item_ids);
+    b.targets = u.inverse;
   }
 
   train::StepOutput forward(train::Batch& base, torch::Generator&) override {
     auto& b = static_cast<RetrievalBatch&>(base);
     Tensor log_q = b.log_q, item_ids = b.item_ids;
-    auto targets = distinct_positives(b, log_q, item_ids);
+    Tensor targets = b.targets.defined() ? b.targets.to(device_) : Tensor();
     move_all(b.user_inputs, device_);
     move_all(b.item_inputs, device_);
     auto u = model_->user(b.user_inputs);
@@ -717,6 +719,7 @@ class RetrievalTask : public train::Task {
     all_ids.insert(all_ids.end(), extra.begin(), extra.end());
     b->item_ids = torch::tensor(all_ids, torch::kInt64);
     b->log_q = log_q(all_ids, n, step);
+    make_positives_distinct(*b);
     if (o_.ssl.alpha > 0) {
       int64_t m = o_.ssl.batch_size > 0 ? o_.ssl.batch_size : n;
       auto ssl_items = sample_ssl_items(m, rng);
