@@ -4,6 +4,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "framework/util/allocator.h"
@@ -285,20 +287,48 @@ void apply_span(OptimizerKind kind, const Rule& r, const float* g, float* p, flo
 // Rows of a sparse update prefetched ahead.
 constexpr int64_t kPrefetchAhead = 4;
 
+namespace {
+
+/// Runs work(k) for k = 0 .. count-1 on the intra-op threads, each thread taking the next k as
+/// it finishes one (items of unequal cost; the result does not depend on which thread ran k).
+template <typename F>
+void for_each_dynamic(int64_t count, const F& work) {
+  if (count <= 0) return;
+  std::atomic<int64_t> next{0};
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), count);
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t k; (k = next.fetch_add(1)) < count;) work(k);
+  });
+}
+
+}  // namespace
+
 void Optimizer::step_fused() {
   const auto& o = options_;
   if (slot_.size() != params_.size()) slot_.resize(params_.size());
   const size_t n = params_.size();
   std::vector<RowGroups> groups(n);
   std::vector<torch::Tensor> grads(n);  // dense: the gradient; sparse: per-row sums [U, rowlen]
+  // The sparse gradients' rows grouped, the tables spread over the threads (each table has its
+  // own slot array), the largest first. A row outside its table throws before anything changes.
+  std::vector<size_t> sparse;
   for (size_t i = 0; i < n; ++i) {
     const auto& g = params_[i].grad();
     if (!g.defined()) continue;
-    if (!g.is_sparse()) {
+    if (g.is_sparse())
+      sparse.push_back(i);
+    else
       grads[i] = g.contiguous();
-      continue;
-    }
-    group_rows(i, g._indices(), groups[i]);
+  }
+  std::stable_sort(sparse.begin(), sparse.end(), [&](size_t x, size_t y) {
+    return params_[x].grad()._nnz() > params_[y].grad()._nnz();
+  });
+  for_each_dynamic(static_cast<int64_t>(sparse.size()), [&](int64_t k) {
+    const size_t i = sparse[static_cast<size_t>(k)];
+    group_rows(i, params_[i].grad()._indices(), groups[i]);
+  });
+  for (size_t i : sparse) {
+    const auto& g = params_[i].grad();
     const int64_t row_len = params_[i].numel() / params_[i].size(0);
     auto values = g._values().contiguous().view({-1, row_len});
     const auto& gr = groups[i];
@@ -344,41 +374,54 @@ void Optimizer::step_fused() {
             static_cast<float>(o.weight_decay),
             scale};
 
+  // Every parameter's update cut into spans of about kSpanElements elements (whole rows of a
+  // sparse update), all spans in one parallel region.
+  constexpr int64_t kSpanElements = 16384;
+  struct Span {
+    size_t param;
+    int64_t begin, end;  // rows of the sparse update, or elements of a dense parameter
+  };
+  std::vector<Span> spans;
   for (size_t i = 0; i < n; ++i) {
     if (!grads[i].defined()) continue;
+    const bool is_sparse = params_[i].grad().is_sparse();
+    const int64_t count = is_sparse ? static_cast<int64_t>(groups[i].rows.size()) : grads[i].numel();
+    const int64_t step =
+        is_sparse ? std::max<int64_t>(1, kSpanElements / std::max<int64_t>(1, grads[i].size(1))) : kSpanElements;
+    for (int64_t b = 0; b < count; b += step) spans.push_back({i, b, std::min(count, b + step)});
+  }
+  for_each_dynamic(static_cast<int64_t>(spans.size()), [&](int64_t k) {
+    const Span& sp = spans[static_cast<size_t>(k)];
+    const size_t i = sp.param;
     float* p = params_[i].data_ptr<float>();
     float* s1 = state1_[i].defined() ? state1_[i].data_ptr<float>() : nullptr;
     float* s2 = state2_[i].defined() ? state2_[i].data_ptr<float>() : nullptr;
     const float* g = grads[i].data_ptr<float>();
-    if (params_[i].grad().is_sparse()) {
-      if (o.kind == OptimizerKind::kSgd) s1 = nullptr;  // momentum is for dense parameters only
-      const auto& rows = groups[i].rows;
-      const int64_t row_len = grads[i].size(1);
-      const int64_t row_bytes = row_len * static_cast<int64_t>(sizeof(float));
-      at::parallel_for(0, static_cast<int64_t>(rows.size()), 64, [&](int64_t b, int64_t e) {
-        for (int64_t u = b; u < e; ++u) {
-          // The rows are random reads from large tables: ask for the parameter and state rows
-          // of a row a few ahead while this one is updated.
-          if (u + kPrefetchAhead < e) {
-            const int64_t ahead = rows[u + kPrefetchAhead] * row_len;
-            for (int64_t byte = 0; byte < row_bytes; byte += 64) {
-              __builtin_prefetch(reinterpret_cast<const char*>(p + ahead) + byte, 1);
-              if (s1) __builtin_prefetch(reinterpret_cast<const char*>(s1 + ahead) + byte, 1);
-              if (s2) __builtin_prefetch(reinterpret_cast<const char*>(s2 + ahead) + byte, 1);
-            }
-          }
-          const int64_t off = rows[u] * row_len;
-          apply_span(o.kind, rule, g + u * row_len, p + off, s1 ? s1 + off : nullptr,
-                     s2 ? s2 + off : nullptr, row_len);
-        }
-      });
-    } else {
-      at::parallel_for(0, grads[i].numel(), 16384, [&](int64_t b, int64_t e) {
-        apply_span(o.kind, rule, g + b, p + b, s1 ? s1 + b : nullptr, s2 ? s2 + b : nullptr,
-                   e - b);
-      });
+    const int64_t b = sp.begin, e = sp.end;
+    if (!params_[i].grad().is_sparse()) {
+      apply_span(o.kind, rule, g + b, p + b, s1 ? s1 + b : nullptr, s2 ? s2 + b : nullptr, e - b);
+      return;
     }
-  }
+    if (o.kind == OptimizerKind::kSgd) s1 = nullptr;  // momentum is for dense parameters only
+    const auto& rows = groups[i].rows;
+    const int64_t row_len = grads[i].size(1);
+    const int64_t row_bytes = row_len * static_cast<int64_t>(sizeof(float));
+    for (int64_t u = b; u < e; ++u) {
+      // The rows are random reads from large tables: ask for the parameter and state rows of a
+      // row a few ahead while this one is updated.
+      if (u + kPrefetchAhead < e) {
+        const int64_t ahead = rows[u + kPrefetchAhead] * row_len;
+        for (int64_t byte = 0; byte < row_bytes; byte += 64) {
+          __builtin_prefetch(reinterpret_cast<const char*>(p + ahead) + byte, 1);
+          if (s1) __builtin_prefetch(reinterpret_cast<const char*>(s1 + ahead) + byte, 1);
+          if (s2) __builtin_prefetch(reinterpret_cast<const char*>(s2 + ahead) + byte, 1);
+        }
+      }
+      const int64_t off = rows[u] * row_len;
+      apply_span(o.kind, rule, g + u * row_len, p + off, s1 ? s1 + off : nullptr,
+                 s2 ? s2 + off : nullptr, row_len);
+    }
+  });
 }
 
 void Optimizer::save(torch::serialize::OutputArchive& archive) const {
