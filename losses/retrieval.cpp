@@ -77,9 +77,10 @@ torch::Tensor inbatch_softmax_mean_distinct(const torch::Tensor& user, const tor
   TORCH_CHECK(!ids_needed || (item_ids.defined() && item_ids.dim() == 1 && item_ids.size(0) == C),
               "inbatch_softmax_mean_distinct: remove_accidental_hits needs the item id of every "
               "distinct column (", C, ")");
-  if (options.fused_mean() && !log_q.requires_grad()) {
+  if (options.fused_mean() && !log_q.requires_grad() && user.device().is_cpu() && item.device().is_cpu() &&
+      targets.device().is_cpu()) {
     auto columns = has_extra ? torch::cat({item, extra_item}, 0) : item;
-    auto counts = torch::bincount(targets.cpu(), {}, U).to(torch::kFloat64);
+    auto counts = torch::bincount(targets, {}, U).to(torch::kFloat64);
     if (has_extra) counts = torch::cat({counts, torch::ones({C - U}, counts.options())});
     auto bias = -log_q.to(user.scalar_type());
     auto ids = ids_needed ? item_ids.to(torch::kInt64) : torch::Tensor();

@@ -106,8 +106,8 @@ class TwoTowerSsl : public Workload {
         auto* p = t.data_ptr<int64_t>();
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t k = 0; k < width; ++k) {
-            const uint64_t h = mix64(seed ^ mix64(static_cast<uint64_t>(id[r]) * 64 +
-                                                 static_cast<uint64_t>(feature * 16 + k)));
+            const uint64_t h = mix64(seed ^ mix64(static_cast<uint64_t>(id[r])) ^
+                                     mix64((static_cast<uint64_t>(feature) << 32) + static_cast<uint64_t>(k)));
             p[r * width + k] = data::kFirstIndex + static_cast<int64_t>(h % static_cast<uint64_t>(vocab));
           }
         return t;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <exception>
 
 #include "framework/util/allocator.h"
 #include "framework/util/id_groups.h"
@@ -323,10 +324,19 @@ void Optimizer::step_fused() {
   std::stable_sort(sparse.begin(), sparse.end(), [&](size_t x, size_t y) {
     return params_[x].grad()._nnz() > params_[y].grad()._nnz();
   });
+  // A failure is kept per table and the first table's rethrown: the same error whichever
+  // thread met it first.
+  std::vector<std::exception_ptr> failed(n);
   for_each_dynamic(static_cast<int64_t>(sparse.size()), [&](int64_t k) {
     const size_t i = sparse[static_cast<size_t>(k)];
-    group_rows(i, params_[i].grad()._indices(), groups[i]);
+    try {
+      group_rows(i, params_[i].grad()._indices(), groups[i]);
+    } catch (...) {
+      failed[i] = std::current_exception();
+    }
   });
+  for (const auto& e : failed)
+    if (e) std::rethrow_exception(e);
   for (size_t i : sparse) {
     const auto& g = params_[i].grad();
     const int64_t row_len = params_[i].numel() / params_[i].size(0);
