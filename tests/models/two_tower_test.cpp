@@ -318,23 +318,33 @@ TEST_CASE("Tower: projected rows and distinct bags compute the plain tower's fun
   }
 }
 
+namespace {
+
+/// The training losses of the tiny retrieval config with `overrides`, 6 steps, no checkpoints.
+std::vector<double> train_losses(const std::string& name, std::vector<std::string> overrides) {
+  auto dir = recsys::testing::temp_dir(name);
+  overrides.push_back("train.max_steps=6");
+  overrides.push_back("train.checkpoints=false");
+  auto e = recsys::train::parse_experiment(tiny_config(overrides));
+  recsys::train::run_experiment(e, recsys::train::RunDir(dir / "run"));
+  std::vector<double> l;
+  for (auto& line : read_lines(dir / "run" / "metrics.jsonl"))
+    if (line.contains("train_loss")) l.push_back(line["train_loss"].get<double>());
+  return l;
+}
+
+}  // namespace
+
 TEST_CASE("retrieval task: one batched item-tower pass trains as separate passes", "[model]") {
   // Positives, mixed negatives and both SSL views through one pass or four: the same losses at
   // every step (float rounding apart).
   spdlog::set_level(spdlog::level::warn);
   std::vector<std::vector<double>> losses;
-  for (const char* batched : {"true", "false"}) {
-    auto dir = recsys::testing::temp_dir(std::string("retrieval_batched_") + batched);
-    auto e = recsys::train::parse_experiment(tiny_config(
-        {std::string("model.batch_item_passes=") + batched, "train.max_steps=6",
-         "loss.mixed_negatives=16", "ssl.alpha=0.5",
-         R"(ssl.augment=[{"type":"complementary"}])", "train.checkpoints=false"}));
-    recsys::train::run_experiment(e, recsys::train::RunDir(dir / "run"));
-    std::vector<double> l;
-    for (auto& line : read_lines(dir / "run" / "metrics.jsonl"))
-      if (line.contains("train_loss")) l.push_back(line["train_loss"].get<double>());
-    losses.push_back(l);
-  }
+  for (const char* batched : {"true", "false"})
+    losses.push_back(train_losses(std::string("retrieval_batched_") + batched,
+                                  {std::string("model.batch_item_passes=") + batched,
+                                   "loss.mixed_negatives=16", "ssl.alpha=0.5",
+                                   R"(ssl.augment=[{"type":"complementary"}])"}));
   spdlog::set_level(spdlog::level::info);
   REQUIRE(losses[0].size() == 6);
   REQUIRE(losses[1].size() == 6);
@@ -349,19 +359,12 @@ TEST_CASE("retrieval task: distinct positives train as the batch row by row", "[
   spdlog::set_level(spdlog::level::warn);
   for (const char* hits : {"true", "false"}) {
     std::vector<std::vector<double>> losses;
-    for (const char* distinct : {"true", "false"}) {
-      auto dir = recsys::testing::temp_dir(std::string("retrieval_distinct_") + distinct + hits);
-      auto e = recsys::train::parse_experiment(tiny_config(
-          {std::string("model.distinct_positives=") + distinct,
-           std::string("loss.remove_accidental_hits=") + hits, "train.max_steps=6",
-           "loss.mixed_negatives=16", "loss.spread_out=0.1", "ssl.alpha=0.5",
-           R"(ssl.augment=[{"type":"complementary"}])", "train.checkpoints=false"}));
-      recsys::train::run_experiment(e, recsys::train::RunDir(dir / "run"));
-      std::vector<double> l;
-      for (auto& line : read_lines(dir / "run" / "metrics.jsonl"))
-        if (line.contains("train_loss")) l.push_back(line["train_loss"].get<double>());
-      losses.push_back(l);
-    }
+    for (const char* distinct : {"true", "false"})
+      losses.push_back(train_losses(std::string("retrieval_distinct_") + distinct + hits,
+                                    {std::string("model.distinct_positives=") + distinct,
+                                     std::string("loss.remove_accidental_hits=") + hits,
+                                     "loss.mixed_negatives=16", "loss.spread_out=0.1",
+                                     "ssl.alpha=0.5", R"(ssl.augment=[{"type":"complementary"}])"}));
     INFO("remove_accidental_hits " << hits);
     REQUIRE(losses[0].size() == 6);
     REQUIRE(losses[1].size() == 6);
