@@ -81,7 +81,7 @@ void check_resumed_config(const fs::path& dir, const nlohmann::json& resolved) {
   auto strip = [](nlohmann::json c) {
     if (c.contains("train") && c["train"].is_object())
       for (const char* k : {"epochs", "max_steps", "threads", "prefetch", "progress", "log_every", "device",
-                            "evaluate_test"})
+                            "evaluate_test", "collective_timeout_s"})
         c["train"].erase(k);
     return c;
   };
@@ -90,7 +90,8 @@ void check_resumed_config(const fs::path& dir, const nlohmann::json& resolved) {
     throw ConfigError(d.path, "the run in " + dir.string() + " was trained with " + d.path + " = " + d.before +
                                   ", this config gives " + d.after +
                                   "; --resume continues the same config (only train.epochs, max_steps, threads, "
-                                  "prefetch, progress, log_every, device and evaluate_test may change)");
+                                  "prefetch, progress, log_every, device, evaluate_test and collective_timeout_s may "
+                                  "change)");
 }
 
 int cmd_train(const std::string& config_path, const std::vector<std::string>& overrides, std::string out,
@@ -102,7 +103,8 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
     return 0;
   }
   if (nproc < 1) throw UsageError("--nproc must be at least 1");
-  auto ctx = dist::Context::from_env();
+  auto ctx = dist::Context::from_env(std::chrono::milliseconds(
+      static_cast<int64_t>(experiment.trainer.collective_timeout_s * 1000)));
   if (ctx.active() && !ctx.leader()) {
     // The other ranks write nothing: rank 0 owns the run directory and the log.
     setup_logging("", "warn");

@@ -37,6 +37,7 @@ TrainerOptions TrainerOptions::from_config(const config::Reader& r) {
   o.threads = r.get<int64_t>("threads", o.threads);
   o.progress = r.choice("progress", o.progress, {"auto", "bar", "lines", "none"});
   o.evaluate_test = r.get<bool>("evaluate_test", o.evaluate_test);
+  o.collective_timeout_s = r.get<double>("collective_timeout_s", o.collective_timeout_s);
   if (o.epochs < 1) r.fail("epochs", "must be at least 1");
   if (o.max_steps < 0) r.fail("max_steps", "must be >= 0 (0 = no limit)");
   if (o.batch_size < 2) r.fail("batch_size", "must be at least 2 (in-batch negatives need company)");
@@ -44,6 +45,8 @@ TrainerOptions TrainerOptions::from_config(const config::Reader& r) {
   if (o.early_stopping.patience < 0) r.fail("early_stopping.patience", "must be >= 0");
   if (o.log_every < 1) r.fail("log_every", "must be at least 1");
   if (o.threads < 1 || o.threads > 4096) r.fail("threads", "must be between 1 and 4096");
+  if (!(o.collective_timeout_s >= 1 && o.collective_timeout_s <= 7 * 86400))
+    r.fail("collective_timeout_s", "must be between 1 and 604800 seconds (7 days)");
   const bool cuda_index = o.device.size() > 5 && o.device.rfind("cuda:", 0) == 0 &&
                           o.device.size() <= 8 &&
                           std::all_of(o.device.begin() + 5, o.device.end(), [](char c) { return c >= '0' && c <= '9'; });

@@ -35,6 +35,9 @@ struct TrainerOptions {
   int64_t threads = 2;
   std::string progress = "auto";  ///< auto (a bar on a terminal) | bar | lines | none
   bool evaluate_test = true;
+  /// Data-parallel runs: seconds a rank waits in a collective (or for the others to join)
+  /// before it fails, e.g. when another rank hangs (Gloo's timeout).
+  double collective_timeout_s = 1800;
 
   static TrainerOptions from_config(const config::Reader& r);
 };

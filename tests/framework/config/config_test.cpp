@@ -275,6 +275,8 @@ TEST_CASE("parse_experiment rejects misspelt and invalid keys by path", "[config
   CHECK(path_of_error({"data.split.protocol=random"}) == "data.split.protocol");
   CHECK(path_of_error({"train.optimizer.lr=-1"}) == "train.optimizer.lr");
   CHECK(path_of_error({"train.batch_size=1"}) == "train.batch_size");
+  CHECK(path_of_error({"train.collective_timeout_s=0"}) == "train.collective_timeout_s");
+  CHECK(path_of_error({"train.collective_timeout_s=\"soon\""}) == "train.collective_timeout_s");
   CHECK(path_of_error({"loss.temperature=0"}) == "loss.temperature");
   CHECK(path_of_error({"model.hidden=[]"}) == "model.hidden");
   CHECK(path_of_error({"ssl.augment=[{\"type\": \"dropout\", \"pp\": 0.3}]", "ssl.alpha=0.5"}) ==

@@ -161,6 +161,31 @@ TEST_CASE("dist: synchronised Dice on two halves equals Dice on the whole batch"
   run_two_ranks("dist_dice", dice_rank_main);
 }
 
+TEST_CASE("dist: a rank stuck outside a collective fails the others after the timeout", "[dist]") {
+  // Rank 1 joins and then never reaches the barrier (it sleeps past the timeout); rank 0's
+  // barrier must fail after about the 2 s given, not wait for Gloo's default 30 minutes.
+  run_two_ranks("dist_timeout", [](int rank, const std::string& store) {
+    try {
+      auto ctx = recsys::dist::Context::join(rank, 2, store, std::chrono::seconds(2));
+      if (rank == 1) {
+        ::sleep(8);
+        return 0;
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      try {
+        ctx.barrier();
+      } catch (const std::exception&) {
+        const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        return waited >= 1.5 && waited < 7 ? 0 : 31;
+      }
+      return 30;  // the barrier returned although rank 1 never entered it
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
+      return 20;
+    }
+  });
+}
+
 TEST_CASE("dist: a plain context makes every collective a no-op", "[dist]") {
   recsys::dist::Context plain;
   CHECK_FALSE(plain.active());
