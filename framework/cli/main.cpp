@@ -119,9 +119,9 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
   const bool out_given = !out.empty();
   if (!out_given) out = default_run_dir(config_path);
   // One process writes a run directory at a time (a data-parallel launcher holds it for its
-  // ranks, which are started under its hold).
+  // ranks, which are started under its hold; a rank 0 started by hand takes it itself).
   train::DirectoryLock lock;
-  if (!ctx.active()) {
+  if (!ctx.active() || !dist::launched_by_launcher()) {
     try {
       fs::create_directories(out);
     } catch (const fs::filesystem_error& e) {

@@ -60,6 +60,11 @@ Context Context::join(int rank, int world, const std::string& store_path, std::c
   return c;
 }
 
+bool launched_by_launcher() {
+  const char* pid = std::getenv("RECSYS_LAUNCHER_PID");
+  return pid != nullptr && *pid != '\0' && std::to_string(::getppid()) == pid;
+}
+
 Context Context::from_env(std::chrono::milliseconds timeout) {
   const int world = env_int("RECSYS_WORLD_SIZE", 1);
   if (world <= 1) return Context();
@@ -304,6 +309,8 @@ int launch(int nproc, char** argv, const std::vector<std::string>& extra_args, c
       ::setenv("RECSYS_RANK", std::to_string(rank).c_str(), 1);
       ::setenv("RECSYS_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
       ::setenv("RECSYS_STORE", store_path.c_str(), 1);
+      // The launcher holds the run directory's lock for its ranks (launched_by_launcher()).
+      ::setenv("RECSYS_LAUNCHER_PID", std::to_string(launcher).c_str(), 1);
       std::vector<char*> cargv;
       for (auto& a : args) cargv.push_back(const_cast<char*>(a.c_str()));
       cargv.push_back(nullptr);

@@ -63,4 +63,9 @@ class Context {
 /// status (0 when all succeed).
 int launch(int nproc, char** argv, const std::vector<std::string>& extra_args, const std::string& store_path);
 
+/// Whether this process is a rank started by launch() (whose launcher, its parent, holds the run
+/// directory's lock), rather than one started by hand with RECSYS_RANK / RECSYS_WORLD_SIZE /
+/// RECSYS_STORE set.
+bool launched_by_launcher();
+
 }  // namespace recsys::dist

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "framework/config/config.h"
+#include "framework/train/run_dir.h"
 #include "support.h"
 
 namespace fs = std::filesystem;
@@ -413,6 +414,41 @@ TEST_CASE("cli: a run directory held by a running process is refused", "[cli]") 
   auto third = run("train configs/tests/twotower_tiny.json --set train.epochs=1 --overwrite --out " + out);
   INFO("stderr: " << third.err);
   CHECK(third.code == 0);
+}
+
+TEST_CASE("cli: a data-parallel rank 0 started by hand takes the run directory's lock", "[cli][dist]") {
+  if (!have_binary()) return;
+  // Ranks started with RECSYS_RANK / RECSYS_WORLD_SIZE / RECSYS_STORE set by hand (no launcher
+  // holding the directory for them): rank 0 locks the run directory itself.
+  auto ranks = [&](const fs::path& dir) {
+    std::string cmd;
+    for (int rank : {1, 0}) {
+      const std::string tag = std::to_string(rank);
+      cmd += "(RECSYS_WORLD_SIZE=2 RECSYS_RANK=" + tag + " RECSYS_STORE=" + (dir / "store").string() + " " +
+             kBinary + " train configs/tests/twotower_tiny.json --set train.max_steps=4 --set train.threads=1 "
+             "--set train.progress=none --set train.collective_timeout_s=20 --out " + (dir / "run").string() +
+             " >" + (dir / ("r" + tag + ".err")).string() + " 2>&1; echo $? >" + (dir / ("r" + tag + ".code")).string() +
+             ")" + (rank == 1 ? " & " : "; wait");
+    }
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    return std::make_pair(std::stoi(slurp(dir / "r0.code")), std::stoi(slurp(dir / "r1.code")));
+  };
+  auto free_dir = recsys::testing::temp_dir("cli_hand_ranks");
+  auto [ok0, ok1] = ranks(free_dir);
+  INFO("rank 0: " << slurp(free_dir / "r0.err") << "\nrank 1: " << slurp(free_dir / "r1.err"));
+  CHECK(ok0 == 0);
+  CHECK(ok1 == 0);
+  CHECK(fs::exists(free_dir / "run" / "results.json"));
+
+  auto held_dir = recsys::testing::temp_dir("cli_hand_ranks_held");
+  fs::create_directories(held_dir / "run");
+  const recsys::train::DirectoryLock held(held_dir / "run");  // another process's run
+  auto [busy0, busy1] = ranks(held_dir);
+  INFO("rank 0: " << slurp(held_dir / "r0.err"));
+  CHECK(busy0 == 2);
+  CHECK(slurp(held_dir / "r0.err").find("in use by another recsys process") != std::string::npos);
+  CHECK(busy1 != 0);  // its rank 0 is gone
+  CHECK_FALSE(fs::exists(held_dir / "run" / "config.json"));
 }
 
 TEST_CASE("cli: a run stopped between a validation's two checkpoint renames resumes exactly", "[cli][resume]") {
