@@ -7,13 +7,44 @@
 
 namespace recsys::losses {
 
+namespace {
+
+/// An empty extra block counts as none.
+torch::Tensor nonempty(const torch::Tensor& t) { return t.defined() && t.numel() > 0 ? t : torch::Tensor(); }
+
+/// The rows, then the extra rows (after nonempty(): undefined = none).
+torch::Tensor with_extra(const torch::Tensor& rows, const torch::Tensor& extra) {
+  return extra.defined() ? torch::cat({rows, extra}, 0) : rows;
+}
+
+void check_views(const torch::Tensor& z1, const torch::Tensor& z2, const torch::Tensor& extra2,
+                 const torch::Tensor& extra1, bool symmetric) {
+  TORCH_CHECK(symmetric || !extra1.defined(), "contrastive: extra view-1 negatives need the symmetric loss");
+  TORCH_CHECK(z1.dim() == 2 && z1.sizes() == z2.sizes(), "contrastive: views must both be [M, D]");
+  TORCH_CHECK(!extra2.defined() || (extra2.dim() == 2 && extra2.size(1) == z1.size(1)),
+              "contrastive: extra view-2 negatives must be [K, D]");
+  TORCH_CHECK(!symmetric || extra1.defined() == extra2.defined(),
+              "contrastive: the symmetric loss needs extra negatives for both views or neither");
+  TORCH_CHECK(!extra1.defined() || (extra1.dim() == 2 && extra1.size(1) == z1.size(1)),
+              "contrastive: extra view-1 negatives must be [K, D]");
+}
+
+}  // namespace
+
+torch::Tensor positive_columns(const torch::Tensor& per_column, int64_t positives,
+                                const torch::Tensor& index) {
+  auto own = per_column.narrow(0, 0, positives).index_select(0, index);
+  const int64_t rest = per_column.size(0) - positives;
+  return rest > 0 ? torch::cat({own, per_column.narrow(0, positives, rest)}) : own;
+}
+
 torch::Tensor inbatch_softmax(const torch::Tensor& user, const torch::Tensor& item,
                               const torch::Tensor& log_q, const torch::Tensor& item_ids,
                               const InBatchSoftmaxOptions& options, const torch::Tensor& extra_item) {
   TORCH_CHECK(user.dim() == 2 && item.sizes() == user.sizes(),
               "inbatch_softmax: user and item embeddings must both be [B, D]");
   const int64_t B = user.size(0);
-  auto columns = extra_item.defined() && extra_item.numel() > 0 ? torch::cat({item, extra_item}, 0) : item;
+  auto columns = with_extra(item, nonempty(extra_item));
   TORCH_CHECK(log_q.dim() == 1 && log_q.size(0) == columns.size(0),
               "inbatch_softmax: log_q needs one entry per column (", columns.size(0), "), got ",
               log_q.sizes());
@@ -40,7 +71,7 @@ torch::Tensor inbatch_softmax_mean(const torch::Tensor& user, const torch::Tenso
                                    const torch::Tensor& extra_item) {
   if (options.fused_mean() && user.dim() == 2 && item.sizes() == user.sizes() &&
       log_q.dim() == 1) {
-    auto columns = extra_item.defined() && extra_item.numel() > 0 ? torch::cat({item, extra_item}, 0) : item;
+    auto columns = with_extra(item, nonempty(extra_item));
     auto bias = log_q.size(0) == columns.size(0) ? -log_q.to(user.scalar_type()) : torch::Tensor();
     torch::Tensor ids;
     if (options.remove_accidental_hits() && item_ids.defined() && item_ids.dim() == 1 &&
@@ -68,8 +99,8 @@ torch::Tensor inbatch_softmax_mean_distinct(const torch::Tensor& user, const tor
               "inbatch_softmax_mean_distinct: targets must be int64 [", user.size(0), "], got ",
               targets.sizes());
   const int64_t U = item.size(0);
-  const bool has_extra = extra_item.defined() && extra_item.numel() > 0;
-  const int64_t C = U + (has_extra ? extra_item.size(0) : 0);
+  const auto extra = nonempty(extra_item);
+  const int64_t C = U + (extra.defined() ? extra.size(0) : 0);
   TORCH_CHECK(log_q.dim() == 1 && log_q.size(0) == C,
               "inbatch_softmax_mean_distinct: log_q needs one entry per distinct column (", C,
               "), got ", log_q.sizes());
@@ -79,9 +110,9 @@ torch::Tensor inbatch_softmax_mean_distinct(const torch::Tensor& user, const tor
               "distinct column (", C, ")");
   if (options.fused_mean() && !log_q.requires_grad() && user.device().is_cpu() && item.device().is_cpu() &&
       targets.device().is_cpu()) {
-    auto columns = has_extra ? torch::cat({item, extra_item}, 0) : item;
+    auto columns = with_extra(item, extra);
     auto counts = torch::bincount(targets, {}, U).to(torch::kFloat64);
-    if (has_extra) counts = torch::cat({counts, torch::ones({C - U}, counts.options())});
+    if (extra.defined()) counts = torch::cat({counts, torch::ones({C - U}, counts.options())});
     auto bias = -log_q.to(user.scalar_type());
     auto ids = ids_needed ? item_ids.to(torch::kInt64) : torch::Tensor();
     if (distinct_softmax_unsupported(user, columns, targets, counts, bias, ids).empty())
@@ -89,38 +120,10 @@ torch::Tensor inbatch_softmax_mean_distinct(const torch::Tensor& user, const tor
                                          counts, bias, ids);
   }
   // The expanded form: row i's positive in column i, each distinct column copied per row.
-  auto expand = [&](const torch::Tensor& per_column) {
-    auto own = per_column.narrow(0, 0, U).index_select(0, targets);
-    return C > U ? torch::cat({own, per_column.narrow(0, U, C - U)}) : own;
-  };
-  return inbatch_softmax(user, item.index_select(0, targets), expand(log_q), ids_needed ? expand(item_ids) : item_ids,
-                         options, extra_item)
+  return inbatch_softmax(user, item.index_select(0, targets), positive_columns(log_q, U, targets),
+                         ids_needed ? positive_columns(item_ids, U, targets) : item_ids, options, extra)
       .mean();
 }
-
-namespace {
-
-/// An empty extra block counts as none.
-torch::Tensor nonempty(const torch::Tensor& t) { return t.defined() && t.numel() > 0 ? t : torch::Tensor(); }
-
-void check_views(const torch::Tensor& z1, const torch::Tensor& z2, const torch::Tensor& extra2,
-                 const torch::Tensor& extra1, bool symmetric) {
-  TORCH_CHECK(symmetric || !extra1.defined(), "contrastive: extra view-1 negatives need the symmetric loss");
-  TORCH_CHECK(z1.dim() == 2 && z1.sizes() == z2.sizes(), "contrastive: views must both be [M, D]");
-  TORCH_CHECK(!extra2.defined() || (extra2.dim() == 2 && extra2.size(1) == z1.size(1)),
-              "contrastive: extra view-2 negatives must be [K, D]");
-  TORCH_CHECK(!symmetric || extra1.defined() == extra2.defined(),
-              "contrastive: the symmetric loss needs extra negatives for both views or neither");
-  TORCH_CHECK(!extra1.defined() || (extra1.dim() == 2 && extra1.size(1) == z1.size(1)),
-              "contrastive: extra view-1 negatives must be [K, D]");
-}
-
-/// The view's rows, then the extra negatives' (after nonempty(): undefined = none).
-torch::Tensor with_extra(const torch::Tensor& view, const torch::Tensor& extra) {
-  return extra.defined() ? torch::cat({view, extra}, 0) : view;
-}
-
-}  // namespace
 
 torch::Tensor contrastive(const torch::Tensor& z1, const torch::Tensor& z2, double temperature,
                           bool symmetric, bool fused_kernel, const torch::Tensor& extra2_in,

@@ -53,6 +53,12 @@ torch::Tensor inbatch_softmax_mean_distinct(const torch::Tensor& user, const tor
                                             const InBatchSoftmaxOptions& options,
                                             const torch::Tensor& extra_item = {});
 
+/// A per-column vector (log q, item ids) whose first `positives` entries belong to the batch's
+/// positives and the rest to extra negatives: the positives' entries taken at `index`, then the
+/// rest unchanged. Maps between one entry per row and one per distinct positive.
+torch::Tensor positive_columns(const torch::Tensor& per_column, int64_t positives,
+                               const torch::Tensor& index);
+
 /// The SSL contrastive loss of Yao et al. (eq. 3): views z1 [M,D], z2 [M,D] (unit vectors);
 /// loss_i = -log softmax_j(<z1_i, z2_j> / tau)[i]; `symmetric` averages both directions.
 /// `extra2` [K, D] adds view-2 rows of other items as further negatives (columns after z2's);

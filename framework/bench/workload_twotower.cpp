@@ -26,8 +26,9 @@ int64_t rows_of(int64_t vocab) { return vocab + data::kFirstIndex; }
 struct TwoTowerBatch {
   std::vector<torch::Tensor> user, item, ssl_item;
   torch::Tensor log_q, item_ids;
-  /// The positives' features, ids and log q bit patterns on the CPU (the distinct-item key).
-  std::vector<torch::Tensor> item_key;
+  /// The positives' features, ids and log q on the CPU (what models::distinct_positives reads).
+  std::vector<torch::Tensor> item_host;
+  torch::Tensor item_ids_host, log_q_host;
 };
 
 /// SplitMix64's finaliser: a well-mixed 64-bit hash.
@@ -134,11 +135,11 @@ class TwoTowerSsl : public Workload {
         item_id.data_ptr<int64_t>()[i] = data::kFirstIndex + rank;
         log_q.data_ptr<float>()[i] = static_cast<float>(zipf.log_prob(rank));
       }
-      auto item = item_features(n, item_id);
-      b.item_key = item;
-      b.item_key.push_back(log_q.view(torch::kInt32).to(torch::kInt64));
-      b.item = to_device(item);
-      b.item_ids = item_id.reshape({n}).to(device);
+      b.item_host = item_features(n, item_id);
+      b.item_ids_host = item_id.reshape({n});
+      b.log_q_host = log_q;
+      b.item = to_device(b.item_host);
+      b.item_ids = b.item_ids_host.to(device);
       b.log_q = log_q.to(device);
       // Kept on the CPU: the augmentation draws its masks from a CPU generator.
       b.ssl_item = item_features(m, ids(m, 1, [&] { return uniform(s.items); }));
@@ -163,7 +164,7 @@ class TwoTowerSsl : public Workload {
     auto positives = b.item;
     torch::Tensor targets, log_q = b.log_q, item_ids = b.item_ids;
     if (paths_.distinct_items) {
-      auto u = models::unique_rows(b.item_key);
+      auto u = *models::distinct_positives(b.item_host, b.item_ids_host, b.log_q_host);
       auto first = u.first.to(device_), inverse = u.inverse.to(device_);
       for (auto& t : positives) t = t.index_select(0, first);
       targets = inverse;

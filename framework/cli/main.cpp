@@ -78,20 +78,24 @@ void check_resumed_config(const fs::path& dir, const nlohmann::json& resolved) {
   } catch (const nlohmann::json::exception&) {
     throw DataError((dir / "config.json").string(), 0, "missing or unreadable: nothing shows which config the run used");
   }
+  // The train.* keys a resumed run may change: how long and how it runs, not what it learns.
+  static const std::vector<std::string> may_change = {"epochs",   "max_steps", "threads",       "prefetch",
+                                                      "progress", "log_every", "device",        "evaluate_test",
+                                                      "collective_timeout_s"};
   auto strip = [](nlohmann::json c) {
     if (c.contains("train") && c["train"].is_object())
-      for (const char* k : {"epochs", "max_steps", "threads", "prefetch", "progress", "log_every", "device",
-                            "evaluate_test", "collective_timeout_s"})
-        c["train"].erase(k);
+      for (const auto& k : may_change) c["train"].erase(k);
     return c;
   };
   config::Difference d;
-  if (config::first_difference(strip(saved), strip(resolved), d))
+  if (config::first_difference(strip(saved), strip(resolved), d)) {
+    std::string keys = "train." + may_change.front();
+    for (size_t i = 1; i < may_change.size(); ++i)
+      keys += (i + 1 == may_change.size() ? " and " : ", ") + may_change[i];
     throw ConfigError(d.path, "the run in " + dir.string() + " was trained with " + d.path + " = " + d.before +
-                                  ", this config gives " + d.after +
-                                  "; --resume continues the same config (only train.epochs, max_steps, threads, "
-                                  "prefetch, progress, log_every, device, evaluate_test and collective_timeout_s may "
-                                  "change)");
+                                  ", this config gives " + d.after + "; --resume continues the same config (only " +
+                                  keys + " may change)");
+  }
 }
 
 int cmd_train(const std::string& config_path, const std::vector<std::string>& overrides, std::string out,

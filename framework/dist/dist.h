@@ -29,6 +29,11 @@ class Context {
   int world() const { return world_; }
   bool active() const { return world_ > 1; }
   bool leader() const { return rank_ == 0; }
+  /// A seed for this rank's own random stream, derived from the run's: `seed` itself on rank 0
+  /// (and in a single process).
+  uint64_t seed_for_rank(uint64_t seed) const {
+    return seed + 0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(rank_);
+  }
 
   /// Replaces each parameter's gradient by the mean over the ranks. Dense gradients travel in one
   /// flattened all-reduce per dtype; sparse (embedding) gradients are all-gathered, indices and

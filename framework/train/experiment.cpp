@@ -33,7 +33,7 @@ nlohmann::json run_experiment(const Experiment& e, const RunDir& run_dir, bool r
   // anyway), then each rank draws its own random numbers (dropout masks), as separate processes
   // of one big batch would.
   if (dist.active() && dist.rank() > 0)
-    torch::manual_seed(e.seed + 0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(dist.rank()));
+    torch::manual_seed(dist.seed_for_rank(e.seed));
   Trainer trainer(*task, e.trainer, run_dir, e.config, e.seed, std::move(dist));
   if (resume) trainer.resume(resume_from);
   auto results = trainer.fit();

@@ -138,7 +138,7 @@ Trainer::Trainer(Task& task, TrainerOptions options, RunDir run_dir, nlohmann::j
     : task_(task), options_(std::move(options)), run_dir_(std::move(run_dir)),
       config_(std::move(config)), seed_(seed), device_(resolve_device(options_.device)),
       dist_(std::move(dist)),
-      gen_(at::detail::createCPUGenerator((seed ^ 0x5eedULL) + 0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(dist_.rank()))) {
+      gen_(at::detail::createCPUGenerator(dist_.seed_for_rank(seed ^ 0x5eedULL))) {
   if (dist_.active() && !device_.is_cpu())
     throw ConfigError("train.device", "data-parallel runs (--nproc) average gradients with Gloo on the CPU; "
                                       "set train.device=cpu");

@@ -261,15 +261,6 @@ class RetrievalTask : public train::Task {
         so.prefetch);
   }
 
-  /// Column of a distinct-row key: int64 as is, floating point by its bit pattern; undefined for
-  /// other types.
-  static Tensor key_column(const Tensor& t) {
-    if (t.scalar_type() == torch::kInt64) return t;
-    if (t.scalar_type() == torch::kFloat32) return t.contiguous().view(torch::kInt32).to(torch::kInt64);
-    if (t.scalar_type() == torch::kFloat64) return t.contiguous().view(torch::kInt64);
-    return {};
-  }
-
   /// model.distinct_positives, applied while the batch is made (off the training thread): the
   /// batch's positives once per distinct item (equal features, id and log q), row k's positive
   /// becoming distinct row targets[k]; log_q and item_ids keep one entry per column (the
@@ -281,24 +272,13 @@ class RetrievalTask : public train::Task {
     if (!o_.model.distinct_positives || o_.model.dropout > 0 || o_.model.activation == "dice" ||
         (o_.loss.cross_rank_negatives && dist_.active()))
       return;
-    const int64_t n = b.n, C = b.log_q.size(0);
-    std::vector<Tensor> key;
-    for (const auto& t : b.item_inputs) {
-      key.push_back(key_column(t));
-      if (!key.back().defined()) return;
-    }
-    key.push_back(b.item_ids.narrow(0, 0, n));
-    key.push_back(key_column(b.log_q.narrow(0, 0, n)));
-    auto u = models::unique_rows(key);
-    if (u.first.size(0) == n) return;
-    for (auto& t : b.item_inputs) t = t.index_select(0, u.first);
-    auto keep = [&](const Tensor& per_column) {
-      auto own = per_column.narrow(0, 0, n).index_select(0, u.first);
-      return C > n ? torch::cat({own, per_column.narrow(0, n, C - n)}) : own;
-    };
-    b.log_q = keep(b.log_q);
-    b.item_ids = keep(b.item_ids);
-    b.targets = u.inverse;
+    const int64_t n = b.n;
+    auto u = models::distinct_positives(b.item_inputs, b.item_ids.narrow(0, 0, n), b.log_q.narrow(0, 0, n));
+    if (!u || u->first.size(0) == n) return;
+    for (auto& t : b.item_inputs) t = t.index_select(0, u->first);
+    b.log_q = losses::positive_columns(b.log_q, n, u->first);
+    b.item_ids = losses::positive_columns(b.item_ids, n, u->first);
+    b.targets = u->inverse;
   }
 
   train::StepOutput forward(train::Batch& base, torch::Generator&) override {

@@ -138,6 +138,31 @@ UniqueBags unique_rows(const std::vector<torch::Tensor>& columns) {
   return u;
 }
 
+namespace {
+
+/// A column of a distinct-row key: int64 as is, floating point by its bit pattern; undefined for
+/// other types.
+torch::Tensor key_column(const torch::Tensor& t) {
+  if (t.scalar_type() == torch::kInt64) return t;
+  if (t.scalar_type() == torch::kFloat32) return t.contiguous().view(torch::kInt32).to(torch::kInt64);
+  if (t.scalar_type() == torch::kFloat64) return t.contiguous().view(torch::kInt64);
+  return {};
+}
+
+}  // namespace
+
+std::optional<UniqueBags> distinct_positives(const std::vector<torch::Tensor>& features,
+                                             const torch::Tensor& item_ids, const torch::Tensor& log_q) {
+  std::vector<torch::Tensor> key;
+  for (const auto& t : features) {
+    key.push_back(key_column(t));
+    if (!key.back().defined()) return std::nullopt;
+  }
+  key.push_back(item_ids);
+  key.push_back(key_column(log_q));
+  return unique_rows(key);
+}
+
 TowerImpl::TowerImpl(TowerOptions options) : options_(std::move(options)) {
   encoder_ = register_module("encoder", FeatureEncoder(FeatureEncoderOptions(options_.features())
                                                          .sparse(options_.sparse())

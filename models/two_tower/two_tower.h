@@ -1,6 +1,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <optional>
 #include <vector>
 
 #include "models/layers/embedding.h"
@@ -59,6 +60,11 @@ UniqueBags unique_bags(const torch::Tensor& ids);
 /// together: two rows are equal when they are equal in every tensor (an item's features, its
 /// id, the bit pattern of its log q). Same result layout as unique_bags.
 UniqueBags unique_rows(const std::vector<torch::Tensor>& columns);
+/// The distinct positives of a batch of B rows: rows equal in every item feature (CPU, int64 or
+/// floating point, compared by bit pattern), in the item id ([B] int64) and in the bit pattern
+/// of log q ([B] float) are one item. std::nullopt where a feature has another type.
+std::optional<UniqueBags> distinct_positives(const std::vector<torch::Tensor>& features,
+                                             const torch::Tensor& item_ids, const torch::Tensor& log_q);
 
 /// Embeddings -> concatenation -> MLP -> (L2 normalisation).
 class TowerImpl : public torch::nn::Module {

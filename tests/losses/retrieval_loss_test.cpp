@@ -125,21 +125,35 @@ TEST_CASE("inbatch_softmax appends mixed negatives as extra columns", "[loss]") 
                                to_tensor(extra)));
 }
 
+namespace {
+
+/// The contrastive loss per row in float64, one-sided and symmetric: row i of z1 against every
+/// row of z2 and then `e2`; for the other direction, row i of z2 against z1 and then `e1`.
+std::pair<std::vector<double>, std::vector<double>> contrastive_by_hand(const Mat& z1, const Mat& z2, double tau,
+                                                                        const Mat& e2 = {}, const Mat& e1 = {}) {
+  std::vector<double> one, sym;
+  for (size_t i = 0; i < z1.size(); ++i) {
+    double row = 0, col = 0;
+    for (size_t j = 0; j < z1.size(); ++j) {
+      row += std::exp(dot(z1[i], z2[j]) / tau);
+      col += std::exp(dot(z2[i], z1[j]) / tau);
+    }
+    for (const auto& e : e2) row += std::exp(dot(z1[i], e) / tau);
+    for (const auto& e : e1) col += std::exp(dot(z2[i], e) / tau);
+    const double pos = dot(z1[i], z2[i]) / tau;
+    one.push_back(std::log(row) - pos);
+    sym.push_back(0.5 * ((std::log(row) - pos) + (std::log(col) - pos)));
+  }
+  return {one, sym};
+}
+
+}  // namespace
+
 TEST_CASE("contrastive loss matches float64, one-sided and symmetric", "[loss]") {
   const Mat z1 = {{1.0, 0.0}, {0.6, 0.8}, {0.0, -1.0}};
   const Mat z2 = {{0.8, 0.6}, {0.0, 1.0}, {-0.6, -0.8}};
   const double tau = 0.2;
-  std::vector<double> one, sym;
-  for (size_t i = 0; i < 3; ++i) {
-    double row = 0, col = 0;
-    for (size_t j = 0; j < 3; ++j) {
-      row += std::exp(dot(z1[i], z2[j]) / tau);
-      col += std::exp(dot(z1[j], z2[i]) / tau);
-    }
-    double pos = dot(z1[i], z2[i]) / tau;
-    one.push_back(std::log(row) - pos);
-    sym.push_back(0.5 * ((std::log(row) - pos) + (std::log(col) - pos)));
-  }
+  const auto [one, sym] = contrastive_by_hand(z1, z2, tau);
   require_close(contrastive(to_tensor(z1), to_tensor(z2), tau), vec(one), 1e-5, 1e-6);
   require_close(contrastive(to_tensor(z1), to_tensor(z2), tau, true), vec(sym), 1e-5, 1e-6);
   CHECK(std::abs(one[0] - sym[0]) > 1e-3);  // the two directions really differ here
@@ -151,19 +165,7 @@ TEST_CASE("contrastive loss with extra negatives (other ranks' views) matches fl
   const Mat e2 = {{-0.6, -0.8}, {0.6, -0.8}};  // other items' view 2: extra columns for z1's rows
   const Mat e1 = {{0.0, -1.0}};                 // other items' view 1: extra columns for z2's rows
   const double tau = 0.25;
-  std::vector<double> one, sym;
-  for (size_t i = 0; i < 2; ++i) {
-    double row = 0, col = 0;
-    for (size_t j = 0; j < 2; ++j) {
-      row += std::exp(dot(z1[i], z2[j]) / tau);
-      col += std::exp(dot(z2[i], z1[j]) / tau);
-    }
-    for (const auto& e : e2) row += std::exp(dot(z1[i], e) / tau);
-    for (const auto& e : e1) col += std::exp(dot(z2[i], e) / tau);
-    const double pos = dot(z1[i], z2[i]) / tau;
-    one.push_back(std::log(row) - pos);
-    sym.push_back(0.5 * ((std::log(row) - pos) + (std::log(col) - pos)));
-  }
+  const auto [one, sym] = contrastive_by_hand(z1, z2, tau, e2, e1);
   auto a = to_tensor(z1), b = to_tensor(z2), x2 = to_tensor(e2), x1 = to_tensor(e1);
   require_close(contrastive(a, b, tau, false, true, x2), vec(one), 1e-5, 1e-6);
   require_close(contrastive(a, b, tau, true, true, x2, x1), vec(sym), 1e-5, 1e-6);
