@@ -51,6 +51,9 @@ torch::Device parse_device(const std::string& name) {
 }
 
 constexpr double kMiB = 1024.0 * 1024.0;
+// Largest --batch-scale: twotower_ssl's SSL logits grow with its square (64: 65,536 x 65,536,
+// 16 GiB in float32, the size of one accelerator's share of memory).
+constexpr int kMaxBatchScale = 64;
 
 /// A "VmXXX:" line of /proc/self/status in MiB (0 when unavailable).
 double proc_status_mb(const char* key) {
@@ -122,6 +125,15 @@ BenchShapes BenchShapes::tiny() {
   c.mlp = {10, 5};
   c.gru_hidden = 5;
   c.aux = {6, 3};
+  return s;
+}
+
+BenchShapes BenchShapes::with_batch_scale(int64_t factor) const {
+  BenchShapes s = *this;
+  s.two_tower.batch *= factor;
+  s.two_tower.ssl_batch *= factor;
+  s.ctr.batch *= factor;
+  s.ctr.dien_batch *= factor;
   return s;
 }
 
@@ -285,7 +297,8 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   }
   const double rss_baseline = proc_status_mb("VmRSS:");
   const double file_baseline = proc_status_mb("RssFile:");
-  auto workload = make_workload(name, options.shapes, device, 1, disabled_list);
+  auto workload = make_workload(name, options.shapes.with_batch_scale(options.batch_scale), device,
+                                1, disabled_list);
   TORCH_CHECK(options.steps >= 1, "bench: --steps must be >= 1");
   for (int i = 0; i < options.warmup; ++i) workload->step();
   sync(device);
@@ -316,6 +329,8 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   // waiting for the cores; this measures the work (idle OpenMP threads sleep when PASSIVE).
   r["cpu_ms_per_step"] = cpu_ms;
   r["examples_per_cpu_s"] = static_cast<double>(workload->examples_per_step()) / (cpu_ms / 1000.0);
+  r["batch"] = workload->examples_per_step();
+  r["batch_scale"] = options.batch_scale;
   r["threads"] = options.threads;
   r["device"] = options.device;
   r["torch"] = TORCH_VERSION;
@@ -436,8 +451,8 @@ std::string fmt(const nlohmann::json& r, const char* key, const char* f) {
 }
 
 void print_table(const std::vector<nlohmann::json>& rows, bool peak) {
-  std::printf("%-13s %12s %9s %7s %9s %9s %9s %9s %9s %9s", "workload", "examples/s", "step ms",
-              "threads", "RSS MB", "+RSS MB", "param MB", "optim MB", "act MB", "mem ratio");
+  std::printf("%-13s %7s %12s %9s %7s %9s %9s %9s %9s %9s %9s", "workload", "batch", "examples/s",
+              "step ms", "threads", "RSS MB", "+RSS MB", "param MB", "optim MB", "act MB", "mem ratio");
   if (peak) std::printf(" %10s %9s %9s", "MFLOP/ex", "bound/s", "fraction");
   std::printf("\n");
   for (auto& r : rows) {
@@ -448,8 +463,9 @@ void print_table(const std::vector<nlohmann::json>& rows, bool peak) {
     }
     if (r["workload"] == "pipeline") continue;
     double mflop = r.contains("flops_per_example") ? r["flops_per_example"].get<double>() / 1e6 : 0;
-    std::printf("%-13s %12s %9s %7d %9s %9s %9s %9s %9s %9s",
-                r["workload"].get<std::string>().c_str(), fmt(r, "examples_per_s", "%.0f").c_str(),
+    std::printf("%-13s %7s %12s %9s %7d %9s %9s %9s %9s %9s %9s",
+                r["workload"].get<std::string>().c_str(), fmt(r, "batch", "%.0f").c_str(),
+                fmt(r, "examples_per_s", "%.0f").c_str(),
                 fmt(r, "step_ms_median", "%.2f").c_str(), r["threads"].get<int>(),
                 fmt(r, "peak_rss_mb", "%.0f").c_str(), fmt(r, "workload_rss_mb", "%.0f").c_str(),
                 fmt(r, "param_mb", "%.1f").c_str(), fmt(r, "optimizer_state_mb", "%.1f").c_str(),
@@ -560,6 +576,9 @@ int run_bench(const BenchOptions& options) {
   check_optimisation_names(options.disable);
   if (options.threads < 1) throw UsageError("--threads must be >= 1");
   if (options.steps < 1) throw UsageError("--steps must be >= 1");
+  if (options.batch_scale < 1 || options.batch_scale > kMaxBatchScale)
+    throw UsageError("--batch-scale must be in [1, " + std::to_string(kMaxBatchScale) + "], got " +
+                     std::to_string(options.batch_scale));
   if (options.pipeline_lines < 100)
     throw UsageError("--pipeline-lines must be >= 100, got " + std::to_string(options.pipeline_lines));
   if (options.device != "cpu" && options.device != "cuda")

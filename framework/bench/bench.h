@@ -45,6 +45,9 @@ struct BenchShapes {
   CtrShapes ctr;
   /// Tiny shapes for tests (every code path, a few milliseconds a step).
   static BenchShapes tiny();
+  /// These shapes with every batch multiplied by `factor` (twotower_ssl's main and SSL
+  /// batches, din's and dien's batches); vocabularies, widths and lengths unchanged.
+  BenchShapes with_batch_scale(int64_t factor) const;
 };
 
 struct BenchOptions {
@@ -66,6 +69,9 @@ struct BenchOptions {
   bool plain = false;
   /// Optimisations switched off one by one (names in optimisation_names()); plain = all of them.
   std::vector<std::string> disable;
+  /// The larger-batch variants: every workload's batch multiplied by this (1 = WORKLOADS.md's
+  /// canonical batches). Reported as `batch_scale`, with the examples per step as `batch`.
+  int batch_scale = 1;
   /// Lines of the generated interaction log for the pipeline benchmark.
   int64_t pipeline_lines = 2000000;
   /// When set: a Chrome trace of each workload's timed steps (LibTorch's profiler) is written to

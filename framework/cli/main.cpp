@@ -378,6 +378,8 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--json", bench_options.json, "one JSON line per workload");
   bench_cmd->add_flag("--peak", bench_options.peak, "measure the matmul rate and report FLOP-bound fractions");
   bench_cmd->add_option("--steps", bench_options.steps, "timed steps after 5 warm-up steps");
+  bench_cmd->add_option("--batch-scale", bench_options.batch_scale,
+                        "every workload's batch multiplied by this (larger-batch variants, e.g. on a GPU)");
   bench_cmd->add_flag("--plain", bench_options.plain, "run every workload's plain (unoptimised) path");
   bench_cmd->add_option("--disable", bench_options.disable,
                         "optimisations to switch off (comma-separated): " +

@@ -172,6 +172,47 @@ TEST_CASE("bench: unknown workloads and bad options are usage errors", "[bench]"
   o.disable.clear();
   o.pipeline_lines = 10;  // refused up front, not in a forked child
   REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("--pipeline-lines"));
+  o.pipeline_lines = 2000;
+  for (int scale : {0, -1, 65}) {
+    o.batch_scale = scale;
+    REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("--batch-scale must be in [1, 64], got " +
+                                                      std::to_string(scale)));
+  }
+}
+
+TEST_CASE("bench: --batch-scale multiplies every workload's batch and nothing else", "[bench]") {
+  const auto base = BenchShapes::tiny();
+  const auto s = base.with_batch_scale(3);
+  CHECK(s.two_tower.batch == 3 * base.two_tower.batch);
+  CHECK(s.two_tower.ssl_batch == 3 * base.two_tower.ssl_batch);
+  CHECK(s.ctr.batch == 3 * base.ctr.batch);
+  CHECK(s.ctr.dien_batch == 3 * base.ctr.dien_batch);
+  CHECK(s.two_tower.items == base.two_tower.items);
+  CHECK(s.two_tower.hidden == base.two_tower.hidden);
+  CHECK(s.ctr.max_len == base.ctr.max_len);
+  CHECK(s.ctr.attention == base.ctr.attention);
+  for (const char* name : {"twotower_ssl", "din", "dien"}) {
+    auto o = tiny_options();
+    auto one = run_workload(name, o);
+    o.batch_scale = 2;
+    auto two = run_workload(name, o);
+    INFO(name << " " << one.dump() << " " << two.dump());
+    CHECK(one["batch_scale"] == 1);
+    CHECK(two["batch_scale"] == 2);
+    CHECK(two["batch"].get<int64_t>() == 2 * one["batch"].get<int64_t>());
+    require_finite_positive(two, "examples_per_s");
+    require_finite_positive(two, "final_loss");
+    // The activations grow with the batch; the parameters do not.
+    CHECK(two["param_mb"].get<double>() == one["param_mb"].get<double>());
+    CHECK(two["batch_activation_mb_estimate"].get<double>() >
+          one["batch_activation_mb_estimate"].get<double>());
+  }
+  // twotower_ssl's in-batch logits grow with the batch: more FLOPs per example at a larger batch.
+  auto o = tiny_options();
+  auto one = run_workload("twotower_ssl", o);
+  o.batch_scale = 4;
+  auto four = run_workload("twotower_ssl", o);
+  CHECK(four["flops_per_example"].get<double>() > one["flops_per_example"].get<double>());
 }
 
 TEST_CASE("bench: the pipeline benchmark parses and batches a generated log", "[bench]") {
