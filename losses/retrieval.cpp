@@ -168,6 +168,12 @@ torch::Tensor spread_out(const torch::Tensor& q) {
   return m1.pow(2) + torch::relu(m2 - 1.0 / static_cast<double>(d));
 }
 
+double log_expected_count(double per_step, double mixed, double num_items) {
+  // A column that can only come from the uniform negatives (or from nowhere) keeps a finite
+  // correction.
+  return std::log(std::max(per_step + mixed / num_items, 1e-12));
+}
+
 StreamingFrequency::StreamingFrequency(int64_t buckets, double alpha, double initial_gap)
     : last_(static_cast<size_t>(buckets), -1.0), gap_(static_cast<size_t>(buckets), initial_gap), alpha_(alpha) {}
 
@@ -181,6 +187,16 @@ std::vector<float> StreamingFrequency::update(const int64_t* ids, int64_t n, int
       if (seen > 0) gap_[h] = (1 - alpha_) * gap_[h] + alpha_ * seen;
     }
     last_[h] = static_cast<double>(step);
+    out[static_cast<size_t>(i)] = static_cast<float>(-std::log(std::max(gap_[h], 1.0)));
+  }
+  return out;
+}
+
+std::vector<float> StreamingFrequency::estimate(const int64_t* ids, int64_t n) const {
+  std::vector<float> out(static_cast<size_t>(n));
+  const auto H = static_cast<int64_t>(last_.size());
+  for (int64_t i = 0; i < n; ++i) {
+    auto h = static_cast<size_t>(((ids[i] % H) + H) % H);
     out[static_cast<size_t>(i)] = static_cast<float>(-std::log(std::max(gap_[h], 1.0)));
   }
   return out;

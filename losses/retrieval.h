@@ -83,12 +83,23 @@ torch::Tensor spread_out(const torch::Tensor& q);
 /// Streaming frequency estimation (Yi et al., RecSys 2019, Algorithm 2): per hashed id, A holds
 /// the last step it was seen and B the moving average of the gap between sightings; the
 /// sampling probability per step is estimated as 1 / B.
+/// log of a candidate column's expected number of occurrences among a step's candidates:
+/// `per_step` of them among the batch's positives (B p_j with click counts, the streaming
+/// estimate 1 / gap) plus `mixed` / `num_items` from `mixed` uniformly drawn negatives. The logQ
+/// correction subtracts it from the column's score; with no mixed negatives it is log p_j plus a
+/// constant.
+double log_expected_count(double per_step, double mixed, double num_items);
+
 class StreamingFrequency {
  public:
   StreamingFrequency(int64_t buckets, double alpha, double initial_gap);
   /// Updates with the ids seen at `step` (ids in a batch are processed left to right) and
-  /// returns log p for each of them.
+  /// returns log p for each of them: p = 1 / gap, the estimated chance per step that the id is
+  /// among the step's positives (about B p_j for a batch of B positives).
   std::vector<float> update(const int64_t* ids, int64_t n, int64_t step);
+  /// The current log p of each id, without counting them as seen (extra candidates that are not
+  /// positives of the step: mixed negatives).
+  std::vector<float> estimate(const int64_t* ids, int64_t n) const;
 
  private:
   std::vector<double> last_, gap_;

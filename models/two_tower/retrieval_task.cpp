@@ -716,20 +716,25 @@ class RetrievalTask : public train::Task {
     if (o_.loss.logq == LogQ::kNone) return out;
     float* p = out.data_ptr<float>();
     const double M = static_cast<double>(o_.loss.mixed_negatives), N = static_cast<double>(data_.num_items());
+    // Expected count of item j among the candidates: B p_j from the batch's positives plus
+    // M / N from the uniform negatives (losses::log_expected_count).
     if (o_.loss.logq == LogQ::kCounts) {
       for (int64_t j = 0; j < C; ++j) {
         double pj = static_cast<double>(std::max<int64_t>(data_.item_clicks[ids[j]], 1)) / static_cast<double>(total_clicks_);
-        // Expected count of item j among the candidates: B p_j from the batch plus M / N from
-        // the uniform negatives; with M = 0 this is log p_j plus a constant.
-        p[j] = static_cast<float>(std::log(static_cast<double>(n_batch) * pj + M / N));
+        p[j] = static_cast<float>(losses::log_expected_count(static_cast<double>(n_batch) * pj, M, N));
       }
     } else {
+      // The streaming estimate 1 / gap is already the expected count per step (about B p_j):
+      // it starts at B / N, a uniform item's. The mixed negatives' columns read the estimate
+      // without being counted as seen.
       if (!streaming_)
         streaming_ = std::make_unique<losses::StreamingFrequency>(o_.loss.streaming_buckets, o_.loss.streaming_alpha,
                                                                   static_cast<double>(data_.num_items()) / static_cast<double>(n_batch));
       auto est = streaming_->update(ids.data(), n_batch, step);
-      for (int64_t j = 0; j < n_batch; ++j) p[j] = std::log(static_cast<float>(n_batch) * std::exp(est[static_cast<size_t>(j)]) + static_cast<float>(M / N));
-      for (int64_t j = n_batch; j < C; ++j) p[j] = static_cast<float>(std::log(M / N + 1e-12));
+      auto extra = streaming_->estimate(ids.data() + n_batch, C - n_batch);
+      est.insert(est.end(), extra.begin(), extra.end());
+      for (int64_t j = 0; j < C; ++j)
+        p[j] = static_cast<float>(losses::log_expected_count(std::exp(static_cast<double>(est[static_cast<size_t>(j)])), M, N));
     }
     return out;
   }

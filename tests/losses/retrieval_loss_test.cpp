@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
+#include <random>
 
 #include "support.h"
 
@@ -206,6 +208,53 @@ TEST_CASE("spread_out matches float64", "[loss]") {
                 std::pow(2.36 / 3, 2) + (0.64 + 0.36 + 0.9216) / 3 - 0.5, 1e-6);
   require_close(spread_out(to_tensor(spread)).item<double>(), 1.0 / 9.0, 1e-6);
   require_close(spread_out(to_tensor(spread)).item<double>(), by_hand(spread), 1e-6);
+}
+
+TEST_CASE("streaming logQ estimates the candidates' expected counts that click counts give",
+          "[loss]") {
+  // A stationary stream: batches of B positives drawn from p_j proportional to (j + 1)^-1.1
+  // over N items. The logQ correction is log(B p_j + M / N) from the counts; the streaming
+  // estimate 1 / gap is already the expected count per step (about B p_j, below saturation),
+  // so log(1 / gap + M / N) must come out close to it, mixed negatives (M) included.
+  const int64_t N = 200, B = 64, steps = 6000;
+  const double M = 64;
+  std::vector<double> w(N);
+  for (int64_t j = 0; j < N; ++j) w[j] = std::pow(static_cast<double>(j + 1), -1.1);
+  const double total = std::accumulate(w.begin(), w.end(), 0.0);
+  std::mt19937_64 rng(7);
+  std::discrete_distribution<int64_t> draw(w.begin(), w.end());
+  StreamingFrequency f(1 << 12, 0.02, static_cast<double>(N) / static_cast<double>(B));
+  std::vector<int64_t> batch(B);
+  for (int64_t step = 0; step < steps; ++step) {
+    for (auto& id : batch) id = draw(rng);
+    f.update(batch.data(), B, step);
+  }
+  double sum_diff = 0;
+  int compared = 0;
+  for (int64_t j = 0; j < N; ++j) {
+    const double expected = static_cast<double>(B) * w[j] / total;
+    if (expected < 0.03 || expected > 0.3) continue;  // rare items: few sightings; head: saturated
+    const double counts = log_expected_count(expected, M, static_cast<double>(N));
+    const double streaming =
+        log_expected_count(std::exp(static_cast<double>(f.estimate(&j, 1)[0])), M, static_cast<double>(N));
+    INFO("item " << j << " B p_j " << expected);
+    CHECK(std::abs(streaming - counts) < 0.5);
+    sum_diff += std::abs(streaming - counts);
+    ++compared;
+  }
+  REQUIRE(compared >= 20);
+  CHECK(sum_diff / compared < 0.2);
+  // An id never seen reads the initial gap N / B: a uniform item's B / N, plus M / N.
+  const int64_t unseen = 1000003;
+  CHECK(log_expected_count(std::exp(static_cast<double>(f.estimate(&unseen, 1)[0])), M,
+                           static_cast<double>(N)) ==
+        Approx(std::log((static_cast<double>(B) + M) / static_cast<double>(N))).epsilon(1e-5));
+  // estimate() does not count a sighting.
+  const int64_t head = 0;
+  const float before = f.estimate(&head, 1)[0];
+  for (int k = 0; k < 5; ++k) CHECK(f.estimate(&head, 1)[0] == before);
+  // No mass at all stays finite.
+  CHECK(std::isfinite(log_expected_count(0.0, 0.0, 10.0)));
 }
 
 TEST_CASE("StreamingFrequency estimates 1/gap", "[loss]") {
