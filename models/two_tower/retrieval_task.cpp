@@ -24,6 +24,9 @@ using torch::Tensor;
 
 // ---------------------------------------------------------------- options
 
+// Smallest temperature of either loss (see parse_options).
+constexpr double kMinTemperature = 1e-6;
+
 struct ModelOptions {
   std::vector<std::string> user_features;  // empty = every user feature plus the history
   std::vector<std::string> item_features;  // empty = every item feature
@@ -136,7 +139,10 @@ Options parse_options(const Reader& root) {
   o.loss.streaming_alpha = st.get<double>("alpha", o.loss.streaming_alpha);
   o.loss.spread_out = l.get<double>("spread_out", 0.0);
   o.loss.cross_rank_negatives = l.get<bool>("cross_rank_negatives", o.loss.cross_rank_negatives);
-  if (!(o.loss.softmax.temperature() > 0)) l.fail("temperature", "must be positive");
+  // Scores are cosines over the temperature; below 1e-6 they pass 1e6 in magnitude and would
+  // approach the -1e9 that masks accidental hits.
+  if (!(o.loss.softmax.temperature() >= kMinTemperature))
+    l.fail("temperature", "must be at least 1e-6 (scores are cosines / temperature)");
   if (o.loss.mixed_negatives < 0) l.fail("mixed_negatives", "must be >= 0");
   if (o.loss.streaming_buckets < 1) st.fail("buckets", "must be at least 1");
   if (o.loss.streaming_alpha <= 0 || o.loss.streaming_alpha > 1) st.fail("alpha", "must be in (0, 1]");
@@ -155,7 +161,8 @@ Options parse_options(const Reader& root) {
   o.ssl.symmetric = s.get<bool>("symmetric", false);
   o.ssl_chain = augment::parse_chain(s, "augment");
   if (o.ssl.alpha < 0) s.fail("alpha", "must be >= 0 (0 disables the SSL loss)");
-  if (!(o.ssl.temperature > 0)) s.fail("temperature", "must be positive");
+  if (!(o.ssl.temperature >= kMinTemperature))
+    s.fail("temperature", "must be at least 1e-6 (scores are cosines / temperature)");
   if (o.ssl.batch_size < 0 || o.ssl.batch_size == 1) s.fail("batch_size", "must be 0 (= train.batch_size) or at least 2");
   if (o.ssl.mixture_uniform < 0 || o.ssl.mixture_uniform > 1) s.fail("mixture_uniform", "must be in [0, 1]");
   if (o.ssl.alpha > 0 && s.children("augment").empty())

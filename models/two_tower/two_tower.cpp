@@ -184,7 +184,10 @@ std::vector<TowerImpl::FeaturePlan> TowerImpl::plan(const std::vector<torch::Ten
   if (!options_.project_small_vocabularies() || inputs.size() != feats.size()) return out;
   for (size_t i = 0; i < feats.size(); ++i) {
     const auto& f = feats[i];
-    if (f.numeric || inputs[i].dim() < 1 || inputs[i].size(0) == 0) continue;
+    // Ids of another type than int64 (int32 takes the plain embedding path) stay direct.
+    if (f.numeric || inputs[i].scalar_type() != torch::kLong || inputs[i].dim() < 1 ||
+        inputs[i].size(0) == 0)
+      continue;
     // Per first-layer output column, forward + backward, in multiply-adds: direct = 3 x rows x
     // dim (product, weight and input gradients). Projecting the rows the batch uses costs at
     // most 3 x min(vocab, ids + 1) x dim, plus gathering (forward) and scattering (backward)

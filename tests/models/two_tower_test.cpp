@@ -309,6 +309,18 @@ TEST_CASE("Tower: projected rows and distinct bags compute the plain tower's fun
       auto dp = gp.is_sparse() ? gp.coalesce().to_dense() : gp;
       require_close(df, dp, 1e-12, 1e-12);
     }
+    // int32 ids take the plain embedding path: those features stay direct, same function.
+    {
+      torch::NoGradGuard g;
+      std::vector<torch::Tensor> in32 = in;
+      in32[1] = cats.to(torch::kInt32);
+      in32[5] = popular.to(torch::kInt32);
+      std::vector<int> v;
+      for (auto p : fast->first_layer_paths(in32)) v.push_back(static_cast<int>(p));
+      CHECK(v == std::vector<int>{direct, direct, rows, direct, rows, direct, bags});
+      require_close(fast->forward(in32), plain->forward(in32), 1e-12, 1e-12);
+      require_close(fast->forward(in32), plain->forward(in), 1e-12, 1e-12);
+    }
     // Rows the batch did not touch get no sparse gradient entries (lazy optimizer updates).
     if (sparse) {
       auto g = pf["encoder.emb_city"].grad().coalesce();
@@ -484,6 +496,26 @@ TEST_CASE("trainer: resume refuses a run directory without a checkpoint", "[mode
                                                 recsys::train::RunDir(dir / "empty"), /*resume=*/true),
                   recsys::DataError);
   spdlog::set_level(spdlog::level::info);
+}
+
+TEST_CASE("retrieval task: temperatures below 1e-6 are config errors naming the key", "[model]") {
+  // Scores are cosines / temperature; the masks of accidental hits (-1e9) must stay far below.
+  for (auto [override, key] : {std::pair{"loss.temperature=1e-9", "loss.temperature"},
+                               std::pair{"loss.temperature=0", "loss.temperature"},
+                               std::pair{"ssl.temperature=-1", "ssl.temperature"}}) {
+    INFO(override);
+    try {
+      // Checked while the experiment is parsed or, at the latest, when its task is built.
+      auto e = recsys::train::parse_experiment(tiny_config({override}));
+      e.build_task(e.seed);
+      FAIL("expected a ConfigError");
+    } catch (const recsys::ConfigError& err) {
+      CHECK(err.path() == key);
+      CHECK(std::string(err.what()).find("at least 1e-6") != std::string::npos);
+    }
+  }
+  auto ok = recsys::train::parse_experiment(tiny_config({"loss.temperature=1e-6"}));
+  CHECK_NOTHROW(ok.build_task(ok.seed));
 }
 
 TEST_CASE("trainer: a misspelt early-stopping metric is a config error before training", "[model]") {
