@@ -385,6 +385,23 @@ TEST_CASE("retrieval task: distinct positives train as the batch row by row", "[
   spdlog::set_level(spdlog::level::info);
 }
 
+TEST_CASE("retrieval task: distinct positives stay off where rows are not independent", "[model]") {
+  // Dropout draws a mask per row and Dice normalises with batch statistics: merging repeated
+  // positives would change the function, so model.distinct_positives must leave the batch as it
+  // is. Then the flag changes nothing: bit-identical losses.
+  spdlog::set_level(spdlog::level::warn);
+  for (const char* setting : {"model.dropout=0.2", R"(model.activation="dice")"}) {
+    std::vector<std::vector<double>> losses;
+    for (const char* distinct : {"true", "false"})
+      losses.push_back(train_losses(std::string("retrieval_rows_dependent_") + distinct,
+                                    {std::string("model.distinct_positives=") + distinct, setting}));
+    INFO(setting);
+    REQUIRE(losses[0].size() == 6);
+    CHECK(losses[0] == losses[1]);
+  }
+  spdlog::set_level(spdlog::level::info);
+}
+
 TEST_CASE("retrieval task: an empty validation split names the split key that emptied it", "[model]") {
   auto path_of_error = [](const std::vector<std::string>& overrides) -> std::string {
     auto e = recsys::train::parse_experiment(tiny_config(overrides));
