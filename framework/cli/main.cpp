@@ -6,6 +6,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <iostream>
 #include <sstream>
 #include <thread>
@@ -133,6 +134,9 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
     }
     lock = train::DirectoryLock(out);
   }
+  // An overwrite interrupted before its new run saved anything gave the old run back.
+  if (train::ReplacedRun::recover(out))
+    spdlog::warn("{}: an interrupted --overwrite had set its run aside; it is back", out);
   const bool holds = train::RunDir::holds_run(out);
   if (holds && !overwrite && !resume)
     throw UsageError("run directory '" + out + "' already holds a run; choose another --out, pass --resume to "
@@ -145,25 +149,35 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
     if (!out_given) extra = {"--out", out};
     return dist::launch(nproc, argv, extra, (fs::path(out) / ".dist_store").string());
   }
+  // Replaced as a whole (a failing new run must not leave its config next to the old results
+  // and checkpoints), the old run set aside until the new one has saved something of its own.
+  std::optional<train::ReplacedRun> replaced;
   if (holds && overwrite) {
-    // Replaced as a whole up front: a failing new run must not leave its config next to the old
-    // results and checkpoints.
-    std::error_code ec;
-    for (const char* f : {"results.json", "metrics.jsonl", "checkpoints/best.pt", "checkpoints/last.pt"})
-      fs::remove(fs::path(out) / f, ec);
+    try {
+      replaced.emplace(out);
+    } catch (const fs::filesystem_error& e) {
+      throw UsageError("--out '" + out + "': cannot set the old run aside: " + e.what());
+    }
   }
-  train::RunDir run_dir;
+  nlohmann::json results;
   try {
-    run_dir = train::RunDir(out);
-    setup_logging((run_dir.dir() / "log.txt").string(), log_level);
-  } catch (const fs::filesystem_error& e) {
-    throw UsageError("--out '" + out + "': cannot create the run directory: " + e.what());
-  } catch (const spdlog::spdlog_ex& e) {
-    throw UsageError("--out '" + out + "': cannot write its log.txt: " + e.what());
+    train::RunDir run_dir;
+    try {
+      run_dir = train::RunDir(out);
+      setup_logging((run_dir.dir() / "log.txt").string(), log_level);
+    } catch (const fs::filesystem_error& e) {
+      throw UsageError("--out '" + out + "': cannot create the run directory: " + e.what());
+    } catch (const spdlog::spdlog_ex& e) {
+      throw UsageError("--out '" + out + "': cannot write its log.txt: " + e.what());
+    }
+    spdlog::info("run directory {}", out);
+    if (ctx.active()) spdlog::info("data-parallel rank 0 of {} (c10d, Gloo)", ctx.world());
+    results = train::run_experiment(experiment, run_dir, resume, ctx);
+  } catch (...) {
+    if (replaced) replaced->settle_failed();
+    throw;
   }
-  spdlog::info("run directory {}", out);
-  if (ctx.active()) spdlog::info("data-parallel rank 0 of {} (c10d, Gloo)", ctx.world());
-  auto results = train::run_experiment(experiment, run_dir, resume, ctx);
+  if (replaced) replaced->keep_new();
   std::printf("\nTest metrics at the best validation step (%lld), %s:\n",
               static_cast<long long>(results["best_step"].get<int64_t>()), out.c_str());
   print_table(results["metrics"]);

@@ -134,4 +134,68 @@ void RunDir::write_results(const nlohmann::json& results) const {
   if (enabled()) write_atomic(dir_ / "results.json", results.dump(2) + "\n");
 }
 
+namespace {
+
+// What a run writes into its directory (the rest of DIR, exports for instance, stays).
+const char* const kRunFiles[] = {"config.json", "log.txt", "metrics.jsonl", "results.json", "checkpoints"};
+
+fs::path replaced_dir(const fs::path& dir) { return dir / ".replaced"; }
+
+// Moves the run files of `from` that exist into `to` (created), replacing what is there.
+void move_run_files(const fs::path& from, const fs::path& to) {
+  fs::create_directories(to);
+  for (const char* name : kRunFiles) {
+    std::error_code ec;
+    if (!fs::exists(from / name, ec)) continue;
+    fs::remove_all(to / name);
+    fs::rename(from / name, to / name);
+  }
+}
+
+// The new run's files, gone (before the old run's come back).
+void remove_run_files(const fs::path& dir) {
+  for (const char* name : kRunFiles) fs::remove_all(dir / name);
+}
+
+}  // namespace
+
+ReplacedRun::ReplacedRun(fs::path dir) : dir_(std::move(dir)) {
+  fs::remove_all(replaced_dir(dir_));  // a stale one: recover() found the new run had saved
+  move_run_files(dir_, replaced_dir(dir_));
+}
+
+void ReplacedRun::keep_new() {
+  std::error_code ec;
+  fs::remove_all(replaced_dir(dir_), ec);
+}
+
+void ReplacedRun::settle_failed() {
+  try {
+    if (RunDir::holds_run(dir_)) {
+      keep_new();
+      return;
+    }
+    remove_run_files(dir_);
+    move_run_files(replaced_dir(dir_), dir_);
+    fs::remove_all(replaced_dir(dir_));
+    spdlog::warn("the new run failed before saving anything: the run it was to replace in {} is back", dir_.string());
+  } catch (const std::exception& e) {
+    spdlog::error("could not give the replaced run back into {}: {}; its files are in {}", dir_.string(), e.what(),
+                  replaced_dir(dir_).string());
+  }
+}
+
+bool ReplacedRun::recover(const fs::path& dir) {
+  std::error_code ec;
+  if (dir.empty() || !fs::is_directory(replaced_dir(dir), ec)) return false;
+  if (RunDir::holds_run(dir)) {
+    fs::remove_all(replaced_dir(dir));
+    return false;
+  }
+  remove_run_files(dir);
+  move_run_files(replaced_dir(dir), dir);
+  fs::remove_all(replaced_dir(dir));
+  return true;
+}
+
 }  // namespace recsys::train

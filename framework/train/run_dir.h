@@ -60,4 +60,24 @@ class RunDir {
   std::filesystem::path dir_;
 };
 
+/// `--overwrite` without losing the old run to a new one that fails: the old run's files
+/// (config.json, log.txt, metrics.jsonl, results.json, checkpoints/) are moved into
+/// DIR/.replaced/ before the new run starts. keep_new() deletes them once the new run has
+/// finished; on failure, settle_failed() gives them back when the new run saved nothing of its
+/// own (no checkpoint, no results), and otherwise keeps the new run's checkpoints (for --resume)
+/// and deletes the old. A process killed in between leaves DIR/.replaced/: recover() (called
+/// before any run starts in DIR) moves it back when DIR holds no run, or deletes it when the new
+/// run had saved something.
+class ReplacedRun {
+ public:
+  explicit ReplacedRun(std::filesystem::path dir);
+  void keep_new();
+  void settle_failed();
+  /// Returns true when it gave an interrupted overwrite's old run back.
+  static bool recover(const std::filesystem::path& dir);
+
+ private:
+  std::filesystem::path dir_;
+};
+
 }  // namespace recsys::train

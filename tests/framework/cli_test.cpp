@@ -416,6 +416,51 @@ TEST_CASE("cli: a run directory held by a running process is refused", "[cli]") 
   CHECK(third.code == 0);
 }
 
+TEST_CASE("cli: --overwrite keeps the old run until the new one has saved something", "[cli]") {
+  if (!have_binary()) return;
+  auto dir = recsys::testing::temp_dir("cli_overwrite");
+  const std::string out = (dir / "run").string();
+  const auto run_dir = dir / "run";
+  auto slurp = [](const fs::path& f) {
+    std::ifstream in(f, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string train = "train configs/tests/twotower_tiny.json --set train.epochs=1 --set train.progress=none ";
+  auto first = run(train + "--set train.checkpoints=true --out " + out);
+  REQUIRE(first.code == 0);
+  const auto results = slurp(run_dir / "results.json"), config = slurp(run_dir / "config.json");
+  const auto best = slurp(run_dir / "checkpoints" / "best.pt");
+  REQUIRE(!best.empty());
+  auto unchanged = [&] {
+    CHECK(slurp(run_dir / "results.json") == results);
+    CHECK(slurp(run_dir / "config.json") == config);
+    CHECK(slurp(run_dir / "checkpoints" / "best.pt") == best);
+    CHECK(fs::exists(run_dir / "metrics.jsonl"));
+    CHECK_FALSE(fs::exists(run_dir / ".replaced"));
+  };
+  // A new run that fails on its data before saving anything (a split that leaves validation
+  // empty, found while the task is built): exit 2, the old run is back whole.
+  auto bad = run(train + "--set data.split.min_positives=1000 --overwrite --out " + out);
+  INFO("stderr: " << bad.err);
+  CHECK(bad.code == 2);
+  unchanged();
+  // An overwrite killed after setting the old run aside (the state it leaves): the next command
+  // in the directory gives it back, and refuses to overwrite nothing by accident.
+  fs::create_directories(run_dir / ".replaced");
+  for (const char* f : {"config.json", "log.txt", "metrics.jsonl", "results.json", "checkpoints"})
+    fs::rename(run_dir / f, run_dir / ".replaced" / f);
+  auto again = run(train + "--out " + out);
+  CHECK(again.code == 2);  // the directory holds the old run again: neither --resume nor --overwrite
+  CHECK(again.err.find("already holds a run") != std::string::npos);
+  unchanged();
+  // A new run that succeeds replaces the old one; nothing is left aside.
+  auto good = run(train + "--set train.checkpoints=true --set seed=5 --overwrite --out " + out);
+  CHECK(good.code == 0);
+  CHECK(slurp(run_dir / "config.json") != config);
+  CHECK(fs::exists(run_dir / "results.json"));
+  CHECK_FALSE(fs::exists(run_dir / ".replaced"));
+}
+
 TEST_CASE("cli: a data-parallel rank 0 started by hand takes the run directory's lock", "[cli][dist]") {
   if (!have_binary()) return;
   // Ranks started with RECSYS_RANK / RECSYS_WORLD_SIZE / RECSYS_STORE set by hand (no launcher
