@@ -236,8 +236,19 @@ torch::Tensor generator_row(const torch::Generator& forward) {
 
 }  // namespace
 
+void Trainer::check_parameters() const {
+  torch::NoGradGuard no_grad;
+  for (const auto& item : task_.module().named_parameters()) {
+    if (!torch::isfinite(item.value()).all().item<bool>())
+      throw NumericError("parameter " + item.key() + " holds NaN or infinite values after step " +
+                         std::to_string(state_.step) + " (the model diverged)" + kDivergedAdvice);
+  }
+}
+
 void Trainer::validate() {
   check_pending_loss();
+  // Every rank holds the same parameters, so every rank stops alike.
+  check_parameters();
   auto& s = state_;
   // Once per step: a run resumed from a checkpoint written at an epoch's last step would
   // otherwise validate that step again at the epoch's end.

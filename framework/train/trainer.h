@@ -138,6 +138,10 @@ class Trainer {
   /// anything computed from it is saved.
   void check_loss(const torch::Tensor& loss);
   void check_pending_loss();
+  /// NumericError naming the first parameter with a NaN or infinity: a step can leave a finite
+  /// loss and a diverged model (the loss is computed before the update), which must be neither
+  /// validated, saved nor reported.
+  void check_parameters() const;
 
   Task& task_;
   TrainerOptions options_;

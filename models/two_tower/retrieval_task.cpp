@@ -524,7 +524,18 @@ class RetrievalTask : public train::Task {
       move_all(inputs, device_);
       chunks.push_back(model_->item(inputs));
     }
-    return torch::cat(chunks, 0);
+    return finite_outputs(torch::cat(chunks, 0), "item");
+  }
+
+  /// A tower's outputs, refused when any is NaN or infinite: a diverged model (parameters grown
+  /// past float range make the normalisation overflow) would otherwise be ranked, reported and
+  /// saved as if it were a model.
+  static Tensor finite_outputs(Tensor out, const char* tower) {
+    if (!torch::isfinite(out).all().item<bool>())
+      throw NumericError(std::string("the ") + tower +
+                         " tower's outputs hold NaN or infinite values: the model diverged (lower "
+                         "train.optimizer.lr or set train.optimizer.grad_clip)");
+    return out;
   }
 
   /// What each user is known to have clicked before the split: training positives, plus the
@@ -542,7 +553,7 @@ class RetrievalTask : public train::Task {
   Tensor user_embeddings(const std::vector<int64_t>& users, const std::vector<std::vector<int64_t>>& known) {
     auto inputs = user_inputs(users, known);
     move_all(inputs, device_);
-    return model_->user(inputs);
+    return finite_outputs(model_->user(inputs), "user");
   }
 
   /// Ranks the catalogue for every user with held-out items in the split (every user with

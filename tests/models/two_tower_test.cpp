@@ -2,10 +2,12 @@
 #include <spdlog/spdlog.h>
 
 #include <fstream>
+#include <limits>
 
 #include "framework/cli/commands.h"
 #include "framework/config/config.h"
 #include "framework/train/experiment.h"
+#include "framework/train/trainer.h"
 #include "models/layers/embedding.h"
 #include "models/two_tower/two_tower.h"
 #include "support.h"
@@ -190,6 +192,35 @@ TEST_CASE("trainer: a non-finite loss between log lines ends the run before anyt
   CHECK_FALSE(fs::exists(dir / "run" / "checkpoints" / "best.pt"));
   CHECK_FALSE(fs::exists(dir / "run" / "checkpoints" / "last.pt"));
   CHECK_FALSE(fs::exists(dir / "run" / "results.json"));
+}
+
+TEST_CASE("trainer: a model diverged after a finite loss is neither validated nor saved", "[model]") {
+  // One step at lr 1e20: its loss was finite (computed before the update), the update leaves
+  // parameters near 1e20 (finite) whose squares overflow in the towers' normalisation, so every
+  // output is NaN. Validation must stop there: exit 2 material, no checkpoint, no results.
+  spdlog::set_level(spdlog::level::off);
+  auto dir = recsys::testing::temp_dir("retrieval_diverged");
+  auto e = recsys::train::parse_experiment(tiny_config(
+      {"train.optimizer.lr=1e20", "train.max_steps=1", "train.checkpoints=true"}));
+  CHECK_THROWS_WITH(recsys::train::run_experiment(e, recsys::train::RunDir(dir / "run")),
+                    Catch::Contains("tower's outputs hold NaN or infinite values"));
+  spdlog::set_level(spdlog::level::info);
+  CHECK_FALSE(fs::exists(dir / "run" / "checkpoints" / "best.pt"));
+  CHECK_FALSE(fs::exists(dir / "run" / "checkpoints" / "last.pt"));
+  CHECK_FALSE(fs::exists(dir / "run" / "results.json"));
+  // NaN parameters themselves are named before anything is evaluated.
+  auto task_dir = recsys::testing::temp_dir("retrieval_nan_parameter");
+  auto e2 = recsys::train::parse_experiment(tiny_config({"train.max_steps=2", "train.checkpoints=true"}));
+  auto task = e2.build_task(e2.seed);
+  {
+    torch::NoGradGuard g;
+    task->module().parameters().back().view(-1)[0] = std::numeric_limits<float>::quiet_NaN();
+  }
+  recsys::train::Trainer trainer(*task, e2.trainer, recsys::train::RunDir(task_dir / "run"), e2.config, e2.seed);
+  spdlog::set_level(spdlog::level::off);
+  CHECK_THROWS_WITH(trainer.validate(), Catch::Contains("holds NaN or infinite values after step 0"));
+  spdlog::set_level(spdlog::level::info);
+  CHECK_FALSE(fs::exists(task_dir / "run" / "checkpoints" / "best.pt"));
 }
 
 TEST_CASE("unique_bags finds each distinct row once, in order of appearance", "[model]") {
