@@ -23,10 +23,12 @@ void write_atomic(const fs::path& path, const std::string& text) {
   try {
     {
       std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      if (!out) throw std::runtime_error("cannot write " + tmp.string());
-      out << text;
+      if (!out) throw std::runtime_error("cannot write " + tmp.string() + ": " + std::strerror(errno));
+      out.write(text.data(), static_cast<std::streamsize>(text.size()));
       out.flush();
-      if (!out) throw std::runtime_error("failed writing " + tmp.string());
+      if (!out) throw std::runtime_error("failed writing " + tmp.string() + ": " + std::strerror(errno));
+      out.close();
+      if (!out) throw std::runtime_error("failed closing " + tmp.string() + ": " + std::strerror(errno));
     }
     fs::rename(tmp, path);
   } catch (...) {
@@ -97,6 +99,10 @@ void RunDir::append_metrics(const nlohmann::json& record) const {
   if (!enabled()) return;
   std::ofstream out(dir_ / "metrics.jsonl", std::ios::app);
   out << record.dump() << "\n";
+  out.flush();
+  if (!out)
+    throw DataError((dir_ / "metrics.jsonl").string(), 0,
+                    std::string("cannot append the record: ") + std::strerror(errno));
 }
 
 void RunDir::reset_metrics() const {

@@ -334,11 +334,21 @@ void Trainer::save_checkpoint(const std::string& name) const {
     archive.write("trainer.device_gen_state", device_gen.get_state());
   }
   archive.write("config", c10::IValue(config_.dump()));
+  // Serialised into memory, then written by write_atomic (a temporary beside it, renamed): a
+  // write that fails (a full disk) throws here with the file named, leaves no partial file and
+  // the previous checkpoint intact. (LibTorch's own file writer aborts the process when a write
+  // fails: its destructor throws again.)
+  std::string bytes;
+  archive.save_to([&bytes](const void* data, size_t n) {
+    bytes.append(static_cast<const char*>(data), n);
+    return n;
+  });
   auto path = run_dir_.checkpoints() / name;
-  auto tmp = path;
-  tmp += ".tmp";
-  archive.save_to(tmp.string());
-  std::filesystem::rename(tmp, path);
+  try {
+    write_atomic(path, bytes);
+  } catch (const std::exception& e) {
+    throw DataError(path.string(), 0, std::string("cannot write the checkpoint: ") + e.what());
+  }
 }
 
 namespace {

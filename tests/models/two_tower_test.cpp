@@ -4,6 +4,8 @@
 #include <fstream>
 #include <limits>
 
+#include <unistd.h>
+
 #include "framework/cli/commands.h"
 #include "framework/config/config.h"
 #include "framework/train/experiment.h"
@@ -221,6 +223,35 @@ TEST_CASE("trainer: a model diverged after a finite loss is neither validated no
   CHECK_THROWS_WITH(trainer.validate(), Catch::Contains("holds NaN or infinite values after step 0"));
   spdlog::set_level(spdlog::level::info);
   CHECK_FALSE(fs::exists(task_dir / "run" / "checkpoints" / "best.pt"));
+}
+
+TEST_CASE("trainer: a checkpoint that cannot be written is an error naming it; the previous one stays",
+          "[model]") {
+  // write_atomic's temporary beside last.pt made unwritable (a directory of its name) stands in
+  // for a full disk: the save fails with DataError naming the file (exit 2), and the last.pt
+  // written before is untouched, with no partial file left.
+  auto dir = recsys::testing::temp_dir("retrieval_checkpoint_write");
+  auto e = recsys::train::parse_experiment(tiny_config({"train.checkpoints=true"}));
+  auto task = e.build_task(e.seed);
+  recsys::train::Trainer trainer(*task, e.trainer, recsys::train::RunDir(dir / "run"), e.config, e.seed);
+  spdlog::set_level(spdlog::level::off);
+  trainer.state().step = 1;
+  trainer.validate();
+  const auto last = dir / "run" / "checkpoints" / "last.pt";
+  REQUIRE(fs::exists(last));
+  std::ifstream before_in(last, std::ios::binary);
+  const std::string before((std::istreambuf_iterator<char>(before_in)), {});
+  auto blocker = last;
+  blocker += ".tmp" + std::to_string(::getpid());
+  fs::create_directories(blocker);
+  trainer.state().step = 2;
+  CHECK_THROWS_WITH(trainer.validate(), Catch::Contains("last.pt: cannot write the checkpoint"));
+  spdlog::set_level(spdlog::level::info);
+  std::ifstream after_in(last, std::ios::binary);
+  CHECK(std::string((std::istreambuf_iterator<char>(after_in)), {}) == before);
+  fs::remove_all(blocker);
+  for (auto& f : fs::directory_iterator(dir / "run" / "checkpoints"))
+    CHECK(f.path().filename().string().find(".tmp") == std::string::npos);
 }
 
 TEST_CASE("unique_bags finds each distinct row once, in order of appearance", "[model]") {
