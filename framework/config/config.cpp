@@ -29,6 +29,12 @@ Json parse_file(const std::string& path) {
     if (pos != std::string::npos) what = what.substr(pos + 3);
     throw DataError(path, line_of_offset(text, e.byte > 0 ? e.byte - 1 : 0),
                     "invalid JSON: " + what);
+  } catch (const Json::out_of_range& e) {
+    // A number beyond a double's range (1e400): the parser reports no position.
+    std::string what = e.what();
+    auto pos = what.find("] ");
+    if (pos != std::string::npos) what = what.substr(pos + 2);
+    throw DataError(path, 0, "invalid JSON: " + what);
   }
 }
 
@@ -115,6 +121,8 @@ void apply_override(Json& config, const std::string& assignment) {
     value = Json::parse(text);
   } catch (const Json::parse_error&) {
     value = text;
+  } catch (const Json::out_of_range&) {
+    throw ConfigError(key, "'" + text + "' is a number beyond a double's range");
   }
   Json* node = &config;
   std::string path;

@@ -99,6 +99,24 @@ TEST_CASE("a JSON syntax error names file and line", "[config]") {
   }
 }
 
+TEST_CASE("a number beyond a double's range names the file or the --set key", "[config]") {
+  auto dir = recsys::testing::temp_dir("config_overflow");
+  auto path = (dir / "big.json").string();
+  write_file(dir / "big.json", "{\"train\": {\"optimizer\": {\"lr\": 1e400}}}\n");
+  try {
+    recsys::config::load_file(path);
+    FAIL("expected a DataError");
+  } catch (const DataError& e) {
+    CHECK(e.file() == path);
+    CHECK(contains(e.what(), "number overflow"));
+  }
+  Json j = Json::object();
+  auto e = config_error([&] { recsys::config::apply_override(j, "train.optimizer.lr=-1e400"); });
+  CHECK(e.path() == "train.optimizer.lr");
+  CHECK(contains(e.what(), "beyond a double's range"));
+  CHECK(j.empty());
+}
+
 TEST_CASE("a missing config file is a ConfigError", "[config]") {
   auto e = config_error([] { recsys::config::load_file("does/not/exist.json"); });
   CHECK(contains(e.what(), "does/not/exist.json"));
