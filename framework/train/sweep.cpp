@@ -239,6 +239,55 @@ std::vector<SweepRun> expand_sweep(const json& sweep, const std::vector<std::str
   return selected;
 }
 
+namespace {
+
+/// Before any run trains: the first selected run still to train has its task built (its data loaded). A data error
+/// there ends the sweep at once (exit 2) when every selected run reads the same data (each would
+/// fail alike); the sweep's "metrics" must be names the task reports (a misspelt one would give
+/// an empty column after every run has trained).
+void preflight(const json& sweep, const std::vector<SweepRun>& runs, const std::map<std::string, json>& configs,
+               const fs::path& out) {
+  // The first run still to train (none: everything finished earlier, nothing to check).
+  auto next = std::find_if(runs.begin(), runs.end(), [&](const SweepRun& r) {
+    return !fs::exists(out / "runs" / r.name / "results.json");
+  });
+  if (next == runs.end()) return;
+  const json& first = configs.at(next->name);
+  std::unique_ptr<Task> task;
+  try {
+    auto e = parse_experiment(first);
+    task = e.build_task(e.seed);
+  } catch (const DataError&) {
+    const json data = first.value("data", json());
+    const bool shared = std::all_of(runs.begin(), runs.end(), [&](const SweepRun& r) {
+      return configs.at(r.name).value("data", json()) == data;
+    });
+    if (shared) throw;  // every run reads this data: none could train
+    return;             // the runs that read other data go on; this one fails in its turn
+  } catch (const std::exception&) {
+    return;  // reported by the run itself, with the others
+  }
+  const auto names = task->metric_names();
+  if (!sweep.contains("metrics") || names.empty()) return;
+  const json& ms = sweep["metrics"];
+  for (size_t i = 0; i < ms.size(); ++i) {
+    const auto m = ms[i].get<std::string>();
+    if (std::find(names.begin(), names.end(), m) != names.end()) continue;
+    std::string known;
+    for (auto& n : names) known += (known.empty() ? "" : ", ") + n;
+    throw ConfigError("metrics[" + std::to_string(i) + "]",
+                      "metric '" + m + "' is not reported by the runs' task (known: " + known + ")");
+  }
+}
+
+/// A run that failed on its input (config, data, usage, a diverging loss): what the user fixes.
+bool input_error(const std::exception& e) {
+  return dynamic_cast<const ConfigError*>(&e) || dynamic_cast<const DataError*>(&e) ||
+         dynamic_cast<const UsageError*>(&e) || dynamic_cast<const NumericError*>(&e);
+}
+
+}  // namespace
+
 int run_sweep(const SweepOptions& options) {
   json sweep = config::load_file(options.sweep_path);
   // All runs, whatever --only selects: finished ones are checked and summarised with the rest.
@@ -274,11 +323,12 @@ int run_sweep(const SweepOptions& options) {
   } catch (const fs::filesystem_error& e) {
     throw UsageError("--out '" + out + "': cannot create the sweep directory: " + e.what());
   }
+  preflight(sweep, runs, configs, out);
   json record = sweep;
   record["resolved_base"] = base.string();
   record["cli_overrides"] = options.overrides;
   write_atomic(fs::path(out) / "sweep.json", record.dump(2) + "\n");
-  int failed = 0, skipped = 0, done = 0, busy = 0;
+  int failed = 0, skipped = 0, done = 0, busy = 0, input_failures = 0;
   auto t0 = std::chrono::steady_clock::now();
   for (size_t i = 0; i < runs.size(); ++i) {
     const auto& r = runs[i];
@@ -319,6 +369,7 @@ int run_sweep(const SweepOptions& options) {
       std::fflush(stdout);
     } catch (const std::exception& ex) {
       ++failed;
+      if (input_error(ex)) ++input_failures;
       std::printf("[%zu/%zu] %-40s FAILED: %s\n", i + 1, runs.size(), r.name.c_str(), ex.what());
       // Failing to save the reason must not end the sweep: the other runs go on.
       try {
@@ -331,8 +382,10 @@ int run_sweep(const SweepOptions& options) {
   }
   setup_logging("", "info");
   summarize_sweep(sweep, all, out, options.report);
-  std::printf("sweep: %d trained, %d skipped (finished earlier), %d failed%s; results in %s/results.md\n", done,
-              skipped, failed, busy ? fmt::format(", {} being trained elsewhere", busy).c_str() : "", out.c_str());
+  const bool summary = fs::exists(fs::path(out) / "results.md");
+  std::printf("sweep: %d trained, %d skipped (finished earlier), %d failed%s; %s\n", done, skipped, failed,
+              busy ? fmt::format(", {} being trained elsewhere", busy).c_str() : "",
+              summary ? ("results in " + out + "/results.md").c_str() : "no run has results to summarise");
   // The chart is optional: it needs python3 with matplotlib.
   char exe[4096] = {0};
   ssize_t n = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -345,7 +398,9 @@ int run_sweep(const SweepOptions& options) {
       if (std::system(cmd.c_str()) != 0) spdlog::warn("no chart from {} (needs python3 with matplotlib and recall@K/head|tail metrics)", script.string());
     }
   }
-  return failed == 0 ? 0 : 1;
+  // 2 when every failure was the input's (as `recsys train` exits), 1 when any was internal.
+  if (failed == 0) return 0;
+  return input_failures == failed ? 2 : 1;
 }
 
 void summarize_sweep(const json& sweep, const std::vector<SweepRun>& runs, const std::string& out,

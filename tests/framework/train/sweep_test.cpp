@@ -270,3 +270,57 @@ TEST_CASE("sweep: a run held by another process is skipped, not failed, and trai
   REQUIRE(train::run_sweep(o) == 0);
   CHECK(fs::exists(run / "results.json"));
 }
+
+TEST_CASE("sweep: a data error every run shares, or a metric no run reports, ends it before training",
+          "[sweep]") {
+  cli::register_builtins();
+  auto trained_nothing = [](const fs::path& out) {
+    std::error_code ec;
+    for (auto& f : fs::recursive_directory_iterator(out / "runs", ec)) {
+      INFO(f.path().string());
+      CHECK(f.path().filename() != "error.txt");
+      CHECK(f.path().filename() != "results.json");
+    }
+  };
+  json variants = json::array({{{"name", "a"}}, {{"name", "b"}, {"set", {{"train.optimizer.lr", 0.01}}}}});
+  {
+    // Every run reads the same (missing) MovieLens directory: the first one's data load fails,
+    // and the sweep stops there with the DataError (exit 2) instead of failing each run in turn.
+    auto dir = testing::temp_dir("sweep_shared_data_error");
+    json sweep = {{"base", fs::absolute("configs/experiments/twotower_movielens.json").string()},
+                  {"variants", variants}};
+    auto o = options_for(dir, sweep);
+    o.overrides = {"data.path=\"" + (dir / "nowhere").string() + "\""};
+    CHECK_THROWS_AS(train::run_sweep(o), DataError);
+    trained_nothing(o.out_dir);
+  }
+  {
+    // A metric the task does not report (recal@5): named by its path before anything trains.
+    auto dir = testing::temp_dir("sweep_unknown_metric");
+    auto o = options_for(dir, tiny_sweep({{"variants", variants}, {"metrics", {"recall@20", "recal@5"}}}));
+    std::string message;
+    CHECK(error_path([&] { train::run_sweep(o); }, &message) == "metrics[1]");
+    CHECK(message.find("recall@5") != std::string::npos);  // the known names are listed
+    trained_nothing(o.out_dir);
+    // Known names pass.
+    auto ok = options_for(testing::temp_dir("sweep_known_metric"),
+                          tiny_sweep({{"variants", json::array({{{"name", "a"}}})}, {"metrics", {"recall@20/tail"}}}));
+    CHECK(train::run_sweep(ok) == 0);
+  }
+}
+
+TEST_CASE("sweep: exit status 2 when every failed run failed on its input", "[sweep]") {
+  cli::register_builtins();
+  // The second variant's loss diverges (NumericError): the sweep ends with 2, like `recsys train`,
+  // and the first variant's results are summarised.
+  auto dir = testing::temp_dir("sweep_input_failure");
+  json variants = json::array({{{"name", "ok"}}, {{"name", "bad"}, {"set", {{"train.optimizer.lr", 1e30}}}}});
+  auto o = options_for(dir, tiny_sweep({{"variants", variants}}));
+  CHECK(train::run_sweep(o) == 2);
+  const auto runs = train::expand_sweep(tiny_sweep({{"variants", variants}}), {});
+  REQUIRE(runs.size() == 2);
+  CHECK(fs::exists(fs::path(o.out_dir) / "runs" / runs[0].name / "results.json"));
+  CHECK(fs::exists(fs::path(o.out_dir) / "runs" / runs[1].name / "error.txt"));
+  CHECK(fs::exists(fs::path(o.out_dir) / "results.md"));
+}
+
