@@ -109,7 +109,7 @@ void RunDir::reset_metrics() const {
   if (enabled()) std::ofstream(dir_ / "metrics.jsonl", std::ios::trunc);
 }
 
-void RunDir::truncate_metrics(int64_t step) const {
+void RunDir::truncate_metrics(int64_t step, int64_t drop_valid_at) const {
   if (!enabled() || !fs::exists(dir_ / "metrics.jsonl")) return;
   std::ifstream in(dir_ / "metrics.jsonl");
   std::string kept, line;
@@ -122,6 +122,9 @@ void RunDir::truncate_metrics(int64_t step) const {
       break;  // a line cut short by the interruption: nothing after it is kept
     }
     if (record.value("split", "") == "test" || record.value("step", int64_t{0}) > step) continue;
+    if (drop_valid_at >= 0 && record.value("split", "") == "valid" &&
+        record.value("step", int64_t{0}) == drop_valid_at)
+      continue;
     kept += line + "\n";
   }
   write_atomic(dir_ / "metrics.jsonl", kept);

@@ -51,7 +51,9 @@ class RunDir {
   void reset_metrics() const;
   /// Keeps the records of metrics.jsonl up to `step` (a resumed run redoes what came later; the
   /// test record of an earlier end goes too); rewritten atomically.
-  void truncate_metrics(int64_t step) const;
+  /// `drop_valid_at` >= 0: the validation record of that step goes too (a validation a
+  /// resumed run forgets).
+  void truncate_metrics(int64_t step, int64_t drop_valid_at = -1) const;
   /// True when `dir` already holds a finished run or checkpoints.
   static bool holds_run(const std::filesystem::path& dir);
   void write_results(const nlohmann::json& results) const;

@@ -263,6 +263,10 @@ void Trainer::validate() {
     s.early_stopped = s.stop;
     return;
   }
+  // Eval at the end of an epoch that max_steps cut short: what the run had before it is kept for
+  // a resumed run (see cut_validation_).
+  cut_validation_ = options_.eval_every == 0 && epoch_cut_short_ && !fallback_validation_;
+  if (cut_validation_) before_cut_ = s;
   Metrics m = task_.evaluate("valid");
   task_.module().train();
   nlohmann::json rec = {{"step", s.step}, {"epoch", s.epoch + 1}, {"split", "valid"},
@@ -289,13 +293,20 @@ void Trainer::validate() {
     s.best_valid = m;
     s.evals_since_best = 0;
     snapshot_best();
-    if (options_.checkpoints && run_dir_.enabled()) save_checkpoint("best.pt");
+    if (options_.checkpoints && run_dir_.enabled()) {
+      // The best.pt before a cut's validation is what a resumed run goes back to.
+      const auto best = run_dir_.checkpoints() / "best.pt";
+      if (cut_validation_ && std::filesystem::exists(best))
+        std::filesystem::rename(best, run_dir_.checkpoints() / "best_before_cut.pt");
+      save_checkpoint("best.pt");
+    }
   } else if (++s.evals_since_best >= es.patience && es.patience > 0) {
     spdlog::info("early stopping: {} did not improve for {} evaluations", es.metric, es.patience);
     s.stop = true;
     s.early_stopped = true;
   }
   if (options_.checkpoints && run_dir_.enabled()) save_checkpoint("last.pt");
+  cut_validation_ = false;
   dist_.broadcast_flag(s.stop);
 }
 
@@ -318,6 +329,18 @@ void Trainer::save_checkpoint(const std::string& name) const {
   archive.write("trainer.early_stopped", torch::tensor(static_cast<int64_t>(s.early_stopped)));
   archive.write("trainer.world_size", torch::tensor(static_cast<int64_t>(dist_.world())));
   archive.write("trainer.fallback", torch::tensor(static_cast<int64_t>(fallback_validation_)));
+  archive.write("trainer.cut", torch::tensor(static_cast<int64_t>(cut_validation_)));
+  // The loss of the last logged step: the next validation record reports it, resumed or not.
+  archive.write("trainer.last_loss", torch::tensor(s.last_loss, torch::kFloat64));
+  if (cut_validation_) {
+    const auto& b = before_cut_;
+    archive.write("trainer.cut.best_value", torch::tensor(b.best_value, torch::kFloat64));
+    archive.write("trainer.cut.best_step", torch::tensor(b.best_step));
+    archive.write("trainer.cut.best_epoch", torch::tensor(b.best_epoch));
+    archive.write("trainer.cut.evals_since_best", torch::tensor(b.evals_since_best));
+    archive.write("trainer.cut.early_stopped", torch::tensor(static_cast<int64_t>(b.early_stopped)));
+    archive.write("trainer.cut.best_valid", c10::IValue(nlohmann::json(b.best_valid).dump()));
+  }
   archive.write("trainer.best_value", torch::tensor(s.best_value, torch::kFloat64));
   archive.write("trainer.best_step", torch::tensor(s.best_step));
   archive.write("trainer.best_epoch", torch::tensor(s.best_epoch));
@@ -428,6 +451,28 @@ void Trainer::resume(const std::filesystem::path& from) {
     return t;
   };
   auto& s = state_;
+  // last.pt written by the validation at the end of an epoch that max_steps cut short: a run
+  // that goes on past that step would not have made that validation, so it goes back to the
+  // bookkeeping and the best.pt from before it (kept as best_before_cut.pt when it replaced one).
+  // A run resumed at the same limit keeps it (it ends where the cut run ended).
+  bool undo_cut = false;
+  {
+    torch::serialize::InputArchive head;
+    open_checkpoint(head, last, device_);
+    torch::Tensor cut, step;
+    if (head.try_read("trainer.cut", cut) && cut.item<int64_t>() != 0) {
+      const int64_t at = read(head, last.string(), "trainer.step").item<int64_t>();
+      undo_cut = options_.max_steps == 0 || options_.max_steps > at;
+      if (undo_cut && dist_.leader()) {  // rank 0 owns the run directory's files
+        const auto kept = dir / "checkpoints" / "best_before_cut.pt";
+        const int64_t best_before = read(head, last.string(), "trainer.cut.best_step").item<int64_t>();
+        if (fs::exists(kept))
+          fs::rename(kept, best);
+        else if (best_before < 0)
+          fs::remove(best);  // the cut's validation made the run's first best state
+      }
+    }
+  }
   // The best state first (kept in memory for the end of training), then the last one.
   int64_t best_file_step = -1;
   if (fs::exists(best)) {
@@ -462,6 +507,21 @@ void Trainer::resume(const std::filesystem::path& from) {
   if (!archive.try_read("trainer.best_valid", best_valid))
     throw DataError(file, 0, "checkpoint lacks 'trainer.best_valid'");
   s.best_valid = nlohmann::json::parse(best_valid.toStringRef()).get<Metrics>();
+  torch::Tensor last_loss;
+  if (archive.try_read("trainer.last_loss", last_loss)) s.last_loss = last_loss.item<double>();
+  if (undo_cut) {
+    s.best_value = read(archive, file, "trainer.cut.best_value").item<double>();
+    s.best_step = read(archive, file, "trainer.cut.best_step").item<int64_t>();
+    s.best_epoch = read(archive, file, "trainer.cut.best_epoch").item<int64_t>();
+    s.evals_since_best = read(archive, file, "trainer.cut.evals_since_best").item<int64_t>();
+    s.early_stopped = read(archive, file, "trainer.cut.early_stopped").item<int64_t>() != 0;
+    c10::IValue before;
+    if (!archive.try_read("trainer.cut.best_valid", before))
+      throw DataError(file, 0, "checkpoint lacks 'trainer.cut.best_valid'");
+    s.best_valid = nlohmann::json::parse(before.toStringRef()).get<Metrics>();
+    if (s.best_step < 0) best_params_.clear();
+    forget_valid_at_ = s.step;
+  }
   gen_.set_state(read(archive, file, "trainer.gen_state"));
   set_default_generator_state(read(archive, file, "trainer.default_gen_state"));
   if (device_.is_cuda()) {
@@ -527,7 +587,7 @@ nlohmann::json Trainer::fit() {
   auto& s = state_;
   run_dir_.write_config(config_);
   if (resumed_)  // records written after the checkpoint are redone
-    run_dir_.truncate_metrics(forget_from_step_ >= 0 ? forget_from_step_ - 1 : s.step);
+    run_dir_.truncate_metrics(forget_from_step_ >= 0 ? forget_from_step_ - 1 : s.step, forget_valid_at_);
   else
     run_dir_.reset_metrics();
   task_.module().train();
@@ -604,8 +664,13 @@ nlohmann::json Trainer::fit() {
       }
     }
     s.epoch_complete = !s.stop;  // a checkpoint written by the epoch-end validation resumes after it
+    // Whether the epoch still had batches when the loop stopped (max_steps inside it): its
+    // end-of-epoch validation is then one that a longer run would not make (cut_validation_).
+    epoch_cut_short_ = false;
+    if (s.stop) epoch_cut_short_ = dist_.active() ? own < per_rank : stream->next() != nullptr;
     // Validate at the end of a truncated epoch too, so max_steps runs still pick a best state.
     for (auto& h : hooks_) h->on_epoch_end(*this);
+    epoch_cut_short_ = false;
   }
   check_pending_loss();
   double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

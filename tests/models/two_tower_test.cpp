@@ -568,6 +568,61 @@ TEST_CASE("trainer: a run stopped by max_steps and resumed ends exactly as an un
   spdlog::set_level(spdlog::level::info);
 }
 
+TEST_CASE("trainer: a run cut mid-epoch by max_steps forgets its cut validation when resumed further",
+          "[model][resume]") {
+  // Validation per epoch with early stopping: a run cut by max_steps inside an epoch validates
+  // at its cut (to pick a best state), which a longer run would not do. Resumed past the cut, it
+  // must go back to the bookkeeping and best.pt from before that validation: the same steps,
+  // best step, metrics, validation records and parameters as the uninterrupted run.
+  spdlog::set_level(spdlog::level::err);
+  auto dir = recsys::testing::temp_dir("retrieval_resume_cut");
+  const std::vector<std::string> base = {"train.checkpoints=true", "train.epochs=12", "train.eval_every=0",
+                                         "train.early_stopping.patience=2", "train.optimizer.lr=0.03"};
+  auto config = [&](int64_t max_steps) {
+    auto o = base;
+    o.push_back("train.max_steps=" + std::to_string(max_steps));
+    return recsys::train::parse_experiment(tiny_config(o));
+  };
+  auto full = recsys::train::run_experiment(config(400), recsys::train::RunDir(dir / "full"));
+  const int64_t steps = full["steps"].get<int64_t>();
+  REQUIRE(steps < 400);  // early stopping ended it
+  const auto records = valid_records(dir / "full" / "metrics.jsonl");
+  REQUIRE(records.size() >= 6);
+  const int64_t per_epoch = records.front()["step"].get<int64_t>();
+  // Inside the second epoch, inside the fifth, and inside the last (whose cut validation is the
+  // second without improvement: early stopping ends the cut run there).
+  for (int64_t cut : {per_epoch + per_epoch / 2, 4 * per_epoch + 3, steps - 6}) {
+    REQUIRE(cut % per_epoch != 0);
+    INFO("cut at step " << cut);
+    const auto part = dir / ("part" + std::to_string(cut));
+    auto stopped = recsys::train::run_experiment(config(cut), recsys::train::RunDir(part));
+    REQUIRE(stopped["steps"] == cut);
+    // Resumed at the same limit: the cut run's own end, its cut validation included.
+    auto again = recsys::train::run_experiment(config(cut), recsys::train::RunDir(part), /*resume=*/true);
+    CHECK(again["best_step"] == stopped["best_step"]);
+    CHECK(again["metrics"] == stopped["metrics"]);
+    auto resumed = recsys::train::run_experiment(config(400), recsys::train::RunDir(part), /*resume=*/true);
+    CHECK(resumed["steps"] == full["steps"]);
+    CHECK(resumed["best_step"] == full["best_step"]);
+    CHECK(resumed["metrics"] == full["metrics"]);
+    CHECK(valid_records(part / "metrics.jsonl") == valid_records(dir / "full" / "metrics.jsonl"));
+    CHECK_FALSE(fs::exists(part / "checkpoints" / "best_before_cut.pt"));
+    auto e = config(400);
+    auto task = e.build_task(e.seed);
+    std::vector<std::string> names;
+    for (auto& p : task->module().named_parameters()) names.push_back(p.key());
+    for (const char* file : {"last.pt", "best.pt"}) {
+      auto a = checkpoint_tensors(dir / "full" / "checkpoints" / file, names, true);
+      auto b = checkpoint_tensors(part / "checkpoints" / file, names, true);
+      for (auto& n : names) {
+        INFO(file << " " << n);
+        CHECK(torch::equal(a[n], b[n]));
+      }
+    }
+  }
+  spdlog::set_level(spdlog::level::info);
+}
+
 TEST_CASE("trainer: resume refuses a run directory without a checkpoint", "[model][resume]") {
   spdlog::set_level(spdlog::level::err);
   auto dir = recsys::testing::temp_dir("retrieval_resume_none");
