@@ -44,6 +44,7 @@ TrainerOptions TrainerOptions::from_config(const config::Reader& r) {
   if (o.eval_every < 0) r.fail("eval_every", "must be >= 0 (0 = every epoch)");
   if (o.early_stopping.patience < 0) r.fail("early_stopping.patience", "must be >= 0");
   if (o.log_every < 1) r.fail("log_every", "must be at least 1");
+  if (o.prefetch < 0 || o.prefetch > 1024) r.fail("prefetch", "must be between 0 (inline) and 1024 batches");
   if (o.threads < 1 || o.threads > 4096) r.fail("threads", "must be between 1 and 4096");
   if (!(o.collective_timeout_s >= 1 && o.collective_timeout_s <= 7 * 86400))
     r.fail("collective_timeout_s", "must be between 1 and 604800 seconds (7 days)");

@@ -293,6 +293,7 @@ TEST_CASE("parse_experiment rejects misspelt and invalid keys by path", "[config
   CHECK(path_of_error({"data.split.protocol=random"}) == "data.split.protocol");
   CHECK(path_of_error({"train.optimizer.lr=-1"}) == "train.optimizer.lr");
   CHECK(path_of_error({"train.batch_size=1"}) == "train.batch_size");
+  CHECK(path_of_error({"train.prefetch=-1"}) == "train.prefetch");
   CHECK(path_of_error({"train.collective_timeout_s=0"}) == "train.collective_timeout_s");
   CHECK(path_of_error({"train.collective_timeout_s=\"soon\""}) == "train.collective_timeout_s");
   CHECK(path_of_error({"loss.temperature=0"}) == "loss.temperature");

@@ -324,3 +324,15 @@ TEST_CASE("sweep: exit status 2 when every failed run failed on its input", "[sw
   CHECK(fs::exists(fs::path(o.out_dir) / "results.md"));
 }
 
+TEST_CASE("sweep: a run's config error names its path once, and the run", "[sweep]") {
+  cli::register_builtins();
+  auto dir = testing::temp_dir("sweep_run_config_error");
+  auto o = options_for(dir, tiny_sweep({{"variants", json::array({{{"name", "x"}, {"set", {{"train.lrr", 1}}}}})}}));
+  std::string message;
+  CHECK(error_path([&] { train::run_sweep(o); }, &message) == "train.lrr");
+  INFO(message);
+  CHECK(message.rfind("train.lrr: ", 0) == 0);
+  CHECK(message.find("train.lrr: train.lrr") == std::string::npos);
+  CHECK(message.find("(in sweep run 'x") != std::string::npos);
+}
+
