@@ -36,11 +36,10 @@ nlohmann::json run_experiment(const Experiment& e, const RunDir& run_dir, bool r
     torch::manual_seed(dist.seed_for_rank(e.seed));
   Trainer trainer(*task, e.trainer, run_dir, e.config, e.seed, std::move(dist));
   if (resume) trainer.resume(resume_from);
-  auto results = trainer.fit();
-  results["seed"] = e.seed;
-  results["task"] = e.task;
-  if (run_dir.enabled()) run_dir.write_results(results);
-  return results;
+  // Part of results.json, which fit() writes once.
+  trainer.add_result("seed", e.seed);
+  trainer.add_result("task", e.task);
+  return trainer.fit();
 }
 
 }  // namespace recsys::train

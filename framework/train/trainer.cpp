@@ -701,6 +701,7 @@ nlohmann::json Trainer::fit() {
                             {"world_size", dist_.world()},
                             {"selection_metric", options_.early_stopping.metric},
                             {"valid_metrics", s.best_valid}, {"data", task_.describe()}};
+  results.update(result_extras_);
   if (!dist_.leader()) return results;  // rank 0 reports the run
   if (options_.evaluate_test) {
     Metrics test = task_.evaluate("test");

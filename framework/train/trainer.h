@@ -102,6 +102,8 @@ class Trainer {
   nlohmann::json fit();
 
   void add_hook(std::shared_ptr<Hook> hook) { hooks_.push_back(std::move(hook)); }
+  /// An entry fit() adds to results.json (written once, atomically, at the end).
+  void add_result(const std::string& key, nlohmann::json value) { result_extras_[key] = std::move(value); }
   Task& task() { return task_; }
   Optimizer& optimizer() { return *optimizer_; }
   const TrainerOptions& options() const { return options_; }
@@ -161,6 +163,7 @@ class Trainer {
   // The validation at the end of an epoch cut short by max_steps (eval_every = 0): a longer run
   // would not make it, so its checkpoint also carries the bookkeeping from before it, and a
   // resumed run goes back to that (and to the best.pt before it, kept as best_before_cut.pt).
+  nlohmann::json result_extras_ = nlohmann::json::object();
   bool cut_validation_ = false;
   bool epoch_cut_short_ = false;  // set by fit() around the epoch-end hooks
   TrainerState before_cut_;

@@ -125,6 +125,8 @@ TEST_CASE("retrieval task trains on the tiny synthetic corpus", "[model]") {
     in >> saved;
   }
   CHECK(saved == results);
+  CHECK(saved["seed"] == e.seed);  // written once, with the experiment's own entries
+  CHECK(saved["task"] == "retrieval");
   for (const char* key : {"recall@10", "recall@10/head", "recall@10/tail", "recall@50",
                           "recall@50/head", "recall@50/tail", "ndcg@10", "ndcg@50/tail",
                           "test_points", "test_points/head", "test_points/tail"}) {
