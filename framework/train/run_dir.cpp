@@ -20,21 +20,44 @@ namespace fs = std::filesystem;
 void write_atomic(const fs::path& path, const std::string& text) {
   fs::path tmp = path;
   tmp += ".tmp" + std::to_string(::getpid());
+  auto fail = [&](const char* what) {
+    throw std::runtime_error(std::string(what) + " " + tmp.string() + ": " + std::strerror(errno));
+  };
   try {
-    {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      if (!out) throw std::runtime_error("cannot write " + tmp.string() + ": " + std::strerror(errno));
-      out.write(text.data(), static_cast<std::streamsize>(text.size()));
-      out.flush();
-      if (!out) throw std::runtime_error("failed writing " + tmp.string() + ": " + std::strerror(errno));
-      out.close();
-      if (!out) throw std::runtime_error("failed closing " + tmp.string() + ": " + std::strerror(errno));
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) fail("cannot write");
+    size_t off = 0;
+    while (off < text.size()) {
+      const ssize_t n = ::write(fd, text.data() + off, text.size() - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        const int saved = errno;
+        ::close(fd);
+        errno = saved;
+        fail("failed writing");
+      }
+      off += static_cast<size_t>(n);
     }
+    // On disk before the rename makes it the file: a crash (or power loss) leaves the old file
+    // or the new one, never a renamed empty one.
+    if (::fsync(fd) != 0) {
+      const int saved = errno;
+      ::close(fd);
+      errno = saved;
+      fail("failed syncing");
+    }
+    if (::close(fd) != 0) fail("failed closing");
     fs::rename(tmp, path);
   } catch (...) {
     std::error_code ec;
     fs::remove(tmp, ec);  // the target is untouched; leave no half-written file beside it
     throw;
+  }
+  // The rename itself, recorded in the directory (best effort: some file systems refuse).
+  const int dir = ::open(path.has_parent_path() ? path.parent_path().c_str() : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir >= 0) {
+    ::fsync(dir);
+    ::close(dir);
   }
 }
 
