@@ -71,7 +71,7 @@ void print_table(const nlohmann::json& metrics) {
 /// A resumed run must continue the config it started with. Settings that change neither the
 /// model, the data nor the order of updates may differ: the length of training (epochs,
 /// max_steps, to extend a run), threads, prefetching, logging and the device.
-void check_resumed_config(const fs::path& dir, const nlohmann::json& resolved) {
+void check_resumed_config(const fs::path& dir, const train::Experiment& experiment) {
   nlohmann::json saved;
   try {
     std::ifstream in(dir / "config.json");
@@ -83,13 +83,16 @@ void check_resumed_config(const fs::path& dir, const nlohmann::json& resolved) {
   static const std::vector<std::string> may_change = {"epochs",   "max_steps", "threads",       "prefetch",
                                                       "progress", "log_every", "device",        "evaluate_test",
                                                       "collective_timeout_s"};
-  auto strip = [](nlohmann::json c) {
-    if (c.contains("train") && c["train"].is_object())
-      for (const auto& k : may_change) c["train"].erase(k);
-    return c;
+  // Compared setting by setting with defaults filled in: a default written out is no change.
+  // The run's name and description do not change what it learns either.
+  auto ignore = [](const std::string& path) {
+    if (path == "name" || path == "description") return true;
+    for (const auto& k : may_change)
+      if (path == "train." + k) return true;
+    return false;
   };
   config::Difference d;
-  if (config::first_difference(strip(saved), strip(resolved), d)) {
+  if (train::first_setting_difference(saved, experiment, ignore, d)) {
     std::string keys = "train." + may_change.front();
     for (size_t i = 1; i < may_change.size(); ++i)
       keys += (i + 1 == may_change.size() ? " and " : ", ") + may_change[i];
@@ -119,7 +122,7 @@ int cmd_train(const std::string& config_path, const std::vector<std::string>& ov
   if (resume) {
     if (out.empty()) throw UsageError("--resume needs --out: the run directory to continue");
     if (overwrite) throw UsageError("--resume continues a run, --overwrite replaces it: pass one");
-    check_resumed_config(out, experiment.config);
+    check_resumed_config(out, experiment);
   }
   const bool out_given = !out.empty();
   if (!out_given) out = default_run_dir(config_path);

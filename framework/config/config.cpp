@@ -183,7 +183,9 @@ Json Reader::raw(const std::string& key) const {
   mark(key);
   shared_->opaque.insert(path_of(key));
   const Json* v = lookup(key);
-  return v == nullptr ? Json() : *v;
+  Json out = v == nullptr ? Json() : *v;
+  record(key, out);
+  return out;
 }
 
 Reader Reader::child(const std::string& key) const {

@@ -67,6 +67,10 @@ class Reader {
 
   /// Throws ConfigError naming the first key (depth-first) that no reader consumed.
   void check_unknown() const;
+  /// Every setting read so far through this reader or its children, by full path ("train.lr"),
+  /// with the value in effect: the config's, or the default where it gave none. Two configs
+  /// with the same settings configure the same experiment, however they were written.
+  const Json& settings() const { return shared_->settings; }
 
   [[noreturn]] void fail(const std::string& key, const std::string& message) const;
 
@@ -75,7 +79,9 @@ class Reader {
     Json empty = Json::object();
     std::set<std::string> seen;      // consumed paths
     std::set<std::string> opaque;    // consumed subtrees
+    Json settings = Json::object();  // full path -> value in effect
   };
+  void record(const std::string& key, Json value) const { shared_->settings[path_of(key)] = std::move(value); }
   Reader(std::shared_ptr<Shared> shared, const Json* node, std::string path);
   const Json* lookup(const std::string& key) const;
   void mark(const std::string& key) const;
@@ -105,8 +111,9 @@ template <class T>
 T Reader::get(const std::string& key, const T& fallback) const {
   mark(key);
   const Json* v = lookup(key);
-  if (v == nullptr || v->is_null()) return fallback;
-  return convert<T>(*v, path_of(key));
+  T out = v == nullptr || v->is_null() ? fallback : convert<T>(*v, path_of(key));
+  record(key, Json(out));
+  return out;
 }
 
 template <class T>
@@ -114,7 +121,9 @@ T Reader::require(const std::string& key) const {
   mark(key);
   const Json* v = lookup(key);
   if (v == nullptr || v->is_null()) fail(key, "required key is missing");
-  return convert<T>(*v, path_of(key));
+  T out = convert<T>(*v, path_of(key));
+  record(key, Json(out));
+  return out;
 }
 
 }  // namespace recsys::config

@@ -1,5 +1,7 @@
 #include "framework/train/experiment.h"
 
+#include <functional>
+
 #include <spdlog/spdlog.h>
 
 namespace recsys::train {
@@ -21,7 +23,43 @@ Experiment parse_experiment(const nlohmann::json& config) {
   e.trainer = TrainerOptions::from_config(root.child("train"));
   e.build_task = factory(root);
   root.check_unknown();
+  e.settings = root.settings();
   return e;
+}
+
+bool first_setting_difference(const nlohmann::json& saved, const Experiment& now,
+                              const std::function<bool(const std::string&)>& ignore,
+                              config::Difference& d) {
+  auto kept = [&](const nlohmann::json& flat) {
+    nlohmann::json out = nlohmann::json::object();
+    for (auto it = flat.begin(); it != flat.end(); ++it)
+      if (!ignore(it.key())) out[it.key()] = it.value();
+    return out;
+  };
+  nlohmann::json before;
+  try {
+    before = parse_experiment(saved).settings;
+  } catch (const std::exception&) {
+    // Not a config this build parses: the raw configs, less the ignored top-level paths.
+    auto strip = [&](nlohmann::json c) {
+      std::function<void(nlohmann::json&, const std::string&)> walk = [&](nlohmann::json& j, const std::string& path) {
+        if (!j.is_object()) return;
+        for (auto it = j.begin(); it != j.end();) {
+          const std::string p = path.empty() ? it.key() : path + "." + it.key();
+          if (ignore(p)) {
+            it = j.erase(it);
+          } else {
+            walk(it.value(), p);
+            ++it;
+          }
+        }
+      };
+      walk(c, "");
+      return c;
+    };
+    return config::first_difference(strip(saved), strip(now.config), d);
+  }
+  return config::first_difference(kept(before), kept(now.settings), d);
 }
 
 nlohmann::json run_experiment(const Experiment& e, const RunDir& run_dir, bool resume, dist::Context dist,

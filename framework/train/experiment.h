@@ -23,6 +23,9 @@ Registry<TaskFactory>& tasks();
 /// A validated experiment: nothing has been allocated yet.
 struct Experiment {
   nlohmann::json config;  ///< resolved config
+  /// Every setting the config's parsers read, by full path, with the value in effect (defaults
+  /// filled in): what --resume and sweep reruns compare (config::Reader::settings).
+  nlohmann::json settings;
   uint64_t seed = 0;
   std::string task;
   TrainerOptions trainer;
@@ -32,6 +35,14 @@ struct Experiment {
 /// One validation pass over the resolved config: every section parsed into typed options,
 /// unknown keys rejected with their JSON path, cross-field rules checked.
 Experiment parse_experiment(const nlohmann::json& config);
+
+/// The first setting (by full path, defaults filled in) in which the experiments of two resolved
+/// configs differ, skipping paths for which `ignore` is true: a default written out is no
+/// difference. Where `saved` no longer parses (written by an older recsys), the raw configs are
+/// compared instead. False when they agree.
+bool first_setting_difference(const nlohmann::json& saved, const Experiment& now,
+                              const std::function<bool(const std::string&)>& ignore,
+                              config::Difference& d);
 
 /// Seeds torch, builds the task and trains into `run_dir`; returns results.json. With `resume`,
 /// continues the run in `run_dir` (or `resume_from`: the other ranks of a data-parallel run read

@@ -73,8 +73,11 @@ void check_finished_run(const fs::path& dir, const SweepRun& r, const json& reso
                               ") but has no readable config.json to confirm it was trained with the config this "
                               "sweep gives it" + advice);
   }
+  // Setting by setting with defaults filled in (a default written out is no change); a run's
+  // name and description do not change what it learns.
   config::Difference d;
-  if (config::first_difference(saved, resolved, d))
+  if (first_setting_difference(saved, parse_experiment(resolved),
+                               [](const std::string& p) { return p == "name" || p == "description"; }, d))
     throw ConfigError(d.path, "sweep run '" + r.name + "' finished earlier in " + dir.string() + " with " +
                                   (d.path.empty() ? "config" : d.path) + " = " + d.before +
                                   ", but this sweep now gives it " + d.after +

@@ -265,6 +265,40 @@ TEST_CASE("parse_experiment accepts the synthetic two-tower config", "[config]")
   CHECK(static_cast<bool>(e.build_task));
 }
 
+TEST_CASE("first_setting_difference compares settings with defaults filled in", "[config]") {
+  recsys::cli::register_builtins();
+  Json base = recsys::config::load_file(kExperiment);
+  auto with = [&](const std::vector<std::string>& overrides) {
+    Json j = base;
+    for (auto& o : overrides) recsys::config::apply_override(j, o);
+    return j;
+  };
+  auto differ = [&](const Json& saved, const Json& now, std::string* path = nullptr) {
+    recsys::config::Difference d;
+    const bool out = recsys::train::first_setting_difference(
+        saved, recsys::train::parse_experiment(now), [](const std::string& p) { return p == "name"; }, d);
+    if (path) *path = d.path;
+    return out;
+  };
+  auto e = recsys::train::parse_experiment(base);
+  CHECK(e.settings.contains("train.optimizer.lr"));
+  CHECK(e.settings["train.optimizer.type"] == "adam");  // a default the file does not write
+  // Writing out a default, or reordering keys, changes no setting.
+  CHECK_FALSE(differ(base, with({"train.optimizer.type=\"adam\"", "model.dropout=0"})));
+  CHECK_FALSE(differ(with({"train.optimizer.type=\"adam\""}), base));
+  // A real change is named by its path; an ignored path is not.
+  std::string path;
+  CHECK(differ(base, with({"train.optimizer.lr=0.5"}), &path));
+  CHECK(path == "train.optimizer.lr");
+  CHECK(differ(base, with({"model.dropout=0.25"}), &path));
+  CHECK(path == "model.dropout");
+  CHECK_FALSE(differ(base, with({"name=\"other\""})));
+  // A saved config this build no longer parses falls back to the raw comparison.
+  Json old = with({"train.retired_key=1"});
+  CHECK(differ(old, base, &path));
+  CHECK(path == "train.retired_key");
+}
+
 TEST_CASE("parse_experiment rejects misspelt and invalid keys by path", "[config]") {
   recsys::cli::register_builtins();
   Json base = recsys::config::load_file(kExperiment);
