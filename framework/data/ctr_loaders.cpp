@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -39,7 +40,12 @@ class LineReader {
     if (!in_) throw DataError(path_, 0, "cannot open file (check the path and permissions)");
   }
   bool next(std::string& line) {
-    if (!std::getline(in_, line)) return false;
+    if (!std::getline(in_, line)) {
+      // A failing read is not the end of the file: the rest of the data would be dropped.
+      if (in_.bad())
+        throw DataError(path_, line_no_ + 1, std::string("read error: ") + std::strerror(errno));
+      return false;
+    }
     ++line_no_;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     // Editors and spreadsheet exports may start a UTF-8 file with a byte order mark, which would
@@ -61,6 +67,16 @@ class LineReader {
 
 bool is_blank(std::string_view s) {
   return std::all_of(s.begin(), s.end(), [](char c) { return c == ' ' || c == '\t'; });
+}
+
+/// An id with blanks or quotes around it would be another id than the same value written bare
+/// (" 1" is not "1"): refused, naming the line.
+void check_id(const LineReader& reader, std::string_view id, const char* what) {
+  auto odd = [](char c) { return c == ' ' || c == '\t' || c == '"' || c == '\''; };
+  if (!id.empty() && (odd(id.front()) || odd(id.back())))
+    reader.fail(std::string(what) + " '" + std::string(id) +
+                "' has blanks or quotes around it (write ids bare; a quoted CSV field is unquoted only by "
+                "the interactions_csv loader)");
 }
 
 bool parse_int64(std::string_view s, int64_t& out) {
@@ -351,6 +367,9 @@ InteractionLog load_taobao(const std::string& path, const std::vector<std::strin
       reader.fail("timestamp '" + std::string(f[4]) + "' is not an integer");
     if (f[0].empty() || f[1].empty() || f[2].empty())
       reader.fail("empty user, item or category id");
+    check_id(reader, f[0], "user id");
+    check_id(reader, f[1], "item id");
+    check_id(reader, f[2], "category id");
     // Checked before the filter: a misspelt or shifted behavior column would otherwise drop its
     // rows silently.
     if (!kKnown.count(f[3]))
@@ -450,6 +469,11 @@ InteractionLog load_interactions_csv(const CsvOptions& options) {
       if (it == fields.end())
         reader.fail(std::string(roles[k]) + " column '" + *names[k] +
                     "' is not in the header; known columns: " + known);
+      auto again = std::find(it + 1, fields.end(), *names[k]);
+      if (again != fields.end())
+        reader.fail(std::string(roles[k]) + " column '" + *names[k] + "' appears twice in the header (columns " +
+                    std::to_string(it - fields.begin()) + " and " + std::to_string(again - fields.begin()) +
+                    ", 0-based): rename one or give the column by index with header false");
       col[k] = it - fields.begin();
     }
   } else {
@@ -474,14 +498,20 @@ InteractionLog load_interactions_csv(const CsvOptions& options) {
   const bool has_time = col[3] >= 0;
   const int64_t none_category = has_category ? -1 : builder.categories().index("none");
   int64_t order = 0;
+  const std::vector<std::string> header = options.header ? fields : std::vector<std::string>();
   auto consume = [&](const std::vector<std::string>& f) {
     if (f.size() != num_columns)
       reader.fail("expected " + std::to_string(num_columns) + " columns, got " +
                   std::to_string(f.size()));
+    // Two files concatenated: the second one's header would be read as an interaction.
+    if (!header.empty() && f == header)
+      reader.fail("a second header line (files concatenated?): remove it");
     const auto& user = f[col[0]];
     const auto& item = f[col[1]];
     if (user.empty()) reader.fail("empty user id");
     if (item.empty()) reader.fail("empty item id");
+    check_id(reader, user, "user id");
+    check_id(reader, item, "item id");
     int64_t time = order++;
     if (has_time && !parse_int64(f[col[3]], time))
       reader.fail("timestamp '" + f[col[3]] + "' is not an integer");

@@ -68,6 +68,8 @@ class LineReader {
       if (e > b && e[-1] == '\r') --e;
       pos_ = nl ? nl + 1 : end_;
       ++line_;
+      // A UTF-8 byte order mark (spreadsheet exports) is not part of the first field.
+      if (line_ == 1 && e - b >= 3 && std::memcmp(b, "\xEF\xBB\xBF", 3) == 0) b += 3;
       if (e == b) continue;
       line = std::string_view(b, e - b);
       return true;
@@ -462,6 +464,29 @@ void read_ratings(const std::string& path, std::string_view sep, std::string_vie
   // Said here, where the file is known: an empty corpus would otherwise fail later, in the task,
   // without naming it.
   if (!any_row) throw DataError(path, header_line, "no ratings (the file has no data rows)");
+  // A (user, movie) pair rated twice (releases never repeat one; appended or merged files do)
+  // would put one click in two places of the user's sequence, and possibly in training and test
+  // at once. Found by sorting the positives' pairs; the line is looked up only then.
+  std::vector<uint64_t> pairs(out.positives.size());
+  for (size_t k = 0; k < pairs.size(); ++k)
+    pairs[k] = (static_cast<uint64_t>(out.positives[k].user) << 32) | static_cast<uint32_t>(out.positives[k].item);
+  std::sort(pairs.begin(), pairs.end());
+  auto dup = std::adjacent_find(pairs.begin(), pairs.end());
+  if (dup != pairs.end()) {
+    const int64_t user = static_cast<int64_t>(*dup >> 32), item = static_cast<int64_t>(*dup & 0xffffffffu);
+    LineReader again(buf);
+    long seen = 0, second = 0;
+    while (again.next(line) && second == 0) {
+      if (split(line, sep, f) != 4) continue;
+      int64_t u = 0, i = 0;
+      if (std::from_chars(f[0].data(), f[0].data() + f[0].size(), u).ec != std::errc() ||
+          std::from_chars(f[1].data(), f[1].data() + f[1].size(), i).ec != std::errc())
+        continue;
+      if (u == user && i == item && ++seen == 2) second = again.line_number();
+    }
+    throw DataError(path, second, "user " + std::to_string(user) + " rated movie " + std::to_string(item) +
+                                      " more than once (a repeated or merged ratings file?)");
+  }
 }
 
 // ---- assembly -----------------------------------------------------------------------------

@@ -230,6 +230,34 @@ TEST_CASE("load_interactions_csv errors name the file, line and fix", "[ctr]") {
   require_contains(data_error_of([&] { load_interactions_csv(o); }), "empty.csv: empty file");
 }
 
+TEST_CASE("ids with blanks or quotes, repeated headers and twice-named columns are refused", "[ctr]") {
+  // " 1" and "1" would be two users, a concatenated file's second header an interaction, and a
+  // column named twice resolved to either silently.
+  require_contains(data_error_of([] {
+                     load_taobao(write_temp("spaced_id", "t.csv", "1,2,3,pv,100\n 1,2,3,pv,101\n"));
+                   }),
+                   "t.csv:2: user id ' 1' has blanks or quotes around it");
+  require_contains(data_error_of([] {
+                     load_taobao(write_temp("quoted_id", "t.csv", "1,2,3,pv,100\n1,\"2\",3,pv,101\n"));
+                   }),
+                   "t.csv:2: item id '\"2\"' has blanks or quotes around it");
+  CsvOptions o;
+  o.user = "user";
+  o.item = "item";
+  o.category = "cat";
+  o.path = write_temp("csv_second_header", "c.csv", "user,item,cat\nu1,i1,c1\nuser,item,cat\nu2,i2,c2\n");
+  require_contains(data_error_of([&] { load_interactions_csv(o); }), "c.csv:3: a second header line");
+  o.path = write_temp("csv_twice_named", "c.csv", "user,item,cat,cat\nu1,i1,c1,c2\n");
+  require_contains(data_error_of([&] { load_interactions_csv(o); }),
+                   "c.csv:1: category column 'cat' appears twice in the header (columns 2 and 3");
+  o.path = write_temp("csv_spaced", "c.csv", "user,item,cat\nu1, i1,c1\n");
+  require_contains(data_error_of([&] { load_interactions_csv(o); }), "c.csv:2: item id ' i1' has blanks");
+  // A quoted field is unquoted by the CSV reader: the id inside is bare.
+  o.path = write_temp("csv_quoted", "c.csv", "user,item,cat\n\"u1\",i1,c1\nu1,i2,c1\n");
+  auto log = load_interactions_csv(o);
+  CHECK(log.num_users == kFirstId + 1);
+}
+
 TEST_CASE("filter_min_count drops short users and renumbers the rest", "[ctr]") {
   auto log = load_taobao(kDir + "taobao.csv");
   filter_min_count(log, 2);

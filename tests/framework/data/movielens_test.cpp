@@ -266,6 +266,21 @@ TEST_CASE("movielens error: non-numeric user id and timestamp", "[movielens]") {
   require_data_error(ts, "u.data", 1, "timestamp '100.5' is not an integer");
 }
 
+TEST_CASE("movielens error: a (user, movie) pair rated twice names its second line", "[movielens]") {
+  // Appended or merged files: one click would sit twice in the sequence (and could land in
+  // training and test at once).
+  auto dir = broken_copy("ml-100k", "duplicate_pair", "u.data", "1\t1\t5\t100\n1\t2\t4\t50\n1\t1\t5\t100\n");
+  require_data_error(dir, "u.data", 3, "user 1 rated movie 1 more than once");
+  // A pair rated twice below the positive threshold is no positive at all: accepted.
+  auto low = broken_copy("ml-100k", "duplicate_low", "u.data", "1\t1\t1\t100\n1\t2\t4\t50\n1\t1\t1\t100\n");
+  CHECK_NOTHROW(load(low.string()));
+}
+
+TEST_CASE("movielens headerless layouts strip a UTF-8 byte order mark", "[movielens]") {
+  auto dir = broken_copy("ml-100k", "bom", "u.data", "\xEF\xBB\xBF" "1\t1\t5\t100\n1\t2\t4\t50\n");
+  CHECK_NOTHROW(load(dir.string()));
+}
+
 TEST_CASE("movielens error: unknown movie id", "[movielens]") {
   auto dir = broken_copy("ml-1m", "unknown_movie", "ratings.dat",
                          "1::2::5::978300760\n1::99::3::978300700\n");
