@@ -63,6 +63,7 @@ CtrModelBuilder wide_deep_factory(const Reader& r) {
 
 struct Options {
   std::string source_type;
+  std::string source_name;
   data::CtrSource source;
   data::CtrDataOptions data;
   std::string model_type;
@@ -78,6 +79,9 @@ Options parse_options(const Reader& root) {
   Options o;
   auto d = root.child("data");
   o.source_type = d.get<std::string>("type", "synthetic");
+  // Where the data comes from, for messages about it: the file, or the source's name.
+  o.source_name = d.has("path") && d.node().at("path").is_string() ? d.node().at("path").get<std::string>()
+                                                                   : o.source_type;
   o.source = data::ctr_sources().get(o.source_type, d.path_of("type"))(d);
   o.data = data::parse_ctr_data_options(d);
   auto m = root.child("model");
@@ -107,9 +111,17 @@ class CtrTask : public train::Task {
   CtrTask(Options options, uint64_t seed) : o_(std::move(options)), seed_(seed) {
     log_ = o_.source();
     data::filter_min_count(log_, o_.data.min_user_length);
-    splits_ = data::build_ctr_samples(log_, o_.data.samples);
+    try {
+      splits_ = data::build_ctr_samples(log_, o_.data.samples);
+    } catch (const ConfigError& e) {
+      // build_ctr_samples names its options by their own keys: here they live under data.
+      std::string message = e.what();
+      const std::string prefix = (e.path().empty() ? std::string("config") : e.path()) + ": ";
+      if (message.rfind(prefix, 0) == 0) message = message.substr(prefix.size());
+      throw ConfigError(e.path().empty() ? "data" : "data." + e.path(), message);
+    }
     if (splits_.train.size() == 0)
-      throw DataError(o_.source_type, 0,
+      throw DataError(o_.source_name, 0,
                       "no training samples: users need more than min_history + 2 behaviours "
                       "(lower data.min_history or data.min_user_length, or use more data)");
     check_eval_splits();

@@ -220,6 +220,36 @@ TEST_CASE("the synthetic CTR generator is seeded and follows its interests", "[c
   REQUIRE(data::make_synthetic_ctr(o).user_items != a.user_items);
 }
 
+TEST_CASE("ctr task: the sample builder's errors name data.* paths and the data file", "[ctr]") {
+  // One item only: no negative can be drawn (data.negatives); 2 behaviours per user: no
+  // training samples, named by the file they came from.
+  auto dir = testing::temp_dir("ctr_sample_errors");
+  auto write = [&](const std::string& name, int behaviours, int items) {
+    auto path = (dir / name).string();
+    std::ofstream f(path);
+    for (int u = 0; u < 4; ++u)
+      for (int t = 0; t < behaviours; ++t) f << u << "," << 5 + t % items << ",7,pv," << 100 + t << "\n";
+    return path;
+  };
+  auto one_item = parse("configs/experiments/din_taobao.json", {"data.path=" + write("one.csv", 6, 1)});
+  try {
+    one_item.build_task(0);
+    FAIL("expected a ConfigError");
+  } catch (const ConfigError& e) {
+    CHECK(e.path() == "data.negatives");
+    CHECK(std::string(e.what()).rfind("data.negatives: negative sampling needs", 0) == 0);
+  }
+  const auto short_path = write("short.csv", 2, 3);
+  auto short_log = parse("configs/experiments/din_taobao.json", {"data.path=" + short_path, "data.split=\"last\""});
+  try {
+    short_log.build_task(0);
+    FAIL("expected a DataError");
+  } catch (const DataError& e) {
+    CHECK(e.file() == short_path);
+    CHECK(std::string(e.what()).find("no training samples") != std::string::npos);
+  }
+}
+
 TEST_CASE("ctr task: empty validation or test splits name the fraction that emptied them", "[ctr]") {
   // 20 users of 4 behaviours: 3 targets each, so the preset's valid_fraction 0.1 rounds to none.
   auto dir = testing::temp_dir("ctr_empty_split");
