@@ -417,6 +417,7 @@ InteractionLog load_amazon(const std::string& reviews_path, const std::string& m
   LogBuilder builder;
   std::string line;
   bool any_line = false;
+  int64_t matched = 0, reviews = 0;
   while (reader.next(line)) {
     if (is_blank(line)) continue;
     any_line = true;
@@ -430,9 +431,17 @@ InteractionLog load_amazon(const std::string& reviews_path, const std::string& m
     auto it = asin_category.find(item);
     int64_t category =
         it == asin_category.end() ? kUnknownId : builder.categories().index(it->second);
+    matched += it != asin_category.end();
+    ++reviews;
     builder.add(user, item, category, time);
   }
   if (!any_line) throw DataError(reviews_path, 0, "empty file");
+  // Not one reviewed item with a category: the meta file of another category or release.
+  if (matched == 0)
+    throw DataError(meta_path, 0,
+                    "none of the " + std::to_string(reviews) + " reviews in " + reviews_path +
+                        " is of an item this file gives a category (" + std::to_string(asin_category.size()) +
+                        " items with categories): is it the meta file of the same category?");
   return builder.finish(reviews_path);
 }
 

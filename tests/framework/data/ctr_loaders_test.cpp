@@ -142,6 +142,11 @@ TEST_CASE("load_amazon reports malformed rows with file:line", "[ctr]") {
   require_contains(
       data_error_of([] { load_amazon(kDir + "empty.csv", kDir + "amazon_meta.json"); }),
       "empty file");
+  // A meta file that gives none of the reviewed items a category: another category's file.
+  const auto other_meta =
+      write_temp("amazon_other_meta", "meta.json", "{\"asin\": \"ZZZ1\", \"categories\": [[\"Books\"]]}\n");
+  require_contains(data_error_of([&] { load_amazon(kDir + "amazon_reviews.json", other_meta); }),
+                   "meta.json: none of the");
 }
 
 TEST_CASE("load_interactions_csv with a header and column names", "[ctr]") {
