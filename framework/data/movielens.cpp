@@ -610,8 +610,12 @@ void require_files(const fs::path& dir, std::initializer_list<const char*> names
     if (!fs::is_regular_file(dir / name)) {
       std::string all;
       for (const char* n : names) all += (all.empty() ? "" : ", ") + std::string(n);
+      std::error_code ec;
+      const char* what = fs::is_directory(dir / name, ec) ? "is a directory, not a file"
+                         : fs::exists(dir / name, ec)     ? "is not a regular file"
+                                                          : "missing file";
       throw DataError(join(dir, name), 0,
-                      std::string("missing file (the ") + layout + " layout needs " + all + ")");
+                      std::string(what) + " (the " + layout + " layout needs the files " + all + ")");
     }
 }
 
@@ -622,8 +626,13 @@ RetrievalData load_movielens(const MovieLensOptions& options) {
     throw ConfigError("year_bucket",
                       "must be at least 1, got " + std::to_string(options.year_bucket));
   const fs::path dir(options.path);
-  if (!fs::is_directory(dir))
-    throw DataError(options.path, 0, "MovieLens directory does not exist");
+  if (!fs::is_directory(dir)) {
+    std::error_code ec;
+    throw DataError(options.path, 0,
+                    fs::exists(dir, ec) ? "is a file: data.path names the MovieLens directory (the one holding "
+                                          "u.data, ratings.dat or ratings.csv)"
+                                        : "MovieLens directory does not exist");
+  }
 
   Parsed p;
   if (fs::exists(dir / "u.data")) {

@@ -339,6 +339,15 @@ TEST_CASE("movielens error: missing companion file", "[movielens]") {
   fs::copy_file(kFixtures + "ml-1m/ratings.dat", dir / "ratings.dat");
   fs::copy_file(kFixtures + "ml-1m/users.dat", dir / "users.dat");
   require_data_error(dir, "movies.dat", 0, "missing file");
+  // A directory where the file should be, and a file given as data.path, are named as such.
+  fs::create_directories(dir / "movies.dat");
+  require_data_error(dir, "movies.dat", 0, "is a directory, not a file");
+  try {
+    load((dir / "ratings.dat").string());
+    FAIL("expected a DataError");
+  } catch (const DataError& e) {
+    CHECK(std::string(e.what()).find("is a file: data.path names the MovieLens directory") != std::string::npos);
+  }
 }
 
 TEST_CASE("movielens real ml-100k", "[movielens]") {
