@@ -50,6 +50,12 @@ json read_json(const fs::path& p) {
   return json::parse(in);
 }
 
+/// The summary of the test split is results.md / results.csv; `--report valid` writes
+/// results_valid.md / .csv beside it (the test summary stays).
+std::string summary_file(const std::string& report, const char* extension) {
+  return std::string(report == "valid" ? "results_valid." : "results.") + extension;
+}
+
 bool summary_has_recall(const std::string& out) {
   std::ifstream in(fs::path(out) / "results.csv");
   std::string line;
@@ -389,16 +395,17 @@ int run_sweep(const SweepOptions& options) {
   }
   setup_logging("", "info");
   summarize_sweep(sweep, all, out, options.report);
-  const bool summary = fs::exists(fs::path(out) / "results.md");
+  const std::string summary_md = summary_file(options.report, "md");
+  const bool summary = fs::exists(fs::path(out) / summary_md);
   std::printf("sweep: %d trained, %d skipped (finished earlier), %d failed%s; %s\n", done, skipped, failed,
               busy ? fmt::format(", {} being trained elsewhere", busy).c_str() : "",
-              summary ? ("results in " + out + "/results.md").c_str() : "no run has results to summarise");
+              summary ? ("results in " + out + "/" + summary_md).c_str() : "no run has results to summarise");
   // The chart is optional: it needs python3 with matplotlib.
   char exe[4096] = {0};
   ssize_t n = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
   if (n > 0) {
     fs::path script = fs::path(exe).parent_path().parent_path() / "scripts" / "plot_sweep.py";
-    bool retrieval = summary_has_recall(out);
+    bool retrieval = options.report != "valid" && summary_has_recall(out);  // the chart is of test metrics
     if (fs::exists(script) && retrieval) {
       std::string python = fs::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
       std::string cmd = python + " '" + script.string() + "' '" + out + "' >/dev/null 2>&1";
@@ -489,7 +496,7 @@ void summarize_sweep(const json& sweep, const std::vector<SweepRun>& runs, const
     }
   // Atomic writes: a reader (or a crash) never sees half a file, and a failed write is an error
   // rather than a silently truncated summary.
-  write_atomic(fs::path(out) / "results.csv", csv.str());
+  write_atomic(fs::path(out) / summary_file(report, "csv"), csv.str());
 
   std::string baseline = sweep.value("baseline", std::string());
   std::ostringstream md;
@@ -600,7 +607,7 @@ void summarize_sweep(const json& sweep, const std::vector<SweepRun>& runs, const
       md << "\n";
     }
   }
-  write_atomic(fs::path(out) / "results.md", md.str());
+  write_atomic(fs::path(out) / summary_file(report, "md"), md.str());
 }
 
 }  // namespace recsys::train

@@ -336,3 +336,18 @@ TEST_CASE("sweep: a run's config error names its path once, and the run", "[swee
   CHECK(message.find("(in sweep run 'x") != std::string::npos);
 }
 
+TEST_CASE("sweep: --report valid writes its own summary and leaves the test summary", "[sweep]") {
+  auto dir = testing::temp_dir("sweep_report_valid");
+  json sweep = {{"variants", json::array({{{"name", "a"}}})}, {"metrics", {"auc"}}};
+  auto runs = train::expand_sweep(sweep, {});
+  finish(dir, runs[0].name, json::object(), {{"auc", 0.7}});
+  train::summarize_sweep(sweep, runs, dir.string());
+  const std::string test_md = slurp(dir / "results.md"), test_csv = slurp(dir / "results.csv");
+  train::summarize_sweep(sweep, runs, dir.string(), "valid");
+  CHECK(slurp(dir / "results.md") == test_md);
+  CHECK(slurp(dir / "results.csv") == test_csv);
+  REQUIRE(fs::exists(dir / "results_valid.md"));
+  CHECK(slurp(dir / "results_valid.md").find("VALIDATION") != std::string::npos);
+  CHECK(fs::exists(dir / "results_valid.csv"));
+}
+
