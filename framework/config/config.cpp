@@ -1,5 +1,7 @@
 #include "framework/config/config.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -134,6 +136,16 @@ void apply_override(Json& config, const std::string& assignment) {
     path += (path.empty() ? "" : ".") + part;
     if (!node->is_object()) throw ConfigError(path, "cannot set a key inside a non-object value");
     if (dot == std::string::npos) {
+      // An object replaces an object whole: the keys it leaves out are gone, not kept. Said
+      // once, because `--set train={"epochs": 1}` reads like a change of one key.
+      if (node->contains(part) && (*node)[part].is_object() && value.is_object()) {
+        std::string dropped;
+        for (auto it = (*node)[part].begin(); it != (*node)[part].end(); ++it)
+          if (!value.contains(it.key())) dropped += (dropped.empty() ? "" : ", ") + it.key();
+        if (!dropped.empty())
+          spdlog::warn("{}: the object given replaces the whole section, dropping {} (set one key with {}.KEY=VALUE)",
+                       path, dropped, path);
+      }
       (*node)[part] = value;
       return;
     }

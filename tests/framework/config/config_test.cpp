@@ -1,6 +1,11 @@
 // Config loading (extends, overrides, parse errors), the strict Reader, and experiment parsing.
 #include "framework/config/config.h"
 
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <sstream>
+
 #include <fstream>
 
 #include "framework/cli/commands.h"
@@ -14,6 +19,11 @@ using recsys::config::Reader;
 namespace fs = std::filesystem;
 
 namespace {
+
+std::ostringstream& captured_log() {
+  static std::ostringstream out;
+  return out;
+}
 
 void write_file(const fs::path& path, const std::string& text) {
   fs::create_directories(path.parent_path());
@@ -115,6 +125,21 @@ TEST_CASE("a number beyond a double's range names the file or the --set key", "[
   CHECK(e.path() == "train.optimizer.lr");
   CHECK(contains(e.what(), "beyond a double's range"));
   CHECK(j.empty());
+}
+
+TEST_CASE("an object given to --set replaces its section whole, and says which keys it drops", "[config]") {
+  // Captured through a sink on the default logger (restored afterwards).
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(captured_log());
+  auto logger = spdlog::default_logger();
+  logger->sinks().push_back(sink);
+  Json j = {{"train", {{"epochs", 5}, {"batch_size", 64}, {"threads", 2}}}};
+  recsys::config::apply_override(j, R"(train={"epochs": 1, "threads": 2})");
+  logger->sinks().pop_back();
+  CHECK(j["train"] == Json({{"epochs", 1}, {"threads", 2}}));
+  const std::string text = captured_log().str();
+  INFO(text);
+  CHECK(contains(text, "train: the object given replaces the whole section, dropping batch_size"));
+  CHECK(contains(text, "train.KEY=VALUE"));
 }
 
 TEST_CASE("a missing config file is a ConfigError", "[config]") {
