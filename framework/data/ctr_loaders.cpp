@@ -469,6 +469,7 @@ InteractionLog load_interactions_csv(const CsvOptions& options) {
   if (!got_line) throw DataError(options.path, 0, "empty file");
   fields = split_csv(line, options.delimiter, reader);
   num_columns = fields.size();
+  const long first_line = reader.line_no();  // the row that sets the column count
   if (options.header) {
     std::string known;
     for (const auto& f : fields) known += (known.empty() ? "'" : ", '") + f + "'";
@@ -510,8 +511,9 @@ InteractionLog load_interactions_csv(const CsvOptions& options) {
   const std::vector<std::string> header = options.header ? fields : std::vector<std::string>();
   auto consume = [&](const std::vector<std::string>& f) {
     if (f.size() != num_columns)
-      reader.fail("expected " + std::to_string(num_columns) + " columns, got " +
-                  std::to_string(f.size()));
+      reader.fail("expected " + std::to_string(num_columns) + " columns, got " + std::to_string(f.size()) +
+                  " (line " + std::to_string(first_line) + (options.header ? ", the header" : ", the first row") +
+                  ", has " + std::to_string(num_columns) + ")");
     // Two files concatenated: the second one's header would be read as an interaction.
     if (!header.empty() && f == header)
       reader.fail("a second header line (files concatenated?): remove it");

@@ -4,9 +4,8 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
-#include <sstream>
-
 #include <fstream>
+#include <sstream>
 
 #include "framework/cli/commands.h"
 #include "framework/train/experiment.h"

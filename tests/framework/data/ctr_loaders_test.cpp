@@ -230,7 +230,15 @@ TEST_CASE("load_interactions_csv errors name the file, line and fix", "[ctr]") {
   o.item = "item";
   o.timestamp = "time";
   require_contains(data_error_of([&] { load_interactions_csv(o); }),
-                   "csv_bad_row.csv:3: expected 3 columns, got 2");
+                   "csv_bad_row.csv:3: expected 3 columns, got 2 (line 1, the header, has 3)");
+  // Without a header the first row sets the count: a short first row is named as the reference.
+  CsvOptions by_index;
+  by_index.header = false;
+  by_index.user = "0";
+  by_index.item = "1";
+  by_index.path = write_temp("csv_short_first", "c.csv", "u1,i1\nu2,i2,c2\n");
+  require_contains(data_error_of([&] { load_interactions_csv(by_index); }),
+                   "c.csv:2: expected 2 columns, got 3 (line 1, the first row, has 2)");
   o.path = kDir + "empty.csv";
   require_contains(data_error_of([&] { load_interactions_csv(o); }), "empty.csv: empty file");
 }
