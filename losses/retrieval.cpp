@@ -177,28 +177,30 @@ double log_expected_count(double per_step, double mixed, double num_items) {
 StreamingFrequency::StreamingFrequency(int64_t buckets, double alpha, double initial_gap)
     : last_(static_cast<size_t>(buckets), -1.0), gap_(static_cast<size_t>(buckets), initial_gap), alpha_(alpha) {}
 
+size_t StreamingFrequency::bucket(int64_t id) const {
+  const auto H = static_cast<int64_t>(last_.size());
+  return static_cast<size_t>(((id % H) + H) % H);
+}
+
+float StreamingFrequency::log_p(size_t h) const { return static_cast<float>(-std::log(std::max(gap_[h], 1.0))); }
+
 std::vector<float> StreamingFrequency::update(const int64_t* ids, int64_t n, int64_t step) {
   std::vector<float> out(static_cast<size_t>(n));
-  const auto H = static_cast<int64_t>(last_.size());
   for (int64_t i = 0; i < n; ++i) {
-    auto h = static_cast<size_t>(((ids[i] % H) + H) % H);
+    const size_t h = bucket(ids[i]);
     if (last_[h] >= 0) {
       double seen = static_cast<double>(step) - last_[h];
       if (seen > 0) gap_[h] = (1 - alpha_) * gap_[h] + alpha_ * seen;
     }
     last_[h] = static_cast<double>(step);
-    out[static_cast<size_t>(i)] = static_cast<float>(-std::log(std::max(gap_[h], 1.0)));
+    out[static_cast<size_t>(i)] = log_p(h);
   }
   return out;
 }
 
 std::vector<float> StreamingFrequency::estimate(const int64_t* ids, int64_t n) const {
   std::vector<float> out(static_cast<size_t>(n));
-  const auto H = static_cast<int64_t>(last_.size());
-  for (int64_t i = 0; i < n; ++i) {
-    auto h = static_cast<size_t>(((ids[i] % H) + H) % H);
-    out[static_cast<size_t>(i)] = static_cast<float>(-std::log(std::max(gap_[h], 1.0)));
-  }
+  for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = log_p(bucket(ids[i]));
   return out;
 }
 

@@ -80,9 +80,6 @@ torch::Tensor contrastive_mean(const torch::Tensor& z1, const torch::Tensor& z2,
 ///   loss = M1^2 + max(0, M2 - 1/D).
 torch::Tensor spread_out(const torch::Tensor& q);
 
-/// Streaming frequency estimation (Yi et al., RecSys 2019, Algorithm 2): per hashed id, A holds
-/// the last step it was seen and B the moving average of the gap between sightings; the
-/// sampling probability per step is estimated as 1 / B.
 /// log of a candidate column's expected number of occurrences among a step's candidates:
 /// `per_step` of them among the batch's positives (B p_j with click counts, the streaming
 /// estimate 1 / gap) plus `mixed` / `num_items` from `mixed` uniformly drawn negatives. The logQ
@@ -90,6 +87,9 @@ torch::Tensor spread_out(const torch::Tensor& q);
 /// constant.
 double log_expected_count(double per_step, double mixed, double num_items);
 
+/// Streaming frequency estimation (Yi et al., RecSys 2019, Algorithm 2): per hashed id, A holds
+/// the last step it was seen and B the moving average of the gap between sightings; the
+/// sampling probability per step is estimated as 1 / B.
 class StreamingFrequency {
  public:
   StreamingFrequency(int64_t buckets, double alpha, double initial_gap);
@@ -102,6 +102,8 @@ class StreamingFrequency {
   std::vector<float> estimate(const int64_t* ids, int64_t n) const;
 
  private:
+  size_t bucket(int64_t id) const;
+  float log_p(size_t bucket) const;
   std::vector<double> last_, gap_;
   double alpha_;
 };

@@ -474,15 +474,16 @@ void read_ratings(const std::string& path, std::string_view sep, std::string_vie
   auto dup = std::adjacent_find(pairs.begin(), pairs.end());
   if (dup != pairs.end()) {
     const int64_t user = static_cast<int64_t>(*dup >> 32), item = static_cast<int64_t>(*dup & 0xffffffffu);
+    // Every data row passed the checks above: the ids parse as they did then.
     LineReader again(buf);
     long seen = 0, second = 0;
     while (again.next(line) && second == 0) {
-      if (split(line, sep, f) != 4) continue;
-      int64_t u = 0, i = 0;
-      if (std::from_chars(f[0].data(), f[0].data() + f[0].size(), u).ec != std::errc() ||
-          std::from_chars(f[1].data(), f[1].data() + f[1].size(), i).ec != std::errc())
-        continue;
-      if (u == user && i == item && ++seen == 2) second = again.line_number();
+      const long ln = again.line_number();
+      if (ln == header_line) continue;
+      split(line, sep, f);
+      if (parse_id(f[0], "user id", path, ln) == user && parse_id(f[1], "movie id", path, ln) == item &&
+          ++seen == 2)
+        second = ln;
     }
     throw DataError(path, second, "user " + std::to_string(user) + " rated movie " + std::to_string(item) +
                                       " more than once (a repeated or merged ratings file?)");

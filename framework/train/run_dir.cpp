@@ -20,33 +20,29 @@ namespace fs = std::filesystem;
 void write_atomic(const fs::path& path, const std::string& text) {
   fs::path tmp = path;
   tmp += ".tmp" + std::to_string(::getpid());
+  int fd = -1;
+  // Throws naming the step and errno's reason, the descriptor closed first.
   auto fail = [&](const char* what) {
-    throw std::runtime_error(std::string(what) + " " + tmp.string() + ": " + std::strerror(errno));
+    const std::string reason = std::strerror(errno);
+    if (fd >= 0) ::close(fd);
+    throw std::runtime_error(std::string(what) + " " + tmp.string() + ": " + reason);
   };
   try {
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) fail("cannot write");
     size_t off = 0;
     while (off < text.size()) {
       const ssize_t n = ::write(fd, text.data() + off, text.size() - off);
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        const int saved = errno;
-        ::close(fd);
-        errno = saved;
-        fail("failed writing");
-      }
+      if (n <= 0) fail("failed writing");
       off += static_cast<size_t>(n);
     }
     // On disk before the rename makes it the file: a crash (or power loss) leaves the old file
     // or the new one, never a renamed empty one.
-    if (::fsync(fd) != 0) {
-      const int saved = errno;
-      ::close(fd);
-      errno = saved;
-      fail("failed syncing");
-    }
-    if (::close(fd) != 0) fail("failed closing");
+    if (::fsync(fd) != 0) fail("failed syncing");
+    const int closing = fd;
+    fd = -1;
+    if (::close(closing) != 0) fail("failed closing");
     fs::rename(tmp, path);
   } catch (...) {
     std::error_code ec;
@@ -203,14 +199,9 @@ void ReplacedRun::keep_new() {
 
 void ReplacedRun::settle_failed() {
   try {
-    if (RunDir::holds_run(dir_)) {
-      keep_new();
-      return;
-    }
-    remove_run_files(dir_);
-    move_run_files(replaced_dir(dir_), dir_);
-    fs::remove_all(replaced_dir(dir_));
-    spdlog::warn("the new run failed before saving anything: the run it was to replace in {} is back", dir_.string());
+    // The same decision as after a killed process: back when the new run saved nothing.
+    if (recover(dir_))
+      spdlog::warn("the new run failed before saving anything: the run it was to replace in {} is back", dir_.string());
   } catch (const std::exception& e) {
     spdlog::error("could not give the replaced run back into {}: {}; its files are in {}", dir_.string(), e.what(),
                   replaced_dir(dir_).string());

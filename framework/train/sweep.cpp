@@ -320,11 +320,7 @@ int run_sweep(const SweepOptions& options) {
       try {
         parse_experiment(cfg);
       } catch (const ConfigError& e) {
-        // The message without its "path: " prefix (the new error puts the path back in front).
-        std::string message = e.what();
-        const std::string prefix = (e.path().empty() ? std::string("config") : e.path()) + ": ";
-        if (message.rfind(prefix, 0) == 0) message = message.substr(prefix.size());
-        throw ConfigError(e.path(), message + " (in sweep run '" + r.name + "')");
+        throw ConfigError(e.path(), e.message() + " (in sweep run '" + r.name + "')");
       }
     }
     fs::path dir = fs::path(out) / "runs" / r.name;

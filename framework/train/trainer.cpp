@@ -226,6 +226,38 @@ void set_default_generator_state(const torch::Tensor& state) {
   gen.set_state(state);
 }
 
+/// A checkpoint entry that must be there (an older recsys's checkpoint cannot be resumed exactly).
+torch::Tensor read_entry(torch::serialize::InputArchive& a, const std::string& file, const std::string& key) {
+  torch::Tensor t;
+  if (!a.try_read(key, t))
+    throw DataError(file, 0, "checkpoint lacks '" + key + "': written by an older recsys, it cannot be resumed exactly");
+  return t;
+}
+
+/// The best state's bookkeeping and the early-stopping counters under `prefix`: "trainer." for
+/// the state a checkpoint was written in, "trainer.cut." for the state before a cut's validation.
+void write_bookkeeping(torch::serialize::OutputArchive& a, const std::string& prefix, const TrainerState& s) {
+  a.write(prefix + "best_value", torch::tensor(s.best_value, torch::kFloat64));
+  a.write(prefix + "best_step", torch::tensor(s.best_step));
+  a.write(prefix + "best_epoch", torch::tensor(s.best_epoch));
+  a.write(prefix + "evals_since_best", torch::tensor(s.evals_since_best));
+  a.write(prefix + "early_stopped", torch::tensor(static_cast<int64_t>(s.early_stopped)));
+  a.write(prefix + "best_valid", c10::IValue(nlohmann::json(s.best_valid).dump()));
+}
+
+void read_bookkeeping(torch::serialize::InputArchive& a, const std::string& file, const std::string& prefix,
+                      TrainerState& s) {
+  s.best_value = read_entry(a, file, prefix + "best_value").item<double>();
+  s.best_step = read_entry(a, file, prefix + "best_step").item<int64_t>();
+  s.best_epoch = read_entry(a, file, prefix + "best_epoch").item<int64_t>();
+  s.evals_since_best = read_entry(a, file, prefix + "evals_since_best").item<int64_t>();
+  s.early_stopped = read_entry(a, file, prefix + "early_stopped").item<int64_t>() != 0;
+  c10::IValue best_valid;
+  if (!a.try_read(prefix + "best_valid", best_valid))
+    throw DataError(file, 0, "checkpoint lacks '" + prefix + "best_valid'");
+  s.best_valid = nlohmann::json::parse(best_valid.toStringRef()).get<Metrics>();
+}
+
 /// This process's forward and default CPU generator states, as one row of int32 (Gloo gathers
 /// them; a byte per entry).
 torch::Tensor generator_row(const torch::Generator& forward) {
@@ -327,26 +359,13 @@ void Trainer::save_checkpoint(const std::string& name) const {
   const int64_t world = dist_.world();
   archive.write("trainer.epoch_batches", torch::tensor((s.epoch_batches + world - 1) / world * world));
   archive.write("trainer.epoch_complete", torch::tensor(static_cast<int64_t>(s.epoch_complete)));
-  archive.write("trainer.early_stopped", torch::tensor(static_cast<int64_t>(s.early_stopped)));
   archive.write("trainer.world_size", torch::tensor(static_cast<int64_t>(dist_.world())));
   archive.write("trainer.fallback", torch::tensor(static_cast<int64_t>(fallback_validation_)));
   archive.write("trainer.cut", torch::tensor(static_cast<int64_t>(cut_validation_)));
   // The loss of the last logged step: the next validation record reports it, resumed or not.
   archive.write("trainer.last_loss", torch::tensor(s.last_loss, torch::kFloat64));
-  if (cut_validation_) {
-    const auto& b = before_cut_;
-    archive.write("trainer.cut.best_value", torch::tensor(b.best_value, torch::kFloat64));
-    archive.write("trainer.cut.best_step", torch::tensor(b.best_step));
-    archive.write("trainer.cut.best_epoch", torch::tensor(b.best_epoch));
-    archive.write("trainer.cut.evals_since_best", torch::tensor(b.evals_since_best));
-    archive.write("trainer.cut.early_stopped", torch::tensor(static_cast<int64_t>(b.early_stopped)));
-    archive.write("trainer.cut.best_valid", c10::IValue(nlohmann::json(b.best_valid).dump()));
-  }
-  archive.write("trainer.best_value", torch::tensor(s.best_value, torch::kFloat64));
-  archive.write("trainer.best_step", torch::tensor(s.best_step));
-  archive.write("trainer.best_epoch", torch::tensor(s.best_epoch));
-  archive.write("trainer.evals_since_best", torch::tensor(s.evals_since_best));
-  archive.write("trainer.best_valid", c10::IValue(nlohmann::json(s.best_valid).dump()));
+  if (cut_validation_) write_bookkeeping(archive, "trainer.cut.", before_cut_);
+  write_bookkeeping(archive, "trainer.", s);
   // The generators: the forward pass's own, and LibTorch's default one (initialisation is over,
   // but dropout and any torch::rand in a forward pass draw from it).
   archive.write("trainer.gen_state", gen_.get_state());
@@ -445,46 +464,37 @@ void Trainer::resume(const std::filesystem::path& from) {
   const auto best = dir / "checkpoints" / "best.pt";
   if (dir.empty() || !fs::exists(last))
     throw DataError(last.string(), 0, "no checkpoint to resume from (runs write it at each validation)");
-  auto read = [](torch::serialize::InputArchive& a, const std::string& file, const std::string& key) {
-    torch::Tensor t;
-    if (!a.try_read(key, t))
-      throw DataError(file, 0, "checkpoint lacks '" + key + "': written by an older recsys, it cannot be resumed exactly");
-    return t;
-  };
   auto& s = state_;
+  const std::string file = last.string();
+  // last.pt read once: first its cut flag (before best.pt is touched), then the rest.
+  torch::serialize::InputArchive archive;
+  open_checkpoint(archive, last, device_);
   // last.pt written by the validation at the end of an epoch that max_steps cut short: a run
   // that goes on past that step would not have made that validation, so it goes back to the
   // bookkeeping and the best.pt from before it (kept as best_before_cut.pt when it replaced one).
   // A run resumed at the same limit keeps it (it ends where the cut run ended).
   bool undo_cut = false;
-  {
-    torch::serialize::InputArchive head;
-    open_checkpoint(head, last, device_);
-    torch::Tensor cut, step;
-    if (head.try_read("trainer.cut", cut) && cut.item<int64_t>() != 0) {
-      const int64_t at = read(head, last.string(), "trainer.step").item<int64_t>();
-      undo_cut = options_.max_steps == 0 || options_.max_steps > at;
-      if (undo_cut && dist_.leader()) {  // rank 0 owns the run directory's files
-        const auto kept = dir / "checkpoints" / "best_before_cut.pt";
-        const int64_t best_before = read(head, last.string(), "trainer.cut.best_step").item<int64_t>();
-        if (fs::exists(kept))
-          fs::rename(kept, best);
-        else if (best_before < 0)
-          fs::remove(best);  // the cut's validation made the run's first best state
-      }
+  torch::Tensor cut;
+  if (archive.try_read("trainer.cut", cut) && cut.item<int64_t>() != 0) {
+    const int64_t at = read_entry(archive, file, "trainer.step").item<int64_t>();
+    undo_cut = options_.max_steps == 0 || options_.max_steps > at;
+    if (undo_cut && dist_.leader()) {  // rank 0 owns the run directory's files
+      const auto kept = dir / "checkpoints" / "best_before_cut.pt";
+      if (fs::exists(kept))
+        fs::rename(kept, best);
+      else if (read_entry(archive, file, "trainer.cut.best_step").item<int64_t>() < 0)
+        fs::remove(best);  // the cut's validation made the run's first best state
     }
   }
   // The best state first (kept in memory for the end of training), then the last one.
   int64_t best_file_step = -1;
   if (fs::exists(best)) {
-    torch::serialize::InputArchive archive;
-    open_checkpoint(archive, best, device_);
-    load_module_state(task_.module(), archive, best.string());
+    torch::serialize::InputArchive best_archive;
+    open_checkpoint(best_archive, best, device_);
+    load_module_state(task_.module(), best_archive, best.string());
     snapshot_best();
-    best_file_step = read(archive, best.string(), "trainer.step").item<int64_t>();
+    best_file_step = read_entry(best_archive, best.string(), "trainer.step").item<int64_t>();
   }
-  torch::serialize::InputArchive archive;
-  open_checkpoint(archive, last, device_);
   load_module_state(task_.module(), archive, last.string());
   try {
     optimizer_->load(archive);
@@ -493,38 +503,22 @@ void Trainer::resume(const std::filesystem::path& from) {
   }
   check_stored_checksum(archive, "trainer.optimizer_checksum", optimizer_->checksum(), last.string(),
                         "the optimizer state");
-  const std::string file = last.string();
-  s.step = read(archive, file, "trainer.step").item<int64_t>();
-  s.epoch = read(archive, file, "trainer.epoch").item<int64_t>();
-  s.examples = read(archive, file, "trainer.examples").item<int64_t>();
-  s.epoch_batches = read(archive, file, "trainer.epoch_batches").item<int64_t>();
-  s.epoch_complete = read(archive, file, "trainer.epoch_complete").item<int64_t>() != 0;
-  s.early_stopped = read(archive, file, "trainer.early_stopped").item<int64_t>() != 0;
-  s.best_value = read(archive, file, "trainer.best_value").item<double>();
-  s.best_step = read(archive, file, "trainer.best_step").item<int64_t>();
-  s.best_epoch = read(archive, file, "trainer.best_epoch").item<int64_t>();
-  s.evals_since_best = read(archive, file, "trainer.evals_since_best").item<int64_t>();
-  c10::IValue best_valid;
-  if (!archive.try_read("trainer.best_valid", best_valid))
-    throw DataError(file, 0, "checkpoint lacks 'trainer.best_valid'");
-  s.best_valid = nlohmann::json::parse(best_valid.toStringRef()).get<Metrics>();
+  s.step = read_entry(archive, file, "trainer.step").item<int64_t>();
+  s.epoch = read_entry(archive, file, "trainer.epoch").item<int64_t>();
+  s.examples = read_entry(archive, file, "trainer.examples").item<int64_t>();
+  s.epoch_batches = read_entry(archive, file, "trainer.epoch_batches").item<int64_t>();
+  s.epoch_complete = read_entry(archive, file, "trainer.epoch_complete").item<int64_t>() != 0;
+  // The bookkeeping of the state it was written in, or, undoing a cut's validation, of the
+  // state before it.
+  read_bookkeeping(archive, file, undo_cut ? "trainer.cut." : "trainer.", s);
   torch::Tensor last_loss;
   if (archive.try_read("trainer.last_loss", last_loss)) s.last_loss = last_loss.item<double>();
   if (undo_cut) {
-    s.best_value = read(archive, file, "trainer.cut.best_value").item<double>();
-    s.best_step = read(archive, file, "trainer.cut.best_step").item<int64_t>();
-    s.best_epoch = read(archive, file, "trainer.cut.best_epoch").item<int64_t>();
-    s.evals_since_best = read(archive, file, "trainer.cut.evals_since_best").item<int64_t>();
-    s.early_stopped = read(archive, file, "trainer.cut.early_stopped").item<int64_t>() != 0;
-    c10::IValue before;
-    if (!archive.try_read("trainer.cut.best_valid", before))
-      throw DataError(file, 0, "checkpoint lacks 'trainer.cut.best_valid'");
-    s.best_valid = nlohmann::json::parse(before.toStringRef()).get<Metrics>();
     if (s.best_step < 0) best_params_.clear();
     forget_valid_at_ = s.step;
   }
-  gen_.set_state(read(archive, file, "trainer.gen_state"));
-  set_default_generator_state(read(archive, file, "trainer.default_gen_state"));
+  gen_.set_state(read_entry(archive, file, "trainer.gen_state"));
+  set_default_generator_state(read_entry(archive, file, "trainer.default_gen_state"));
   if (device_.is_cuda()) {
     torch::Tensor state;
     if (archive.try_read("trainer.device_gen_state", state)) {
@@ -533,7 +527,7 @@ void Trainer::resume(const std::filesystem::path& from) {
       device_gen.set_state(state);
     }
   }
-  const int64_t world = read(archive, file, "trainer.world_size").item<int64_t>();
+  const int64_t world = read_entry(archive, file, "trainer.world_size").item<int64_t>();
   if (world != dist_.world())
     throw DataError(file, 0, "written by a run of " + std::to_string(world) + " data-parallel ranks; it resumes only "
                              "with as many (its position in the epoch counts their batches)");

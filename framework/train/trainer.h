@@ -160,10 +160,10 @@ class Trainer {
   int64_t last_validated_step_ = -1;  // -1: no validation yet in this process
   bool fallback_validation_ = false;  // the end-of-run validation when none came before
   int64_t forget_from_step_ = -1;     // resumed from such a validation: its record is dropped
+  nlohmann::json result_extras_ = nlohmann::json::object();  // add_result()
   // The validation at the end of an epoch cut short by max_steps (eval_every = 0): a longer run
   // would not make it, so its checkpoint also carries the bookkeeping from before it, and a
   // resumed run goes back to that (and to the best.pt before it, kept as best_before_cut.pt).
-  nlohmann::json result_extras_ = nlohmann::json::object();
   bool cut_validation_ = false;
   bool epoch_cut_short_ = false;  // set by fit() around the epoch-end hooks
   TrainerState before_cut_;

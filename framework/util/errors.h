@@ -9,11 +9,14 @@ class ConfigError : public std::runtime_error {
  public:
   ConfigError(std::string path, const std::string& message)
       : std::runtime_error((path.empty() ? std::string("config") : path) + ": " + message),
-        path_(std::move(path)) {}
+        path_(std::move(path)),
+        message_(message) {}
   const std::string& path() const { return path_; }
+  /// The message without the path in front (for an error re-raised at another path).
+  const std::string& message() const { return message_; }
 
  private:
-  std::string path_;
+  std::string path_, message_;
 };
 
 /// Bad input data: carries file and line (line 0 when the problem is not tied to a line).

@@ -80,8 +80,7 @@ Options parse_options(const Reader& root) {
   auto d = root.child("data");
   o.source_type = d.get<std::string>("type", "synthetic");
   // Where the data comes from, for messages about it: the file, or the source's name.
-  o.source_name = d.has("path") && d.node().at("path").is_string() ? d.node().at("path").get<std::string>()
-                                                                   : o.source_type;
+  o.source_name = d.has("path") ? d.get<std::string>("path", "") : o.source_type;
   o.source = data::ctr_sources().get(o.source_type, d.path_of("type"))(d);
   o.data = data::parse_ctr_data_options(d);
   auto m = root.child("model");
@@ -115,10 +114,7 @@ class CtrTask : public train::Task {
       splits_ = data::build_ctr_samples(log_, o_.data.samples);
     } catch (const ConfigError& e) {
       // build_ctr_samples names its options by their own keys: here they live under data.
-      std::string message = e.what();
-      const std::string prefix = (e.path().empty() ? std::string("config") : e.path()) + ": ";
-      if (message.rfind(prefix, 0) == 0) message = message.substr(prefix.size());
-      throw ConfigError(e.path().empty() ? "data" : "data." + e.path(), message);
+      throw ConfigError(e.path().empty() ? "data" : "data." + e.path(), e.message());
     }
     if (splits_.train.size() == 0)
       throw DataError(o_.source_name, 0,

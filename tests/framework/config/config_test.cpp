@@ -6,6 +6,7 @@
 
 #include <fstream>
 #include <sstream>
+#include <utility>
 
 #include "framework/cli/commands.h"
 #include "framework/train/experiment.h"
@@ -30,6 +31,21 @@ void write_file(const fs::path& path, const std::string& text) {
   out << text;
 }
 
+/// Loads `name` in a fresh directory for `test` holding `text`; requires a DataError and
+/// returns it with the file's path.
+std::pair<DataError, std::string> load_error(const std::string& test, const std::string& name,
+                                             const std::string& text) {
+  const auto path = recsys::testing::temp_dir(test) / name;
+  write_file(path, text);
+  try {
+    recsys::config::load_file(path.string());
+  } catch (const DataError& e) {
+    return {e, path.string()};
+  }
+  FAIL("expected a DataError");
+  throw std::logic_error("unreachable");
+}
+
 /// Runs `fn`, requires a ConfigError and returns it.
 template <class F>
 ConfigError config_error(F&& fn) {
@@ -48,6 +64,12 @@ bool contains(const std::string& text, const std::string& part) {
 }
 
 const char* kExperiment = "configs/experiments/twotower_synthetic.json";
+
+/// `base` with `overrides` applied, as --set would.
+Json with_overrides(Json base, const std::vector<std::string>& overrides) {
+  for (auto& o : overrides) recsys::config::apply_override(base, o);
+  return base;
+}
 
 }  // namespace
 
@@ -95,30 +117,16 @@ TEST_CASE("an extends cycle is rejected naming the chain", "[config]") {
 }
 
 TEST_CASE("a JSON syntax error names file and line", "[config]") {
-  auto dir = recsys::testing::temp_dir("config_parse_error");
-  auto path = (dir / "bad.json").string();
-  write_file(dir / "bad.json", "{\n  \"a\": 1,\n  \"b\": ,\n  \"c\": 2\n}\n");
-  try {
-    recsys::config::load_file(path);
-    FAIL("expected a DataError");
-  } catch (const DataError& e) {
-    CHECK(e.file() == path);
-    CHECK(e.line() == 3);
-    CHECK(contains(e.what(), path + ":3"));
-  }
+  auto [e, path] = load_error("config_parse_error", "bad.json", "{\n  \"a\": 1,\n  \"b\": ,\n  \"c\": 2\n}\n");
+  CHECK(e.file() == path);
+  CHECK(e.line() == 3);
+  CHECK(contains(e.what(), path + ":3"));
 }
 
 TEST_CASE("a number beyond a double's range names the file or the --set key", "[config]") {
-  auto dir = recsys::testing::temp_dir("config_overflow");
-  auto path = (dir / "big.json").string();
-  write_file(dir / "big.json", "{\"train\": {\"optimizer\": {\"lr\": 1e400}}}\n");
-  try {
-    recsys::config::load_file(path);
-    FAIL("expected a DataError");
-  } catch (const DataError& e) {
-    CHECK(e.file() == path);
-    CHECK(contains(e.what(), "number overflow"));
-  }
+  auto [data_error, path] = load_error("config_overflow", "big.json", "{\"train\": {\"optimizer\": {\"lr\": 1e400}}}\n");
+  CHECK(data_error.file() == path);
+  CHECK(contains(data_error.what(), "number overflow"));
   Json j = Json::object();
   auto e = config_error([&] { recsys::config::apply_override(j, "train.optimizer.lr=-1e400"); });
   CHECK(e.path() == "train.optimizer.lr");
@@ -292,11 +300,7 @@ TEST_CASE("parse_experiment accepts the synthetic two-tower config", "[config]")
 TEST_CASE("first_setting_difference compares settings with defaults filled in", "[config]") {
   recsys::cli::register_builtins();
   Json base = recsys::config::load_file(kExperiment);
-  auto with = [&](const std::vector<std::string>& overrides) {
-    Json j = base;
-    for (auto& o : overrides) recsys::config::apply_override(j, o);
-    return j;
-  };
+  auto with = [&](const std::vector<std::string>& overrides) { return with_overrides(base, overrides); };
   auto differ = [&](const Json& saved, const Json& now, std::string* path = nullptr) {
     recsys::config::Difference d;
     const bool out = recsys::train::first_setting_difference(
@@ -327,8 +331,7 @@ TEST_CASE("parse_experiment rejects misspelt and invalid keys by path", "[config
   recsys::cli::register_builtins();
   Json base = recsys::config::load_file(kExperiment);
   auto path_of_error = [&](const std::vector<std::string>& overrides) {
-    Json j = base;
-    for (auto& o : overrides) recsys::config::apply_override(j, o);
+    Json j = with_overrides(base, overrides);
     auto err = config_error([&] { recsys::train::parse_experiment(j); });
     INFO(err.what());
     return err.path();
