@@ -69,20 +69,24 @@ Optimizer::Optimizer(std::vector<torch::Tensor> params, OptimizerOptions options
 }
 
 void Optimizer::zero_grad() {
-  for (auto& p : params_) {
-    auto& g = p.mutable_grad();
+  if (dense_seen_.size() != params_.size()) dense_seen_.assign(params_.size(), 0);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    auto& g = params_[i].mutable_grad();
     if (!g.defined()) continue;
-    if (g.is_sparse()) {
-      g = torch::Tensor();  // a fresh sparse gradient is produced by the next backward
-    } else {
-      g.detach_();
-      g.zero_();
-    }
+    // Dropped, not zeroed: the next backward's gradient then becomes the parameter's gradient
+    // as it is (AccumulateGrad takes it over) instead of being added to a zeroed tensor. A dense
+    // parameter that had a gradient and gets none this step still steps with a zero gradient
+    // (step() restores one), as if it had been zeroed.
+    if (!g.is_sparse()) dense_seen_[i] = 1;
+    g = torch::Tensor();
   }
 }
 
 void Optimizer::step() {
   torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < dense_seen_.size(); ++i)
+    if (dense_seen_[i] && !params_[i].grad().defined())
+      params_[i].mutable_grad() = torch::zeros_like(params_[i]);
   ++steps_;
   bool fused = options_.fused;
   for (size_t i = 0; fused && i < params_.size(); ++i)

@@ -36,6 +36,9 @@ struct OptimizerOptions {
 class Optimizer {
  public:
   Optimizer(std::vector<torch::Tensor> params, OptimizerOptions options);
+  /// Drops every gradient (sparse and dense): the next backward's gradients are taken over as
+  /// they are. step() treats a dense parameter that had a gradient before and has none now as
+  /// having a zero gradient, the same update as zeroing it would give.
   void zero_grad();
   void step();
   int64_t steps() const { return steps_; }
@@ -67,6 +70,9 @@ class Optimizer {
   OptimizerOptions options_;
   std::vector<torch::Tensor> state1_, state2_;  // Adam m/v, Adagrad sum, SGD momentum
   std::vector<std::vector<int32_t>> slot_;      // fused path: row -> group, -1 between steps
+  /// Per parameter: whether zero_grad() dropped a dense gradient of it (it then steps with a
+  /// zero gradient when a backward gives it none).
+  std::vector<char> dense_seen_;
   int64_t steps_ = 0;
 };
 

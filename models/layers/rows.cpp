@@ -356,6 +356,28 @@ class PooledRowsSparse : public torch::autograd::Function<PooledRowsSparse> {
   }
 };
 
+// The gradient of table[rows] for strictly increasing rows: one entry per row but padding row
+// 0 (which, if present, is rows[0]), the incoming rows as values, in row order.
+class SortedRowsSparse : public torch::autograd::Function<SortedRowsSparse> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& table, const Tensor& rows) {
+    ctx->save_for_backward({rows});
+    ctx->saved_data["rows"] = table.size(0);
+    return gather_kernel(table, rows);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto rows = ctx->get_saved_variables()[0];
+    const int64_t R = ctx->saved_data["rows"].toInt(), n = rows.size(0);
+    auto grad = grads[0].contiguous();
+    const int64_t skip = n > 0 && rows.data_ptr<int64_t>()[0] == 0 ? 1 : 0;
+    auto indices = rows.narrow(0, skip, n - skip).clone().view({1, n - skip});
+    auto values = grad.narrow(0, skip, n - skip);
+    std::vector<int64_t> shape{R};
+    shape.insert(shape.end(), grad.sizes().begin() + 1, grad.sizes().end());
+    return {at::_sparse_coo_tensor_unsafe(indices, values, shape), Tensor()};
+  }
+};
+
 class AddBagRows : public torch::autograd::Function<AddBagRows> {
  public:
   // Inputs: base, then each table, each ids, each weights (TensorLists: every element is an
@@ -442,6 +464,23 @@ torch::Tensor pooled_rows_sparse(const torch::Tensor& table, const torch::Tensor
   ids = ids.contiguous();
   check_index("pooled_rows_sparse", ids.reshape({-1}), ids.numel(), table.size(0));
   return PooledRowsSparse::apply(table, ids, mean);
+}
+
+torch::Tensor sorted_rows_sparse(const torch::Tensor& table, const torch::Tensor& rows) {
+  TORCH_CHECK(table.dim() == 2 && fast_path(table) && table.is_contiguous(),
+              "sorted_rows_sparse: table must be a contiguous CPU float32 / float64 [R, D], got ",
+              table.scalar_type(), " ", table.sizes());
+  TORCH_CHECK(rows.dim() == 1 && rows.scalar_type() == torch::kLong && rows.device().is_cpu(),
+              "sorted_rows_sparse: rows must be a CPU [N] int64 tensor, got ", rows.scalar_type(),
+              " ", rows.sizes());
+  auto r = rows.contiguous();
+  const int64_t* ix = r.data_ptr<int64_t>();
+  const int64_t n = r.size(0), R = table.size(0);
+  for (int64_t k = 0; k < n; ++k)
+    TORCH_CHECK(ix[k] >= 0 && ix[k] < R && (k == 0 || ix[k] > ix[k - 1]),
+                "sorted_rows_sparse: rows must be strictly increasing in [0, ", R, "), got ", ix[k],
+                " at position ", k, k > 0 ? " after " + std::to_string(ix[k - 1]) : std::string());
+  return SortedRowsSparse::apply(table, r);
 }
 
 torch::Tensor bag_rows(const torch::Tensor& table, const torch::Tensor& ids,

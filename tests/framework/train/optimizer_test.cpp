@@ -429,6 +429,44 @@ TEST_CASE("optimizer steps over empty parameters and empty sparse gradients", "[
   }
 }
 
+TEST_CASE("zero_grad drops gradients; a dense parameter without one steps as if zeroed", "[optim]") {
+  // Step 2's loss leaves w out: torch::optim::Adam, whose gradients are zeroed in place (defined
+  // and zero), still moves w by its moments; ours must too, from a dropped gradient.
+  for (bool fused : {true, false}) {
+    CAPTURE(fused);
+    recsys::testing::seed(4);
+    auto w0 = torch::randn({3, 4}), v0 = torch::randn({4});
+    auto w = w0.clone().requires_grad_(true), v = v0.clone().requires_grad_(true);
+    auto rw = w0.clone().requires_grad_(true), rv = v0.clone().requires_grad_(true);
+    OptimizerOptions o;
+    o.fused = fused;
+    o.lr = 0.05;
+    Optimizer opt({w, v}, o);
+    torch::optim::Adam ref({rw, rv}, torch::optim::AdamOptions(0.05));
+    auto x = torch::randn({5, 3});
+    for (int s = 0; s < 4; ++s) {
+      INFO("step " << s + 1);
+      opt.zero_grad();
+      CHECK_FALSE(w.grad().defined());
+      for (auto* p : {&rw, &rv})
+        if (p->grad().defined()) p->mutable_grad().zero_();
+      const bool use_w = s != 1;
+      auto loss = [&](const torch::Tensor& a, const torch::Tensor& b) {
+        return use_w ? (x.matmul(a) + b).pow(2).sum() : (b * 3).pow(2).sum();
+      };
+      loss(w, v).backward();
+      loss(rw, rv).backward();
+      CHECK(w.grad().defined() == use_w);
+      auto before = w.detach().clone();
+      opt.step();
+      ref.step();
+      require_close(w, rw, 1e-5, 1e-6);
+      require_close(v, rv, 1e-5, 1e-6);
+      if (!use_w) CHECK_FALSE(torch::equal(w.detach(), before));  // moved by its moments alone
+    }
+  }
+}
+
 TEST_CASE("fused optimizer: large gradients of distinct rows, on 2 threads", "[optim]") {
   // A gradient whose entries are all distinct rows is used as the row sums without a copy: each
   // row must get its own value row, for the fused lookups' gradients and for any order.

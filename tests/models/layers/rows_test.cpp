@@ -127,6 +127,41 @@ TEST_CASE("pooled_rows_sparse matches embedding + pooling with one sparse entry 
                     Catch::Contains("[0, 50)"));
 }
 
+TEST_CASE("sorted_rows_sparse matches torch::embedding with padding 0, values and coalesced gradients",
+          "[layers]") {
+  recsys::testing::seed(22);
+  for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
+    // With and without the padding row, one row, none.
+    for (auto rows : {torch::tensor({0L, 2L, 3L, 9L}), torch::tensor({1L, 4L, 11L}), torch::tensor({0L}),
+                      torch::zeros({0}, torch::kLong)}) {
+      CAPTURE(dtype, rows.size(0));
+      auto table = torch::randn({12, 5}, dtype).requires_grad_(true);
+      auto ref = table.detach().clone().requires_grad_(true);
+      auto a = recsys::models::sorted_rows_sparse(table, rows);
+      auto b = torch::embedding(ref, rows, /*padding_idx=*/0, false, /*sparse=*/true);
+      require_close(a, b, 0, 0);
+      auto w = torch::randn(b.sizes(), dtype);
+      (a * w).sum().backward();
+      (b * w).sum().backward();
+      const auto& g = table.grad();
+      REQUIRE(g.is_sparse());
+      const int64_t padded = rows.size(0) > 0 && rows[0].item<int64_t>() == 0 ? 1 : 0;
+      CHECK(g._nnz() == rows.size(0) - padded);
+      auto c = g.coalesce(), rc = ref.grad().coalesce();
+      require_close(c.to_dense(), rc.to_dense(), 0, 0);
+      CHECK(torch::equal(c._indices(), g._indices()));  // already in coalesced order
+    }
+  }
+  auto t = torch::randn({6, 2});
+  CHECK_THROWS_WITH(recsys::models::sorted_rows_sparse(t, torch::tensor({1L, 1L})),
+                    Catch::Contains("strictly increasing in [0, 6), got 1 at position 1 after 1"));
+  CHECK_THROWS_WITH(recsys::models::sorted_rows_sparse(t, torch::tensor({2L, 6L})),
+                    Catch::Contains("got 6 at position 1"));
+  CHECK_THROWS_WITH(recsys::models::sorted_rows_sparse(t, torch::tensor({-1L})), Catch::Contains("got -1"));
+  CHECK_THROWS_WITH(recsys::models::sorted_rows_sparse(t, torch::tensor({1, 2}, torch::kInt32)),
+                    Catch::Contains("int64"));
+}
+
 TEST_CASE("add_bag_rows equals the base plus each bag_rows, values and gradients", "[layers]") {
   recsys::testing::seed(22);
   const int64_t B = 33, H = 7;
