@@ -1,5 +1,8 @@
 #include "framework/util/id_groups.h"
 
+#include <algorithm>
+#include <utility>
+
 namespace recsys::util {
 
 namespace {
@@ -51,6 +54,81 @@ bool group_ids(const int64_t* ids, int64_t n, int64_t skip, std::vector<int32_t>
   out.order.resize(static_cast<size_t>(out.start[u]));
   for (int64_t k = 0; k < n; ++k)
     if (entry_slot[static_cast<size_t>(k)] >= 0) out.order[fill[entry_slot[k]]++] = k;
+  return true;
+}
+
+bool group_ids_sorted(const int64_t* ids, int64_t n, int64_t skip, int64_t bound, int64_t per,
+                      IdGroups& out, int64_t& bad) {
+  out.rows.clear();
+  out.start.assign(1, 0);
+  out.order.clear();
+  if (per < 1) per = 1;
+  // Entries as id << 32 | payload where both fit 32 bits (always, short of 2^32 rows or
+  // payloads); sorted by the id's bits only, in digits of kDigitBits.
+  constexpr int kDigitBits = 11;
+  constexpr uint64_t kDigitMask = (uint64_t{1} << kDigitBits) - 1;
+  constexpr int64_t kLimit = int64_t{1} << 32;
+  int bits = 1;
+  while (bits < 63 && (int64_t{1} << bits) < bound) ++bits;
+  const int passes = (bits + kDigitBits - 1) / kDigitBits;
+  const bool packed = bound <= kLimit && (n == 0 || (n - 1) / per < kLimit);
+  std::vector<uint64_t> a, b;
+  std::vector<std::pair<int64_t, int64_t>> wide;  // beyond 32 bits: (id, payload), sorted stably
+  std::vector<int64_t> hist(packed ? static_cast<size_t>(passes) << kDigitBits : 0, 0);
+  a.reserve(packed ? static_cast<size_t>(n) : 0);
+  for (int64_t k = 0, p = 0, j = 0; k < n; ++k) {
+    const int64_t r = ids[k];
+    if (r != skip) {
+      if (r < 0 || r >= bound) {
+        bad = r;
+        return false;
+      }
+      if (packed) {
+        a.push_back(static_cast<uint64_t>(r) << 32 | static_cast<uint64_t>(p));
+        for (int d = 0; d < passes; ++d)
+          ++hist[(static_cast<size_t>(d) << kDigitBits) + ((static_cast<uint64_t>(r) >> (d * kDigitBits)) & kDigitMask)];
+      } else {
+        wide.emplace_back(r, p);
+      }
+    }
+    if (++j == per) {
+      j = 0;
+      ++p;
+    }
+  }
+  auto add = [&](int64_t id, int64_t payload, size_t e) {
+    if (out.rows.empty() || out.rows.back() != id) {
+      if (!out.rows.empty()) out.start.push_back(static_cast<int64_t>(e));
+      out.rows.push_back(id);
+    }
+    out.order.push_back(payload);
+  };
+  if (!packed) {
+    std::stable_sort(wide.begin(), wide.end(),
+                     [](const auto& x, const auto& y) { return x.first < y.first; });
+    for (size_t e = 0; e < wide.size(); ++e) add(wide[e].first, wide[e].second, e);
+  } else {
+    const size_t m = a.size();
+    b.resize(m);
+    for (int d = 0; d < passes; ++d) {
+      int64_t* h = hist.data() + (static_cast<size_t>(d) << kDigitBits);
+      // A digit every entry shares orders nothing: skip its pass.
+      if (m == 0 || static_cast<size_t>(*std::max_element(h, h + (kDigitMask + 1))) == m) continue;
+      int64_t sum = 0;
+      for (uint64_t v = 0; v <= kDigitMask; ++v) {
+        const int64_t c = h[v];
+        h[v] = sum;
+        sum += c;
+      }
+      const int shift = 32 + d * kDigitBits;
+      for (size_t e = 0; e < m; ++e) b[static_cast<size_t>(h[(a[e] >> shift) & kDigitMask]++)] = a[e];
+      a.swap(b);
+    }
+    out.order.reserve(m);
+    for (size_t e = 0; e < m; ++e)
+      add(static_cast<int64_t>(a[e] >> 32), static_cast<int64_t>(a[e] & 0xFFFFFFFFu), e);
+  }
+  if (!out.rows.empty()) out.start.push_back(static_cast<int64_t>(out.order.size()));
   return true;
 }
 

@@ -290,25 +290,21 @@ Tensor pooled_forward_kernel(const Tensor& table, const Tensor& ids, bool mean, 
 }
 
 // The sparse gradient of pooled_forward_kernel: one value row per distinct non-padding id,
-// value[u] = sum over the entries (b, l) holding it of w[b] * grad[b] (grouped_sums: in entry
-// order within each thread's part).
+// ascending, value[u] = sum over the entries (b, l) holding it of w[b] * grad[b] (grouped_sums:
+// in entry order within each thread's part).
 Tensor pooled_backward_kernel(const Tensor& grad_in, const Tensor& ids, const Tensor& w,
                               int64_t rows) {
   auto grad = grad_in.contiguous();
-  const int64_t B = ids.size(0), L = ids.size(1), D = grad.size(1), n = B * L;
+  const int64_t L = ids.size(1), D = grad.size(1), n = ids.size(0) * L;
   const int64_t* ix = ids.data_ptr<int64_t>();
-  // Slot of each id in the output, -1 when unseen; kept per thread across calls (sized to the
-  // largest table) and left all -1 by group_ids, so no call clears a vocabulary-sized array.
-  thread_local std::vector<int32_t> slot;
-  if (static_cast<int64_t>(slot.size()) < rows) slot.assign(static_cast<size_t>(rows), -1);
+  // Grouped by a radix sort of the ids, each entry carrying its bag.
   util::IdGroups groups;
   int64_t bad = 0;
-  TORCH_CHECK(util::group_ids(ix, n, /*skip=*/0, slot, groups, bad),
+  TORCH_CHECK(util::group_ids_sorted(ix, n, /*skip=*/0, rows, /*per=*/L, groups, bad),
               "pooled_rows_sparse: id ", bad, " outside [0, ", rows, ")");
   const auto& start = groups.start;
+  const auto& order = groups.order;  // the entries' bags
   const auto U = static_cast<int64_t>(groups.rows.size());
-  std::vector<int64_t> order(groups.order.size());
-  for (size_t e = 0; e < order.size(); ++e) order[e] = groups.order[e] / L;  // the entry's bag
   auto values = torch::empty({U, D}, grad.options());  // every row has at least one entry
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "pooled_rows_sparse_backward", [&] {
     const scalar_t* g = grad.data_ptr<scalar_t>();

@@ -40,7 +40,7 @@ torch::Tensor add_bag_rows(const torch::Tensor& base, const std::vector<torch::T
 /// (ids != 0, at least 1) for `mean`: torch::embedding + pooling, whose padding row is zero in
 /// every table FeatureEncoder makes. ids [B, L] (or [B]) int64 in [0, R).
 /// Backward gives a sparse COO gradient with one entry per distinct non-padding id of the batch
-/// (indices in order of first appearance, values summed) instead of one per looked-up entry: what
+/// (indices ascending, values summed) instead of one per looked-up entry: what
 /// torch::embedding(padding_idx = 0, sparse) + pooling gives after coalescing (its oracle,
 /// pooled_lookup with fused = false), without the [B, L, D] gathered rows.
 torch::Tensor pooled_rows_sparse(const torch::Tensor& table, const torch::Tensor& ids, bool mean);

@@ -84,3 +84,51 @@ TEST_CASE("group_ids groups every entry once, rows in order of first appearance"
     CHECK(std::all_of(slot.begin(), slot.end(), [](int32_t s) { return s == -1; }));
   }
 }
+
+TEST_CASE("group_ids_sorted groups every entry once, ids ascending, payloads per bag in entry order",
+          "[kernels]") {
+  using recsys::util::group_ids_sorted;
+  std::mt19937_64 rng(7);
+  // Bounds of one digit, several digits (a digit every id shares is skipped), and beyond 32
+  // bits (the unpacked path).
+  for (int64_t bound : {int64_t{1000}, int64_t{300000}, int64_t{1} << 20, (int64_t{1} << 33) + 5}) {
+    for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{100}, int64_t{30000}}) {
+      for (int64_t per : {int64_t{1}, int64_t{3}}) {
+        CAPTURE(bound, n, per);
+        std::vector<int64_t> ids(static_cast<size_t>(n));
+        for (auto& v : ids) {
+          const double u = std::uniform_real_distribution<double>(0, 1)(rng);
+          v = u < 0.05 ? 0 : static_cast<int64_t>(std::pow(static_cast<double>(bound - 1), u * u));
+        }
+        if (n > 10) ids[3] = bound - 1;  // the largest id
+        std::map<int64_t, std::vector<int64_t>> expected;
+        for (int64_t k = 0; k < n; ++k)
+          if (ids[static_cast<size_t>(k)] != 0) expected[ids[static_cast<size_t>(k)]].push_back(k / per);
+        IdGroups g;
+        int64_t bad = 0;
+        REQUIRE(group_ids_sorted(ids.data(), n, /*skip=*/0, bound, per, g, bad));
+        REQUIRE(g.start.size() == g.rows.size() + 1);
+        REQUIRE(g.start.front() == 0);
+        REQUIRE(static_cast<size_t>(g.start.back()) == g.order.size());
+        std::map<int64_t, std::vector<int64_t>> got;
+        for (size_t u = 0; u < g.rows.size(); ++u) {
+          if (u > 0) REQUIRE(g.rows[u] > g.rows[u - 1]);  // ascending, each id once
+          REQUIRE(g.start[u + 1] > g.start[u]);
+          got[g.rows[u]].assign(g.order.begin() + g.start[u], g.order.begin() + g.start[u + 1]);
+        }
+        CHECK(got == expected);  // payloads k / per, in entry order within each id
+      }
+    }
+  }
+  // Ids outside [0, bound): the first in entry order is named; the skipped id is not checked.
+  std::vector<int64_t> ids{4, -7, 2, 9, 12, 3};
+  IdGroups g;
+  int64_t bad = 0;
+  CHECK_FALSE(group_ids_sorted(ids.data(), 6, /*skip=*/-7, /*bound=*/10, 1, g, bad));
+  CHECK(bad == 12);
+  CHECK_FALSE(group_ids_sorted(ids.data(), 6, /*skip=*/0, /*bound=*/10, 1, g, bad));
+  CHECK(bad == -7);
+  REQUIRE(group_ids_sorted(ids.data(), 4, /*skip=*/-7, /*bound=*/10, 2, g, bad));
+  CHECK(g.rows == std::vector<int64_t>{2, 4, 9});
+  CHECK(g.order == std::vector<int64_t>{1, 0, 1});
+}

@@ -252,9 +252,8 @@ TEST_CASE("row kernels' backward: one id holding most entries is cut across the 
   // entries cross a part boundary is summed piecewise. Ids: one holding 60% of the entries
   // (Zipf's head, the SSL views' default bag), rows never used before, between and after the
   // used ones; on 2 and 3 threads. For bag_rows (groups by table row) the heavy row lies in the
-  // middle and, on 3 threads, crosses both boundaries (a part entirely inside one row); for
-  // pooled_rows_sparse (groups in order of first appearance) it is the first group and crosses
-  // one.
+  // middle and, on 3 threads, crosses both boundaries (a part entirely inside one row), and so
+  // for pooled_rows_sparse (groups by ascending id).
   recsys::testing::seed(31);
   recsys::testing::ThreadCount threads(2);
   const int64_t R = 400, H = 16, B = 6000, L = 4;
@@ -268,7 +267,7 @@ TEST_CASE("row kernels' backward: one id holding most entries is cut across the 
   for (int n : {2, 3}) {
     CAPTURE(n);
     threads.set(n);
-    // pooled_rows_sparse (groups in order of first appearance) against embedding + mean.
+    // pooled_rows_sparse (groups by ascending id) against embedding + mean.
     auto pooled = [&](bool fused) {
       auto t = table.clone().requires_grad_(true);
       auto out = recsys::models::pooled_lookup(t, ids, recsys::models::Pooling::kMean, true, fused);
