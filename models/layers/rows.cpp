@@ -30,9 +30,14 @@ void check_index(const char* who, const Tensor& index, int64_t n, int64_t rows) 
               " ", index.sizes());
   if (n == 0 || !index.device().is_cpu()) return;
   const int64_t* ix = index.data_ptr<int64_t>();
-  const auto [lo, hi] = std::minmax_element(ix, ix + n);
-  TORCH_CHECK(*lo >= 0 && *hi < rows, who, ": index entries must lie in [0, ", rows, "), got ",
-              *lo, " .. ", *hi);
+  // A branch-free reduction (vectorised), where std::minmax_element compares entry by entry.
+  int64_t lo = ix[0], hi = ix[0];
+  for (int64_t k = 1; k < n; ++k) {
+    lo = std::min(lo, ix[k]);
+    hi = std::max(hi, ix[k]);
+  }
+  TORCH_CHECK(lo >= 0 && hi < rows, who, ": index entries must lie in [0, ", rows, "), got ", lo,
+              " .. ", hi);
 }
 
 RECSYS_CLONES void add_row_f32(const float* __restrict src, float* __restrict dst, int64_t d) {
