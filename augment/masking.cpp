@@ -29,6 +29,31 @@ torch::Tensor mask_rows(const torch::Tensor& t, const torch::Tensor& mask) {
   return torch::where(mask.unsqueeze(1), def, t);
 }
 
+std::pair<torch::Tensor, torch::Tensor> mask_rows_both(const torch::Tensor& t, const torch::Tensor& mask) {
+  if (t.scalar_type() != torch::kInt64) return {t, t};
+  if (!(t.device().is_cpu() && mask.device().is_cpu() && t.dim() == 2 &&
+        mask.scalar_type() == torch::kBool && mask.dim() == 1 && mask.size(0) == t.size(0)))
+    return {mask_rows(t, mask), mask_rows(t, ~mask)};
+  auto src = t.contiguous();
+  auto a = torch::empty_like(src), b = torch::empty_like(src);
+  const int64_t rows = src.size(0), width = src.size(1), stride = mask.stride(0);
+  const bool* mp = mask.data_ptr<bool>();
+  const int64_t* in = src.data_ptr<int64_t>();
+  int64_t *pa = a.data_ptr<int64_t>(), *pb = b.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool m = mp[r * stride];
+    int64_t* masked = (m ? pa : pb) + r * width;
+    int64_t* kept = (m ? pb : pa) + r * width;
+    const int64_t* row = in + r * width;
+    // Plain loops: the bags are a handful of ids, too short for memcpy / memset calls to pay.
+    for (int64_t c = 0; c < width; ++c) {
+      kept[c] = row[c];
+      masked[c] = c == 0 ? data::kDefaultIndex : 0;
+    }
+  }
+  return {a, b};
+}
+
 std::vector<std::vector<double>> mutual_information(const data::FeatureTable& items,
                                                     const std::vector<int64_t>& columns) {
   const size_t F = columns.size();

@@ -1,4 +1,5 @@
 #pragma once
+#include <utility>
 #include <vector>
 
 #include "augment/augmentation.h"
@@ -8,6 +9,10 @@ namespace recsys::augment {
 /// Replaces the rows of `t` ([M, L]) where `mask` ([M] bool) is set by the default value
 /// ([kDefaultIndex, 0, 0, ...]). Numeric tensors are returned unchanged.
 torch::Tensor mask_rows(const torch::Tensor& t, const torch::Tensor& mask);
+
+/// Both complementary maskings at once: {mask_rows(t, mask), mask_rows(t, ~mask)}, in one pass
+/// over t on the CPU (`mask` may be a strided view, e.g. a column of a [M, F] group).
+std::pair<torch::Tensor, torch::Tensor> mask_rows_both(const torch::Tensor& t, const torch::Tensor& mask);
 
 /// Mutual information (nats) between every pair of item features, estimated over the item
 /// corpus (each item counted once). For multi-valued features every pair of values of one item

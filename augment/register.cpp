@@ -2,6 +2,7 @@
 #include <spdlog/spdlog.h>
 
 #include <map>
+#include <tuple>
 
 #include "augment/augmentation.h"
 #include "augment/masking.h"
@@ -100,9 +101,7 @@ class ValueDropout : public Augmentation {
 std::pair<FeatureBatch, FeatureBatch> split_views(const FeatureBatch& b, const torch::Tensor& group) {
   FeatureBatch v1(b.size()), v2(b.size());
   for (size_t f = 0; f < b.size(); ++f) {
-    auto g = group.select(1, static_cast<int64_t>(f));
-    v1[f] = mask_rows(b[f], g);
-    v2[f] = mask_rows(b[f], ~g);
+    std::tie(v1[f], v2[f]) = mask_rows_both(b[f], group.select(1, static_cast<int64_t>(f)));
   }
   return {v1, v2};
 }
@@ -127,16 +126,16 @@ class Complementary : public Augmentation {
     auto group = torch::empty({rows, n_}, torch::kBool);
     const float* k = keys.data_ptr<float>();
     bool* g = group.data_ptr<bool>();
-    for (int64_t r = 0; r < rows; ++r)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* kr = k + r * n_;
       for (int64_t j = 0; j < n_; ++j) {
+        const float kj = kr[j];
         int64_t rank = 0;
-        const float kj = k[r * n_ + j];
-        for (int64_t i = 0; i < n_; ++i) {
-          const float ki = k[r * n_ + i];
-          rank += ki < kj || (ki == kj && i < j);
-        }
+        for (int64_t i = 0; i < j; ++i) rank += kr[i] <= kj;  // a tie ranks the earlier first
+        for (int64_t i = j + 1; i < n_; ++i) rank += kr[i] < kj;
         g[r * n_ + j] = rank < half;
       }
+    }
     if (per_batch_) group = group.expand({M, n_});
     return split_views(b, group);
   }

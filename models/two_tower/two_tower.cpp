@@ -1,6 +1,7 @@
 #include "models/two_tower/two_tower.h"
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "models/layers/linear.h"
@@ -53,19 +54,25 @@ UsedRows used_rows(const torch::Tensor& ids_in, int64_t vocab, Pooling pooling,
     }
   u.rows = torch::tensor(rows, ids.options());
   u.local = torch::empty_like(ids);
-  u.weights = torch::empty({B, L}, ids.options().dtype(torch::kDouble));
   int64_t* lx = u.local.data_ptr<int64_t>();
-  double* w = u.weights.data_ptr<double>();
-  for (int64_t b = 0; b < B; ++b) {
-    int64_t real = 0;
-    for (int64_t l = 0; l < L; ++l) real += ix[b * L + l] != 0;
-    const double each = pooling == Pooling::kMean ? 1.0 / static_cast<double>(std::max<int64_t>(real, 1)) : 1.0;
-    for (int64_t l = 0; l < L; ++l) {
-      lx[b * L + l] = slot[static_cast<size_t>(ix[b * L + l])];
-      w[b * L + l] = ix[b * L + l] != 0 ? each : 0.0;
+  // The weights in the tables' dtype where it is a floating one (1 / count computed in double,
+  // then rounded once, as a conversion of the double weights would); double otherwise.
+  const auto wtype = dtype == torch::kFloat || dtype == torch::kDouble ? dtype : torch::kDouble;
+  u.weights = torch::empty({B, L}, ids.options().dtype(wtype));
+  AT_DISPATCH_FLOATING_TYPES(wtype, "used_rows", [&] {
+    scalar_t* w = u.weights.data_ptr<scalar_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t real = 0;
+      for (int64_t l = 0; l < L; ++l) real += ix[b * L + l] != 0;
+      const auto each = static_cast<scalar_t>(
+          pooling == Pooling::kMean ? 1.0 / static_cast<double>(std::max<int64_t>(real, 1)) : 1.0);
+      for (int64_t l = 0; l < L; ++l) {
+        lx[b * L + l] = slot[static_cast<size_t>(ix[b * L + l])];
+        w[b * L + l] = ix[b * L + l] != 0 ? each : scalar_t(0);
+      }
     }
-  }
-  u.weights = u.weights.to(dtype);
+  });
+  if (wtype != dtype) u.weights = u.weights.to(dtype);
   return u;
 }
 
@@ -77,6 +84,33 @@ uint64_t bag_hash(const int64_t* row, int64_t L) {
     h *= 0xBF58476D1CE4E5B9ull;
   }
   return h ^ (h >> 31);
+}
+
+/// Whether a sample of rows spread evenly over `ids` ([B] or [B, L] int64, CPU) holds a bag
+/// twice; every row where B is small. A batch whose bags are (nearly) all distinct, a user's
+/// id or history, shows none in the sample, and the full pass of unique_bags (whose result
+/// would be thrown away) is skipped; one where distinct bags could halve the rows shows
+/// repeats in a sample of 64 with high probability (where a third of the rows share one bag,
+/// as the SSL views' default bags do, about 21 sampled rows hold it). Only a choice of path:
+/// both give the same values.
+bool repeats_in_sample(const torch::Tensor& ids_in) {
+  constexpr int64_t kSample = 64;
+  auto ids = (ids_in.dim() == 1 ? ids_in.unsqueeze(1) : ids_in).contiguous();
+  const int64_t B = ids.size(0), L = ids.size(1);
+  if (B <= 2 * kSample) return true;
+  const int64_t* ix = ids.data_ptr<int64_t>();
+  std::vector<std::pair<uint64_t, int64_t>> sample;  // (hash, row)
+  sample.reserve(kSample);
+  for (int64_t j = 0; j < kSample; ++j) {
+    const int64_t r = j * B / kSample;
+    sample.emplace_back(bag_hash(ix + r * L, L), r);
+  }
+  std::sort(sample.begin(), sample.end());
+  for (size_t j = 1; j < sample.size(); ++j)
+    if (sample[j].first == sample[j - 1].first &&
+        std::equal(ix + sample[j].second * L, ix + (sample[j].second + 1) * L, ix + sample[j - 1].second * L))
+      return true;
+  return false;
 }
 
 }  // namespace
@@ -208,7 +242,7 @@ std::vector<TowerImpl::FeaturePlan> TowerImpl::plan(const std::vector<torch::Ten
     // Distinct bags need a pass over the ids (CPU): worth it only where they can win, i.e. when
     // a bag per 2 rows (an even split with duplicates) would.
     if (options_.distinct_bags() && inputs[i].device().is_cpu() &&
-        3.0 * (rows / 2) * dim + 2.0 * rows < best) {
+        3.0 * (rows / 2) * dim + 2.0 * rows < best && repeats_in_sample(inputs[i])) {
       auto u = unique_bags(inputs[i]);
       const double via_bags = 3.0 * static_cast<double>(u.first.size(0)) * dim + 2.0 * rows;
       if (via_bags < best) {

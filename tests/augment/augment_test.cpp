@@ -148,6 +148,26 @@ TEST_CASE("complementary views are disjoint and cover every feature", "[augment]
     }
 }
 
+TEST_CASE("mask_rows_both equals mask_rows with the mask and its complement", "[augment]") {
+  recsys::testing::seed(12);
+  // A strided mask (a column of a [M, F] group), bags of widths 3, 1 and 0, a numeric feature.
+  auto group = torch::rand({9, 4}) < 0.5;
+  for (int64_t width : {3, 1, 0}) {
+    CAPTURE(width);
+    auto t = torch::randint(2, 50, {9, width}, torch::kInt64);
+    const auto before = t.clone();
+    auto g = group.select(1, 2);
+    auto [a, b] = augment::mask_rows_both(t, g);
+    CHECK(torch::equal(a, augment::mask_rows(t, g)));
+    CHECK(torch::equal(b, augment::mask_rows(t, ~g)));
+    CHECK(torch::equal(t, before));  // the input is left as it was
+  }
+  auto numeric = torch::rand({9, 1});
+  auto [a, b] = augment::mask_rows_both(numeric, group.select(1, 0));
+  CHECK(a.is_same(numeric));
+  CHECK(b.is_same(numeric));
+}
+
 TEST_CASE("mutual information matches hand-computed values", "[augment][mi]") {
   // 4 items; a == b (MI = ln 2), c independent of a (MI = 0), d multi-valued.
   data::FeatureTable t(4);
