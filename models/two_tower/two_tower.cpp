@@ -1,5 +1,7 @@
 #include "models/two_tower/two_tower.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <utility>
 #include <vector>
@@ -216,6 +218,8 @@ std::vector<TowerImpl::FeaturePlan> TowerImpl::plan(const std::vector<torch::Ten
   const auto& feats = options_.features();
   std::vector<FeaturePlan> out(feats.size());
   if (!options_.project_small_vocabularies() || inputs.size() != feats.size()) return out;
+  // Features whose distinct bags could beat the best other path, with that path's cost.
+  std::vector<std::pair<size_t, double>> candidates;
   for (size_t i = 0; i < feats.size(); ++i) {
     const auto& f = feats[i];
     // Ids of another type than int64 (int32 takes the plain embedding path) stay direct.
@@ -242,13 +246,22 @@ std::vector<TowerImpl::FeaturePlan> TowerImpl::plan(const std::vector<torch::Ten
     // Distinct bags need a pass over the ids (CPU): worth it only where they can win, i.e. when
     // a bag per 2 rows (an even split with duplicates) would.
     if (options_.distinct_bags() && inputs[i].device().is_cpu() &&
-        3.0 * (rows / 2) * dim + 2.0 * rows < best && repeats_in_sample(inputs[i])) {
-      auto u = unique_bags(inputs[i]);
-      const double via_bags = 3.0 * static_cast<double>(u.first.size(0)) * dim + 2.0 * rows;
-      if (via_bags < best) {
-        p.path = FirstLayerPath::kUniqueBags;
-        p.bags = std::move(u);
-      }
+        3.0 * (rows / 2) * dim + 2.0 * rows < best && repeats_in_sample(inputs[i]))
+      candidates.emplace_back(i, best);
+  }
+  // The candidates' distinct bags, one feature per thread (independent passes over the ids).
+  std::vector<UniqueBags> bags(candidates.size());
+  at::parallel_for(0, static_cast<int64_t>(candidates.size()), 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      bags[static_cast<size_t>(c)] = unique_bags(inputs[candidates[static_cast<size_t>(c)].first]);
+  });
+  for (size_t c = 0; c < candidates.size(); ++c) {
+    const auto [i, best] = candidates[c];
+    const double rows = static_cast<double>(inputs[i].size(0));
+    const double via_bags = 3.0 * static_cast<double>(bags[c].first.size(0)) * static_cast<double>(feats[i].dim) + 2.0 * rows;
+    if (via_bags < best) {
+      out[i].path = FirstLayerPath::kUniqueBags;
+      out[i].bags = std::move(bags[c]);
     }
   }
   return out;
