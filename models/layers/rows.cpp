@@ -120,33 +120,61 @@ void grouped_sums(int64_t G, const int64_t* start, int64_t H, S* out, const Entr
   }
 }
 
-// grad_table [R, H]: row r = sum over the entries (b, l) with ids[b, l] = r and w[b, l] != 0 of
-// w[b, l] * grad[b] (zero for rows no entry holds). The entries are grouped by row first, then
-// summed by grouped_sums: in entry order within each thread's part, so the last bits of a row
-// cut by a part boundary depend on the thread count (the same for the same count).
-Tensor bag_backward_kernel(const Tensor& grad_in, const Tensor& ids, const Tensor& weights,
-                           int64_t rows) {
-  auto grad = grad_in.contiguous();
-  const int64_t B = ids.size(0), L = ids.size(1), H = grad.size(1), n = B * L;
-  auto out = torch::empty({rows, H}, grad.options());
-  if (rows == 0 || H == 0) return out;
+// The entries (b, l) of ids [B, L] with a nonzero weight grouped by table row by a counting
+// sort: row r's entries, in entry order, at order[start[r] .. start[r + 1]).
+struct BagGroups {
+  std::vector<int64_t> start, order;
+};
+
+template <typename S>
+BagGroups bag_groups(const Tensor& ids, const Tensor& weights, int64_t rows) {
+  const int64_t n = ids.numel();
   const int64_t* ix = ids.data_ptr<int64_t>();
+  const S* w = weights.data_ptr<S>();
+  BagGroups gr;
+  gr.start.assign(static_cast<size_t>(rows) + 1, 0);
+  for (int64_t k = 0; k < n; ++k)
+    if (w[k] != 0) ++gr.start[ix[k] + 1];
+  for (int64_t r = 0; r < rows; ++r) gr.start[r + 1] += gr.start[r];
+  gr.order.resize(static_cast<size_t>(gr.start[rows]));
+  std::vector<int64_t> fill(gr.start.begin(), gr.start.end() - 1);
+  for (int64_t k = 0; k < n; ++k)
+    if (w[k] != 0) gr.order[fill[ix[k]]++] = k;
+  return gr;
+}
+
+// The table gradients of bags over several tables that share the rows' gradient grad [B, H]:
+// table f's gradient [R_f, H] has row r = sum over the entries (b, l) with ids_f[b, l] = r and
+// w_f[b, l] != 0 of w_f[b, l] * grad[b] (zero for rows no entry holds). The tables' counting
+// sorts run one table per thread; then each table's sums (grouped_sums) split across the
+// threads: in entry order within each thread's part, so the last bits of a row cut by a part
+// boundary depend on the thread count (the same for the same count).
+std::vector<Tensor> bag_backward_kernels(const Tensor& grad_in, const std::vector<Tensor>& ids,
+                                         const std::vector<Tensor>& weights,
+                                         const std::vector<int64_t>& rows) {
+  auto grad = grad_in.contiguous();
+  const int64_t H = grad.size(1);
+  std::vector<Tensor> out(ids.size());
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "bag_rows_backward", [&] {
-    const scalar_t* g = grad.data_ptr<scalar_t>();
-    const scalar_t* w = weights.data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    std::vector<int64_t> start(static_cast<size_t>(rows) + 1, 0), order;
-    for (int64_t k = 0; k < n; ++k)
-      if (w[k] != 0) ++start[ix[k] + 1];
-    for (int64_t r = 0; r < rows; ++r) start[r + 1] += start[r];
-    order.resize(static_cast<size_t>(start[rows]));
-    std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (int64_t k = 0; k < n; ++k)
-      if (w[k] != 0) order[fill[ix[k]]++] = k;
-    grouped_sums<scalar_t>(rows, start.data(), H, o, [&](int64_t e) {
-      const int64_t k = order[static_cast<size_t>(e)];
-      return std::make_pair(w[k], g + (k / L) * H);
+    std::vector<BagGroups> groups(ids.size());
+    at::parallel_for(0, static_cast<int64_t>(ids.size()), 1, [&](int64_t f0, int64_t f1) {
+      for (int64_t f = f0; f < f1; ++f) {
+        const auto i = static_cast<size_t>(f);
+        groups[i] = bag_groups<scalar_t>(ids[i], weights[i], rows[i]);
+      }
     });
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    for (size_t f = 0; f < ids.size(); ++f) {
+      out[f] = torch::empty({rows[f], H}, grad.options());
+      if (rows[f] == 0 || H == 0) continue;
+      const int64_t L = ids[f].size(1);
+      const scalar_t* w = weights[f].data_ptr<scalar_t>();
+      const auto& gr = groups[f];
+      grouped_sums<scalar_t>(rows[f], gr.start.data(), H, out[f].data_ptr<scalar_t>(), [&](int64_t e) {
+        const int64_t k = gr.order[static_cast<size_t>(e)];
+        return std::make_pair(w[k], g + (k / L) * H);
+      });
+    }
   });
   return out;
 }
@@ -336,7 +364,7 @@ class BagRows : public torch::autograd::Function<BagRows> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    return {bag_backward_kernel(grads[0], saved[0], saved[1], ctx->saved_data["rows"].toInt()),
+    return {bag_backward_kernels(grads[0], {saved[0]}, {saved[1]}, {ctx->saved_data["rows"].toInt()})[0],
             Tensor(), Tensor()};
   }
 };
@@ -405,8 +433,9 @@ class AddBagRows : public torch::autograd::Function<AddBagRows> {
     const auto& g = grads[0];
     variable_list out;
     out.push_back(ctx->saved_data["base_dim"].toInt() == 2 ? g : g.sum(0));
-    for (size_t f = 0; f < n; ++f)
-      out.push_back(bag_backward_kernel(g, saved[f], saved[n + f], table_rows[f]));
+    const std::vector<Tensor> ids(saved.begin(), saved.begin() + static_cast<long>(n)),
+        weights(saved.begin() + static_cast<long>(n), saved.begin() + static_cast<long>(2 * n));
+    for (auto& t : bag_backward_kernels(g, ids, weights, table_rows)) out.push_back(t);
     for (size_t f = 0; f < 2 * n + 1; ++f) out.emplace_back();  // ids, weights, rows
     return out;
   }
