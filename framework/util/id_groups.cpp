@@ -1,7 +1,5 @@
 #include "framework/util/id_groups.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <utility>
 
@@ -63,14 +61,13 @@ namespace {
 
 constexpr int kDigitBits = 11;
 constexpr uint64_t kDigitMask = (uint64_t{1} << kDigitBits) - 1;
-// From this many entries group_ids_sorted sorts two halves on two threads.
-constexpr int64_t kParallelEntries = 8192;
 
-// Entries k in [k0, k1) whose id is not `skip`, as id << 32 | k / per, appended to `a`; false
-// (with `bad`) at the first id outside [0, bound).
+// Entries k in [k0, k1) whose id is not `skip`, as id << 32 | k / per, into `a`; false (with
+// `bad`) at the first id outside [0, bound).
 bool pack(const int64_t* ids, int64_t k0, int64_t k1, int64_t skip, int64_t bound, int64_t per,
           std::vector<uint64_t>& a, int64_t& bad) {
-  a.reserve(static_cast<size_t>(k1 - k0));
+  a.resize(static_cast<size_t>(k1 - k0));
+  size_t m = 0;
   for (int64_t k = k0, p = k0 / per, j = k0 % per; k < k1; ++k) {
     const int64_t r = ids[k];
     if (r != skip) {
@@ -78,13 +75,14 @@ bool pack(const int64_t* ids, int64_t k0, int64_t k1, int64_t skip, int64_t boun
         bad = r;
         return false;
       }
-      a.push_back(static_cast<uint64_t>(r) << 32 | static_cast<uint64_t>(p));
+      a[m++] = static_cast<uint64_t>(r) << 32 | static_cast<uint64_t>(p);
     }
     if (++j == per) {
       j = 0;
       ++p;
     }
   }
+  a.resize(m);
   return true;
 }
 
@@ -116,16 +114,21 @@ void radix_sort(std::vector<uint64_t>& a, int passes) {
 
 // The groups of entries sorted by id, into an empty `out` (start = {0}).
 void groups_of_sorted(const uint64_t* a, size_t m, IdGroups& out) {
-  out.order.reserve(m);
+  out.order.resize(m);
+  out.rows.reserve(m);
+  out.start.reserve(m + 1);
+  int64_t* order = out.order.data();
+  int64_t last = -1;
   for (size_t e = 0; e < m; ++e) {
     const auto id = static_cast<int64_t>(a[e] >> 32);
-    if (out.rows.empty() || out.rows.back() != id) {
-      if (!out.rows.empty()) out.start.push_back(static_cast<int64_t>(e));
+    if (id != last) {
+      if (last >= 0) out.start.push_back(static_cast<int64_t>(e));
       out.rows.push_back(id);
+      last = id;
     }
-    out.order.push_back(static_cast<int64_t>(a[e] & 0xFFFFFFFFu));
+    order[e] = static_cast<int64_t>(a[e] & 0xFFFFFFFFu);
   }
-  if (!out.rows.empty()) out.start.push_back(static_cast<int64_t>(m));
+  if (m > 0) out.start.push_back(static_cast<int64_t>(m));
 }
 
 }  // namespace
@@ -166,55 +169,10 @@ bool group_ids_sorted(const int64_t* ids, int64_t n, int64_t skip, int64_t bound
     if (!out.rows.empty()) out.start.push_back(static_cast<int64_t>(wide.size()));
     return true;
   }
-  if (n < kParallelEntries || at::in_parallel_region() || at::get_num_threads() < 2) {
-    std::vector<uint64_t> a;
-    if (!pack(ids, 0, n, skip, bound, per, a, bad)) return false;
-    radix_sort(a, passes);
-    groups_of_sorted(a.data(), a.size(), out);
-    return true;
-  }
-  // Two threads: each packs and sorts one half of the entries; the two sorted runs are then
-  // merged in two parts split at an id (each part's ids on one thread, the first run's entries
-  // first among equal ids: entry order), and the parts' groups concatenated. The same result
-  // as one sort.
-  std::vector<uint64_t> run[2];
-  int64_t bad_in[2] = {0, 0};
-  bool ok[2] = {true, true};
-  const int64_t mid = n / 2;
-  at::parallel_for(0, 2, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      ok[t] = pack(ids, t == 0 ? 0 : mid, t == 0 ? mid : n, skip, bound, per, run[t], bad_in[t]);
-      if (ok[t]) radix_sort(run[t], passes);
-    }
-  });
-  for (int t = 0; t < 2; ++t)
-    if (!ok[t]) {
-      bad = bad_in[t];  // the first half's first bad id comes first in entry order
-      return false;
-    }
-  const auto& longer = run[0].size() >= run[1].size() ? run[0] : run[1];
-  if (longer.empty()) return true;
-  const uint64_t pivot = longer[longer.size() / 2] >> 32 << 32;  // the first key of the middle id
-  size_t cut[2];
-  for (int t = 0; t < 2; ++t)
-    cut[t] = static_cast<size_t>(std::lower_bound(run[t].begin(), run[t].end(), pivot) - run[t].begin());
-  IdGroups part[2];
-  at::parallel_for(0, 2, 1, [&](int64_t h0, int64_t h1) {
-    for (int64_t h = h0; h < h1; ++h) {
-      auto begin = [&](int t) { return run[t].begin() + static_cast<long>(h == 0 ? 0 : cut[t]); };
-      auto end = [&](int t) { return h == 0 ? run[t].begin() + static_cast<long>(cut[t]) : run[t].end(); };
-      std::vector<uint64_t> merged(static_cast<size_t>((end(0) - begin(0)) + (end(1) - begin(1))));
-      std::merge(begin(0), end(0), begin(1), end(1), merged.begin(),
-                 [](uint64_t x, uint64_t y) { return (x >> 32) < (y >> 32); });
-      part[h].start.assign(1, 0);
-      groups_of_sorted(merged.data(), merged.size(), part[h]);
-    }
-  });
-  out = std::move(part[0]);
-  const int64_t offset = static_cast<int64_t>(out.order.size());
-  out.rows.insert(out.rows.end(), part[1].rows.begin(), part[1].rows.end());
-  for (size_t u = 1; u < part[1].start.size(); ++u) out.start.push_back(part[1].start[u] + offset);
-  out.order.insert(out.order.end(), part[1].order.begin(), part[1].order.end());
+  std::vector<uint64_t> a;
+  if (!pack(ids, 0, n, skip, bound, per, a, bad)) return false;
+  radix_sort(a, passes);
+  groups_of_sorted(a.data(), a.size(), out);
   return true;
 }
 

@@ -132,34 +132,3 @@ TEST_CASE("group_ids_sorted groups every entry once, ids ascending, payloads per
   CHECK(g.rows == std::vector<int64_t>{2, 4, 9});
   CHECK(g.order == std::vector<int64_t>{1, 0, 1});
 }
-
-TEST_CASE("group_ids_sorted on two threads gives what one thread gives", "[kernels]") {
-  using recsys::util::group_ids_sorted;
-  std::mt19937_64 rng(9);
-  recsys::testing::ThreadCount threads(1);
-  // Skewed ids (a heavy head), some skipped; the halves' runs share ids and each holds its own.
-  for (int64_t n : {int64_t{8192}, int64_t{20001}, int64_t{50000}}) {
-    CAPTURE(n);
-    std::vector<int64_t> ids(static_cast<size_t>(n));
-    for (auto& v : ids) {
-      const double u = std::uniform_real_distribution<double>(0, 1)(rng);
-      v = u < 0.03 ? 0 : static_cast<int64_t>(std::pow(199999.0, u * u));
-    }
-    IdGroups one, two;
-    int64_t bad = 0;
-    threads.set(1);
-    REQUIRE(group_ids_sorted(ids.data(), n, 0, 200000, 20, one, bad));
-    threads.set(2);
-    REQUIRE(group_ids_sorted(ids.data(), n, 0, 200000, 20, two, bad));
-    CHECK(one.rows == two.rows);
-    CHECK(one.start == two.start);
-    CHECK(one.order == two.order);
-    // A bad id in the second half only, then in both: the first in entry order is named.
-    ids[static_cast<size_t>(n - 3)] = 200000;
-    CHECK_FALSE(group_ids_sorted(ids.data(), n, 0, 200000, 1, two, bad));
-    CHECK(bad == 200000);
-    ids[5] = -4;
-    CHECK_FALSE(group_ids_sorted(ids.data(), n, 0, 200000, 1, two, bad));
-    CHECK(bad == -4);
-  }
-}
