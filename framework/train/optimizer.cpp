@@ -46,7 +46,7 @@ constexpr int64_t kHugePageBytes = int64_t{4} << 20;
 }  // namespace
 
 Optimizer::Optimizer(std::vector<torch::Tensor> params, OptimizerOptions options)
-    : params_(std::move(params)), options_(options) {
+    : params_(std::move(params)), options_(options), dense_seen_(params_.size(), 0) {
   for (auto& p : params_) {
     torch::Tensor s1, s2;
     switch (options_.kind) {
@@ -69,7 +69,6 @@ Optimizer::Optimizer(std::vector<torch::Tensor> params, OptimizerOptions options
 }
 
 void Optimizer::zero_grad() {
-  if (dense_seen_.size() != params_.size()) dense_seen_.assign(params_.size(), 0);
   for (size_t i = 0; i < params_.size(); ++i) {
     auto& g = params_[i].mutable_grad();
     if (!g.defined()) continue;

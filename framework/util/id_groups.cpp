@@ -62,13 +62,13 @@ namespace {
 constexpr int kDigitBits = 11;
 constexpr uint64_t kDigitMask = (uint64_t{1} << kDigitBits) - 1;
 
-// Entries k in [k0, k1) whose id is not `skip`, as id << 32 | k / per, into `a`; false (with
-// `bad`) at the first id outside [0, bound).
-bool pack(const int64_t* ids, int64_t k0, int64_t k1, int64_t skip, int64_t bound, int64_t per,
+// The entries k whose id is not `skip`, as id << 32 | k / per, into `a`; false (with `bad`) at
+// the first id outside [0, bound).
+bool pack(const int64_t* ids, int64_t n, int64_t skip, int64_t bound, int64_t per,
           std::vector<uint64_t>& a, int64_t& bad) {
-  a.resize(static_cast<size_t>(k1 - k0));
+  a.resize(static_cast<size_t>(n));
   size_t m = 0;
-  for (int64_t k = k0, p = k0 / per, j = k0 % per; k < k1; ++k) {
+  for (int64_t k = 0, p = 0, j = 0; k < n; ++k) {
     const int64_t r = ids[k];
     if (r != skip) {
       if (r < 0 || r >= bound) {
@@ -112,21 +112,20 @@ void radix_sort(std::vector<uint64_t>& a, int passes) {
   }
 }
 
-// The groups of entries sorted by id, into an empty `out` (start = {0}).
-void groups_of_sorted(const uint64_t* a, size_t m, IdGroups& out) {
+// The groups of m entries sorted by id, entry(e) giving entry e's (id, payload), into an empty
+// `out` (start = {0}).
+template <typename Entry>
+void groups_of_sorted(size_t m, const Entry& entry, IdGroups& out) {
   out.order.resize(m);
   out.rows.reserve(m);
   out.start.reserve(m + 1);
-  int64_t* order = out.order.data();
-  int64_t last = -1;
   for (size_t e = 0; e < m; ++e) {
-    const auto id = static_cast<int64_t>(a[e] >> 32);
-    if (id != last) {
-      if (last >= 0) out.start.push_back(static_cast<int64_t>(e));
+    const auto [id, payload] = entry(e);
+    if (out.rows.empty() || out.rows.back() != id) {
+      if (!out.rows.empty()) out.start.push_back(static_cast<int64_t>(e));
       out.rows.push_back(id);
-      last = id;
     }
-    order[e] = static_cast<int64_t>(a[e] & 0xFFFFFFFFu);
+    out.order[e] = payload;
   }
   if (m > 0) out.start.push_back(static_cast<int64_t>(m));
 }
@@ -159,20 +158,15 @@ bool group_ids_sorted(const int64_t* ids, int64_t n, int64_t skip, int64_t bound
     }
     std::stable_sort(wide.begin(), wide.end(),
                      [](const auto& x, const auto& y) { return x.first < y.first; });
-    for (size_t e = 0; e < wide.size(); ++e) {
-      if (out.rows.empty() || out.rows.back() != wide[e].first) {
-        if (!out.rows.empty()) out.start.push_back(static_cast<int64_t>(e));
-        out.rows.push_back(wide[e].first);
-      }
-      out.order.push_back(wide[e].second);
-    }
-    if (!out.rows.empty()) out.start.push_back(static_cast<int64_t>(wide.size()));
+    groups_of_sorted(wide.size(), [&](size_t e) { return wide[e]; }, out);
     return true;
   }
   std::vector<uint64_t> a;
-  if (!pack(ids, 0, n, skip, bound, per, a, bad)) return false;
+  if (!pack(ids, n, skip, bound, per, a, bad)) return false;
   radix_sort(a, passes);
-  groups_of_sorted(a.data(), a.size(), out);
+  groups_of_sorted(a.size(), [&](size_t e) {
+    return std::pair<int64_t, int64_t>(static_cast<int64_t>(a[e] >> 32), static_cast<int64_t>(a[e] & 0xFFFFFFFFu));
+  }, out);
   return true;
 }
 

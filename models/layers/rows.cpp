@@ -212,16 +212,31 @@ Tensor gather_kernel(const Tensor& src_in, const Tensor& index) {
   return out;
 }
 
+// src[index] whose backward scatter-adds into a zero [R, ...] gradient; or, with `sorted_sparse`
+// (index strictly increasing), gives the sparse gradient of table[rows]: one entry per row but
+// padding row 0 (which, if present, is index[0]), the incoming rows as values, in row order.
 class GatherRows : public torch::autograd::Function<GatherRows> {
  public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& src, const Tensor& index) {
+  static Tensor forward(AutogradContext* ctx, const Tensor& src, const Tensor& index,
+                        bool sorted_sparse) {
     ctx->save_for_backward({index});
     ctx->saved_data["rows"] = src.size(0);
+    ctx->saved_data["sorted_sparse"] = sorted_sparse;
     return gather_kernel(src, index);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto index = ctx->get_saved_variables()[0];
-    return {scatter_add_kernel(grads[0], index, ctx->saved_data["rows"].toInt()), Tensor()};
+    const int64_t R = ctx->saved_data["rows"].toInt();
+    if (!ctx->saved_data["sorted_sparse"].toBool())
+      return {scatter_add_kernel(grads[0], index, R), Tensor(), Tensor()};
+    const int64_t n = index.size(0);
+    auto grad = grads[0].contiguous();
+    const int64_t skip = n > 0 && index.data_ptr<int64_t>()[0] == 0 ? 1 : 0;
+    auto indices = index.narrow(0, skip, n - skip).clone().view({1, n - skip});
+    auto values = grad.narrow(0, skip, n - skip);
+    std::vector<int64_t> shape{R};
+    shape.insert(shape.end(), grad.sizes().begin() + 1, grad.sizes().end());
+    return {at::_sparse_coo_tensor_unsafe(indices, values, shape), Tensor(), Tensor()};
   }
 };
 
@@ -385,28 +400,6 @@ class PooledRowsSparse : public torch::autograd::Function<PooledRowsSparse> {
   }
 };
 
-// The gradient of table[rows] for strictly increasing rows: one entry per row but padding row
-// 0 (which, if present, is rows[0]), the incoming rows as values, in row order.
-class SortedRowsSparse : public torch::autograd::Function<SortedRowsSparse> {
- public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& table, const Tensor& rows) {
-    ctx->save_for_backward({rows});
-    ctx->saved_data["rows"] = table.size(0);
-    return gather_kernel(table, rows);
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto rows = ctx->get_saved_variables()[0];
-    const int64_t R = ctx->saved_data["rows"].toInt(), n = rows.size(0);
-    auto grad = grads[0].contiguous();
-    const int64_t skip = n > 0 && rows.data_ptr<int64_t>()[0] == 0 ? 1 : 0;
-    auto indices = rows.narrow(0, skip, n - skip).clone().view({1, n - skip});
-    auto values = grad.narrow(0, skip, n - skip);
-    std::vector<int64_t> shape{R};
-    shape.insert(shape.end(), grad.sizes().begin() + 1, grad.sizes().end());
-    return {at::_sparse_coo_tensor_unsafe(indices, values, shape), Tensor()};
-  }
-};
-
 class AddBagRows : public torch::autograd::Function<AddBagRows> {
  public:
   // Inputs: base, then each table, each ids, each weights (TensorLists: every element is an
@@ -497,12 +490,12 @@ torch::Tensor pooled_rows_sparse(const torch::Tensor& table, const torch::Tensor
 }
 
 torch::Tensor sorted_rows_sparse(const torch::Tensor& table, const torch::Tensor& rows) {
-  TORCH_CHECK(table.dim() == 2 && fast_path(table) && table.is_contiguous(),
-              "sorted_rows_sparse: table must be a contiguous CPU float32 / float64 [R, D], got ",
-              table.scalar_type(), " ", table.sizes());
-  TORCH_CHECK(rows.dim() == 1 && rows.scalar_type() == torch::kLong && rows.device().is_cpu(),
-              "sorted_rows_sparse: rows must be a CPU [N] int64 tensor, got ", rows.scalar_type(),
-              " ", rows.sizes());
+  TORCH_CHECK(table.dim() == 2, "sorted_rows_sparse: table must be [R, D], got ", table.sizes());
+  TORCH_CHECK(rows.dim() == 1 && rows.scalar_type() == torch::kLong,
+              "sorted_rows_sparse: rows must be an [N] int64 tensor, got ", rows.scalar_type(), " ",
+              rows.sizes());
+  if (!(fast_path(table) && table.is_contiguous() && rows.device().is_cpu()))
+    return torch::embedding(table, rows, /*padding_idx=*/0, /*scale_grad_by_freq=*/false, /*sparse=*/true);
   auto r = rows.contiguous();
   const int64_t* ix = r.data_ptr<int64_t>();
   const int64_t n = r.size(0), R = table.size(0);
@@ -510,7 +503,7 @@ torch::Tensor sorted_rows_sparse(const torch::Tensor& table, const torch::Tensor
     TORCH_CHECK(ix[k] >= 0 && ix[k] < R && (k == 0 || ix[k] > ix[k - 1]),
                 "sorted_rows_sparse: rows must be strictly increasing in [0, ", R, "), got ", ix[k],
                 " at position ", k, k > 0 ? " after " + std::to_string(ix[k - 1]) : std::string());
-  return SortedRowsSparse::apply(table, r);
+  return GatherRows::apply(table, r, true);
 }
 
 torch::Tensor bag_rows(const torch::Tensor& table, const torch::Tensor& ids,
@@ -533,7 +526,7 @@ torch::Tensor bag_rows(const torch::Tensor& table, const torch::Tensor& ids,
 torch::Tensor gather_rows(const torch::Tensor& src, const torch::Tensor& index) {
   TORCH_CHECK(src.dim() >= 1, "gather_rows: src needs at least one dimension");
   check_index("gather_rows", index, index.dim() == 1 ? index.size(0) : -1, src.size(0));
-  if (fast_path(src) && index.device().is_cpu()) return GatherRows::apply(src, index);
+  if (fast_path(src) && index.device().is_cpu()) return GatherRows::apply(src, index, false);
   return src.index_select(0, index);
 }
 

@@ -45,11 +45,12 @@ torch::Tensor add_bag_rows(const torch::Tensor& base, const std::vector<torch::T
 /// pooled_lookup with fused = false), without the [B, L, D] gathered rows.
 torch::Tensor pooled_rows_sparse(const torch::Tensor& table, const torch::Tensor& ids, bool mean);
 
-/// table[rows] with a sparse table gradient, for rows strictly increasing int64 in [0, R)
-/// (checked): table contiguous CPU float32 / float64 [R, D], out [N, D]. Backward gives a
-/// sparse COO gradient with one entry per row except padding row 0, the incoming
-/// gradient rows as values, in row order: what torch::embedding(table, rows, padding_idx = 0, sparse = true)
-/// gives after coalescing (its oracle), without embedding_sparse_backward's tensor operations.
+/// table[rows] with a sparse table gradient, for rows strictly increasing int64 in [0, R): table
+/// [R, D], out [N, D]. On the CPU with a contiguous float32 / float64 table (rows checked), the
+/// backward gives a sparse COO gradient with one entry per row except padding row 0, the
+/// incoming gradient rows as values, in row order: what torch::embedding(table, rows,
+/// padding_idx = 0, sparse = true) gives after coalescing, without embedding_sparse_backward's
+/// tensor operations. Elsewhere it is that torch::embedding call, also its oracle.
 torch::Tensor sorted_rows_sparse(const torch::Tensor& table, const torch::Tensor& rows);
 
 }  // namespace recsys::models

@@ -291,13 +291,9 @@ torch::Tensor TowerImpl::first_layer_factored(const std::vector<torch::Tensor>& 
         // The rows the batch uses, padding (0) always first: its table row is zero and gets no
         // gradient (padding_idx), and its weight is 0 in every bag.
         auto used = used_rows(inputs[i], feats[i].vocab_size, feats[i].pooling, w.scalar_type());
+        // Sorted distinct rows: their sparse gradient needs no grouping (sorted_rows_sparse).
         const auto& table = encoder_->table(i);
-        // Sorted distinct rows: their sparse gradient needs no grouping (sorted_rows_sparse),
-        // where the table is one it handles; torch::embedding otherwise (and for dense
-        // gradients).
-        auto sub = options_.sparse() && options_.fused_lookup() && table.device().is_cpu() &&
-                           (table.scalar_type() == torch::kFloat || table.scalar_type() == torch::kDouble) &&
-                           table.is_contiguous()
+        auto sub = options_.sparse() && options_.fused_lookup()
                        ? sorted_rows_sparse(table, used.rows)
                        : torch::embedding(table, used.rows, /*padding_idx=*/0,
                                           /*scale_grad_by_freq=*/false, options_.sparse());
