@@ -19,6 +19,7 @@
 #include "framework/bench/workloads.h"
 #include "framework/train/optimizer.h"
 #include "framework/util/allocator.h"
+#include "framework/util/blas.h"
 #include "framework/util/errors.h"
 #include "framework/util/matmul.h"
 #include "models/layers/gru.h"
@@ -150,7 +151,8 @@ const std::vector<std::string>& optimisation_names() {
                                                  "gemm", "gru_threads", "softmax_fused",
                                                  "sparse_lookup", "distinct_bags",
                                                  "tower_mlp", "attention_tail",
-                                                 "huge_pages", "distinct_items"};
+                                                 "huge_pages", "distinct_items",
+                                                 "onednn_gemm"};
   return names;
 }
 
@@ -170,7 +172,20 @@ void check_optimisation_names(const std::vector<std::string>& names) {
                        optimisation_list() + ")");
 }
 
+/// Sets one process-wide optimisation switch (a name of paired_switch_names()).
+void set_switch(const std::string& name, bool on) {
+  if (name == "gemm") util::set_parallel_gemm(on);
+  else if (name == "onednn_gemm") util::set_onednn_gemm(on);
+  else if (name == "gru_threads") models::set_gru_recurrence_threads(on);
+  else throw UsageError("--paired: '" + name + "' is not a process-wide optimisation");
+}
+
 }  // namespace
+
+const std::vector<std::string>& paired_switch_names() {
+  static const std::vector<std::string> names = {"gemm", "onednn_gemm", "gru_threads"};
+  return names;
+}
 
 std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShapes& shapes,
                                         torch::Device device, uint64_t seed,
@@ -287,8 +302,7 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   // The process-wide optimisations (the others are options of the workload's models).
   if (on("allocator")) util::retain_freed_memory();
   util::set_huge_pages(on("huge_pages"));
-  util::set_parallel_gemm(on("gemm"));
-  models::set_gru_recurrence_threads(on("gru_threads"));
+  for (const auto& sw : paired_switch_names()) set_switch(sw, on(sw.c_str()));
   auto device = parse_device(options.device);
   {
     auto tiny = make_workload(name, BenchShapes::tiny(), device, 1, disabled_list);
@@ -311,14 +325,19 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
     profile = std::make_unique<torch::autograd::profiler::RecordProfile>(options.profile + "." +
                                                                          name + ".json");
   const double cpu0 = process_cpu_s();
+  const bool paired = !options.paired.empty();
+  std::vector<double> on_ms, off_ms;
   for (int i = 0; i < options.steps; ++i) {
+    if (paired) set_switch(options.paired, i % 2 == 0);
     auto t0 = Clock::now();
     loss = workload->step();
     sync(device);
     ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    if (paired) (i % 2 == 0 ? on_ms : off_ms).push_back(ms.back());
     for (size_t p = 0; p < 3; ++p) phases[p].push_back(workload->phase_ms()[p]);
   }
   profile.reset();  // writes the trace
+  if (paired) set_switch(options.paired, true);
   const double cpu_ms = 1000.0 * (process_cpu_s() - cpu0) / options.steps;
   double step_ms = median(ms);
   nlohmann::json r;
@@ -339,6 +358,19 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
     disabled += (disabled.empty() ? "" : ",") + d;
   r["path"] = options.plain ? "plain" : disabled.empty() ? "optimised" : "optimised without " + disabled;
   r["disabled"] = disabled;
+  if (paired) {
+    // On-step j ran between off-steps j - 1 and j: its ratio to their mean (one neighbour at
+    // the start).
+    std::vector<double> ratios;
+    for (size_t j = 0; j < on_ms.size() && j < off_ms.size(); ++j) {
+      const double off = j == 0 ? off_ms[0] : 0.5 * (off_ms[j - 1] + off_ms[j]);
+      ratios.push_back(on_ms[j] / off);
+    }
+    r["paired"] = options.paired;
+    r["paired_on_ms_median"] = median(on_ms);
+    r["paired_off_ms_median"] = median(off_ms);
+    r["paired_ratio"] = median(ratios);
+  }
   const char* wait = std::getenv("OMP_WAIT_POLICY");
   const char* spin = std::getenv("GOMP_SPINCOUNT");
   const char* choice = std::getenv("RECSYS_OMP_CHOICE");
@@ -347,6 +379,7 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
                          : spin  ? "GOMP_SPINCOUNT=" + std::string(spin)
                                  : std::string("unset");
   r["allocator"] = util::allocator_policy();
+  r["gemm"] = util::onednn_gemm_active() ? "onednn sgemm where faster, else BLAS" : "BLAS";
   // Memory in 2 MiB pages: parameters and optimizer state (train::Optimizer,
   // util::prefer_huge_pages) and, with huge_page_heap, malloc's heap.
   r["huge_pages_mb"] = util::huge_pages_mb();
@@ -574,6 +607,17 @@ int run_bench(const BenchOptions& options) {
       throw UsageError("--workloads: unknown workload '" + w +
                        "' (known: twotower_ssl, din, dien, pipeline)");
   check_optimisation_names(options.disable);
+  if (!options.paired.empty()) {
+    const auto& sw = paired_switch_names();
+    if (std::find(sw.begin(), sw.end(), options.paired) == sw.end())
+      throw UsageError("--paired: '" + options.paired +
+                       "' is not a process-wide optimisation (one of gemm, onednn_gemm, gru_threads)");
+    if (options.plain || std::find(options.disable.begin(), options.disable.end(),
+                                   options.paired) != options.disable.end())
+      throw UsageError("--paired " + options.paired +
+                       ": the optimisation is switched off by --disable or --plain");
+    if (options.steps < 2) throw UsageError("--paired needs --steps >= 2");
+  }
   if (options.threads < 1) throw UsageError("--threads must be >= 1");
   if (options.steps < 1) throw UsageError("--steps must be >= 1");
   if (options.batch_scale < 1 || options.batch_scale > kMaxBatchScale)

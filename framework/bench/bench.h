@@ -78,8 +78,17 @@ struct BenchOptions {
   /// PREFIX.WORKLOAD.json. Profiling slows small operators down; the timings it reports are of
   /// the profiled run.
   std::string profile;
+  /// When set: one of the process-wide optimisations (paired_switch_names()), switched off for
+  /// every other timed step; each on-step is compared with the off-steps either side of it and
+  /// the median of those ratios reported as `paired_ratio` (a before/after ratio that the host's
+  /// slow phases, which last many steps, cannot bias).
+  std::string paired;
   BenchShapes shapes;
 };
+
+/// The optimisations that are process-wide switches (set between steps): gemm, onednn_gemm,
+/// gru_threads. The others are options of the workloads' models.
+const std::vector<std::string>& paired_switch_names();
 
 /// One training workload: owns its model, optimizer and pre-generated batches.
 class Workload {

@@ -11,6 +11,16 @@ namespace recsys::util {
 /// false (callers keep their ATen path).
 bool has_blas_gemm();
 
+/// Whether oneDNN's sgemm (LibTorch's own libdnnl, found in the process at run time) is there.
+bool has_onednn_gemm();
+
+/// Float products of gemm_rowmajor / gemm_parallel go to oneDNN's sgemm where it is there, on
+/// (the default) and faster for the shape (blas.cpp: prefer_onednn); otherwise, and for double,
+/// to the BLAS. Off: the BLAS only (the plain path, `recsys bench --disable onednn_gemm`).
+void set_onednn_gemm(bool on);
+/// Whether float products may go to oneDNN now (switched on and found).
+bool onednn_gemm_active();
+
 /// Whether a BLAS call made inside a parallel region runs on its calling thread (a sequential or
 /// OpenMP BLAS; not a pthreads OpenBLAS, whose calls use its own pool). Kernels that give each
 /// thread its own BLAS calls run on one thread when it is false.

@@ -11,6 +11,7 @@
 
 #include "framework/bench/workloads.h"
 #include "framework/util/allocator.h"
+#include "framework/util/blas.h"
 #include "framework/util/matmul.h"
 #include "models/layers/gru.h"
 #include "support.h"
@@ -127,14 +128,16 @@ TEST_CASE("bench: every optimisation, switched off alone or all together, keeps 
       INFO(name << " without " << off.size() << " optimisation(s), first " << off.front());
       auto fast = make_workload(name, shapes, torch::kCPU, 4);
       auto plain = make_workload(name, shapes, torch::kCPU, 4, off);
-      // Two optimisations are process-wide switches (run_workload sets them): off around the
+      // Three optimisations are process-wide switches (run_workload sets them): off around the
       // plain workload's steps only.
       auto has = [&](const char* o) { return std::find(off.begin(), off.end(), o) != off.end(); };
       auto plain_step = [&] {
         recsys::util::set_parallel_gemm(!has("gemm"));
+        recsys::util::set_onednn_gemm(!has("onednn_gemm"));
         recsys::models::set_gru_recurrence_threads(!has("gru_threads"));
         auto loss = plain->step();
         recsys::util::set_parallel_gemm(true);
+        recsys::util::set_onednn_gemm(true);
         recsys::models::set_gru_recurrence_threads(true);
         return loss;
       };
@@ -178,6 +181,29 @@ TEST_CASE("bench: unknown workloads and bad options are usage errors", "[bench]"
     REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("--batch-scale must be in [1, 64], got " +
                                                       std::to_string(scale)));
   }
+}
+
+TEST_CASE("bench: --paired alternates a process-wide switch and reports the paired ratio",
+          "[bench]") {
+  auto o = tiny_options();
+  o.steps = 6;
+  o.paired = "onednn_gemm";
+  auto r = run_workload("din", o);
+  CHECK(r["paired"] == "onednn_gemm");
+  for (const char* key : {"paired_on_ms_median", "paired_off_ms_median", "paired_ratio"})
+    require_finite_positive(r, key);
+  // The switch is left on after the run.
+  CHECK(recsys::util::onednn_gemm_active() == recsys::util::has_onednn_gemm());
+  // Only process-wide switches, not switched off, over at least two steps.
+  o.workloads = {"din"};
+  o.paired = "packing";
+  REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("not a process-wide optimisation"));
+  o.paired = "gemm";
+  o.disable = {"gemm"};
+  REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("switched off by --disable"));
+  o.disable.clear();
+  o.steps = 1;
+  REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("--steps >= 2"));
 }
 
 TEST_CASE("bench: --batch-scale multiplies every workload's batch and nothing else", "[bench]") {

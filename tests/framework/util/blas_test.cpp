@@ -94,3 +94,52 @@ TEST_CASE("gemm_parallel splits rows, columns or the reduction and equals one pr
         }
   at::set_num_threads(threads);
 }
+
+TEST_CASE("float products through oneDNN's sgemm equal the float64 product, as the BLAS's do",
+          "[kernels]") {
+  // Debian's LibTorch links libdnnl; a LibTorch without it leaves every product to the BLAS.
+  if (!recsys::util::has_onednn_gemm()) WARN("oneDNN's sgemm is not in this process");
+  recsys::testing::seed(8);
+  const int threads = at::get_num_threads();
+  // Shapes the oneDNN rule takes and ones it leaves to the BLAS: reductions of 36-256, a
+  // transposed A with a row stride of 1024 floats (kept on the BLAS), a long reduction into a
+  // wide result (BLAS), a long one into a narrow result (oneDNN), a single row and column.
+  const std::vector<std::array<int64_t, 3>> shapes{
+      {37, 108, 36}, {128, 256, 128}, {1024, 64, 128}, {64, 300, 1100}, {40, 64, 1500}, {1, 1, 7}};
+  for (int t : {1, 2}) {
+    at::set_num_threads(t);
+    for (bool onednn : {true, false}) {
+      recsys::util::set_onednn_gemm(onednn);
+      CHECK(recsys::util::onednn_gemm_active() == (onednn && recsys::util::has_onednn_gemm()));
+      for (const auto& s : shapes)
+        for (bool ta : {false, true})
+          for (bool tb : {false, true})
+            for (float beta : {0.0f, 0.5f}) {
+              const int64_t m = s[0], n = s[1], k = s[2];
+              CAPTURE(t, onednn, m, n, k, ta, tb, beta);
+              // Stored transposed where flagged, inside buffers one column wider.
+              const int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+              auto a_buf = torch::randn({ar, ac + 1}), b_buf = torch::randn({br, bc + 1});
+              auto a = a_buf.narrow(1, 1, ac), b = b_buf.narrow(1, 0, bc);
+              auto c = beta == 0 ? torch::full({m, n}, std::nanf("")) : torch::randn({m, n});
+              auto a64 = (ta ? a.t() : a).to(torch::kFloat64), b64 = (tb ? b.t() : b).to(torch::kFloat64);
+              auto expected = 2.0 * torch::mm(a64, b64) +
+                              (beta == 0 ? torch::zeros({m, n}, torch::kFloat64)
+                                         : static_cast<double>(beta) * c.to(torch::kFloat64));
+              const bool ok =
+                  t == 1 ? recsys::util::gemm_rowmajor(ta, tb, m, n, k, 2.0f, a.data_ptr<float>(),
+                                                       ac + 1, b.data_ptr<float>(), bc + 1, beta,
+                                                       c.data_ptr<float>(), n)
+                         : recsys::util::gemm_parallel(ta, tb, m, n, k, 2.0f, a.data_ptr<float>(),
+                                                       ac + 1, b.data_ptr<float>(), bc + 1, beta,
+                                                       c.data_ptr<float>(), n);
+              REQUIRE(ok);
+              // Float rounding of k products of unit normals: about sqrt(k) 2^-24 each.
+              const double tol = 2e-6 * std::sqrt(static_cast<double>(k)) * 8;
+              require_close(c.to(torch::kFloat64), expected, tol, tol);
+            }
+    }
+  }
+  recsys::util::set_onednn_gemm(true);
+  at::set_num_threads(threads);
+}
