@@ -64,4 +64,11 @@ for name, reps in by.items():
           f"{med([p['peak_rss_mb'] for _, p in pairs]):>9.0f} "
           f"{med([c.get('memory_ratio', float('nan')) for c, _ in pairs]):>13.2f}  "
           + " ".join(f"{r:.2f}" for r in ratios))
+# Each repetition's figures: the host's slow phases show up in one side's examples/s.
+print("\nper repetition: workload rep C++ ex/s Python ex/s ratio")
+for name, reps in by.items():
+    for rep, v in sorted(reps.items()):
+        if "cpp" in v and "py" in v:
+            c, p = v["cpp"]["examples_per_s"], v["py"]["examples_per_s"]
+            print(f"  {name:<13} {rep:>3} {c:>10.0f} {p:>10.0f} {c / p:>6.2f}")
 EOF
