@@ -79,8 +79,8 @@ bool call(Fn fn, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, S 
 // with two exceptions measured on one core: a transposed A whose row stride is a multiple of
 // 256 floats (1 KiB) and at least 512 (its copy of A then maps to few cache sets: 31-37 GFLOP/s
 // against OpenBLAS's 57-77 for [1024, 64] x [64, 128]), and long reductions into wide results
-// (k >= 1024 with n >= 256: 60-70 against 69-84). Both results are exact products; only the
-// order of the float additions differs between the two libraries.
+// (k >= 1024 with n >= 256: 60-70 against 69-84; the rule leaves k > 512 with n > 128 to the
+// BLAS). Both libraries compute the same product; only the order of the float additions differs.
 bool prefer_onednn(bool trans_a, int64_t n, int64_t k, int64_t lda) {
   if (trans_a && lda >= 512 && lda % 256 == 0) return false;
   return k <= 512 || n <= 128;
