@@ -172,19 +172,18 @@ void check_optimisation_names(const std::vector<std::string>& names) {
                        optimisation_list() + ")");
 }
 
-/// Sets one process-wide optimisation switch (a name of paired_switch_names()).
-void set_switch(const std::string& name, bool on) {
-  if (name == "gemm") util::set_parallel_gemm(on);
-  else if (name == "onednn_gemm") util::set_onednn_gemm(on);
-  else if (name == "gru_threads") models::set_gru_recurrence_threads(on);
-  else throw UsageError("--paired: '" + name + "' is not a process-wide optimisation");
-}
-
 }  // namespace
 
 const std::vector<std::string>& paired_switch_names() {
   static const std::vector<std::string> names = {"gemm", "onednn_gemm", "gru_threads"};
   return names;
+}
+
+void set_process_switch(const std::string& name, bool on) {
+  if (name == "gemm") util::set_parallel_gemm(on);
+  else if (name == "onednn_gemm") util::set_onednn_gemm(on);
+  else if (name == "gru_threads") models::set_gru_recurrence_threads(on);
+  else throw UsageError("'" + name + "' is not a process-wide optimisation");
 }
 
 std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShapes& shapes,
@@ -302,7 +301,7 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   // The process-wide optimisations (the others are options of the workload's models).
   if (on("allocator")) util::retain_freed_memory();
   util::set_huge_pages(on("huge_pages"));
-  for (const auto& sw : paired_switch_names()) set_switch(sw, on(sw.c_str()));
+  for (const auto& sw : paired_switch_names()) set_process_switch(sw, on(sw.c_str()));
   auto device = parse_device(options.device);
   {
     auto tiny = make_workload(name, BenchShapes::tiny(), device, 1, disabled_list);
@@ -328,7 +327,7 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   const bool paired = !options.paired.empty();
   std::vector<double> on_ms, off_ms;
   for (int i = 0; i < options.steps; ++i) {
-    if (paired) set_switch(options.paired, i % 2 == 0);
+    if (paired) set_process_switch(options.paired, i % 2 == 0);
     auto t0 = Clock::now();
     loss = workload->step();
     sync(device);
@@ -337,7 +336,7 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
     for (size_t p = 0; p < 3; ++p) phases[p].push_back(workload->phase_ms()[p]);
   }
   profile.reset();  // writes the trace
-  if (paired) set_switch(options.paired, true);
+  if (paired) set_process_switch(options.paired, true);
   const double cpu_ms = 1000.0 * (process_cpu_s() - cpu0) / options.steps;
   double step_ms = median(ms);
   nlohmann::json r;
@@ -609,9 +608,12 @@ int run_bench(const BenchOptions& options) {
   check_optimisation_names(options.disable);
   if (!options.paired.empty()) {
     const auto& sw = paired_switch_names();
-    if (std::find(sw.begin(), sw.end(), options.paired) == sw.end())
+    if (std::find(sw.begin(), sw.end(), options.paired) == sw.end()) {
+      std::string known;
+      for (const auto& k : sw) known += (known.empty() ? "" : ", ") + k;
       throw UsageError("--paired: '" + options.paired +
-                       "' is not a process-wide optimisation (one of gemm, onednn_gemm, gru_threads)");
+                       "' is not a process-wide optimisation (one of " + known + ")");
+    }
     if (options.plain || std::find(options.disable.begin(), options.disable.end(),
                                    options.paired) != options.disable.end())
       throw UsageError("--paired " + options.paired +

@@ -90,6 +90,9 @@ struct BenchOptions {
 /// gru_threads. The others are options of the workloads' models.
 const std::vector<std::string>& paired_switch_names();
 
+/// Sets one of them (UsageError for another name).
+void set_process_switch(const std::string& name, bool on);
+
 /// One training workload: owns its model, optimizer and pre-generated batches.
 class Workload {
  public:

@@ -62,12 +62,11 @@ namespace {
 constexpr int kDigitBits = 11;
 constexpr uint64_t kDigitMask = (uint64_t{1} << kDigitBits) - 1;
 
-// The entries k whose id is not `skip`, as id << 32 | k / per, into `a`; false (with `bad`) at
-// the first id outside [0, bound).
-bool pack(const int64_t* ids, int64_t n, int64_t skip, int64_t bound, int64_t per,
-          std::vector<uint64_t>& a, int64_t& bad) {
-  a.resize(static_cast<size_t>(n));
-  size_t m = 0;
+// emit(id, k / per) for the entries k whose id is not `skip`, in entry order; false (with
+// `bad`) at the first id outside [0, bound).
+template <typename Emit>
+bool for_each_entry(const int64_t* ids, int64_t n, int64_t skip, int64_t bound, int64_t per,
+                    int64_t& bad, const Emit& emit) {
   for (int64_t k = 0, p = 0, j = 0; k < n; ++k) {
     const int64_t r = ids[k];
     if (r != skip) {
@@ -75,14 +74,13 @@ bool pack(const int64_t* ids, int64_t n, int64_t skip, int64_t bound, int64_t pe
         bad = r;
         return false;
       }
-      a[m++] = static_cast<uint64_t>(r) << 32 | static_cast<uint64_t>(p);
+      emit(r, p);
     }
     if (++j == per) {
       j = 0;
       ++p;
     }
   }
-  a.resize(m);
   return true;
 }
 
@@ -147,22 +145,20 @@ bool group_ids_sorted(const int64_t* ids, int64_t n, int64_t skip, int64_t bound
   if (!(bound <= kLimit && (n == 0 || (n - 1) / per < kLimit))) {
     // Beyond 32 bits: (id, payload) pairs, sorted stably.
     std::vector<std::pair<int64_t, int64_t>> wide;
-    for (int64_t k = 0; k < n; ++k) {
-      const int64_t r = ids[k];
-      if (r == skip) continue;
-      if (r < 0 || r >= bound) {
-        bad = r;
-        return false;
-      }
-      wide.emplace_back(r, k / per);
-    }
+    if (!for_each_entry(ids, n, skip, bound, per, bad,
+                        [&](int64_t r, int64_t p) { wide.emplace_back(r, p); }))
+      return false;
     std::stable_sort(wide.begin(), wide.end(),
                      [](const auto& x, const auto& y) { return x.first < y.first; });
     groups_of_sorted(wide.size(), [&](size_t e) { return wide[e]; }, out);
     return true;
   }
   std::vector<uint64_t> a;
-  if (!pack(ids, n, skip, bound, per, a, bad)) return false;
+  a.reserve(static_cast<size_t>(n));
+  if (!for_each_entry(ids, n, skip, bound, per, bad, [&](int64_t r, int64_t p) {
+        a.push_back(static_cast<uint64_t>(r) << 32 | static_cast<uint64_t>(p));
+      }))
+    return false;
   radix_sort(a, passes);
   groups_of_sorted(a.size(), [&](size_t e) {
     return std::pair<int64_t, int64_t>(static_cast<int64_t>(a[e] >> 32), static_cast<int64_t>(a[e] & 0xFFFFFFFFu));

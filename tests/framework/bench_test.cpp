@@ -12,8 +12,6 @@
 #include "framework/bench/workloads.h"
 #include "framework/util/allocator.h"
 #include "framework/util/blas.h"
-#include "framework/util/matmul.h"
-#include "models/layers/gru.h"
 #include "support.h"
 
 using namespace recsys;
@@ -128,17 +126,13 @@ TEST_CASE("bench: every optimisation, switched off alone or all together, keeps 
       INFO(name << " without " << off.size() << " optimisation(s), first " << off.front());
       auto fast = make_workload(name, shapes, torch::kCPU, 4);
       auto plain = make_workload(name, shapes, torch::kCPU, 4, off);
-      // Three optimisations are process-wide switches (run_workload sets them): off around the
+      // The process-wide switches (run_workload sets them) are off around the
       // plain workload's steps only.
       auto has = [&](const char* o) { return std::find(off.begin(), off.end(), o) != off.end(); };
       auto plain_step = [&] {
-        recsys::util::set_parallel_gemm(!has("gemm"));
-        recsys::util::set_onednn_gemm(!has("onednn_gemm"));
-        recsys::models::set_gru_recurrence_threads(!has("gru_threads"));
+        for (const auto& sw : paired_switch_names()) set_process_switch(sw, !has(sw.c_str()));
         auto loss = plain->step();
-        recsys::util::set_parallel_gemm(true);
-        recsys::util::set_onednn_gemm(true);
-        recsys::models::set_gru_recurrence_threads(true);
+        for (const auto& sw : paired_switch_names()) set_process_switch(sw, true);
         return loss;
       };
       for (int i = 0; i < 3; ++i) {
