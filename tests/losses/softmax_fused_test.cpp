@@ -101,6 +101,25 @@ TEST_CASE("diagonal_softmax_mean_fused in float32 stays within float rounding of
   require_same(got, want, 1e-4, 1e-6);
 }
 
+TEST_CASE("diagonal_softmax_mean_fused with 512 or 1024 columns (scores in padded rows)",
+          "[loss][kernel]") {
+  // Column counts that are multiples of 256 floats, at least 512, give the block's scores a
+  // padded row stride (score_stride): the loss and every gradient as with any other width.
+  recsys::testing::seed(6);
+  for (int64_t C : {512, 1024}) {
+    const int64_t B = 130, D = 12;
+    auto a = torch::nn::functional::normalize(torch::randn({B, D}, torch::kFloat64));
+    auto b = torch::nn::functional::normalize(torch::randn({C, D}, torch::kFloat64));
+    auto bias = -torch::rand({C}, torch::kFloat64) * 5;
+    auto ids = torch::randint(0, C / 2, {C}, torch::kInt64);
+    INFO("C " << C);
+    require_same(fused(a, b, 20.0, bias, ids), composed(a, b, 20.0, bias, ids), 1e-10, 1e-12);
+    auto got = fused(a.to(torch::kFloat32), b.to(torch::kFloat32), 20.0,
+                     bias.to(torch::kFloat32), {});
+    require_same(got, composed(a, b, 20.0, bias, {}), 1e-4, 1e-6);
+  }
+}
+
 TEST_CASE("diagonal_softmax_mean_fused scales by the incoming gradient, on 1 or 2 threads",
           "[loss][kernel]") {
   recsys::testing::seed(5);
