@@ -79,11 +79,14 @@ struct Problem {
   int64_t ls = 0;   // row stride of a block's scores (score_stride(C))
 };
 
-// Row stride of a block's scores: C, or C + 16 where C is a multiple of 256 floats (1 KiB) of at
-// least 512. db += g^T a reads the scores transposed, and oneDNN's copy of a transposed operand
-// with such a stride maps to few cache sets (blas.cpp: prefer_onednn sends it to the BLAS, at
-// 57-77 GFLOP/s against oneDNN's 70-85 on other strides).
-int64_t score_stride(int64_t C) { return C >= 512 && C % 256 == 0 ? C + 16 : C; }
+// Row stride of a block's scores (util::padded_stride): db += g^T a reads them transposed, and
+// oneDNN's copy of a transposed operand with rows of 4 KiB (C = 1024) maps to few cache sets
+// (blas.cpp: prefer_onednn sends that case to the BLAS, at 57-77 GFLOP/s against oneDNN's
+// 70-85 on other strides).
+template <typename S>
+int64_t score_stride(int64_t C) {
+  return util::padded_stride(C, static_cast<int64_t>(sizeof(S)));
+}
 
 // Rows [i0, i1): their scores in `s` ([i1 - i0, C] scratch), the sum of their losses (returned)
 // and, with grads, their rows of da and their contributions to the chunk's accumulators db [C, D]
@@ -171,7 +174,7 @@ class DiagonalSoftmaxFunction : public torch::autograd::Function<DiagonalSoftmax
         p.log_counts = log_counts.data_ptr<scalar_t>();
       }
       p.grads = need_grads;
-      p.ls = score_stride(C);
+      p.ls = score_stride<scalar_t>(C);
       if (need_grads) {
         da = torch::empty_like(a);
         p.da = da.data_ptr<scalar_t>();

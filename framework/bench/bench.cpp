@@ -152,7 +152,7 @@ const std::vector<std::string>& optimisation_names() {
                                                  "sparse_lookup", "distinct_bags",
                                                  "tower_mlp", "attention_tail",
                                                  "huge_pages", "distinct_items",
-                                                 "onednn_gemm"};
+                                                 "onednn_gemm", "padded_rows"};
   return names;
 }
 
@@ -175,7 +175,8 @@ void check_optimisation_names(const std::vector<std::string>& names) {
 }  // namespace
 
 const std::vector<std::string>& paired_switch_names() {
-  static const std::vector<std::string> names = {"gemm", "onednn_gemm", "gru_threads"};
+  static const std::vector<std::string> names = {"gemm", "onednn_gemm", "gru_threads",
+                                                       "padded_rows"};
   return names;
 }
 
@@ -183,6 +184,7 @@ void set_process_switch(const std::string& name, bool on) {
   if (name == "gemm") util::set_parallel_gemm(on);
   else if (name == "onednn_gemm") util::set_onednn_gemm(on);
   else if (name == "gru_threads") models::set_gru_recurrence_threads(on);
+  else if (name == "padded_rows") util::set_padded_rows(on);
   else throw UsageError("'" + name + "' is not a process-wide optimisation");
 }
 

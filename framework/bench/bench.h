@@ -139,7 +139,9 @@ const std::vector<std::string>& workload_names();
 /// the projected rows of small vocabularies), allocator (util::retain_freed_memory; off =
 /// glibc's defaults), gemm (products through util::gemm_parallel, one BLAS call per thread;
 /// off = ATen's products, threaded by the BLAS itself), gru_threads (the packed GRU's
-/// recurrences split by sequence ranges across threads; off = on one thread).
+/// recurrences split by sequence ranges across threads; off = on one thread), padded_rows
+/// (util::padded_stride: the blockwise kernels' buffers in rows 64 bytes longer where a row is
+/// a multiple of 512 bytes; off = rows of exactly their values).
 const std::vector<std::string>& optimisation_names();
 /// optimisation_names() joined with ", " (help and error messages).
 std::string optimisation_list();

@@ -26,6 +26,7 @@ using DnnlSgemmFn = int (*)(char, char, int64_t, int64_t, int64_t, float, const 
                             const float*, int64_t, float, float*, int64_t);
 
 std::atomic<bool> g_onednn{true};
+std::atomic<bool> g_padded_rows{true};
 
 struct Blas {
   SgemmFn sgemm = nullptr;
@@ -167,6 +168,15 @@ bool blas_calls_nest() { return blas().calls_nest; }
 bool has_onednn_gemm() { return blas().onednn_sgemm != nullptr; }
 
 void set_onednn_gemm(bool on) { g_onednn = on; }
+
+int64_t padded_stride(int64_t d, int64_t elem_bytes) {
+  if (!g_padded_rows.load(std::memory_order_relaxed) || elem_bytes <= 0) return d;
+  const int64_t bytes = d * elem_bytes;
+  return bytes >= 512 && bytes % 512 == 0 && 64 % elem_bytes == 0 ? d + 64 / elem_bytes : d;
+}
+
+void set_padded_rows(bool on) { g_padded_rows = on; }
+bool padded_rows_enabled() { return g_padded_rows.load(); }
 
 bool onednn_gemm_active() {
   return g_onednn.load(std::memory_order_relaxed) && blas().onednn_sgemm != nullptr &&

@@ -21,6 +21,16 @@ void set_onednn_gemm(bool on);
 /// Whether float products may go to oneDNN now (switched on and found).
 bool onednn_gemm_active();
 
+/// Row stride, in elements of `elem_bytes` bytes, for a row of d values in a buffer a kernel owns
+/// and hands to the products: rows of a multiple of 512 bytes get 64 bytes more. With such
+/// power-of-two strides the rows of a block map to few cache sets, and the products that read a
+/// block down its columns (weight gradients g^T x, or the in-batch softmax's db += g^T a) or
+/// take it as B ran 6-21% slower on one core, 2x for 4 KiB rows (docs/performance.md).
+/// Process-wide switch (default on): off returns d (`recsys bench --paired padded_rows`).
+int64_t padded_stride(int64_t d, int64_t elem_bytes);
+void set_padded_rows(bool on);
+bool padded_rows_enabled();
+
 /// Whether a BLAS call made inside a parallel region runs on its calling thread (a sequential or
 /// OpenMP BLAS; not a pthreads OpenBLAS, whose calls use its own pool). Kernels that give each
 /// thread its own BLAS calls run on one thread when it is false.

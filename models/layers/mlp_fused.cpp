@@ -27,14 +27,24 @@ constexpr int64_t kBlockRows = 128;
 // The backward's blocks (64 to 384 rows measured the same; its products dominate either way).
 constexpr int64_t kBackwardRows = 128;
 
+// Row stride of a layer's input rows (util::padded_stride).
+template <typename S>
+int64_t padded_stride(int64_t d) {
+  return util::padded_stride(d, static_cast<int64_t>(sizeof(S)));
+}
+
 // The operands as raw row-major pointers. Layer k maps d[k] -> d[k + 1]; its input is x_k =
 // ReLU(h) for k = 0 (recomputed where needed) and the saved x[k] for k >= 1.
 template <typename S>
 struct Tail {
   int64_t N = 0;
   std::vector<int64_t> d;
+  std::vector<int64_t> ld;  // ld[k]: row stride of x_k (padded_stride(d[k]))
   std::vector<const S*> w, b;
-  std::vector<S*> x;  // x[k], k >= 1: [N, d[k]]; x[0] unused
+  // The backward's copies of the weights in rows of padded_stride(d[k]) (or the weights
+  // themselves where that is d[k]); set by the backward only.
+  std::vector<const S*> wpad;
+  std::vector<S*> x;  // x[k], k >= 1: [N, ld[k]] (d[k] values per row); x[0] unused
   bool normalize = false;
   bool sigmoid = false;  // else ReLU
   S eps = 0;
@@ -79,18 +89,27 @@ void times_derivative(bool sigmoid, const S* y, S* g, int64_t n) {
 }
 
 // Rows [i0, i1): every layer's output and the (normalised) result.
+// act(h) for rows [i0, i1) into x0 (rows of t.ld[0]).
+template <typename S>
+void activate_block(const Tail<S>& t, int64_t i0, int64_t i1, S* x0) {
+  const int64_t d0 = t.d[0];
+  for (int64_t r = 0; r < i1 - i0; ++r)
+    activate_rows(t.sigmoid, t.h + (i0 + r) * d0, x0 + r * t.ld[0], d0);
+}
+
 template <typename S>
 void forward_block(const Tail<S>& t, int64_t i0, int64_t i1, S* x0) {
   const int64_t n = i1 - i0, K = static_cast<int64_t>(t.layers());
-  activate_rows(t.sigmoid, t.h + i0 * t.d[0], x0, n * t.d[0]);
+  activate_block(t, i0, i1, x0);
   const S* in = x0;
   for (int64_t k = 0; k < K; ++k) {
     const int64_t din = t.d[k], dout = t.d[k + 1];
     const bool last = k + 1 == K;
-    S* out = last ? t.y + i0 * dout : t.x[k + 1] + i0 * dout;
-    gemm_rowmajor(false, true, n, dout, din, S(1), in, din, t.w[k], din, S(0), out, dout);
+    const int64_t ldo = last ? dout : t.ld[k + 1];
+    S* out = last ? t.y + i0 * dout : t.x[k + 1] + i0 * ldo;
+    gemm_rowmajor(false, true, n, dout, din, S(1), in, t.ld[k], t.w[k], din, S(0), out, ldo);
     for (int64_t r = 0; r < n; ++r) {
-      S* row = out + r * dout;
+      S* row = out + r * ldo;
       for (int64_t c = 0; c < dout; ++c) row[c] += t.b[k][c];
       if (!last) activate_rows(t.sigmoid, row, row, dout);
     }
@@ -118,9 +137,9 @@ struct Chunk {
   std::vector<S*> dw, db;
   Chunk(const Tail<S>& t, S* acc) {
     const int64_t wide = std::max(t.widest(), t.d[0]);
-    scratch.resize(static_cast<size_t>(kBackwardRows * (t.d[0] + 2 * wide)));
+    scratch.resize(static_cast<size_t>(kBackwardRows * (t.ld[0] + 2 * wide)));
     x0 = scratch.data();
-    ga = x0 + kBackwardRows * t.d[0];
+    ga = x0 + kBackwardRows * t.ld[0];
     gb = ga + kBackwardRows * wide;
     for (size_t k = 0; acc && k < t.layers(); ++k) {
       dw.push_back(acc);
@@ -160,20 +179,21 @@ void backward_block(const Tail<S>& t, int64_t i0, int64_t i1, const S* dy, S* dh
       for (int64_t cc = 0; cc < dk; ++cc) gr[cc] = dyr[cc] / t.eps;
     }
   }
-  activate_rows(t.sigmoid, t.h + i0 * t.d[0], c.x0, n * t.d[0]);
+  activate_block(t, i0, i1, c.x0);
   S* spare = c.gb;
   for (int64_t k = K - 1; k >= 0; --k) {
-    const int64_t din = t.d[k], dout = t.d[k + 1];
-    const S* xin = k == 0 ? c.x0 : t.x[k] + i0 * din;
-    gemm_rowmajor(true, false, dout, din, n, S(1), g, dout, xin, din, S(first ? 0 : 1), c.dw[k],
+    const int64_t din = t.d[k], dout = t.d[k + 1], ldx = t.ld[k];
+    const S* xin = k == 0 ? c.x0 : t.x[k] + i0 * ldx;
+    gemm_rowmajor(true, false, dout, din, n, S(1), g, dout, xin, ldx, S(first ? 0 : 1), c.dw[k],
                   din);
     if (first) std::fill(c.db[k], c.db[k] + dout, S(0));
     for (int64_t r = 0; r < n; ++r)
       for (int64_t cc = 0; cc < dout; ++cc) c.db[k][cc] += g[r * dout + cc];
     S* gin = k == 0 ? dh + i0 * din : spare;
-    gemm_rowmajor(false, false, n, din, dout, S(1), g, dout, t.w[k], din, S(0), gin, din);
+    gemm_rowmajor(false, false, n, din, dout, S(1), g, dout, t.wpad[k], ldx, S(0), gin, din);
     // Through the activation that made x_k (x_0 = act(h)).
-    times_derivative(t.sigmoid, xin, gin, n * din);
+    for (int64_t r = 0; r < n; ++r)
+      times_derivative(t.sigmoid, xin + r * ldx, gin + r * din, din);
     spare = g;
     g = gin;
   }
@@ -190,7 +210,13 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
     const int64_t N = h.size(0);
     const size_t K = w.size();
     x.push_back(Tensor());
-    for (size_t k = 1; k < K; ++k) x.push_back(torch::empty({N, w[k].size(1)}, h.options()));
+    // Each hidden layer's output in rows of padded_stride (the next layer's input).
+    for (size_t k = 1; k < K; ++k) {
+      const int64_t width = w[k].size(1);
+      const int64_t ld = h.scalar_type() == torch::kFloat64 ? padded_stride<double>(width)
+                                                             : padded_stride<float>(width);
+      x.push_back(torch::empty({N, ld}, h.options()));
+    }
     auto y = torch::empty({N, w.back().size(0)}, h.options());
     auto norm = normalize ? torch::empty({N}, h.options()) : torch::empty({0}, h.options());
     AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "mlp_tail_fused", [&] {
@@ -199,7 +225,7 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
       // All blocks on this thread where the BLAS would not run a call on its calling thread.
       const int64_t grain = util::blas_calls_nest() ? 1 : blocks;
       at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
-        std::vector<scalar_t> x0(static_cast<size_t>(kBlockRows * t.d[0]));
+        std::vector<scalar_t> x0(static_cast<size_t>(kBlockRows * t.ld[0]));
         for (int64_t blk = b0; blk < b1; ++blk)
           forward_block(t, blk * kBlockRows, std::min(N, (blk + 1) * kBlockRows), x0.data());
       });
@@ -234,6 +260,18 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
     Tensor flat;
     AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "mlp_tail_fused_backward", [&] {
       Tail<scalar_t> t = make_tail<scalar_t>(h, w, b, x, y, norm, normalize, eps, sigmoid);
+      // dx = g W reads W as B: copies in rows of the padded stride where it differs.
+      std::vector<Tensor> padded;
+      for (size_t k = 0; k < K; ++k) {
+        if (t.ld[k] == t.d[k]) {
+          t.wpad.push_back(t.w[k]);
+          continue;
+        }
+        auto wp = torch::empty({w[k].size(0), t.ld[k]}, w[k].options());
+        wp.narrow(1, 0, t.d[k]).copy_(w[k]);
+        padded.push_back(wp);
+        t.wpad.push_back(wp.data_ptr<scalar_t>());
+      }
       const int64_t blocks = (N + kBackwardRows - 1) / kBackwardRows;
       // One gradient accumulator per chunk of blocks (chunk k owns accumulator k whichever
       // thread runs it), summed in chunk order afterwards.
@@ -283,8 +321,11 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
     Tail<S> t;
     t.N = h.size(0);
     t.d.push_back(h.size(1));
+    t.ld.push_back(padded_stride<S>(h.size(1)));
     for (size_t k = 0; k < w.size(); ++k) {
       t.d.push_back(w[k].size(0));
+      // The saved hidden outputs carry their row stride (as the forward laid them out).
+      if (k + 1 < w.size()) t.ld.push_back(x[k + 1].size(1));
       t.w.push_back(w[k].data_ptr<S>());
       t.b.push_back(b[k].data_ptr<S>());
       t.x.push_back(k == 0 ? nullptr : x[k].data_ptr<S>());

@@ -143,3 +143,20 @@ TEST_CASE("float products through oneDNN's sgemm equal the float64 product, as t
   recsys::util::set_onednn_gemm(true);
   at::set_num_threads(threads);
 }
+
+TEST_CASE("padded_stride lengthens rows of a multiple of 512 bytes by 64 bytes, when on",
+          "[kernels]") {
+  using recsys::util::padded_stride;
+  CHECK(padded_stride(256, 4) == 272);   // 1 KiB rows of floats
+  CHECK(padded_stride(128, 4) == 144);   // 512 bytes
+  CHECK(padded_stride(1024, 4) == 1040); // 4 KiB
+  CHECK(padded_stride(64, 4) == 64);     // 256 bytes: below 512
+  CHECK(padded_stride(200, 4) == 200);   // 800 bytes: not a multiple of 512
+  CHECK(padded_stride(64, 8) == 72);     // 512 bytes of doubles
+  CHECK(padded_stride(100, 8) == 100);
+  recsys::util::set_padded_rows(false);
+  CHECK_FALSE(recsys::util::padded_rows_enabled());
+  CHECK(padded_stride(256, 4) == 256);
+  recsys::util::set_padded_rows(true);
+  CHECK(recsys::util::padded_rows_enabled());
+}

@@ -82,6 +82,37 @@ TEST_CASE("mlp_tail_fused equals ReLU / sigmoid + linear layers + normalisation,
   at::set_num_threads(threads);
 }
 
+TEST_CASE("mlp_tail_fused with layer inputs in padded rows (widths of a multiple of 512 bytes)",
+          "[kernels]") {
+  // In float64, widths of 64 and 128 values are rows of 512 and 1024 bytes: the kernel keeps
+  // ReLU(h), the hidden outputs and its copies of the weights in rows 64 bytes longer.
+  recsys::testing::seed(33);
+  const int threads = at::get_num_threads();
+  for (int t : {1, 2}) {
+    at::set_num_threads(t);
+    for (int64_t N : {int64_t{37}, int64_t{300}}) {
+      for (size_t layers : {size_t{1}, size_t{2}, size_t{3}}) {
+        CAPTURE(t, N, layers);
+        std::vector<int64_t> d{128, 64, 64, 7};
+        auto h = torch::randn({N, d[0]}, torch::kFloat64);
+        std::vector<torch::Tensor> w, b;
+        for (size_t k = 0; k < layers; ++k) {
+          w.push_back(torch::randn({d[k + 1], d[k]}, torch::kFloat64) * 0.2);
+          b.push_back(torch::randn({d[k + 1]}, torch::kFloat64) * 0.1);
+        }
+        auto up = torch::randn({N, d[layers]}, torch::kFloat64);
+        auto f = run(true, h, w, b, true, up), c = run(false, h, w, b, true, up);
+        REQUIRE(f.values.size() == c.values.size());
+        for (size_t k = 0; k < f.values.size(); ++k) {
+          INFO("output " << k);
+          require_close(f.values[k], c.values[k], 1e-10, 1e-12);
+        }
+      }
+    }
+  }
+  at::set_num_threads(threads);
+}
+
 TEST_CASE("mlp_tail_fused: a row whose output norm is below eps, float32, refusals",
           "[kernels]") {
   recsys::testing::seed(32);
