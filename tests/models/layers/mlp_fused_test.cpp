@@ -46,6 +46,25 @@ Result run(bool fused, const torch::Tensor& h, const std::vector<torch::Tensor>&
   return r;
 }
 
+// The kernel against the composed layers in float64, widths d[0] -> ... -> d[layers], N rows.
+void check_against_composed(const std::vector<int64_t>& d, size_t layers, int64_t N,
+                            bool normalize, bool sigmoid, double weight_scale) {
+  auto h = torch::randn({N, d[0]}, torch::kFloat64);
+  std::vector<torch::Tensor> w, b;
+  for (size_t k = 0; k < layers; ++k) {
+    w.push_back(torch::randn({d[k + 1], d[k]}, torch::kFloat64) * weight_scale);
+    b.push_back(torch::randn({d[k + 1]}, torch::kFloat64) * 0.1);
+  }
+  auto up = torch::randn({N, d[layers]}, torch::kFloat64);
+  auto f = run(true, h, w, b, normalize, up, sigmoid);
+  auto c = run(false, h, w, b, normalize, up, sigmoid);
+  REQUIRE(f.values.size() == c.values.size());
+  for (size_t k = 0; k < f.values.size(); ++k) {
+    INFO("output " << k);
+    require_close(f.values[k], c.values[k], 1e-10, 1e-12);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("mlp_tail_fused equals ReLU / sigmoid + linear layers + normalisation, values and gradients",
@@ -53,60 +72,19 @@ TEST_CASE("mlp_tail_fused equals ReLU / sigmoid + linear layers + normalisation,
   recsys::testing::seed(31);
   const int threads = at::get_num_threads();
   // Row counts around the 128-row block; one to three layers; with and without normalising.
+  // The second widths are rows of 1,024 and 512 bytes in float64: the kernel keeps ReLU(h),
+  // the hidden outputs and its copies of the weights in rows 64 bytes longer (padded_stride).
+  const std::vector<std::vector<int64_t>> widths{{24, 17, 9, 5}, {128, 64, 64, 7}};
   for (int t : {1, 2}) {
     at::set_num_threads(t);
     for (int64_t N : {int64_t{1}, int64_t{37}, int64_t{128}, int64_t{300}}) {
       for (size_t layers : {size_t{1}, size_t{2}, size_t{3}}) {
         for (bool normalize : {true, false})
-         for (bool sigmoid : {false, true}) {
-          CAPTURE(t, N, layers, normalize, sigmoid);
-          std::vector<int64_t> d{24, 17, 9, 5};
-          auto h = torch::randn({N, d[0]}, torch::kFloat64);
-          std::vector<torch::Tensor> w, b;
-          for (size_t k = 0; k < layers; ++k) {
-            w.push_back(torch::randn({d[k + 1], d[k]}, torch::kFloat64) * 0.4);
-            b.push_back(torch::randn({d[k + 1]}, torch::kFloat64) * 0.1);
-          }
-          auto up = torch::randn({N, d[layers]}, torch::kFloat64);
-          auto f = run(true, h, w, b, normalize, up, sigmoid);
-          auto c = run(false, h, w, b, normalize, up, sigmoid);
-          REQUIRE(f.values.size() == c.values.size());
-          for (size_t k = 0; k < f.values.size(); ++k) {
-            INFO("output " << k);
-            require_close(f.values[k], c.values[k], 1e-10, 1e-12);
-          }
-        }
-      }
-    }
-  }
-  at::set_num_threads(threads);
-}
-
-TEST_CASE("mlp_tail_fused with layer inputs in padded rows (widths of a multiple of 512 bytes)",
-          "[kernels]") {
-  // In float64, widths of 64 and 128 values are rows of 512 and 1024 bytes: the kernel keeps
-  // ReLU(h), the hidden outputs and its copies of the weights in rows 64 bytes longer.
-  recsys::testing::seed(33);
-  const int threads = at::get_num_threads();
-  for (int t : {1, 2}) {
-    at::set_num_threads(t);
-    for (int64_t N : {int64_t{37}, int64_t{300}}) {
-      for (size_t layers : {size_t{1}, size_t{2}, size_t{3}}) {
-        CAPTURE(t, N, layers);
-        std::vector<int64_t> d{128, 64, 64, 7};
-        auto h = torch::randn({N, d[0]}, torch::kFloat64);
-        std::vector<torch::Tensor> w, b;
-        for (size_t k = 0; k < layers; ++k) {
-          w.push_back(torch::randn({d[k + 1], d[k]}, torch::kFloat64) * 0.2);
-          b.push_back(torch::randn({d[k + 1]}, torch::kFloat64) * 0.1);
-        }
-        auto up = torch::randn({N, d[layers]}, torch::kFloat64);
-        auto f = run(true, h, w, b, true, up), c = run(false, h, w, b, true, up);
-        REQUIRE(f.values.size() == c.values.size());
-        for (size_t k = 0; k < f.values.size(); ++k) {
-          INFO("output " << k);
-          require_close(f.values[k], c.values[k], 1e-10, 1e-12);
-        }
+          for (bool sigmoid : {false, true})
+            for (size_t k = 0; k < widths.size(); ++k) {
+              CAPTURE(t, N, layers, normalize, sigmoid, k);
+              check_against_composed(widths[k], layers, N, normalize, sigmoid, k == 0 ? 0.4 : 0.2);
+            }
       }
     }
   }
