@@ -76,17 +76,12 @@ struct Problem {
   const S* log_counts = nullptr;
   bool grads = false;
   S* da = nullptr;  // [B, D], rows written by the block that owns them
-  int64_t ls = 0;   // row stride of a block's scores (score_stride(C))
+  // Row stride of a block's scores (util::padded_stride of C): db += g^T a reads them
+  // transposed, and oneDNN's copy of a transposed operand with rows of 4 KiB (C = 1024) maps to
+  // few cache sets (blas.cpp: prefer_onednn sends that case to the BLAS, at 57-77 GFLOP/s
+  // against oneDNN's 70-85 on other strides).
+  int64_t ls = 0;
 };
-
-// Row stride of a block's scores (util::padded_stride): db += g^T a reads them transposed, and
-// oneDNN's copy of a transposed operand with rows of 4 KiB (C = 1024) maps to few cache sets
-// (blas.cpp: prefer_onednn sends that case to the BLAS, at 57-77 GFLOP/s against oneDNN's
-// 70-85 on other strides).
-template <typename S>
-int64_t score_stride(int64_t C) {
-  return util::padded_stride(C, static_cast<int64_t>(sizeof(S)));
-}
 
 // Rows [i0, i1): their scores in `s` ([i1 - i0, C] scratch), the sum of their losses (returned)
 // and, with grads, their rows of da and their contributions to the chunk's accumulators db [C, D]
@@ -174,7 +169,7 @@ class DiagonalSoftmaxFunction : public torch::autograd::Function<DiagonalSoftmax
         p.log_counts = log_counts.data_ptr<scalar_t>();
       }
       p.grads = need_grads;
-      p.ls = score_stride<scalar_t>(C);
+      p.ls = util::padded_stride(C, static_cast<int64_t>(sizeof(scalar_t)));
       if (need_grads) {
         da = torch::empty_like(a);
         p.da = da.data_ptr<scalar_t>();

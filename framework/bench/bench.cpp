@@ -156,11 +156,17 @@ const std::vector<std::string>& optimisation_names() {
   return names;
 }
 
-std::string optimisation_list() {
+namespace {
+
+std::string join(const std::vector<std::string>& names) {
   std::string list;
-  for (const auto& k : optimisation_names()) list += (list.empty() ? "" : ", ") + k;
+  for (const auto& k : names) list += (list.empty() ? "" : ", ") + k;
   return list;
 }
+
+}  // namespace
+
+std::string optimisation_list() { return join(optimisation_names()); }
 
 namespace {
 
@@ -179,6 +185,8 @@ const std::vector<std::string>& paired_switch_names() {
                                                        "padded_rows"};
   return names;
 }
+
+std::string paired_switch_list() { return join(paired_switch_names()); }
 
 void set_process_switch(const std::string& name, bool on) {
   if (name == "gemm") util::set_parallel_gemm(on);
@@ -610,12 +618,10 @@ int run_bench(const BenchOptions& options) {
   check_optimisation_names(options.disable);
   if (!options.paired.empty()) {
     const auto& sw = paired_switch_names();
-    if (std::find(sw.begin(), sw.end(), options.paired) == sw.end()) {
-      std::string known;
-      for (const auto& k : sw) known += (known.empty() ? "" : ", ") + k;
+    if (std::find(sw.begin(), sw.end(), options.paired) == sw.end())
       throw UsageError("--paired: '" + options.paired +
-                       "' is not a process-wide optimisation (one of " + known + ")");
-    }
+                       "' is not a process-wide optimisation (one of " + paired_switch_list() +
+                       ")");
     if (options.plain || std::find(options.disable.begin(), options.disable.end(),
                                    options.paired) != options.disable.end())
       throw UsageError("--paired " + options.paired +

@@ -87,8 +87,10 @@ struct BenchOptions {
 };
 
 /// The optimisations that are process-wide switches (set between steps): gemm, onednn_gemm,
-/// gru_threads. The others are options of the workloads' models.
+/// gru_threads, padded_rows. The others are options of the workloads' models.
 const std::vector<std::string>& paired_switch_names();
+/// paired_switch_names() joined with ", " (help and error messages).
+std::string paired_switch_list();
 
 /// Sets one of them (UsageError for another name).
 void set_process_switch(const std::string& name, bool on);

@@ -404,12 +404,9 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   bench_cmd->add_option("--profile", bench_options.profile,
                         "write a Chrome trace of each workload's timed steps to PREFIX.WORKLOAD.json");
-  std::string paired_names;
-  for (const auto& n : bench::paired_switch_names())
-    paired_names += (paired_names.empty() ? "" : ", ") + n;
   bench_cmd->add_option("--paired", bench_options.paired,
                         "alternate steps with this process-wide optimisation on and off (" +
-                            paired_names + ") and report the paired step-time ratio");
+                            bench::paired_switch_list() + ") and report the paired step-time ratio");
   bench_cmd->add_option("--pipeline-lines", bench_options.pipeline_lines, "lines of the generated log (pipeline)");
 
   try {

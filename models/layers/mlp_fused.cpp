@@ -27,21 +27,15 @@ constexpr int64_t kBlockRows = 128;
 // The backward's blocks (64 to 384 rows measured the same; its products dominate either way).
 constexpr int64_t kBackwardRows = 128;
 
-// Row stride of a layer's input rows (util::padded_stride).
-template <typename S>
-int64_t padded_stride(int64_t d) {
-  return util::padded_stride(d, static_cast<int64_t>(sizeof(S)));
-}
-
 // The operands as raw row-major pointers. Layer k maps d[k] -> d[k + 1]; its input is x_k =
 // ReLU(h) for k = 0 (recomputed where needed) and the saved x[k] for k >= 1.
 template <typename S>
 struct Tail {
   int64_t N = 0;
   std::vector<int64_t> d;
-  std::vector<int64_t> ld;  // ld[k]: row stride of x_k (padded_stride(d[k]))
+  std::vector<int64_t> ld;  // ld[k]: row stride of x_k (util::padded_stride of d[k])
   std::vector<const S*> w, b;
-  // The backward's copies of the weights in rows of padded_stride(d[k]) (or the weights
+  // The backward's copies of the weights in rows of ld[k] (or the weights
   // themselves where that is d[k]); set by the backward only.
   std::vector<const S*> wpad;
   std::vector<S*> x;  // x[k], k >= 1: [N, ld[k]] (d[k] values per row); x[0] unused
@@ -88,7 +82,6 @@ void times_derivative(bool sigmoid, const S* y, S* g, int64_t n) {
   }
 }
 
-// Rows [i0, i1): every layer's output and the (normalised) result.
 // act(h) for rows [i0, i1) into x0 (rows of t.ld[0]).
 template <typename S>
 void activate_block(const Tail<S>& t, int64_t i0, int64_t i1, S* x0) {
@@ -97,6 +90,7 @@ void activate_block(const Tail<S>& t, int64_t i0, int64_t i1, S* x0) {
     activate_rows(t.sigmoid, t.h + (i0 + r) * d0, x0 + r * t.ld[0], d0);
 }
 
+// Rows [i0, i1): every layer's output and the (normalised) result.
 template <typename S>
 void forward_block(const Tail<S>& t, int64_t i0, int64_t i1, S* x0) {
   const int64_t n = i1 - i0, K = static_cast<int64_t>(t.layers());
@@ -210,13 +204,10 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
     const int64_t N = h.size(0);
     const size_t K = w.size();
     x.push_back(Tensor());
-    // Each hidden layer's output in rows of padded_stride (the next layer's input).
-    for (size_t k = 1; k < K; ++k) {
-      const int64_t width = w[k].size(1);
-      const int64_t ld = h.scalar_type() == torch::kFloat64 ? padded_stride<double>(width)
-                                                             : padded_stride<float>(width);
-      x.push_back(torch::empty({N, ld}, h.options()));
-    }
+    // Each hidden layer's output in rows of util::padded_stride (the next layer's input).
+    for (size_t k = 1; k < K; ++k)
+      x.push_back(torch::empty({N, util::padded_stride(w[k].size(1), h.element_size())},
+                               h.options()));
     auto y = torch::empty({N, w.back().size(0)}, h.options());
     auto norm = normalize ? torch::empty({N}, h.options()) : torch::empty({0}, h.options());
     AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "mlp_tail_fused", [&] {
@@ -321,7 +312,7 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
     Tail<S> t;
     t.N = h.size(0);
     t.d.push_back(h.size(1));
-    t.ld.push_back(padded_stride<S>(h.size(1)));
+    t.ld.push_back(util::padded_stride(h.size(1), static_cast<int64_t>(sizeof(S))));
     for (size_t k = 0; k < w.size(); ++k) {
       t.d.push_back(w[k].size(0));
       // The saved hidden outputs carry their row stride (as the forward laid them out).

@@ -104,7 +104,7 @@ TEST_CASE("diagonal_softmax_mean_fused in float32 stays within float rounding of
 TEST_CASE("diagonal_softmax_mean_fused with 512 or 1024 columns (scores in padded rows)",
           "[loss][kernel]") {
   // Column counts that are multiples of 256 floats, at least 512, give the block's scores a
-  // padded row stride (score_stride): the loss and every gradient as with any other width.
+  // padded row stride (util::padded_stride): the loss and every gradient as with any other width.
   recsys::testing::seed(6);
   for (int64_t C : {512, 1024}) {
     const int64_t B = 130, D = 12;
