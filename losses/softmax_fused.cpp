@@ -77,9 +77,9 @@ struct Problem {
   bool grads = false;
   S* da = nullptr;  // [B, D], rows written by the block that owns them
   // Row stride of a block's scores (util::padded_stride of C): db += g^T a reads them
-  // transposed, and oneDNN's copy of a transposed operand with rows of 4 KiB (C = 1024) maps to
-  // few cache sets (blas.cpp: prefer_onednn sends that case to the BLAS, at 57-77 GFLOP/s
-  // against oneDNN's 70-85 on other strides).
+  // transposed. With rows of 4 KiB (C = 1024) oneDNN's copy of the transposed operand maps to
+  // few cache sets and prefer_onednn (blas.cpp) leaves the product to the BLAS (57-77
+  // GFLOP/s); padded rows let oneDNN take it.
   int64_t ls = 0;
 };
 

@@ -25,7 +25,8 @@ bool onednn_gemm_active();
 /// and hands to the products: rows of a multiple of 512 bytes get 64 bytes more. With such
 /// power-of-two strides the rows of a block map to few cache sets, and the products that read a
 /// block down its columns (weight gradients g^T x, or the in-batch softmax's db += g^T a) or
-/// take it as B ran 6-21% slower on one core, 2x for 4 KiB rows (docs/performance.md).
+/// take it as B ran 6-21% slower in a micro-benchmark (oneDNN on its own two threads), 2x for
+/// 4 KiB rows (docs/performance.md).
 /// Process-wide switch (default on): off returns d (`recsys bench --paired padded_rows`).
 int64_t padded_stride(int64_t d, int64_t elem_bytes);
 void set_padded_rows(bool on);
