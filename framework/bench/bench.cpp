@@ -152,7 +152,8 @@ const std::vector<std::string>& optimisation_names() {
                                                  "sparse_lookup", "distinct_bags",
                                                  "tower_mlp", "attention_tail",
                                                  "huge_pages", "distinct_items",
-                                                 "onednn_gemm", "padded_rows"};
+                                                 "onednn_gemm", "padded_rows",
+                                                 "parallel_branches"};
   return names;
 }
 
@@ -214,6 +215,7 @@ std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShap
     p.distinct_bags = on("distinct_bags");
     p.fused_mlp = on("tower_mlp");
     p.distinct_items = on("distinct_items");
+    p.parallel_branches = on("parallel_branches");
     return make_twotower_ssl(shapes.two_tower, device, seed, p);
   }
   CtrPaths p;

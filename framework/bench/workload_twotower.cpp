@@ -9,6 +9,7 @@
 #include "framework/bench/bench.h"
 #include "framework/bench/workloads.h"
 #include "framework/data/schema.h"
+#include "framework/train/branches.h"
 #include "framework/train/optimizer.h"
 #include "losses/retrieval.h"
 #include "models/two_tower/two_tower.h"
@@ -154,53 +155,136 @@ class TwoTowerSsl : public Workload {
     const auto& b = batches_[next_++ % batches_.size()];
     begin_step();
     optimizer_->zero_grad();
+    if (paths_.parallel_branches && device_.is_cpu() && train::side_by_side_at(2)) {
+      // train::run_staged: the user tower with the positives on one thread and both SSL views
+      // on the other; then both losses on both threads; then the towers' backwards side by
+      // side. The phases overlap: the forward phase holds all three stages.
+      Positives p;
+      const int64_t m = s_.ssl_batch;
+      auto loss = train::run_staged(
+          {[&] {
+             p = positives(b);
+             return std::vector<torch::Tensor>{model_->user(b.user), model_->item(p.features)};
+           },
+           [&] {
+             auto views = ssl_views(b);
+             std::vector<torch::Tensor> both(views.v1.size());
+             for (size_t f = 0; f < both.size(); ++f)
+               both[f] = torch::cat({views.v1[f], views.v2[f]}, 0);
+             return std::vector<torch::Tensor>{model_->item(both)};
+           }},
+          [&](const std::vector<std::vector<torch::Tensor>>& out) {
+            auto z = out[1][0].split_with_sizes({m, m}, 0);
+            return main_loss(b, &out[0][1], &p, &out[0][0]) +
+                   s_.ssl_weight * ssl_loss(b, &z[0], &z[1]);
+          },
+          params_, /*side_by_side=*/true);
+      end_phase(0);
+      end_phase(1);
+      optimizer_->step();
+      end_phase(2);
+      return loss;
+    }
+    torch::Tensor z1, z2, pos;
+    if (paths_.batched_item_tower) {
+      // One pass of the item tower over [positives; view 1; view 2]: the same function row by row,
+      // three times fewer (and larger) operations.
+      SslViews views = ssl_views(b);
+      Positives p = positives(b);
+      const int64_t n = p.features[0].size(0), m = s_.ssl_batch;
+      std::vector<torch::Tensor> all(p.features.size());
+      for (size_t f = 0; f < all.size(); ++f)
+        all[f] = torch::cat({p.features[f], views.v1[f], views.v2[f]}, 0);
+      auto out = model_->item(all);
+      // One split (its backward concatenates the three gradients; three narrows would each
+      // zero-fill a full-size gradient and the engine would add them).
+      auto parts = out.split_with_sizes({n, m, m}, 0);
+      auto main = main_loss(b, &parts[0], &p);
+      auto ssl = ssl_loss(b, &parts[1], &parts[2]);
+      return finish_step(main + s_.ssl_weight * ssl, *optimizer_);
+    }
+    auto main = main_loss(b, nullptr);
+    auto ssl = ssl_loss(b, nullptr);
+    return finish_step(main + s_.ssl_weight * ssl, *optimizer_);
+  }
+
+  struct SslViews {
+    std::vector<torch::Tensor> v1, v2;
+  };
+  /// The batch's two SSL views (the augmentation draws its masks from gen_), on the device.
+  SslViews ssl_views(const TwoTowerBatch& b) {
     auto [v1, v2] = augmentation_->views(b.ssl_item, gen_);
     if (!device_.is_cpu()) {
       for (auto& t : v1) t = t.to(device_, /*non_blocking=*/true);
       for (auto& t : v2) t = t.to(device_, /*non_blocking=*/true);
     }
-    torch::Tensor a = model_->user(b.user), pos, z1, z2;
-    // The positives, once per distinct item (rows equal in every feature, id and log q).
-    auto positives = b.item;
-    torch::Tensor targets, log_q = b.log_q, item_ids = b.item_ids;
+    return {std::move(v1), std::move(v2)};
+  }
+
+  struct Positives {
+    std::vector<torch::Tensor> features;
+    torch::Tensor targets, log_q, item_ids;
+  };
+  /// The positives, once per distinct item (rows equal in every feature, id and log q) with
+  /// paths_.distinct_items.
+  Positives positives(const TwoTowerBatch& b) const {
+    Positives p{b.item, {}, b.log_q, b.item_ids};
     if (paths_.distinct_items) {
       auto u = *models::distinct_positives(b.item_host, b.item_ids_host, b.log_q_host);
       auto first = u.first.to(device_), inverse = u.inverse.to(device_);
-      for (auto& t : positives) t = t.index_select(0, first);
-      targets = inverse;
-      log_q = log_q.index_select(0, first);
-      item_ids = item_ids.index_select(0, first);
+      for (auto& t : p.features) t = t.index_select(0, first);
+      p.targets = inverse;
+      p.log_q = p.log_q.index_select(0, first);
+      p.item_ids = p.item_ids.index_select(0, first);
     }
-    if (paths_.batched_item_tower) {
-      // One pass of the item tower over [positives; view 1; view 2]: the same function row by row,
-      // three times fewer (and larger) operations.
-      const int64_t n = positives[0].size(0), m = s_.ssl_batch;
-      std::vector<torch::Tensor> all(positives.size());
-      for (size_t f = 0; f < all.size(); ++f) all[f] = torch::cat({positives[f], v1[f], v2[f]}, 0);
-      auto out = model_->item(all);
-      // One split (its backward concatenates the three gradients; three narrows would each
-      // zero-fill a full-size gradient and the engine would add them).
-      auto parts = out.split_with_sizes({n, m, m}, 0);
-      pos = parts[0];
-      z1 = parts[1];
-      z2 = parts[2];
-    } else {
-      pos = model_->item(positives);
-      z1 = model_->item(v1);
-      z2 = model_->item(v2);
+    return p;
+  }
+
+  /// The in-batch softmax loss; `pos` / `given`: the positives' item-tower output and the
+  /// positives it was computed from (null: computed here).
+  torch::Tensor main_loss(const TwoTowerBatch& b, const torch::Tensor* pos,
+                          const Positives* given = nullptr, const torch::Tensor* user = nullptr) {
+    torch::Tensor a = user ? *user : model_->user(b.user);
+    Positives own;
+    if (!given) {
+      own = positives(b);
+      given = &own;
     }
+    torch::Tensor out = pos ? *pos : model_->item(given->features);
     const auto softmax = losses::InBatchSoftmaxOptions()
                              .temperature(s_.temperature)
                              .remove_accidental_hits(false)
                              .fused_kernel(paths_.cross_entropy_kernel)
                              .fused_mean(paths_.fused_softmax_mean);
-    auto main = targets.defined()
-                    ? losses::inbatch_softmax_mean_distinct(a, pos, targets, log_q, item_ids, softmax)
-                    : losses::inbatch_softmax_mean(a, pos, log_q, item_ids, softmax);
-    auto ssl = losses::contrastive_mean(z1, z2, s_.temperature, /*symmetric=*/false,
-                                        paths_.cross_entropy_kernel, paths_.fused_softmax_mean);
-    auto loss = main + s_.ssl_weight * ssl;
-    return finish_step(loss, *optimizer_);
+    return given->targets.defined()
+               ? losses::inbatch_softmax_mean_distinct(a, out, given->targets, given->log_q,
+                                                       given->item_ids, softmax)
+               : losses::inbatch_softmax_mean(a, out, given->log_q, given->item_ids, softmax);
+  }
+
+  /// The SSL contrastive loss; z1 / z2: the views' item-tower outputs (null: computed here, as
+  /// one pass over both views with paths_.batched_item_tower).
+  torch::Tensor ssl_loss(const TwoTowerBatch& b, const torch::Tensor* z1, const torch::Tensor* z2 = nullptr) {
+    torch::Tensor y1, y2;
+    if (z1) {
+      y1 = *z1;
+      y2 = *z2;
+    } else {
+      auto views = ssl_views(b);
+      if (paths_.batched_item_tower) {
+        const int64_t m = s_.ssl_batch;
+        std::vector<torch::Tensor> both(views.v1.size());
+        for (size_t f = 0; f < both.size(); ++f) both[f] = torch::cat({views.v1[f], views.v2[f]}, 0);
+        auto parts = model_->item(both).split_with_sizes({m, m}, 0);
+        y1 = parts[0];
+        y2 = parts[1];
+      } else {
+        y1 = model_->item(views.v1);
+        y2 = model_->item(views.v2);
+      }
+    }
+    return losses::contrastive_mean(y1, y2, s_.temperature, /*symmetric=*/false,
+                                    paths_.cross_entropy_kernel, paths_.fused_softmax_mean);
   }
 
   double flops_per_example() const override {

@@ -33,6 +33,11 @@ struct TwoTowerPaths {
   /// softmax over distinct columns counted with their multiplicity
   /// (losses::inbatch_softmax_mean_distinct; else every row's positive and column).
   bool distinct_items = true;
+  /// The main loss (user tower, positives, in-batch softmax) and the SSL loss (both views, the
+  /// contrastive softmax) as two branches, each forward and backward on its own thread
+  /// (train::run_branches) where the thread count is 2; else one graph whose operators each
+  /// split across the threads. The positives and the views then take two item-tower passes.
+  bool parallel_branches = true;
 };
 
 std::unique_ptr<Workload> make_twotower_ssl(const TwoTowerShapes& s, torch::Device device,

@@ -1,0 +1,155 @@
+#include "framework/train/branches.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+
+#include <exception>
+#include <utility>
+
+namespace recsys::train {
+
+bool side_by_side_at(size_t branches) {
+  const auto threads = static_cast<size_t>(at::get_num_threads());
+  return branches >= 2 && threads >= 2 && threads <= branches && !at::in_parallel_region();
+}
+
+torch::Tensor combine_gradients(const std::vector<torch::Tensor>& parts) {
+  std::vector<torch::Tensor> present;
+  for (const auto& p : parts)
+    if (p.defined()) present.push_back(p);
+  if (present.empty()) return {};
+  if (present.size() == 1) return present.front();
+  const auto& first = present.front();
+  bool all_sparse = true;
+  for (const auto& p : present) {
+    TORCH_CHECK(p.sizes() == first.sizes(), "combine_gradients: gradients of shapes ",
+                first.sizes(), " and ", p.sizes());
+    all_sparse = all_sparse && p.is_sparse();
+  }
+  if (all_sparse) {
+    std::vector<torch::Tensor> indices, values;
+    for (const auto& p : present) {
+      TORCH_CHECK(p.sparse_dim() == first.sparse_dim(),
+                  "combine_gradients: sparse gradients with different sparse dims");
+      indices.push_back(p._indices());
+      values.push_back(p._values());
+    }
+    return at::_sparse_coo_tensor_unsafe(torch::cat(indices, 1), torch::cat(values, 0),
+                                         first.sizes());
+  }
+  // The dense parts first (in order), then the sparse ones added to them (in order).
+  torch::Tensor sum;
+  for (const auto& p : present)
+    if (!p.is_sparse()) sum = sum.defined() ? sum + p : p;
+  for (const auto& p : present)
+    if (p.is_sparse()) sum = sum + p;
+  return sum;
+}
+
+namespace {
+
+/// Runs work(j) for j = 0 .. n-1, side by side (one intra-op thread each, the caller's
+/// thread-local state such as grad mode and the profiler carried over; the operators inside see
+/// a parallel region and run inline) or one after the other. The first failing j's exception is
+/// rethrown once all have stopped.
+template <typename F>
+void for_each_part(size_t n, bool side_by_side, const F& work) {
+  std::vector<std::exception_ptr> failed(n);
+  auto run = [&](size_t j) {
+    try {
+      work(j);
+    } catch (...) {
+      failed[j] = std::current_exception();
+    }
+  };
+  if (side_by_side && n > 1) {
+    const at::ThreadLocalState state;
+    at::parallel_for(0, static_cast<int64_t>(n), 1, [&](int64_t j0, int64_t j1) {
+      at::ThreadLocalStateGuard guard(state);
+      for (int64_t j = j0; j < j1; ++j) run(static_cast<size_t>(j));
+    });
+  } else {
+    for (size_t j = 0; j < n; ++j) run(j);
+  }
+  for (const auto& e : failed)
+    if (e) std::rethrow_exception(e);
+}
+
+std::vector<torch::Tensor> grads_of(const std::vector<torch::Tensor>& roots,
+                                    const std::vector<torch::Tensor>& inputs,
+                                    const std::vector<torch::Tensor>& root_grads) {
+  return torch::autograd::grad(roots, inputs, root_grads, /*retain_graph=*/false,
+                               /*create_graph=*/false, /*allow_unused=*/true);
+}
+
+}  // namespace
+
+torch::Tensor run_staged(const std::vector<OutputBranch>& branches, const StagedLoss& loss_fn,
+                         const std::vector<torch::Tensor>& params, bool side_by_side) {
+  const size_t n = branches.size();
+  // The parameters that take gradients (autograd::grad refuses the others).
+  std::vector<torch::Tensor> trainable;
+  std::vector<size_t> param_of;
+  for (size_t i = 0; i < params.size(); ++i)
+    if (params[i].requires_grad()) {
+      trainable.push_back(params[i]);
+      param_of.push_back(i);
+    }
+  const size_t P = trainable.size();
+
+  // Stage 1: the branches' outputs.
+  std::vector<std::vector<torch::Tensor>> outs(n), cut(n);
+  for_each_part(n, side_by_side, [&](size_t b) { outs[b] = branches[b](); });
+  // The outputs that carry gradients, as leaves of the loss's own graph.
+  std::vector<torch::Tensor> inputs;
+  std::vector<std::pair<size_t, size_t>> leaf_of;  // (branch, output)
+  for (size_t b = 0; b < n; ++b)
+    for (size_t k = 0; k < outs[b].size(); ++k) {
+      const auto& o = outs[b][k];
+      if (o.defined() && o.requires_grad()) {
+        cut[b].push_back(o.detach().requires_grad_(true));
+        inputs.push_back(cut[b].back());
+        leaf_of.emplace_back(b, k);
+      } else {
+        cut[b].push_back(o);
+      }
+    }
+  const size_t leaves = inputs.size();
+  inputs.insert(inputs.end(), trainable.begin(), trainable.end());
+
+  // Stage 2: the loss and its gradients (the cut outputs, then the parameters).
+  auto loss = loss_fn(cut);
+  TORCH_CHECK(loss.defined() && loss.numel() == 1, "run_staged: the loss must be a scalar");
+  std::vector<torch::Tensor> g;
+  if (loss.requires_grad() && !inputs.empty()) g = grads_of({loss}, inputs, {});
+
+  // Stage 3: each branch's backward from its outputs' gradients.
+  std::vector<std::vector<torch::Tensor>> roots(n), root_grads(n);
+  for (size_t c = 0; c < leaves && !g.empty(); ++c)
+    if (g[c].defined()) {
+      const auto [b, k] = leaf_of[c];
+      roots[b].push_back(outs[b][k]);
+      root_grads[b].push_back(g[c]);
+    }
+  std::vector<std::vector<torch::Tensor>> branch_grads(n);
+  for_each_part(n, side_by_side, [&](size_t b) {
+    if (!roots[b].empty() && P > 0) branch_grads[b] = grads_of(roots[b], trainable, root_grads[b]);
+    // The branch's graph freed on its own thread.
+    roots[b].clear();
+    outs[b].clear();
+  });
+
+  // The parameters' gradients, in a fixed order.
+  for (size_t k = 0; k < P; ++k) {
+    auto& p = params[param_of[k]];
+    std::vector<torch::Tensor> parts{p.grad()};
+    if (!g.empty()) parts.push_back(g[leaves + k]);
+    for (const auto& bg : branch_grads)
+      if (!bg.empty()) parts.push_back(bg[k]);
+    auto sum = combine_gradients(parts);
+    if (sum.defined()) const_cast<torch::Tensor&>(p).mutable_grad() = sum;
+  }
+  return loss.detach();
+}
+
+}  // namespace recsys::train
