@@ -7,6 +7,7 @@
 #   scripts/bench_paths.sh                    # REPS=3 STEPS=20, 2 threads
 #   REPS=5 WORKLOADS=dien scripts/bench_paths.sh
 #   OMP_WAIT_POLICY=PASSIVE scripts/bench_paths.sh   # fix the policy for every run
+#   ONLY=parallel_branches WORKLOADS=twotower_ssl REPS=8 scripts/bench_paths.sh  # chosen ones
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
@@ -19,7 +20,7 @@ trap 'rm -rf "$OUT"' EXIT
 [ -x "$BIN" ] || { echo "missing $BIN: build first (ninja -C build recsys)" >&2; exit 2; }
 
 declare -A OPTS=(
-  [twotower_ssl]="optimizer cross_entropy item_tower_batch small_vocab_projection allocator gemm softmax_fused sparse_lookup distinct_bags tower_mlp huge_pages distinct_items"
+  [twotower_ssl]="optimizer cross_entropy item_tower_batch small_vocab_projection allocator gemm softmax_fused sparse_lookup distinct_bags tower_mlp huge_pages distinct_items parallel_branches"
   [din]="optimizer first_layer packing dice allocator gemm attention_tail huge_pages"
   [dien]="optimizer packing gru_packed gru_fused dice aux_fused gru_threads allocator gemm"
 )
@@ -32,7 +33,7 @@ echo "# $(date -Is) threads=$THREADS reps=$REPS steps=$STEPS" >&2
 for rep in $(seq 1 "$REPS"); do
   for w in ${WORKLOADS//,/ }; do
     echo "# rep $rep: $w" >&2
-    for o in ${OPTS[$w]} plain; do
+    for o in ${ONLY:-${OPTS[$w]} plain}; do
       run "$w" optimised
       if [ "$o" = plain ]; then run "$w" plain --plain; else run "$w" "$o" --disable "$o"; fi
     done
