@@ -6,11 +6,16 @@
 #include <exception>
 #include <utility>
 
+#include "framework/util/blas.h"
+
 namespace recsys::train {
 
 bool side_by_side_at(size_t branches) {
   const auto threads = static_cast<size_t>(at::get_num_threads());
-  return branches >= 2 && threads >= 2 && threads <= branches && !at::in_parallel_region();
+  // A BLAS with its own thread pool (pthreads OpenBLAS) would share it between the branches'
+  // products instead of running each on its calling thread.
+  return branches >= 2 && threads >= 2 && threads <= branches && !at::in_parallel_region() &&
+         util::blas_calls_nest();
 }
 
 torch::Tensor combine_gradients(const std::vector<torch::Tensor>& parts) {

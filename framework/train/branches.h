@@ -30,8 +30,10 @@ using StagedLoss = std::function<torch::Tensor(const std::vector<std::vector<tor
 torch::Tensor run_staged(const std::vector<OutputBranch>& branches, const StagedLoss& loss,
                          const std::vector<torch::Tensor>& params, bool side_by_side);
 
-/// Whether run_staged runs side by side at the current intra-op thread count: from 2 threads up
-/// to one thread per branch (with more threads, each operator's own split uses the cores better).
+/// Whether run_staged should run side by side at the current intra-op thread count: from 2
+/// threads up to one thread per branch (with more threads, each operator's own split uses the
+/// cores better), outside a parallel region, and with a BLAS whose calls from a thread run on
+/// that thread.
 bool side_by_side_at(size_t branches);
 
 /// Gradients of one parameter from several branches, in branch order (undefined = none), as one
