@@ -4,6 +4,7 @@
 #include <ATen/ThreadLocalState.h>
 
 #include <exception>
+#include <unordered_set>
 #include <utility>
 
 #include "framework/util/blas.h"
@@ -92,11 +93,13 @@ std::vector<torch::Tensor> grads_of(const std::vector<torch::Tensor>& roots,
 torch::Tensor run_staged(const std::vector<OutputBranch>& branches, const StagedLoss& loss_fn,
                          const std::vector<torch::Tensor>& params, bool side_by_side) {
   const size_t n = branches.size();
-  // The parameters that take gradients (autograd::grad refuses the others).
+  // The parameters that take gradients (autograd::grad refuses the others), each once (a tied
+  // weight listed twice gets its gradient once).
   std::vector<torch::Tensor> trainable;
   std::vector<size_t> param_of;
+  std::unordered_set<const void*> seen;
   for (size_t i = 0; i < params.size(); ++i)
-    if (params[i].requires_grad()) {
+    if (params[i].requires_grad() && seen.insert(params[i].unsafeGetTensorImpl()).second) {
       trainable.push_back(params[i]);
       param_of.push_back(i);
     }
@@ -152,7 +155,11 @@ torch::Tensor run_staged(const std::vector<OutputBranch>& branches, const Staged
     for (const auto& bg : branch_grads)
       if (!bg.empty()) parts.push_back(bg[k]);
     auto sum = combine_gradients(parts);
-    if (sum.defined()) const_cast<torch::Tensor&>(p).mutable_grad() = sum;
+    if (!sum.defined()) continue;
+    // As AccumulateGrad keeps it: a dense gradient in its own contiguous memory (one handed over
+    // as is may be an expanded or strided view).
+    if (!sum.is_sparse() && !sum.is_contiguous()) sum = sum.contiguous();
+    const_cast<torch::Tensor&>(p).mutable_grad() = sum;
   }
   return loss.detach();
 }

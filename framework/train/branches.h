@@ -27,6 +27,11 @@ using StagedLoss = std::function<torch::Tensor(const std::vector<std::vector<tor
 /// up to the order of floating-point additions, and does not depend on the threads' timing.
 /// Every graph is freed. An exception in a branch is rethrown once all branches have stopped,
 /// with no gradient changed. Returns the loss, detached.
+///
+/// The branches must not share graph nodes other than leaves (parameters): two branches using
+/// one tensor computed before run_staged, or one branch's output, would run their backwards
+/// through the same nodes at once. A parameter listed twice gets its gradient once; a leaf the
+/// branches use that is not in `params` gets none.
 torch::Tensor run_staged(const std::vector<OutputBranch>& branches, const StagedLoss& loss,
                          const std::vector<torch::Tensor>& params, bool side_by_side);
 

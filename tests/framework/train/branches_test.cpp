@@ -1,8 +1,12 @@
 // train::run_staged and combine_gradients against loss.backward() through the uncut graph.
 #include "framework/train/branches.h"
 
+#include <mutex>
+#include <set>
 #include <stdexcept>
+#include <thread>
 
+#include "framework/util/blas.h"
 #include "support.h"
 
 using namespace recsys::train;
@@ -14,9 +18,9 @@ namespace {
 /// A small two-branch model in float64: a shared sparse table (looked up by both branches), a
 /// shared dense weight, one weight per branch, and a temperature the loss uses directly.
 struct Model {
-  torch::Tensor table, shared, w_user, w_item, temperature, unused;
+  torch::Tensor table, shared, w_user, w_item, temperature, unused, frozen;
   std::vector<torch::Tensor> params() const {
-    return {table, shared, w_user, w_item, temperature, unused};
+    return {table, shared, w_user, w_item, temperature, unused, frozen};
   }
 };
 
@@ -30,6 +34,7 @@ Model make_model(uint64_t seed) {
   m.w_item = torch::randn({5, 3}, o).requires_grad_(true);
   m.temperature = torch::full({}, 0.7, o).requires_grad_(true);
   m.unused = torch::randn({2}, o).requires_grad_(true);
+  m.frozen = torch::randn({3}, o);  // no gradient: a fixed shift of the item outputs
   return m;
 }
 
@@ -48,7 +53,11 @@ torch::Tensor user_tower(const Model& m) {
 }
 torch::Tensor item_tower(const Model& m) {
   auto x = torch::embedding(m.table, item_ids(), -1, false, /*sparse=*/true);
-  return torch::tanh(x.mm(m.shared)).mm(m.w_item);
+  return torch::tanh(x.mm(m.shared)).mm(m.w_item) + m.frozen;
+}
+/// A second output of the user branch: its embeddings' mean, which the loss also uses.
+torch::Tensor user_extra(const Model& m) {
+  return torch::embedding(m.table, user_ids(), -1, false, /*sparse=*/true).mean(0);
 }
 /// An in-batch softmax with a learned temperature, plus a term on the item outputs alone.
 torch::Tensor loss_of(const Model& m, const torch::Tensor& u, const torch::Tensor& v) {
@@ -56,12 +65,34 @@ torch::Tensor loss_of(const Model& m, const torch::Tensor& u, const torch::Tenso
   auto target = torch::arange(u.size(0), torch::kInt64);
   return torch::nn::functional::cross_entropy(logits, target) + 0.1 * v.pow(2).sum();
 }
+torch::Tensor loss_of(const Model& m, const torch::Tensor& u, const torch::Tensor& v,
+                      const torch::Tensor& extra) {
+  return loss_of(m, u, v) + 0.3 * extra.pow(2).sum();
+}
 
-torch::Tensor staged(const Model& m, bool side_by_side) {
-  return run_staged({[&] { return std::vector<torch::Tensor>{user_tower(m)}; },
-                     [&] { return std::vector<torch::Tensor>{item_tower(m)}; }},
+/// The threads the branches ran on (stages 1 and 3 each record theirs).
+struct Seen {
+  std::mutex mu;
+  std::set<std::thread::id> threads;
+  bool grad_mode = true;
+  void note() {
+    std::lock_guard<std::mutex> lock(mu);
+    threads.insert(std::this_thread::get_id());
+    grad_mode = grad_mode && torch::GradMode::is_enabled();
+  }
+};
+
+torch::Tensor staged(const Model& m, bool side_by_side, Seen* seen = nullptr) {
+  return run_staged({[&] {
+                       if (seen) seen->note();
+                       return std::vector<torch::Tensor>{user_tower(m), user_extra(m)};
+                     },
+                     [&] {
+                       if (seen) seen->note();
+                       return std::vector<torch::Tensor>{item_tower(m)};
+                     }},
                     [&](const std::vector<std::vector<torch::Tensor>>& out) {
-                      return loss_of(m, out[0][0], out[1][0]);
+                      return loss_of(m, out[0][0], out[1][0], out[0][1]);
                     },
                     m.params(), side_by_side);
 }
@@ -101,26 +132,32 @@ TEST_CASE("combine_gradients sums dense parts and concatenates sparse ones in or
 TEST_CASE("run_staged gives the gradients of the uncut graph, side by side or not", "[train]") {
   ThreadCount threads(2);
   auto ref = make_model(5);
-  auto ref_loss = loss_of(ref, user_tower(ref), item_tower(ref));
+  auto ref_loss = loss_of(ref, user_tower(ref), item_tower(ref), user_extra(ref));
   ref_loss.backward();
-  REQUIRE(side_by_side_at(2));
   for (bool side : {true, false}) {
     INFO("side by side " << side);
     auto m = make_model(5);
-    auto loss = staged(m, side);
+    Seen seen;
+    auto loss = staged(m, side, &seen);
+    REQUIRE(seen.grad_mode);
+    // Side by side, the two branches ran on two threads (with 2 intra-op threads).
+    REQUIRE(seen.threads.size() == (side ? 2u : 1u));
     REQUIRE_FALSE(loss.requires_grad());
     require_close(loss, ref_loss, 1e-12, 1e-12);
     const auto p = m.params(), q = ref.params();
-    for (size_t i = 0; i + 1 < p.size(); ++i) {
+    for (size_t i = 0; i + 2 < p.size(); ++i) {
       INFO("parameter " << i);
       REQUIRE(p[i].grad().defined());
       REQUIRE(p[i].grad().is_sparse() == q[i].grad().is_sparse());
       require_close(dense(p[i].grad()), dense(q[i].grad()), 1e-12, 1e-12);
     }
-    // A parameter no stage uses keeps no gradient.
+    // A parameter no stage uses keeps no gradient; one without requires_grad gets none.
     REQUIRE_FALSE(m.unused.grad().defined());
-    // The table's sparse entries: the loss's (none), the user branch's, then the item branch's.
-    REQUIRE(m.table.grad()._indices().equal(torch::cat({user_ids(), item_ids()}).view({1, -1})));
+    REQUIRE_FALSE(m.frozen.grad().defined());
+    // The table's sparse entries: the loss's (none), the user branch's (both outputs, summed by
+    // autograd inside the branch), then the item branch's.
+    auto rows = m.table.grad()._indices().view({-1});
+    REQUIRE(rows.narrow(0, rows.size(0) - item_ids().size(0), item_ids().size(0)).equal(item_ids()));
   }
 }
 
@@ -129,7 +166,7 @@ TEST_CASE("run_staged is deterministic and adds to the gradients already held", 
   auto a = make_model(9), b = make_model(9);
   for (int i = 0; i < 5; ++i) staged(a, true);
   for (int i = 0; i < 5; ++i) staged(b, true);
-  for (size_t i = 0; i + 1 < a.params().size(); ++i)
+  for (size_t i = 0; i + 2 < a.params().size(); ++i)
     REQUIRE(dense(a.params()[i].grad()).equal(dense(b.params()[i].grad())));
   // Five accumulated steps: five times one step's gradient.
   auto c = make_model(9);
@@ -160,13 +197,29 @@ TEST_CASE("run_staged rethrows a branch's error with no gradient changed", "[tra
   }
 }
 
+TEST_CASE("run_staged gives a parameter listed twice its gradient once", "[train]") {
+  ThreadCount threads(2);
+  auto m = make_model(4), ref = make_model(4);
+  auto params = m.params();
+  params.push_back(m.shared);
+  run_staged({[&] { return std::vector<torch::Tensor>{user_tower(m)}; },
+              [&] { return std::vector<torch::Tensor>{item_tower(m)}; }},
+             [&](const std::vector<std::vector<torch::Tensor>>& out) {
+               return loss_of(m, out[0][0], out[1][0]);
+             },
+             params, true);
+  loss_of(ref, user_tower(ref), item_tower(ref)).backward();
+  require_close(m.shared.grad(), ref.shared.grad(), 1e-12, 1e-12);
+}
+
 TEST_CASE("side_by_side_at needs 2 threads and no more threads than branches", "[train]") {
   ThreadCount threads(1);
   REQUIRE_FALSE(side_by_side_at(2));
   threads.set(2);
-  REQUIRE(side_by_side_at(2));
+  // Only where the BLAS runs each call on its calling thread (else never side by side).
+  REQUIRE(side_by_side_at(2) == recsys::util::blas_calls_nest());
   REQUIRE_FALSE(side_by_side_at(1));
   threads.set(3);
   REQUIRE_FALSE(side_by_side_at(2));
-  REQUIRE(side_by_side_at(3));
+  REQUIRE(side_by_side_at(3) == recsys::util::blas_calls_nest());
 }
