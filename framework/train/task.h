@@ -77,6 +77,14 @@ class Task {
   virtual std::unique_ptr<BatchStream> train_stream(const StreamOptions& options) = 0;
   /// Forward pass and loss on one batch; `generator` drives any randomness (augmentations).
   virtual StepOutput forward(Batch& batch, torch::Generator& generator) = 0;
+  /// Optionally the whole step's loss and gradients in one call (e.g. train::run_staged, the
+  /// towers' forwards and backwards side by side): adds the gradients of the step's loss to
+  /// `params`' gradients as forward(...).loss.backward() would, fills `out` (loss detached) and
+  /// returns true; false (the default) leaves the step to forward() and backward().
+  virtual bool forward_backward(Batch& batch, torch::Generator& generator,
+                                const std::vector<torch::Tensor>& params, StepOutput& out) {
+    return false;
+  }
   /// Metrics on "valid" or "test"; runs under NoGradGuard in eval mode.
   virtual Metrics evaluate(const std::string& split) = 0;
   virtual int64_t train_examples() const = 0;

@@ -639,8 +639,11 @@ nlohmann::json Trainer::fit() {
         ++own;
       }
       optimizer_->zero_grad();
-      StepOutput out = task_.forward(*batch, gen_);
-      out.loss.backward();
+      StepOutput out;
+      if (!task_.forward_backward(*batch, gen_, params, out)) {
+        out = task_.forward(*batch, gen_);
+        out.loss.backward();
+      }
       ++s.step;
       check_loss(out.loss);
       dist_.average_gradients(params);

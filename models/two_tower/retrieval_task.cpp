@@ -11,6 +11,7 @@
 #include "augment/masking.h"
 #include "framework/data/retrieval_sources.h"
 #include "framework/eval/ranking.h"
+#include "framework/train/branches.h"
 #include "framework/train/prefetch.h"
 #include "losses/retrieval.h"
 #include "models/two_tower/two_tower.h"
@@ -40,6 +41,7 @@ struct ModelOptions {
   bool project_small_vocabularies = true;
   bool batch_item_passes = true;
   bool distinct_positives = true;
+  bool staged_step = true;
 };
 
 enum class LogQ { kNone, kCounts, kStreaming };
@@ -103,6 +105,7 @@ ModelOptions parse_model(const Reader& r) {
       r.get<bool>("project_small_vocabularies", m.project_small_vocabularies);
   m.batch_item_passes = r.get<bool>("batch_item_passes", m.batch_item_passes);
   m.distinct_positives = r.get<bool>("distinct_positives", m.distinct_positives);
+  m.staged_step = r.get<bool>("staged_step", m.staged_step);
   if (m.embedding_dim < 1) r.fail("embedding_dim", "must be at least 1");
   if (m.hidden.empty()) r.fail("hidden", "give at least one layer width");
   for (auto h : m.hidden)
@@ -290,8 +293,6 @@ class RetrievalTask : public train::Task {
 
   train::StepOutput forward(train::Batch& base, torch::Generator&) override {
     auto& b = static_cast<RetrievalBatch&>(base);
-    Tensor log_q = b.log_q, item_ids = b.item_ids;
-    Tensor targets = b.targets.defined() ? b.targets.to(device_) : Tensor();
     move_all(b.user_inputs, device_);
     move_all(b.item_inputs, device_);
     auto u = model_->user(b.user_inputs);
@@ -305,10 +306,56 @@ class RetrievalTask : public train::Task {
     }
     for (size_t k = 1; k < passes.size(); ++k) move_all(*passes[k], device_);
     auto outputs = item_passes(passes);
-    auto i = outputs[0];
     Tensor extra = b.extra_inputs.empty() ? Tensor() : outputs[1];
-    log_q = log_q.to(device_);
-    item_ids = item_ids.to(device_);
+    Tensor z1 = ssl ? outputs[outputs.size() - 2] : Tensor();
+    Tensor z2 = ssl ? outputs[outputs.size() - 1] : Tensor();
+    return losses_of(b, u, outputs[0], extra, z1, z2);
+  }
+
+  /// Whether forward_backward takes the step (model.staged_step): an SSL objective to put beside
+  /// the main one, towers whose rows are independent and draw nothing random (no dropout, no
+  /// Dice batch statistics), the CPU, no other ranks' rows inside the loss, and a thread count
+  /// where train::run_staged goes side by side.
+  bool staged() const {
+    return o_.model.staged_step && o_.ssl.alpha > 0 && o_.model.dropout == 0 &&
+           o_.model.activation != "dice" && device_.is_cpu() &&
+           !(o_.loss.cross_rank_negatives && dist_.active()) && train::side_by_side_at(2);
+  }
+
+  /// The step through train::run_staged: the user tower with the positives (and extra
+  /// negatives) on one thread, both SSL views on the other, then the losses on all threads,
+  /// then the towers' backwards side by side. Same function and gradients as forward() +
+  /// backward(), up to the order of floating-point additions.
+  bool forward_backward(train::Batch& base, torch::Generator&, const std::vector<Tensor>& params,
+                        train::StepOutput& out) override {
+    if (!staged()) return false;
+    auto& b = static_cast<RetrievalBatch&>(base);
+    const bool has_extra = !b.extra_inputs.empty();
+    auto loss = train::run_staged(
+        {[&] {
+           std::vector<std::vector<Tensor>*> sets{&b.item_inputs};
+           if (has_extra) sets.push_back(&b.extra_inputs);
+           auto items = item_passes(sets);
+           std::vector<Tensor> o{model_->user(b.user_inputs)};
+           o.insert(o.end(), items.begin(), items.end());
+           return o;
+         },
+         [&] { return item_passes({&b.ssl_view1, &b.ssl_view2}); }},
+        [&](const std::vector<std::vector<Tensor>>& o) {
+          out = losses_of(b, o[0][0], o[0][1], has_extra ? o[0][2] : Tensor(), o[1][0], o[1][1]);
+          return out.loss;
+        },
+        params, /*side_by_side=*/true);
+    out.loss = loss;
+    return true;
+  }
+
+  /// The step's loss and its named parts from the towers' outputs: users u, positives i, extra
+  /// negatives (or undefined), the SSL views z1, z2 (undefined without SSL).
+  train::StepOutput losses_of(RetrievalBatch& b, const Tensor& u, const Tensor& i, Tensor extra,
+                              Tensor z1, Tensor z2) {
+    Tensor log_q = b.log_q.to(device_), item_ids = b.item_ids.to(device_);
+    Tensor targets = b.targets.defined() ? b.targets.to(device_) : Tensor();
     if (o_.loss.cross_rank_negatives && dist_.active()) {
       // The other ranks' candidates (positives, then extra negatives) appended as columns; this
       // rank's positives stay first, so row k's positive is still column k. Full batches only,
@@ -330,9 +377,7 @@ class RetrievalTask : public train::Task {
     train::StepOutput out;
     out.loss = main;
     out.parts["main"] = main.detach();
-    if (ssl) {
-      auto z1 = outputs[outputs.size() - 2];
-      auto z2 = outputs[outputs.size() - 1];
+    if (z1.defined()) {
       if (projection_) {
         z1 = torch::nn::functional::normalize(projection_->forward(z1), torch::nn::functional::NormalizeFuncOptions().dim(1));
         z2 = torch::nn::functional::normalize(projection_->forward(z2), torch::nn::functional::NormalizeFuncOptions().dim(1));

@@ -427,6 +427,25 @@ TEST_CASE("retrieval task: one batched item-tower pass trains as separate passes
   for (size_t i = 0; i < 6; ++i) CHECK(losses[0][i] == Approx(losses[1][i]).epsilon(1e-4));
 }
 
+TEST_CASE("retrieval task: the staged step trains as forward and backward", "[model]") {
+  // model.staged_step at 2 threads: the towers' forwards and backwards side by side
+  // (train::run_staged), the same losses at every step as the one-graph step (float rounding
+  // apart), with extra negatives, spread-out and an SSL projection head (a parameter the loss
+  // uses directly).
+  spdlog::set_level(spdlog::level::warn);
+  std::vector<std::vector<double>> losses;
+  for (const char* staged : {"true", "false"})
+    losses.push_back(train_losses(std::string("retrieval_staged_") + staged,
+                                  {std::string("model.staged_step=") + staged, "train.threads=2",
+                                   "loss.mixed_negatives=16", "loss.spread_out=0.1",
+                                   "ssl.alpha=0.5", "ssl.projection=[8]",
+                                   R"(ssl.augment=[{"type":"complementary"}])"}));
+  spdlog::set_level(spdlog::level::info);
+  REQUIRE(losses[0].size() == 6);
+  REQUIRE(losses[1].size() == 6);
+  for (size_t i = 0; i < 6; ++i) CHECK(losses[0][i] == Approx(losses[1][i]).epsilon(1e-4));
+}
+
 TEST_CASE("retrieval task: distinct positives train as the batch row by row", "[model]") {
   // Popular items repeat within a batch of 64 out of 300: with model.distinct_positives they go
   // through the item tower once and count with their multiplicity in the softmax. The same
