@@ -408,6 +408,7 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   r["forward_ms_median"] = median(phases[0]);
   r["backward_ms_median"] = median(phases[1]);
   r["optimizer_ms_median"] = median(phases[2]);
+  r["step_structure"] = workload->step_structure();
   return r;
 }
 

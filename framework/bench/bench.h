@@ -111,6 +111,10 @@ class Workload {
   virtual double param_bytes() const = 0;
   virtual double optimizer_state_bytes() const = 0;
   virtual double activation_bytes_estimate() const = 0;
+  /// How the last step ran: "one graph" (forward, then backward, each operator split over the
+  /// threads) or "staged" (train::run_staged: the forward phase then holds forward, losses and
+  /// backward, and the backward phase is 0).
+  virtual std::string step_structure() const { return "one graph"; }
   /// Milliseconds of the last step's forward (to the loss), backward and optimizer step.
   const std::array<double, 3>& phase_ms() const { return phase_ms_; }
 

@@ -150,12 +150,14 @@ class TwoTowerSsl : public Workload {
 
   std::string name() const override { return "twotower_ssl"; }
   int64_t examples_per_step() const override { return s_.batch; }
+  std::string step_structure() const override { return staged_ ? "staged" : "one graph"; }
 
   torch::Tensor step() override {
     const auto& b = batches_[next_++ % batches_.size()];
     begin_step();
     optimizer_->zero_grad();
-    if (paths_.parallel_branches && device_.is_cpu() && train::side_by_side_at(2)) {
+    staged_ = paths_.parallel_branches && device_.is_cpu() && train::side_by_side_at(2);
+    if (staged_) {
       // train::run_staged: the user tower with the positives on one thread and both SSL views
       // on the other; then both losses on both threads; then the towers' backwards side by
       // side. The phases overlap: the forward phase holds all three stages.
@@ -322,6 +324,7 @@ class TwoTowerSsl : public Workload {
   std::shared_ptr<augment::Augmentation> augmentation_;
   std::vector<TwoTowerBatch> batches_;
   size_t next_ = 0;
+  bool staged_ = false;  // the last step ran through train::run_staged
 };
 
 }  // namespace

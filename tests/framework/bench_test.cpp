@@ -101,6 +101,14 @@ TEST_CASE("bench: twotower_ssl runs at tiny shapes with finite positive figures"
     require_finite_positive(r, key);
   REQUIRE(r["workload"] == "twotower_ssl");
   REQUIRE(r["threads"] == 1);
+  REQUIRE(r["step_structure"] == "one graph");  // one thread: nothing to put side by side
+  // Two threads: the towers side by side (train::run_staged), unless switched off.
+  auto two = tiny_options();
+  two.threads = 2;
+  REQUIRE(run_workload("twotower_ssl", two)["step_structure"] ==
+          (recsys::util::blas_calls_nest() ? "staged" : "one graph"));
+  two.disable = {"parallel_branches"};
+  REQUIRE(run_workload("twotower_ssl", two)["step_structure"] == "one graph");
   REQUIRE(r["optimizer_state_mb"].get<double>() == Approx(2 * r["param_mb"].get<double>()));
 }
 
