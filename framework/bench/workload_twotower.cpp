@@ -162,7 +162,6 @@ class TwoTowerSsl : public Workload {
       // on the other; then both losses on both threads; then the towers' backwards side by
       // side. The phases overlap: the forward phase holds all three stages.
       Positives p;
-      const int64_t m = s_.ssl_batch;
       auto loss = train::run_staged(
           {[&] {
              p = positives(b);
@@ -170,15 +169,10 @@ class TwoTowerSsl : public Workload {
            },
            [&] {
              auto views = ssl_views(b);
-             std::vector<torch::Tensor> both(views.v1.size());
-             for (size_t f = 0; f < both.size(); ++f)
-               both[f] = torch::cat({views.v1[f], views.v2[f]}, 0);
-             return std::vector<torch::Tensor>{model_->item(both)};
+             return item_tower({&views.v1, &views.v2});
            }},
           [&](const std::vector<std::vector<torch::Tensor>>& out) {
-            auto z = out[1][0].split_with_sizes({m, m}, 0);
-            return main_loss(b, &out[0][1], &p, &out[0][0]) +
-                   s_.ssl_weight * ssl_loss(b, &z[0], &z[1]);
+            return main_loss(out[0][0], out[0][1], p) + s_.ssl_weight * ssl_loss(out[1][0], out[1][1]);
           },
           params_, /*side_by_side=*/true);
       end_phase(0);
@@ -187,27 +181,12 @@ class TwoTowerSsl : public Workload {
       end_phase(2);
       return loss;
     }
-    torch::Tensor z1, z2, pos;
-    if (paths_.batched_item_tower) {
-      // One pass of the item tower over [positives; view 1; view 2]: the same function row by row,
-      // three times fewer (and larger) operations.
-      SslViews views = ssl_views(b);
-      Positives p = positives(b);
-      const int64_t n = p.features[0].size(0), m = s_.ssl_batch;
-      std::vector<torch::Tensor> all(p.features.size());
-      for (size_t f = 0; f < all.size(); ++f)
-        all[f] = torch::cat({p.features[f], views.v1[f], views.v2[f]}, 0);
-      auto out = model_->item(all);
-      // One split (its backward concatenates the three gradients; three narrows would each
-      // zero-fill a full-size gradient and the engine would add them).
-      auto parts = out.split_with_sizes({n, m, m}, 0);
-      auto main = main_loss(b, &parts[0], &p);
-      auto ssl = ssl_loss(b, &parts[1], &parts[2]);
-      return finish_step(main + s_.ssl_weight * ssl, *optimizer_);
-    }
-    auto main = main_loss(b, nullptr);
-    auto ssl = ssl_loss(b, nullptr);
-    return finish_step(main + s_.ssl_weight * ssl, *optimizer_);
+    auto views = ssl_views(b);
+    Positives p = positives(b);
+    auto a = model_->user(b.user);
+    auto items = item_tower({&p.features, &views.v1, &views.v2});
+    return finish_step(main_loss(a, items[0], p) + s_.ssl_weight * ssl_loss(items[1], items[2]),
+                       *optimizer_);
   }
 
   struct SslViews {
@@ -242,50 +221,43 @@ class TwoTowerSsl : public Workload {
     return p;
   }
 
-  /// The in-batch softmax loss; `pos` / `given`: the positives' item-tower output and the
-  /// positives it was computed from (null: computed here).
-  torch::Tensor main_loss(const TwoTowerBatch& b, const torch::Tensor* pos,
-                          const Positives* given = nullptr, const torch::Tensor* user = nullptr) {
-    torch::Tensor a = user ? *user : model_->user(b.user);
-    Positives own;
-    if (!given) {
-      own = positives(b);
-      given = &own;
+  /// The item tower on each feature set. With paths_.batched_item_tower one pass over the sets'
+  /// concatenated rows: the same function row by row, fewer (and larger) operations. One split
+  /// gives the parts back (its backward concatenates their gradients; narrows would each
+  /// zero-fill a full-size gradient and the engine would add them).
+  std::vector<torch::Tensor> item_tower(const std::vector<const std::vector<torch::Tensor>*>& sets) {
+    std::vector<torch::Tensor> out;
+    if (!paths_.batched_item_tower) {
+      for (const auto* set : sets) out.push_back(model_->item(*set));
+      return out;
     }
-    torch::Tensor out = pos ? *pos : model_->item(given->features);
+    std::vector<torch::Tensor> all(sets.front()->size());
+    std::vector<int64_t> rows;
+    for (const auto* set : sets) rows.push_back(set->front().size(0));
+    for (size_t f = 0; f < all.size(); ++f) {
+      std::vector<torch::Tensor> parts;
+      for (const auto* set : sets) parts.push_back((*set)[f]);
+      all[f] = torch::cat(parts, 0);
+    }
+    auto parts = model_->item(all).split_with_sizes(rows, 0);
+    return {parts.begin(), parts.end()};
+  }
+
+  /// The in-batch softmax loss of users `a` against the positives' item-tower output `pos`.
+  torch::Tensor main_loss(const torch::Tensor& a, const torch::Tensor& pos, const Positives& p) const {
     const auto softmax = losses::InBatchSoftmaxOptions()
                              .temperature(s_.temperature)
                              .remove_accidental_hits(false)
                              .fused_kernel(paths_.cross_entropy_kernel)
                              .fused_mean(paths_.fused_softmax_mean);
-    return given->targets.defined()
-               ? losses::inbatch_softmax_mean_distinct(a, out, given->targets, given->log_q,
-                                                       given->item_ids, softmax)
-               : losses::inbatch_softmax_mean(a, out, given->log_q, given->item_ids, softmax);
+    return p.targets.defined()
+               ? losses::inbatch_softmax_mean_distinct(a, pos, p.targets, p.log_q, p.item_ids, softmax)
+               : losses::inbatch_softmax_mean(a, pos, p.log_q, p.item_ids, softmax);
   }
 
-  /// The SSL contrastive loss; z1 / z2: the views' item-tower outputs (null: computed here, as
-  /// one pass over both views with paths_.batched_item_tower).
-  torch::Tensor ssl_loss(const TwoTowerBatch& b, const torch::Tensor* z1, const torch::Tensor* z2 = nullptr) {
-    torch::Tensor y1, y2;
-    if (z1) {
-      y1 = *z1;
-      y2 = *z2;
-    } else {
-      auto views = ssl_views(b);
-      if (paths_.batched_item_tower) {
-        const int64_t m = s_.ssl_batch;
-        std::vector<torch::Tensor> both(views.v1.size());
-        for (size_t f = 0; f < both.size(); ++f) both[f] = torch::cat({views.v1[f], views.v2[f]}, 0);
-        auto parts = model_->item(both).split_with_sizes({m, m}, 0);
-        y1 = parts[0];
-        y2 = parts[1];
-      } else {
-        y1 = model_->item(views.v1);
-        y2 = model_->item(views.v2);
-      }
-    }
-    return losses::contrastive_mean(y1, y2, s_.temperature, /*symmetric=*/false,
+  /// The SSL contrastive loss of the views' item-tower outputs.
+  torch::Tensor ssl_loss(const torch::Tensor& z1, const torch::Tensor& z2) const {
+    return losses::contrastive_mean(z1, z2, s_.temperature, /*symmetric=*/false,
                                     paths_.cross_entropy_kernel, paths_.fused_softmax_mean);
   }
 

@@ -33,10 +33,10 @@ struct TwoTowerPaths {
   /// softmax over distinct columns counted with their multiplicity
   /// (losses::inbatch_softmax_mean_distinct; else every row's positive and column).
   bool distinct_items = true;
-  /// The main loss (user tower, positives, in-batch softmax) and the SSL loss (both views, the
-  /// contrastive softmax) as two branches, each forward and backward on its own thread
-  /// (train::run_branches) where the thread count is 2; else one graph whose operators each
-  /// split across the threads. The positives and the views then take two item-tower passes.
+  /// At 2 threads on the CPU, the step through train::run_staged: the user tower with the
+  /// positives on one thread and both SSL views on the other, then both losses on both threads,
+  /// then the towers' backwards side by side (the positives and the views then take two
+  /// item-tower passes); else one graph whose operators each split across the threads.
   bool parallel_branches = true;
 };
 

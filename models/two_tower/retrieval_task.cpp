@@ -271,6 +271,14 @@ class RetrievalTask : public train::Task {
         so.prefetch);
   }
 
+  /// Whether the training loss sees each row of a tower pass alone: towers that are a function of
+  /// each row (no dropout masks, no Dice batch statistics) and columns not shared across ranks.
+  /// Then rows may be merged (distinct positives) or passes split (the staged step).
+  bool rows_independent() const {
+    return o_.model.dropout == 0 && o_.model.activation != "dice" &&
+           !(o_.loss.cross_rank_negatives && dist_.active());
+  }
+
   /// model.distinct_positives, applied while the batch is made (off the training thread): the
   /// batch's positives once per distinct item (equal features, id and log q), row k's positive
   /// becoming distinct row targets[k]; log_q and item_ids keep one entry per column (the
@@ -279,9 +287,7 @@ class RetrievalTask : public train::Task {
   /// not shared across ranks; leaves the batch as it is otherwise or when every positive is
   /// distinct.
   void make_positives_distinct(RetrievalBatch& b) const {
-    if (!o_.model.distinct_positives || o_.model.dropout > 0 || o_.model.activation == "dice" ||
-        (o_.loss.cross_rank_negatives && dist_.active()))
-      return;
+    if (!o_.model.distinct_positives || !rows_independent()) return;
     const int64_t n = b.n;
     auto u = models::distinct_positives(b.item_inputs, b.item_ids.narrow(0, 0, n), b.log_q.narrow(0, 0, n));
     if (!u || u->first.size(0) == n) return;
@@ -317,9 +323,8 @@ class RetrievalTask : public train::Task {
   /// Dice batch statistics), the CPU, no other ranks' rows inside the loss, and a thread count
   /// where train::run_staged goes side by side.
   bool staged() const {
-    return o_.model.staged_step && o_.ssl.alpha > 0 && o_.model.dropout == 0 &&
-           o_.model.activation != "dice" && device_.is_cpu() &&
-           !(o_.loss.cross_rank_negatives && dist_.active()) && train::side_by_side_at(2);
+    return o_.model.staged_step && o_.ssl.alpha > 0 && rows_independent() && device_.is_cpu() &&
+           train::side_by_side_at(2);
   }
 
   /// The step through train::run_staged: the user tower with the positives (and extra
