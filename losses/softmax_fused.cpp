@@ -85,54 +85,96 @@ struct Problem {
 
 // Rows [i0, i1): their scores in `s` ([i1 - i0, C] scratch), the sum of their losses (returned)
 // and, with grads, their rows of da and their contributions to the chunk's accumulators db [C, D]
-// and dbias [C] (null when the bias needs no gradient).
+// and dbias [C] (null when the bias needs no gradient). `k` and `a_k` are scratch of [rows] and
+// [rows, D].
 // `first`: the chunk's first block, which writes the accumulators instead of adding to them (no
 // zero-filled accumulator to start from).
+//
+// Two passes over a row's scores: the bias and multiplicities added while the maximum is found,
+// then the exponentials and their sum. The gradient of the scores, g_ij = (k_i e_ij - w [j = t_i])
+// with k_i = w / sum_i and w = 1 / B, is never written out: the products take the exponentials
+// e as they are, and the row factors k and the targets' -w go into the small operands instead
+// (da_i = scale (k_i (e b)_i - w b_{t_i}), db = scale (e^T (k a) - w sum_i a_i at row t_i)).
 template <typename S>
-double run_block(const Problem<S>& p, int64_t i0, int64_t i1, S* s, S* db, S* dbias, bool first) {
+double run_block(const Problem<S>& p, int64_t i0, int64_t i1, S* s, S* k, S* a_k, S* db,
+                 S* dbias, bool first) {
   const int64_t n = i1 - i0, C = p.C, D = p.D, ls = p.ls;
   util::gemm_rowmajor(false, true, n, C, D, p.scale, p.a + i0 * D, D, p.b, D, S(0), s, ls);
-  const S mean_weight = S(1) / static_cast<S>(p.B);
+  const S w = S(1) / static_cast<S>(p.B);
   double loss = 0;
   for (int64_t r = 0; r < n; ++r) {
     const int64_t i = i0 + r;
     S* row = s + r * ls;
     const int64_t t = p.targets ? p.targets[i] : i;
-    if (p.bias)
-      for (int64_t j = 0; j < C; ++j) row[j] += p.bias[j];
     // The target's score before the multiplicities: loss_i = logsumexp_j s'_ij - s_it, where
     // s'_ij = s_ij + log c_j sums c_j equal columns; with hits removed the target column counts
     // once (its other copies are row i's positive again).
-    const S target = row[t];
-    if (p.log_counts) {
-      for (int64_t j = 0; j < C; ++j) row[j] += p.log_counts[j];
-      if (p.ids) row[t] = target;
+    const S target = row[t] + (p.bias ? p.bias[t] : S(0));
+    S m;
+    if (p.bias || p.log_counts) {
+      S lane[kLanes];
+      for (int q = 0; q < kLanes; ++q) lane[q] = -std::numeric_limits<S>::infinity();
+      const S* bias = p.bias;
+      const S* logc = p.log_counts;
+      int64_t j = 0;
+      for (; j + kLanes <= C; j += kLanes)
+        for (int q = 0; q < kLanes; ++q) {
+          const S v = row[j + q] + (bias ? bias[j + q] : S(0)) + (logc ? logc[j + q] : S(0));
+          row[j + q] = v;
+          lane[q] = std::max(lane[q], v);
+        }
+      m = -std::numeric_limits<S>::infinity();
+      for (int q = 0; q < kLanes; ++q) m = std::max(m, lane[q]);
+      for (; j < C; ++j) {
+        row[j] += (bias ? bias[j] : S(0)) + (logc ? logc[j] : S(0));
+        m = std::max(m, row[j]);
+      }
     }
     if (p.ids) {
+      if (p.log_counts) row[t] = target;
       const int64_t own = p.ids[t];
       for (int64_t j = 0; j < C; ++j)
         if (p.ids[j] == own && j != t) row[j] = S(-1e9);
     }
-    const S m = row_max(row, C);
+    // Masked columns or a target put back: the maximum of what the row now holds.
+    if (p.ids || !(p.bias || p.log_counts)) m = row_max(row, C);
     const S sum = exp_and_sum(row, m, C);
     loss += static_cast<double>(m + std::log(sum) - target);
     if (!p.grads) continue;
-    // d loss / d s_ij = (softmax_ij - [j == t]) / B.
-    const S k = mean_weight / sum;
-    for (int64_t j = 0; j < C; ++j) row[j] *= k;
-    row[t] -= mean_weight;
+    k[r] = w / sum;
     if (dbias) {
+      const S kr = k[r];
       if (first && r == 0)
-        std::copy(row, row + C, dbias);
+        for (int64_t j = 0; j < C; ++j) dbias[j] = kr * row[j];
       else
-        for (int64_t j = 0; j < C; ++j) dbias[j] += row[j];
+        for (int64_t j = 0; j < C; ++j) dbias[j] += kr * row[j];
+      dbias[t] -= w;
     }
   }
   if (p.grads) {
-    // da = scale g b and db += scale g^T a over the block's rows.
-    util::gemm_rowmajor(false, false, n, D, C, p.scale, s, ls, p.b, D, S(0), p.da + i0 * D, D);
-    util::gemm_rowmajor(true, false, C, D, n, p.scale, s, ls, p.a + i0 * D, D, S(first ? 0 : 1),
-                        db, D);
+    const S* a = p.a + i0 * D;
+    S* da = p.da + i0 * D;
+    const S sw = p.scale * w;
+    // da = scale (k e b - w b_t).
+    util::gemm_rowmajor(false, false, n, D, C, p.scale, s, ls, p.b, D, S(0), da, D);
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t t = p.targets ? p.targets[i0 + r] : i0 + r;
+      const S kr = k[r];
+      const S* bt = p.b + t * D;
+      S* dr = da + r * D;
+      for (int64_t c = 0; c < D; ++c) dr[c] = kr * dr[c] - sw * bt[c];
+      const S* ar = a + r * D;
+      S* akr = a_k + r * D;
+      for (int64_t c = 0; c < D; ++c) akr[c] = kr * ar[c];
+    }
+    // db += scale (e^T (k a)), then -scale w a_i at each row's target column.
+    util::gemm_rowmajor(true, false, C, D, n, p.scale, s, ls, a_k, D, S(first ? 0 : 1), db, D);
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t t = p.targets ? p.targets[i0 + r] : i0 + r;
+      const S* ar = a + r * D;
+      S* dbt = db + t * D;
+      for (int64_t c = 0; c < D; ++c) dbt[c] -= sw * ar[c];
+    }
   }
   return loss;
 }
@@ -185,7 +227,11 @@ class DiagonalSoftmaxFunction : public torch::autograd::Function<DiagonalSoftmax
       scalar_t* accp = acc.data_ptr<scalar_t>();
       std::vector<double> losses(static_cast<size_t>(slots), 0.0);
       at::parallel_for(0, slots, 1, [&](int64_t k0, int64_t k1) {
-        std::vector<scalar_t> scratch(static_cast<size_t>(std::min(B, kBlockRows) * p.ls));
+        // The scores' padding columns are never read; everything else is written first.
+        const int64_t rows = std::min(B, kBlockRows);
+        auto scratch = util::scratch_buffer<scalar_t>(rows * p.ls);
+        auto factors = util::scratch_buffer<scalar_t>(rows);
+        auto a_k = util::scratch_buffer<scalar_t>(rows * D);
         for (int64_t k = k0; k < k1; ++k) {
           scalar_t* db_k = need_grads ? accp + k * acc_size : nullptr;
           scalar_t* dbias_k = need_grads && bias_grad ? db_k + C * D : nullptr;
@@ -193,7 +239,8 @@ class DiagonalSoftmaxFunction : public torch::autograd::Function<DiagonalSoftmax
           const int64_t first = k * blocks / slots;
           for (int64_t blk = first; blk < (k + 1) * blocks / slots; ++blk)
             sum += run_block(p, blk * kBlockRows, std::min(B, (blk + 1) * kBlockRows),
-                             scratch.data(), db_k, dbias_k, blk == first);
+                             scratch.get(), factors.get(), a_k.get(), db_k, dbias_k,
+                             blk == first);
           losses[static_cast<size_t>(k)] = sum;
         }
       });

@@ -3,6 +3,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 
+#include <algorithm>
+#include <atomic>
 #include <exception>
 #include <unordered_set>
 #include <utility>
@@ -56,10 +58,11 @@ namespace {
 
 /// Runs work(j) for j = 0 .. n-1, side by side (one intra-op thread each, the caller's
 /// thread-local state such as grad mode and the profiler carried over; the operators inside see
-/// a parallel region and run inline) or one after the other. The first failing j's exception is
-/// rethrown once all have stopped.
+/// a parallel region and run inline) or one after the other. With `dynamic`, each thread takes
+/// the next j as it finishes one (items of unequal cost), else each thread runs a fixed share.
+/// The first failing j's exception is rethrown once all have stopped.
 template <typename F>
-void for_each_part(size_t n, bool side_by_side, const F& work) {
+void for_each_part(size_t n, bool side_by_side, const F& work, bool dynamic = false) {
   std::vector<std::exception_ptr> failed(n);
   auto run = [&](size_t j) {
     try {
@@ -70,9 +73,14 @@ void for_each_part(size_t n, bool side_by_side, const F& work) {
   };
   if (side_by_side && n > 1) {
     const at::ThreadLocalState state;
-    at::parallel_for(0, static_cast<int64_t>(n), 1, [&](int64_t j0, int64_t j1) {
+    std::atomic<size_t> next{0};
+    const int64_t threads = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(n));
+    at::parallel_for(0, dynamic ? threads : static_cast<int64_t>(n), 1, [&](int64_t j0, int64_t j1) {
       at::ThreadLocalStateGuard guard(state);
-      for (int64_t j = j0; j < j1; ++j) run(static_cast<size_t>(j));
+      if (dynamic)
+        for (size_t j; (j = next.fetch_add(1)) < n;) run(j);
+      else
+        for (int64_t j = j0; j < j1; ++j) run(static_cast<size_t>(j));
     });
   } else {
     for (size_t j = 0; j < n; ++j) run(j);
@@ -147,20 +155,22 @@ torch::Tensor run_staged(const std::vector<OutputBranch>& branches, const Staged
     outs[b].clear();
   });
 
-  // The parameters' gradients, in a fixed order.
-  for (size_t k = 0; k < P; ++k) {
+  // The parameters' gradients, each from its parts in a fixed order; the parameters spread over
+  // the threads when side by side (a sparse gradient's parts are concatenated, a dense one's
+  // summed: about a millisecond for the two towers on one thread).
+  for_each_part(P, side_by_side, [&](size_t k) {
     auto& p = params[param_of[k]];
     std::vector<torch::Tensor> parts{p.grad()};
     if (!g.empty()) parts.push_back(g[leaves + k]);
     for (const auto& bg : branch_grads)
       if (!bg.empty()) parts.push_back(bg[k]);
     auto sum = combine_gradients(parts);
-    if (!sum.defined()) continue;
+    if (!sum.defined()) return;
     // As AccumulateGrad keeps it: a dense gradient in its own contiguous memory (one handed over
     // as is may be an expanded or strided view).
     if (!sum.is_sparse() && !sum.is_contiguous()) sum = sum.contiguous();
     const_cast<torch::Tensor&>(p).mutable_grad() = sum;
-  }
+  }, /*dynamic=*/true);
   return loss.detach();
 }
 

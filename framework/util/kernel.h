@@ -1,6 +1,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <memory>
 #include <string>
 
 #include "framework/util/blas.h"
@@ -24,6 +25,14 @@ inline std::string blas_kernel_unsupported(c10::ScalarType dtype) {
 inline void refuse_double_backward(const char* op, const char* composed_path) {
   TORCH_CHECK(!torch::GradMode::is_enabled(), op,
               ": double backward (create_graph) is not supported; use ", composed_path);
+}
+
+/// A kernel's scratch buffer of n elements, left uninitialised: a std::vector<S>(n) would
+/// zero-fill it on every call (a few megabytes per training step across the kernels). For
+/// buffers whose every element is written before it is read.
+template <typename S>
+std::unique_ptr<S[]> scratch_buffer(int64_t n) {
+  return std::unique_ptr<S[]>(new S[static_cast<size_t>(n)]);
 }
 
 }  // namespace recsys::util

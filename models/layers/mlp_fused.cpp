@@ -126,13 +126,14 @@ void forward_block(const Tail<S>& t, int64_t i0, int64_t i1, S* x0) {
 // layer's weight and bias gradient sits in the chunk's accumulator.
 template <typename S>
 struct Chunk {
-  std::vector<S> scratch;
+  // Uninitialised: each block writes what it reads (the padding columns are never read).
+  std::unique_ptr<S[]> scratch;
   S *x0 = nullptr, *ga = nullptr, *gb = nullptr;
   std::vector<S*> dw, db;
   Chunk(const Tail<S>& t, S* acc) {
     const int64_t wide = std::max(t.widest(), t.d[0]);
-    scratch.resize(static_cast<size_t>(kBackwardRows * (t.ld[0] + 2 * wide)));
-    x0 = scratch.data();
+    scratch = util::scratch_buffer<S>(kBackwardRows * (t.ld[0] + 2 * wide));
+    x0 = scratch.get();
     ga = x0 + kBackwardRows * t.ld[0];
     gb = ga + kBackwardRows * wide;
     for (size_t k = 0; acc && k < t.layers(); ++k) {
@@ -216,9 +217,10 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
       // All blocks on this thread where the BLAS would not run a call on its calling thread.
       const int64_t grain = util::blas_calls_nest() ? 1 : blocks;
       at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
-        std::vector<scalar_t> x0(static_cast<size_t>(kBlockRows * t.ld[0]));
+        // Rows of ld[0]: the padding columns are never read.
+        auto x0 = util::scratch_buffer<scalar_t>(kBlockRows * t.ld[0]);
         for (int64_t blk = b0; blk < b1; ++blk)
-          forward_block(t, blk * kBlockRows, std::min(N, (blk + 1) * kBlockRows), x0.data());
+          forward_block(t, blk * kBlockRows, std::min(N, (blk + 1) * kBlockRows), x0.get());
       });
     });
     std::vector<Tensor> saved{h, y, norm};
