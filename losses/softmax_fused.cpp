@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <sstream>
 #include <vector>
@@ -29,17 +30,73 @@ constexpr int64_t kBlockRows = 128;
 // plain floating-point reduction it may not reorder).
 constexpr int kLanes = 16;
 
+// Maxima in vectors of GCC's vector extension (32 bytes: AVX2's width, lowered to what the
+// target has): a plain lane array reduced with std::max stays scalar, since GCC may not turn
+// std::max into a vector max without -ffinite-math-only. `a > m ? a : m` is the vector max
+// instruction's own rule, so a NaN score leaves the lane as it was (skipped, as before).
 template <typename S>
-S row_max(const S* __restrict x, int64_t c) {
-  S lane[kLanes];
-  for (int k = 0; k < kLanes; ++k) lane[k] = -std::numeric_limits<S>::infinity();
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+
+template <typename V, typename S>
+inline V load_vec(const S* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <typename V, typename S>
+inline void store_vec(S* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// max_j x[j] over a row whose scores first get bias[j] and then add[j] added (each pointer may
+// be null), the sums written back.
+template <typename S, bool kBias, bool kAdd>
+S add_and_max(S* __restrict x, const S* __restrict bias, const S* __restrict add, int64_t c) {
+  using V = typename VecOf<S>::type;
+  constexpr int64_t W = sizeof(V) / sizeof(S);
+  const S inf = std::numeric_limits<S>::infinity();
+  V m0, m1;
+  for (int64_t k = 0; k < W; ++k) m0[k] = m1[k] = -inf;
   int64_t j = 0;
-  for (; j + kLanes <= c; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) lane[k] = std::max(lane[k], x[j + k]);
-  S m = -std::numeric_limits<S>::infinity();
-  for (int k = 0; k < kLanes; ++k) m = std::max(m, lane[k]);
-  for (; j < c; ++j) m = std::max(m, x[j]);
+  for (; j + 2 * W <= c; j += 2 * W) {
+    V a = load_vec<V>(x + j), b = load_vec<V>(x + j + W);
+    if (kBias) {
+      a += load_vec<V>(bias + j);
+      b += load_vec<V>(bias + j + W);
+    }
+    if (kAdd) {
+      a += load_vec<V>(add + j);
+      b += load_vec<V>(add + j + W);
+    }
+    if (kBias || kAdd) {
+      store_vec(x + j, a);
+      store_vec(x + j + W, b);
+    }
+    m0 = a > m0 ? a : m0;
+    m1 = b > m1 ? b : m1;
+  }
+  S m = -inf;
+  for (int64_t k = 0; k < W; ++k) m = std::max(m, std::max(m0[k], m1[k]));
+  for (; j < c; ++j) {
+    if (kBias) x[j] += bias[j];
+    if (kAdd) x[j] += add[j];
+    m = std::max(m, x[j]);
+  }
   return m;
+}
+
+template <typename S>
+S row_max(S* x, int64_t c) {
+  return add_and_max<S, false, false>(x, nullptr, nullptr, c);
 }
 
 // x[j] = e^(x[j] - m); returns the sum. A NaN score (skipped by the max) makes the sum NaN.
@@ -111,33 +168,22 @@ double run_block(const Problem<S>& p, int64_t i0, int64_t i1, S* s, S* k, S* a_k
     // once (its other copies are row i's positive again).
     const S target = row[t] + (p.bias ? p.bias[t] : S(0));
     S m;
-    if (p.bias || p.log_counts) {
-      S lane[kLanes];
-      for (int q = 0; q < kLanes; ++q) lane[q] = -std::numeric_limits<S>::infinity();
-      const S* bias = p.bias;
-      const S* logc = p.log_counts;
-      int64_t j = 0;
-      for (; j + kLanes <= C; j += kLanes)
-        for (int q = 0; q < kLanes; ++q) {
-          const S v = row[j + q] + (bias ? bias[j + q] : S(0)) + (logc ? logc[j + q] : S(0));
-          row[j + q] = v;
-          lane[q] = std::max(lane[q], v);
-        }
-      m = -std::numeric_limits<S>::infinity();
-      for (int q = 0; q < kLanes; ++q) m = std::max(m, lane[q]);
-      for (; j < C; ++j) {
-        row[j] += (bias ? bias[j] : S(0)) + (logc ? logc[j] : S(0));
-        m = std::max(m, row[j]);
-      }
-    }
+    if (p.bias && p.log_counts)
+      m = add_and_max<S, true, true>(row, p.bias, p.log_counts, C);
+    else if (p.bias)
+      m = add_and_max<S, true, false>(row, p.bias, nullptr, C);
+    else if (p.log_counts)
+      m = add_and_max<S, false, true>(row, nullptr, p.log_counts, C);
+    else
+      m = row_max(row, C);
     if (p.ids) {
       if (p.log_counts) row[t] = target;
       const int64_t own = p.ids[t];
-      for (int64_t j = 0; j < C; ++j)
-        if (p.ids[j] == own && j != t) row[j] = S(-1e9);
+      // A select storing every element (a conditional store is a slow masked store on AMD).
+      for (int64_t j = 0; j < C; ++j) row[j] = p.ids[j] == own && j != t ? S(-1e9) : row[j];
     }
     // Masked columns or a target put back: the maximum of what the row now holds.
-    if (p.ids || !(p.bias || p.log_counts)) m = row_max(row, C);
+    if (p.ids) m = row_max(row, C);
     const S sum = exp_and_sum(row, m, C);
     loss += static_cast<double>(m + std::log(sum) - target);
     if (!p.grads) continue;
