@@ -189,6 +189,16 @@ const std::vector<std::string>& paired_switch_names() {
 
 std::string paired_switch_list() { return join(paired_switch_names()); }
 
+bool is_process_switch(const std::string& name) {
+  const auto& sw = paired_switch_names();
+  return std::find(sw.begin(), sw.end(), name) != sw.end();
+}
+
+const std::vector<std::string>& unpairable_names() {
+  static const std::vector<std::string> names = {"allocator", "huge_pages"};
+  return names;
+}
+
 void set_process_switch(const std::string& name, bool on) {
   if (name == "gemm") util::set_parallel_gemm(on);
   else if (name == "onednn_gemm") util::set_onednn_gemm(on);
@@ -325,7 +335,20 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   auto workload = make_workload(name, options.shapes.with_batch_scale(options.batch_scale), device,
                                 1, disabled_list);
   TORCH_CHECK(options.steps >= 1, "bench: --steps must be >= 1");
-  for (int i = 0; i < options.warmup; ++i) workload->step();
+  const bool paired = !options.paired.empty();
+  // A paired workload path: a second workload from the same seed without it, stepped in turn
+  // with the first (memory figures then include both).
+  const bool paired_path = paired && !is_process_switch(options.paired);
+  std::unique_ptr<Workload> without;
+  if (paired_path) {
+    auto off = disabled_list;
+    off.push_back(options.paired);
+    without = make_workload(name, options.shapes.with_batch_scale(options.batch_scale), device, 1, off);
+  }
+  for (int i = 0; i < options.warmup; ++i) {
+    workload->step();
+    if (without) without->step();
+  }
   sync(device);
   std::vector<double> ms;
   std::array<std::vector<double>, 3> phases;
@@ -336,19 +359,21 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
     profile = std::make_unique<torch::autograd::profiler::RecordProfile>(options.profile + "." +
                                                                          name + ".json");
   const double cpu0 = process_cpu_s();
-  const bool paired = !options.paired.empty();
   std::vector<double> on_ms, off_ms;
   for (int i = 0; i < options.steps; ++i) {
-    if (paired) set_process_switch(options.paired, i % 2 == 0);
+    const bool on = !paired || i % 2 == 0;
+    if (paired && !paired_path) set_process_switch(options.paired, on);
+    Workload& w = paired_path && !on ? *without : *workload;
     auto t0 = Clock::now();
-    loss = workload->step();
+    auto step_loss = w.step();
     sync(device);
     ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-    if (paired) (i % 2 == 0 ? on_ms : off_ms).push_back(ms.back());
-    for (size_t p = 0; p < 3; ++p) phases[p].push_back(workload->phase_ms()[p]);
+    if (&w == workload.get()) loss = step_loss;
+    if (paired) (on ? on_ms : off_ms).push_back(ms.back());
+    for (size_t p = 0; p < 3; ++p) phases[p].push_back(w.phase_ms()[p]);
   }
   profile.reset();  // writes the trace
-  if (paired) set_process_switch(options.paired, true);
+  if (paired && !paired_path) set_process_switch(options.paired, true);
   const double cpu_ms = 1000.0 * (process_cpu_s() - cpu0) / options.steps;
   double step_ms = median(ms);
   nlohmann::json r;
@@ -378,6 +403,7 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
       ratios.push_back(on_ms[j] / off);
     }
     r["paired"] = options.paired;
+    r["paired_mode"] = paired_path ? "two workloads" : "process switch";
     r["paired_on_ms_median"] = median(on_ms);
     r["paired_off_ms_median"] = median(off_ms);
     r["paired_ratio"] = median(ratios);
@@ -620,11 +646,14 @@ int run_bench(const BenchOptions& options) {
                        "' (known: twotower_ssl, din, dien, pipeline)");
   check_optimisation_names(options.disable);
   if (!options.paired.empty()) {
-    const auto& sw = paired_switch_names();
-    if (std::find(sw.begin(), sw.end(), options.paired) == sw.end())
-      throw UsageError("--paired: '" + options.paired +
-                       "' is not a process-wide optimisation (one of " + paired_switch_list() +
-                       ")");
+    const auto& known = optimisation_names();
+    const auto& fixed = unpairable_names();
+    if (std::find(known.begin(), known.end(), options.paired) == known.end())
+      throw UsageError("--paired: unknown optimisation '" + options.paired + "' (known: " +
+                       optimisation_list() + ")");
+    if (std::find(fixed.begin(), fixed.end(), options.paired) != fixed.end())
+      throw UsageError("--paired: '" + options.paired + "' is set once per process (" +
+                       join(fixed) + " cannot alternate step by step)");
     if (options.plain || std::find(options.disable.begin(), options.disable.end(),
                                    options.paired) != options.disable.end())
       throw UsageError("--paired " + options.paired +

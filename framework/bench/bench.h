@@ -78,10 +78,13 @@ struct BenchOptions {
   /// PREFIX.WORKLOAD.json. Profiling slows small operators down; the timings it reports are of
   /// the profiled run.
   std::string profile;
-  /// When set: one of the process-wide optimisations (paired_switch_names()), switched off for
-  /// every other timed step; each on-step is compared with the off-steps either side of it and
-  /// the median of those ratios reported as `paired_ratio` (a before/after ratio that the host's
-  /// slow phases, which last many steps, cannot bias).
+  /// When set: an optimisation switched off for every other timed step; each on-step is
+  /// compared with the off-steps either side of it and the median of those ratios reported as
+  /// `paired_ratio` (a before/after ratio that the host's slow phases, which last many steps,
+  /// cannot bias). A process-wide one (paired_switch_names()) is switched between the steps of
+  /// one workload; a workload path (the others, except allocator and huge_pages, which are set
+  /// once per process) gets a second workload from the same seed without it, the two stepped in
+  /// turn (`paired_mode`: "process switch" or "two workloads").
   std::string paired;
   BenchShapes shapes;
 };
@@ -91,6 +94,8 @@ struct BenchOptions {
 const std::vector<std::string>& paired_switch_names();
 /// paired_switch_names() joined with ", " (help and error messages).
 std::string paired_switch_list();
+/// Whether `name` is one of paired_switch_names().
+bool is_process_switch(const std::string& name);
 
 /// Sets one of them (UsageError for another name).
 void set_process_switch(const std::string& name, bool on);

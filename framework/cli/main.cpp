@@ -405,8 +405,10 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--profile", bench_options.profile,
                         "write a Chrome trace of each workload's timed steps to PREFIX.WORKLOAD.json");
   bench_cmd->add_option("--paired", bench_options.paired,
-                        "alternate steps with this process-wide optimisation on and off (" +
-                            bench::paired_switch_list() + ") and report the paired step-time ratio");
+                        "alternate steps with this optimisation on and off and report the paired "
+                        "step-time ratio (a process-wide one, " + bench::paired_switch_list() +
+                            ", switched between steps; a workload path through a second workload "
+                            "without it; not allocator or huge_pages)");
   bench_cmd->add_option("--pipeline-lines", bench_options.pipeline_lines, "lines of the generated log (pipeline)");
 
   try {

@@ -196,16 +196,41 @@ TEST_CASE("bench: --paired alternates a process-wide switch and reports the pair
     require_finite_positive(r, key);
   // The switch is left on after the run.
   CHECK(recsys::util::onednn_gemm_active() == recsys::util::has_onednn_gemm());
-  // Only process-wide switches, not switched off, over at least two steps.
+  CHECK(r["paired_mode"] == "process switch");
+  // Known optimisations that can alternate, not switched off, over at least two steps.
   o.workloads = {"din"};
-  o.paired = "packing";
-  REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("not a process-wide optimisation"));
+  o.paired = "packnig";
+  REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("unknown optimisation 'packnig'"));
+  o.paired = "allocator";
+  REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("set once per process"));
   o.paired = "gemm";
   o.disable = {"gemm"};
   REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("switched off by --disable"));
   o.disable.clear();
   o.steps = 1;
   REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("--steps >= 2"));
+}
+
+TEST_CASE("bench: --paired with a workload path steps two workloads in turn", "[bench]") {
+  auto o = tiny_options();
+  o.steps = 6;
+  for (const auto& [name, path] : {std::pair<std::string, std::string>{"twotower_ssl", "tower_mlp"},
+                                   {"din", "packing"}}) {
+    INFO(name << " " << path);
+    o.paired = path;
+    auto r = run_workload(name, o);
+    CHECK(r["paired"] == path);
+    CHECK(r["paired_mode"] == "two workloads");
+    for (const char* key : {"paired_on_ms_median", "paired_off_ms_median", "paired_ratio"})
+      require_finite_positive(r, key);
+    // The reported loss is the workload's with the path on (a finite training loss).
+    CHECK(std::isfinite(r["final_loss"].get<double>()));
+  }
+  // A path switched off by --disable cannot be paired.
+  o.workloads = {"din"};
+  o.paired = "packing";
+  o.disable = {"packing"};
+  REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("switched off by --disable"));
 }
 
 TEST_CASE("bench: --batch-scale multiplies every workload's batch and nothing else", "[bench]") {
