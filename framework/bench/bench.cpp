@@ -207,10 +207,27 @@ void set_process_switch(const std::string& name, bool on) {
   else throw UsageError("'" + name + "' is not a process-wide optimisation");
 }
 
+const std::vector<std::string>& workload_paths(const std::string& name) {
+  static const std::vector<std::string> twotower = {
+      "item_tower_batch", "cross_entropy", "softmax_fused",  "optimizer",
+      "small_vocab_projection", "sparse_lookup", "distinct_bags", "tower_mlp",
+      "distinct_items", "parallel_branches"};
+  static const std::vector<std::string> din = {"optimizer", "dice", "packing", "first_layer",
+                                               "attention_tail"};
+  static const std::vector<std::string> dien = {"optimizer", "dice",       "packing",
+                                                "gru_fused", "gru_packed", "aux_fused"};
+  static const std::vector<std::string> none;
+  return name == "twotower_ssl" ? twotower : name == "din" ? din : name == "dien" ? dien : none;
+}
+
 std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShapes& shapes,
                                         torch::Device device, uint64_t seed,
                                         const std::vector<std::string>& disabled) {
+  const auto& paths = workload_paths(name);
   auto on = [&](const char* o) {
+    // workload_paths() lists every path read here (what --paired relies on).
+    TORCH_CHECK(std::find(paths.begin(), paths.end(), o) != paths.end(), "bench: '", o,
+                "' is read by ", name, " but missing from workload_paths");
     return std::find(disabled.begin(), disabled.end(), o) == disabled.end();
   };
   check_optimisation_names(disabled);
@@ -335,10 +352,14 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   auto workload = make_workload(name, options.shapes.with_batch_scale(options.batch_scale), device,
                                 1, disabled_list);
   TORCH_CHECK(options.steps >= 1, "bench: --steps must be >= 1");
-  const bool paired = !options.paired.empty();
   // A paired workload path: a second workload from the same seed without it, stepped in turn
-  // with the first (memory figures then include both).
-  const bool paired_path = paired && !is_process_switch(options.paired);
+  // with the first (memory figures then include both). A path this workload does not have is
+  // not paired (the two would be the same model).
+  const auto& own_paths = workload_paths(name);
+  const bool paired_path =
+      !options.paired.empty() && !is_process_switch(options.paired) &&
+      std::find(own_paths.begin(), own_paths.end(), options.paired) != own_paths.end();
+  const bool paired = is_process_switch(options.paired) || paired_path;
   std::unique_ptr<Workload> without;
   if (paired_path) {
     auto off = disabled_list;
@@ -407,6 +428,9 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
     r["paired_on_ms_median"] = median(on_ms);
     r["paired_off_ms_median"] = median(off_ms);
     r["paired_ratio"] = median(ratios);
+  } else if (!options.paired.empty()) {
+    r["paired"] = options.paired;
+    r["paired_mode"] = "not a path of this workload";
   }
   const char* wait = std::getenv("OMP_WAIT_POLICY");
   const char* spin = std::getenv("GOMP_SPINCOUNT");
@@ -453,6 +477,9 @@ void add_bound(nlohmann::json& r, double gflops) {
 void add_memory_ratio(nlohmann::json& r) {
   if (!r.contains("rss_baseline_mb") || !r.contains("param_mb") || !r["peak_rss_mb"].is_number())
     return;
+  // Two workloads in one process (--paired with a workload path): the peak holds both, the
+  // budget one; no ratio.
+  if (r.value("paired_mode", "") == "two workloads") return;
   const double above = r["peak_rss_mb"].get<double>() - r["rss_baseline_mb"].get<double>();
   const double model = r["param_mb"].get<double>() + r["optimizer_state_mb"].get<double>() +
                        r["batch_activation_mb_estimate"].get<double>();
@@ -654,6 +681,14 @@ int run_bench(const BenchOptions& options) {
     if (std::find(fixed.begin(), fixed.end(), options.paired) != fixed.end())
       throw UsageError("--paired: '" + options.paired + "' is set once per process (" +
                        join(fixed) + " cannot alternate step by step)");
+    bool used = is_process_switch(options.paired);
+    for (const auto& w : options.workloads) {
+      const auto& paths = workload_paths(w);
+      used = used || std::find(paths.begin(), paths.end(), options.paired) != paths.end();
+    }
+    if (!used)
+      throw UsageError("--paired: none of the selected workloads has the path '" +
+                       options.paired + "'");
     if (options.plain || std::find(options.disable.begin(), options.disable.end(),
                                    options.paired) != options.disable.end())
       throw UsageError("--paired " + options.paired +

@@ -96,6 +96,9 @@ const std::vector<std::string>& paired_switch_names();
 std::string paired_switch_list();
 /// Whether `name` is one of paired_switch_names().
 bool is_process_switch(const std::string& name);
+/// The optimisations that are options of this workload's models (what --disable changes in it,
+/// besides the process-wide ones); empty for an unknown name.
+const std::vector<std::string>& workload_paths(const std::string& name);
 
 /// Sets one of them (UsageError for another name).
 void set_process_switch(const std::string& name, bool on);

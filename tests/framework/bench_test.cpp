@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 
 #include "framework/bench/workloads.h"
 #include "framework/util/allocator.h"
@@ -226,11 +227,30 @@ TEST_CASE("bench: --paired with a workload path steps two workloads in turn", "[
     // The reported loss is the workload's with the path on (a finite training loss).
     CHECK(std::isfinite(r["final_loss"].get<double>()));
   }
+  // A path the workload does not have is not paired; through run_bench, a path none of the
+  // selected workloads has is refused.
+  o.paired = "packing";
+  auto r = run_workload("twotower_ssl", o);
+  CHECK(r["paired_mode"] == "not a path of this workload");
+  CHECK_FALSE(r.contains("paired_ratio"));
+  o.workloads = {"twotower_ssl"};
+  REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("none of the selected workloads has the path 'packing'"));
   // A path switched off by --disable cannot be paired.
   o.workloads = {"din"};
   o.paired = "packing";
   o.disable = {"packing"};
   REQUIRE_THROWS_WITH(run_bench(o), Catch::Contains("switched off by --disable"));
+}
+
+TEST_CASE("bench: every optimisation is a workload path, a process-wide switch or set once",
+          "[bench]") {
+  std::set<std::string> covered(paired_switch_names().begin(), paired_switch_names().end());
+  covered.insert({"allocator", "huge_pages"});
+  for (const auto& w : workload_names())
+    for (const auto& p : workload_paths(w)) covered.insert(p);
+  const auto& all = optimisation_names();
+  CHECK(covered == std::set<std::string>(all.begin(), all.end()));
+  CHECK(workload_paths("pipeline").empty());
 }
 
 TEST_CASE("bench: --batch-scale multiplies every workload's batch and nothing else", "[bench]") {
