@@ -71,4 +71,12 @@ for name, reps in by.items():
         if "cpp" in v and "py" in v:
             c, p = v["cpp"]["examples_per_s"], v["py"]["examples_per_s"]
             print(f"  {name:<13} {rep:>3} {c:>10.0f} {p:>10.0f} {c / p:>6.2f}")
+# How often each repetition met its target (a single run of both sides is one repetition).
+print("\nrepetitions at or above the target:")
+for name, reps in by.items():
+    rs = [v["cpp"]["examples_per_s"] / v["py"]["examples_per_s"] for v in reps.values()
+          if "cpp" in v and "py" in v]
+    if rs and name in targets:
+        met = sum(r >= targets[name] for r in rs)
+        print(f"  {name:<13} {met} of {len(rs)} (target {targets[name]:.1f}, lowest {min(rs):.2f})")
 EOF
