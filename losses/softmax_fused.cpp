@@ -158,11 +158,12 @@ double run_block(const Problem<S>& p, int64_t i0, int64_t i1, S* s, S* k, S* a_k
   const int64_t n = i1 - i0, C = p.C, D = p.D, ls = p.ls;
   util::gemm_rowmajor(false, true, n, C, D, p.scale, p.a + i0 * D, D, p.b, D, S(0), s, ls);
   const S w = S(1) / static_cast<S>(p.B);
+  // Row i's target column.
+  auto target_of = [&](int64_t i) { return p.targets ? p.targets[i] : i; };
   double loss = 0;
   for (int64_t r = 0; r < n; ++r) {
-    const int64_t i = i0 + r;
     S* row = s + r * ls;
-    const int64_t t = p.targets ? p.targets[i] : i;
+    const int64_t t = target_of(i0 + r);
     // The target's score before the multiplicities: loss_i = logsumexp_j s'_ij - s_it, where
     // s'_ij = s_ij + log c_j sums c_j equal columns; with hits removed the target column counts
     // once (its other copies are row i's positive again).
@@ -204,9 +205,8 @@ double run_block(const Problem<S>& p, int64_t i0, int64_t i1, S* s, S* k, S* a_k
     // da = scale (k e b - w b_t).
     util::gemm_rowmajor(false, false, n, D, C, p.scale, s, ls, p.b, D, S(0), da, D);
     for (int64_t r = 0; r < n; ++r) {
-      const int64_t t = p.targets ? p.targets[i0 + r] : i0 + r;
       const S kr = k[r];
-      const S* bt = p.b + t * D;
+      const S* bt = p.b + target_of(i0 + r) * D;
       S* dr = da + r * D;
       for (int64_t c = 0; c < D; ++c) dr[c] = kr * dr[c] - sw * bt[c];
       const S* ar = a + r * D;
@@ -216,9 +216,8 @@ double run_block(const Problem<S>& p, int64_t i0, int64_t i1, S* s, S* k, S* a_k
     // db += scale (e^T (k a)), then -scale w a_i at each row's target column.
     util::gemm_rowmajor(true, false, C, D, n, p.scale, s, ls, a_k, D, S(first ? 0 : 1), db, D);
     for (int64_t r = 0; r < n; ++r) {
-      const int64_t t = p.targets ? p.targets[i0 + r] : i0 + r;
       const S* ar = a + r * D;
-      S* dbt = db + t * D;
+      S* dbt = db + target_of(i0 + r) * D;
       for (int64_t c = 0; c < D; ++c) dbt[c] -= sw * ar[c];
     }
   }

@@ -165,6 +165,10 @@ std::string join(const std::vector<std::string>& names) {
   return list;
 }
 
+bool contains(const std::vector<std::string>& names, const std::string& name) {
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
 }  // namespace
 
 std::string optimisation_list() { return join(optimisation_names()); }
@@ -174,7 +178,7 @@ namespace {
 void check_optimisation_names(const std::vector<std::string>& names) {
   const auto& known = optimisation_names();
   for (const auto& d : names)
-    if (std::find(known.begin(), known.end(), d) == known.end())
+    if (!contains(known, d))
       throw UsageError("--disable: unknown optimisation '" + d + "' (known: " +
                        optimisation_list() + ")");
 }
@@ -190,8 +194,7 @@ const std::vector<std::string>& paired_switch_names() {
 std::string paired_switch_list() { return join(paired_switch_names()); }
 
 bool is_process_switch(const std::string& name) {
-  const auto& sw = paired_switch_names();
-  return std::find(sw.begin(), sw.end(), name) != sw.end();
+  return contains(paired_switch_names(), name);
 }
 
 const std::vector<std::string>& unpairable_names() {
@@ -226,9 +229,9 @@ std::unique_ptr<Workload> make_workload(const std::string& name, const BenchShap
   const auto& paths = workload_paths(name);
   auto on = [&](const char* o) {
     // workload_paths() lists every path read here (what --paired relies on).
-    TORCH_CHECK(std::find(paths.begin(), paths.end(), o) != paths.end(), "bench: '", o,
-                "' is read by ", name, " but missing from workload_paths");
-    return std::find(disabled.begin(), disabled.end(), o) == disabled.end();
+    TORCH_CHECK(contains(paths, o), "bench: '", o, "' is read by ", name,
+                " but missing from workload_paths");
+    return !contains(disabled, o);
   };
   check_optimisation_names(disabled);
   if (name == "twotower_ssl") {
@@ -335,7 +338,7 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   }
   const auto& disabled_list = options.plain ? optimisation_names() : options.disable;
   auto on = [&](const char* o) {
-    return std::find(disabled_list.begin(), disabled_list.end(), o) == disabled_list.end();
+    return !contains(disabled_list, o);
   };
   // The process-wide optimisations (the others are options of the workload's models).
   if (on("allocator")) util::retain_freed_memory();
@@ -355,10 +358,8 @@ nlohmann::json run_workload(const std::string& name, const BenchOptions& options
   // A paired workload path: a second workload from the same seed without it, stepped in turn
   // with the first (memory figures then include both). A path this workload does not have is
   // not paired (the two would be the same model).
-  const auto& own_paths = workload_paths(name);
-  const bool paired_path =
-      !options.paired.empty() && !is_process_switch(options.paired) &&
-      std::find(own_paths.begin(), own_paths.end(), options.paired) != own_paths.end();
+  const bool paired_path = !is_process_switch(options.paired) &&
+                           contains(workload_paths(name), options.paired);
   const bool paired = is_process_switch(options.paired) || paired_path;
   std::unique_ptr<Workload> without;
   if (paired_path) {
@@ -673,24 +674,19 @@ int run_bench(const BenchOptions& options) {
                        "' (known: twotower_ssl, din, dien, pipeline)");
   check_optimisation_names(options.disable);
   if (!options.paired.empty()) {
-    const auto& known = optimisation_names();
     const auto& fixed = unpairable_names();
-    if (std::find(known.begin(), known.end(), options.paired) == known.end())
+    if (!contains(optimisation_names(), options.paired))
       throw UsageError("--paired: unknown optimisation '" + options.paired + "' (known: " +
                        optimisation_list() + ")");
-    if (std::find(fixed.begin(), fixed.end(), options.paired) != fixed.end())
+    if (contains(fixed, options.paired))
       throw UsageError("--paired: '" + options.paired + "' is set once per process (" +
                        join(fixed) + " cannot alternate step by step)");
     bool used = is_process_switch(options.paired);
-    for (const auto& w : options.workloads) {
-      const auto& paths = workload_paths(w);
-      used = used || std::find(paths.begin(), paths.end(), options.paired) != paths.end();
-    }
+    for (const auto& w : options.workloads) used = used || contains(workload_paths(w), options.paired);
     if (!used)
       throw UsageError("--paired: none of the selected workloads has the path '" +
                        options.paired + "'");
-    if (options.plain || std::find(options.disable.begin(), options.disable.end(),
-                                   options.paired) != options.disable.end())
+    if (options.plain || contains(options.disable, options.paired))
       throw UsageError("--paired " + options.paired +
                        ": the optimisation is switched off by --disable or --plain");
     if (options.steps < 2) throw UsageError("--paired needs --steps >= 2");
@@ -730,8 +726,7 @@ int run_bench(const BenchOptions& options) {
       fastest = std::max(fastest, r["examples_per_s"].get<double>());
     rows.push_back(r);
   }
-  if (std::find(options.workloads.begin(), options.workloads.end(), "pipeline") !=
-      options.workloads.end())
+  if (contains(options.workloads, "pipeline"))
     rows.push_back(run("pipeline", [&] { return run_pipeline(options, fastest); }));
 
   bool failed = false;
