@@ -22,6 +22,7 @@
 #include "framework/util/blas.h"
 #include "framework/util/errors.h"
 #include "framework/util/matmul.h"
+#include "framework/util/share.h"
 #include "models/layers/gru.h"
 
 namespace recsys::bench {
@@ -153,7 +154,7 @@ const std::vector<std::string>& optimisation_names() {
                                                  "tower_mlp", "attention_tail",
                                                  "huge_pages", "distinct_items",
                                                  "onednn_gemm", "padded_rows",
-                                                 "parallel_branches"};
+                                                 "parallel_branches", "work_sharing"};
   return names;
 }
 
@@ -187,7 +188,7 @@ void check_optimisation_names(const std::vector<std::string>& names) {
 
 const std::vector<std::string>& paired_switch_names() {
   static const std::vector<std::string> names = {"gemm", "onednn_gemm", "gru_threads",
-                                                       "padded_rows"};
+                                                       "padded_rows", "work_sharing"};
   return names;
 }
 
@@ -207,6 +208,7 @@ void set_process_switch(const std::string& name, bool on) {
   else if (name == "onednn_gemm") util::set_onednn_gemm(on);
   else if (name == "gru_threads") models::set_gru_recurrence_threads(on);
   else if (name == "padded_rows") util::set_padded_rows(on);
+  else if (name == "work_sharing") util::set_work_sharing(on);
   else throw UsageError("'" + name + "' is not a process-wide optimisation");
 }
 

@@ -90,7 +90,7 @@ struct BenchOptions {
 };
 
 /// The optimisations that are process-wide switches (set between steps): gemm, onednn_gemm,
-/// gru_threads, padded_rows. The others are options of the workloads' models.
+/// gru_threads, padded_rows, work_sharing. The others are options of the workloads' models.
 const std::vector<std::string>& paired_switch_names();
 /// paired_switch_names() joined with ", " (help and error messages).
 std::string paired_switch_list();
@@ -155,7 +155,9 @@ const std::vector<std::string>& workload_names();
 /// off = ATen's products, threaded by the BLAS itself), gru_threads (the packed GRU's
 /// recurrences split by sequence ranges across threads; off = on one thread), padded_rows
 /// (util::padded_stride: the blockwise kernels' buffers in rows 64 bytes longer where a row is
-/// a multiple of 512 bytes; off = rows of exactly their values).
+/// a multiple of 512 bytes; off = rows of exactly their values), work_sharing (util::ShareGroup:
+/// a staged step's thread that has finished its branch takes chunks of the other branch's
+/// products and kernels; off = it waits at the join).
 const std::vector<std::string>& optimisation_names();
 /// optimisation_names() joined with ", " (help and error messages).
 std::string optimisation_list();

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "framework/util/blas.h"
+#include "framework/util/share.h"
 
 namespace recsys::train {
 
@@ -75,12 +76,21 @@ void for_each_part(size_t n, bool side_by_side, const F& work, bool dynamic = fa
     const at::ThreadLocalState state;
     std::atomic<size_t> next{0};
     const int64_t threads = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(n));
+    // A thread done with its parts takes chunks of the others' products and blockwise kernels
+    // (util::shared_for) instead of waiting at the join.
+    util::ShareGroup group(static_cast<int64_t>(n), at::get_num_threads());
     at::parallel_for(0, dynamic ? threads : static_cast<int64_t>(n), 1, [&](int64_t j0, int64_t j1) {
       at::ThreadLocalStateGuard guard(state);
+      const util::ShareGroup::Member member(group);
+      auto run_part = [&](size_t j) {
+        run(j);
+        group.part_finished();
+      };
       if (dynamic)
-        for (size_t j; (j = next.fetch_add(1)) < n;) run(j);
+        for (size_t j; (j = next.fetch_add(1)) < n;) run_part(j);
       else
-        for (int64_t j = j0; j < j1; ++j) run(static_cast<size_t>(j));
+        for (int64_t j = j0; j < j1; ++j) run_part(static_cast<size_t>(j));
+      group.help_until_finished();
     });
   } else {
     for (size_t j = 0; j < n; ++j) run(j);

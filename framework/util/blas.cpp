@@ -6,7 +6,10 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <functional>
 #include <vector>
+
+#include "framework/util/share.h"
 
 namespace recsys::util {
 
@@ -99,12 +102,24 @@ bool gemm_parallel_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, S alp
                  int64_t lc) {
     return gemm_rowmajor(ta, tb, mm, nn, kk, alpha, aa, lda, bb, ldb, bt, cc, lc);
   };
-  const int64_t threads = at::get_num_threads();
+  // Inside a parallel region the product is cut only for a side-by-side part's work sharing
+  // (util::shared_for), into the chunks it would have on the group's threads outside one.
+  const bool in_region = at::in_parallel_region();
+  const int64_t threads = in_region ? shared_threads() : at::get_num_threads();
   const double macs = static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
   if (!has_blas_gemm()) return false;
-  if (threads <= 1 || at::in_parallel_region() || !blas().calls_nest || macs < kParallelMacs ||
-      m == 0 || n == 0)
+  if (threads <= 1 || !blas().calls_nest || macs < kParallelMacs || m == 0 || n == 0)
     return one(m, n, k, a, b, beta, c, ldc);
+  // Runs part(p) for p = 0 .. parts-1 on the intra-op threads, or shared with a helper.
+  auto run_parts = [&](int64_t parts, const std::function<void(int64_t)>& part) {
+    if (in_region) {
+      shared_for(parts, part);
+      return;
+    }
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) part(p);
+    });
+  };
   // Where op(A)'s row r, op(A)'s column j, op(B)'s row j and op(B)'s column q start.
   auto a_row = [&](int64_t r) { return ta ? a + r : a + r * lda; };
   auto a_col = [&](int64_t j) { return ta ? a + j * lda : a + j; };
@@ -115,14 +130,12 @@ bool gemm_parallel_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, S alp
     // Split-K: each thread's partial product of its slice of k, then C = sum + beta C.
     const int64_t parts = std::min<int64_t>(threads, k / 256);
     std::vector<S> partial(static_cast<size_t>(parts * m * n));
-    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t k0 = p * k / parts, k1 = (p + 1) * k / parts;
-        if (!one(m, n, k1 - k0, a_col(k0), b_row(k0), S(0), partial.data() + p * m * n, n))
-          ok = false;
-      }
+    run_parts(parts, [&](int64_t p) {
+      const int64_t k0 = p * k / parts, k1 = (p + 1) * k / parts;
+      if (!one(m, n, k1 - k0, a_col(k0), b_row(k0), S(0), partial.data() + p * m * n, n))
+        ok = false;
     });
-    at::parallel_for(0, m, std::max<int64_t>(1, 4096 / n), [&](int64_t r0, int64_t r1) {
+    auto sum_rows = [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t q = 0; q < n; ++q) {
           S sum = partial[static_cast<size_t>(r * n + q)];
@@ -130,20 +143,24 @@ bool gemm_parallel_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, S alp
           S& out = c[r * ldc + q];
           out = beta == S(0) ? sum : sum + beta * out;
         }
-    });
+    };
+    if (in_region)
+      sum_rows(0, m);
+    else
+      at::parallel_for(0, m, std::max<int64_t>(1, 4096 / n), sum_rows);
     return ok.load();
   }
-  if (m >= 16 * threads || m >= n) {
-    const int64_t grain = (m + threads - 1) / threads;
-    at::parallel_for(0, m, grain, [&](int64_t r0, int64_t r1) {
-      if (!one(r1 - r0, n, k, a_row(r0), b, beta, c + r0 * ldc, ldc)) ok = false;
-    });
-  } else {
-    const int64_t grain = (n + threads - 1) / threads;
-    at::parallel_for(0, n, grain, [&](int64_t q0, int64_t q1) {
-      if (!one(m, q1 - q0, k, a, b_col(q0), beta, c + q0, ldc)) ok = false;
-    });
-  }
+  // Rows of C (or columns, for C with few rows) in parts of `grain`, as ATen's parallel_for
+  // would cut them on `threads` threads.
+  const bool by_rows = m >= 16 * threads || m >= n;
+  const int64_t extent = by_rows ? m : n;
+  const int64_t grain = (extent + threads - 1) / threads;
+  run_parts((extent + grain - 1) / grain, [&](int64_t p) {
+    const int64_t i0 = p * grain, i1 = std::min(extent, i0 + grain);
+    const bool done = by_rows ? one(i1 - i0, n, k, a_row(i0), b, beta, c + i0 * ldc, ldc)
+                              : one(m, i1 - i0, k, a, b_col(i0), beta, c + i0, ldc);
+    if (!done) ok = false;
+  });
   return ok.load();
 }
 

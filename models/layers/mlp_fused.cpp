@@ -10,6 +10,7 @@
 #include "framework/util/blas.h"
 #include "framework/util/fast_math.h"
 #include "framework/util/kernel.h"
+#include "framework/util/share.h"
 
 namespace recsys::models {
 
@@ -217,12 +218,19 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
       const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
       // All blocks on this thread where the BLAS would not run a call on its calling thread.
       const int64_t grain = util::blas_calls_nest() ? 1 : blocks;
-      at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+      auto run_blocks = [&](int64_t b0, int64_t b1) {
         // Rows of ld[0]: the padding columns are never read.
         auto x0 = util::scratch_buffer<scalar_t>(kBlockRows * t.ld[0]);
         for (int64_t blk = b0; blk < b1; ++blk)
           forward_block(t, blk * kBlockRows, std::min(N, (blk + 1) * kBlockRows), x0.get());
-      });
+      };
+      // Inside a side-by-side part: the blocks in chunks a helper may take (each block writes
+      // only its own rows, so any split gives the same output).
+      const int64_t chunks = util::shared_threads() > 1 && grain == 1 ? std::min<int64_t>(blocks, 4) : 0;
+      if (chunks == 0 || !util::shared_for(chunks, [&](int64_t c) {
+            run_blocks(c * blocks / chunks, (c + 1) * blocks / chunks);
+          }))
+        at::parallel_for(0, blocks, grain, run_blocks);
     });
     std::vector<Tensor> saved{h, y, norm};
     for (size_t k = 1; k < K; ++k) saved.push_back(x[k]);
@@ -276,15 +284,18 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
       scalar_t* accp = acc.data_ptr<scalar_t>();
       const scalar_t* dyp = dy.data_ptr<scalar_t>();
       scalar_t* dhp = dh.data_ptr<scalar_t>();
-      at::parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
-        for (int64_t s = s0; s < s1; ++s) {
-          Chunk<scalar_t> chunk(t, accp + s * gsize);
-          const int64_t first = s * blocks / slots;
-          for (int64_t blk = first; blk < (s + 1) * blocks / slots; ++blk)
-            backward_block(t, blk * kBackwardRows, std::min(N, (blk + 1) * kBackwardRows), dyp,
-                           dhp, chunk, blk == first);
-        }
-      });
+      auto run_slot = [&](int64_t s) {
+        Chunk<scalar_t> chunk(t, accp + s * gsize);
+        const int64_t first = s * blocks / slots;
+        for (int64_t blk = first; blk < (s + 1) * blocks / slots; ++blk)
+          backward_block(t, blk * kBackwardRows, std::min(N, (blk + 1) * kBackwardRows), dyp,
+                         dhp, chunk, blk == first);
+      };
+      // Inside a side-by-side part, a helper may take slots (each has its own accumulator).
+      if (slots == 1 || !util::shared_for(slots, run_slot))
+        at::parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
+          for (int64_t s = s0; s < s1; ++s) run_slot(s);
+        });
       // Chunk accumulators summed in chunk order into the first.
       flat = acc[0];
       for (int64_t k = 1; k < slots; ++k) flat.add_(acc[k]);

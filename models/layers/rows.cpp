@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "framework/util/id_groups.h"
+#include "framework/util/share.h"
 #include "framework/util/simd.h"
 
 namespace recsys::models {
@@ -74,10 +75,11 @@ template <typename S, typename Entry>
 void grouped_sums(int64_t G, const int64_t* start, int64_t H, S* out, const Entry& entry) {
   const int64_t total = start[G];
   // At most one part per entry: every part holds at least one entry.
-  const int64_t T = at::in_parallel_region()
-                        ? 1
-                        : std::max<int64_t>(1, std::min({static_cast<int64_t>(at::get_num_threads()),
-                                                         total * H / kBagGrain, total}));
+  // Inside a side-by-side part, the parts it would have on its group's threads, which a helper
+  // may take (util::shared_for).
+  const int64_t threads = at::in_parallel_region() ? std::max<int64_t>(1, util::shared_threads())
+                                                   : static_cast<int64_t>(at::get_num_threads());
+  const int64_t T = std::max<int64_t>(1, std::min({threads, total * H / kBagGrain, total}));
   std::vector<S> side(static_cast<size_t>(T * H));
   std::vector<int64_t> side_group(static_cast<size_t>(T), -1);
   auto sum_range = [&](int64_t a, int64_t b, S* dst) {
@@ -109,7 +111,7 @@ void grouped_sums(int64_t G, const int64_t* start, int64_t H, S* out, const Entr
   };
   if (T == 1) {
     part(0);
-  } else {
+  } else if (!util::shared_for(T, part)) {
     at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) part(t);
     });
@@ -157,7 +159,7 @@ std::vector<Tensor> bag_backward_kernels(const Tensor& grad_in, const std::vecto
   std::vector<Tensor> out(ids.size());
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "bag_rows_backward", [&] {
     std::vector<BagGroups> groups(ids.size());
-    at::parallel_for(0, static_cast<int64_t>(ids.size()), 1, [&](int64_t f0, int64_t f1) {
+    util::parallel_for_shared(0, static_cast<int64_t>(ids.size()), 1, [&](int64_t f0, int64_t f1) {
       for (int64_t f = f0; f < f1; ++f) {
         const auto i = static_cast<size_t>(f);
         groups[i] = bag_groups<scalar_t>(ids[i], weights[i], rows[i]);
@@ -274,7 +276,7 @@ Tensor add_bags_forward_kernel(const Tensor& base_in, const std::vector<Tensor>&
       w.push_back(weights[f].data_ptr<scalar_t>());
       ix.push_back(ids[f].data_ptr<int64_t>());
     }
-    at::parallel_for(0, B, std::max<int64_t>(1, kBagGrain / work), [&](int64_t b0, int64_t b1) {
+    util::parallel_for_shared(0, B, std::max<int64_t>(1, kBagGrain / work), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         scalar_t* row = o + b * H;
         std::copy(bp + (per_row ? b * H : 0), bp + (per_row ? b * H : 0) + H, row);
@@ -302,7 +304,7 @@ Tensor pooled_forward_kernel(const Tensor& table, const Tensor& ids, bool mean, 
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* w = w_out.data_ptr<scalar_t>();
     const int64_t n = B * L, row_bytes = D * static_cast<int64_t>(sizeof(scalar_t));
-    at::parallel_for(0, B, std::max<int64_t>(1, kBagGrain / std::max<int64_t>(1, L * D)),
+    util::parallel_for_shared(0, B, std::max<int64_t>(1, kBagGrain / std::max<int64_t>(1, L * D)),
                      [&](int64_t b0, int64_t b1) {
                        for (int64_t b = b0; b < b1; ++b) {
                          int64_t count = 0;
