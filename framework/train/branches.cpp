@@ -22,6 +22,72 @@ bool side_by_side_at(size_t branches) {
          util::blas_calls_nest();
 }
 
+namespace {
+
+/// The sparse parts' rows (one sparse dim, rows of values) when every part's rows are strictly
+/// ascending: merged into one gradient whose rows are strictly ascending, the values of a row
+/// that several parts hold summed in part order (the order in which the optimizer would sum the
+/// concatenation's entries). Undefined where the parts are not of that form.
+torch::Tensor merge_ascending(const std::vector<torch::Tensor>& parts) {
+  const auto& first = parts.front();
+  if (first.sparse_dim() != 1 || first.dense_dim() != 1 || !first.device().is_cpu() ||
+      (first.scalar_type() != torch::kFloat && first.scalar_type() != torch::kDouble))
+    return {};
+  std::vector<torch::Tensor> rows, values;
+  std::vector<const int64_t*> ix;
+  std::vector<int64_t> nnz;
+  for (const auto& p : parts) {
+    if (p.sparse_dim() != 1 || p.dense_dim() != 1 || p.scalar_type() != first.scalar_type() ||
+        !p.device().is_cpu())
+      return {};
+    rows.push_back(p._indices().select(0, 0).contiguous());
+    values.push_back(p._values().contiguous());
+    ix.push_back(rows.back().data_ptr<int64_t>());
+    nnz.push_back(rows.back().numel());
+    for (int64_t k = 1; k < nnz.back(); ++k)
+      if (ix.back()[k - 1] >= ix.back()[k]) return {};
+  }
+  const size_t P = parts.size();
+  const int64_t width = first.size(1);
+  int64_t total = 0;
+  for (auto c : nnz) total += c;
+  // At most `total` distinct rows: written in one pass, then the used prefix kept.
+  auto out_rows = torch::empty({1, total}, torch::kLong);
+  auto out_values = torch::empty({total, width}, values.front().options());
+  int64_t* orow = out_rows.data_ptr<int64_t>();
+  int64_t distinct = 0;
+  AT_DISPATCH_FLOATING_TYPES(first.scalar_type(), "combine_gradients", [&] {
+    scalar_t* ov = out_values.data_ptr<scalar_t>();
+    std::vector<const scalar_t*> src;
+    for (const auto& v : values) src.push_back(v.data_ptr<scalar_t>());
+    std::vector<int64_t> at(P, 0);
+    for (;;) {
+      // The smallest row any part still holds; its entries taken in part order.
+      int64_t row = -1;
+      for (size_t j = 0; j < P; ++j)
+        if (at[j] < nnz[j] && (row < 0 || ix[j][at[j]] < row)) row = ix[j][at[j]];
+      if (row < 0) break;
+      scalar_t* __restrict to = ov + distinct * width;
+      orow[distinct++] = row;
+      bool copied = false;
+      for (size_t j = 0; j < P; ++j) {
+        if (at[j] >= nnz[j] || ix[j][at[j]] != row) continue;
+        const scalar_t* __restrict from = src[j] + at[j]++ * width;
+        if (!copied)
+          std::copy(from, from + width, to);
+        else
+          for (int64_t c = 0; c < width; ++c) to[c] += from[c];
+        copied = true;
+      }
+    }
+  });
+  out_rows = out_rows.narrow(1, 0, distinct);
+  out_values = out_values.narrow(0, 0, distinct);
+  return at::_sparse_coo_tensor_unsafe(out_rows, out_values, first.sizes())._coalesced_(true);
+}
+
+}  // namespace
+
 torch::Tensor combine_gradients(const std::vector<torch::Tensor>& parts) {
   std::vector<torch::Tensor> present;
   for (const auto& p : parts)
@@ -36,6 +102,10 @@ torch::Tensor combine_gradients(const std::vector<torch::Tensor>& parts) {
     all_sparse = all_sparse && p.is_sparse();
   }
   if (all_sparse) {
+    for (const auto& p : present)
+      TORCH_CHECK(p.sparse_dim() == first.sparse_dim(),
+                  "combine_gradients: sparse gradients with different sparse dims");
+    if (auto merged = merge_ascending(present); merged.defined()) return merged;
     std::vector<torch::Tensor> indices, values;
     for (const auto& p : present) {
       TORCH_CHECK(p.sparse_dim() == first.sparse_dim(),

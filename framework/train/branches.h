@@ -23,8 +23,9 @@ using StagedLoss = std::function<torch::Tensor(const std::vector<std::vector<tor
 ///
 /// The gradients are added to the parameters' gradients in a fixed order (stage 2's, then
 /// branch 0's, branch 1's, ...), whichever thread finishes first: dense ones summed, sparse ones
-/// concatenated (combine_gradients). The result equals loss.backward() through the uncut graph
-/// up to the order of floating-point additions, and does not depend on the threads' timing.
+/// merged or concatenated (combine_gradients). The result equals loss.backward() through the
+/// uncut graph up to the order of floating-point additions, and does not depend on the threads'
+/// timing.
 /// Every graph is freed. An exception in a branch is rethrown once all branches have stopped,
 /// with no gradient changed. Returns the loss, detached.
 ///
@@ -42,7 +43,10 @@ torch::Tensor run_staged(const std::vector<OutputBranch>& branches, const Staged
 bool side_by_side_at(size_t branches);
 
 /// Gradients of one parameter from several branches, in branch order (undefined = none), as one
-/// gradient: dense parts summed, sparse parts concatenated (uncoalesced), a mix densified.
+/// gradient: dense parts summed; sparse parts whose rows each ascend strictly (the fused
+/// lookups' gradients) merged into one coalesced gradient, a row held by several parts summed
+/// in part order (the values the optimizer would sum from their concatenation, so it skips its
+/// grouping pass); other sparse parts concatenated (uncoalesced); a mix densified.
 torch::Tensor combine_gradients(const std::vector<torch::Tensor>& parts);
 
 }  // namespace recsys::train

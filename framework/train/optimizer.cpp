@@ -214,11 +214,25 @@ bool Optimizer::fusable(size_t i) const {
 
 void Optimizer::group_rows(size_t i, const torch::Tensor& indices, RowGroups& out) {
   const int64_t num_rows = params_[i].size(0);
+  auto ix_t = indices.select(0, 0).contiguous();
+  const int64_t* ix = ix_t.data_ptr<int64_t>();
+  const int64_t n = ix_t.numel();
+  // Rows strictly ascending and in range (the fused lookups' gradients, and run_staged's merge
+  // of such parts): every entry its own group, no grouping pass.
+  bool ascending = n == 0 || (ix[0] >= 0 && ix[n - 1] < num_rows);
+  for (int64_t k = 1; ascending && k < n; ++k) ascending = ix[k - 1] < ix[k];
+  if (ascending) {
+    out.rows.assign(ix, ix + n);
+    out.start.resize(static_cast<size_t>(n) + 1);
+    out.order.resize(static_cast<size_t>(n));
+    for (int64_t k = 0; k < n; ++k) out.start[static_cast<size_t>(k)] = out.order[static_cast<size_t>(k)] = k;
+    out.start[static_cast<size_t>(n)] = n;
+    return;
+  }
   auto& slot = slot_[i];
   if (static_cast<int64_t>(slot.size()) != num_rows) slot.assign(num_rows, -1);
-  auto ix_t = indices.select(0, 0).contiguous();
   int64_t bad = 0;
-  TORCH_CHECK(util::group_ids(ix_t.data_ptr<int64_t>(), ix_t.numel(), /*skip=*/-1, slot, out, bad),
+  TORCH_CHECK(util::group_ids(ix, n, /*skip=*/-1, slot, out, bad),
               "Optimizer: sparse gradient row ", bad, " is outside the parameter's ", num_rows,
               " rows");
 }

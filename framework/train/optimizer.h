@@ -62,7 +62,9 @@ class Optimizer {
   void step_fused();
 
   /// A sparse gradient grouped by row: rows[u] is the u-th distinct row (first-seen order) and
-  /// its entries are order[start[u] .. start[u + 1]).
+  /// its entries are order[start[u] .. start[u + 1]). Rows that already ascend strictly (the
+  /// fused lookups' gradients, run_staged's merged ones) are taken as they are, without the
+  /// grouping pass.
   using RowGroups = util::IdGroups;
   void group_rows(size_t i, const torch::Tensor& indices, RowGroups& out);
 

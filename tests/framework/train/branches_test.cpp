@@ -129,6 +129,43 @@ TEST_CASE("combine_gradients sums dense parts and concatenates sparse ones in or
                       Catch::Contains("gradients of shapes"));
 }
 
+TEST_CASE("combine_gradients merges sparse parts whose rows ascend, summing in part order", "[train]") {
+  for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
+    auto o = torch::TensorOptions().dtype(dtype);
+    auto s1 = torch::_sparse_coo_tensor_unsafe(torch::tensor({{0, 3, 5}}, torch::kInt64),
+                                               torch::tensor({{1.0, 2.0}, {3.0, 4.0}, {5.0, 6.0}}, o), {7, 2});
+    auto s2 = torch::_sparse_coo_tensor_unsafe(torch::tensor({{3, 6}}, torch::kInt64),
+                                               torch::tensor({{0.5, 0.25}, {7.0, 8.0}}, o), {7, 2});
+    auto s3 = torch::_sparse_coo_tensor_unsafe(torch::tensor({{0, 3}}, torch::kInt64),
+                                               torch::tensor({{-1.0, 1.0}, {0.125, 0.0}}, o), {7, 2});
+    auto m = combine_gradients({torch::Tensor(), s1, s2, s3});
+    REQUIRE(m.is_sparse());
+    REQUIRE(m.is_coalesced());
+    REQUIRE(m._indices().equal(torch::tensor({{0, 3, 5, 6}}, torch::kInt64)));
+    // Row 3: (3 + 0.5) + 0.125 and (4 + 0.25) + 0, in part order.
+    REQUIRE(m._values().equal(torch::tensor({{0.0, 3.0}, {3.625, 4.25}, {5.0, 6.0}, {7.0, 8.0}}, o)));
+    REQUIRE(m.to_dense().equal(s1.to_dense() + s2.to_dense() + s3.to_dense()));
+  }
+  // Random parts: the merge equals the concatenation summed in entry order, bit for bit.
+  torch::manual_seed(4);
+  std::vector<torch::Tensor> parts;
+  for (int k = 0; k < 3; ++k) {
+    auto rows = std::get<0>(torch::_unique2(torch::randint(0, 5000, {3000}, torch::kInt64), /*sorted=*/true));
+    parts.push_back(torch::_sparse_coo_tensor_unsafe(rows.view({1, -1}), torch::randn({rows.size(0), 16}),
+                                                     {5000, 16}));
+  }
+  auto merged = combine_gradients(parts);
+  auto expected = parts[0].to_dense();
+  for (int k = 1; k < 3; ++k) expected += parts[k].to_dense();
+  REQUIRE(merged.is_coalesced());
+  REQUIRE(merged.to_dense().equal(expected));
+  // A part whose rows do not ascend: concatenated, as before.
+  auto unsorted = torch::_sparse_coo_tensor_unsafe(torch::tensor({{4, 1}}, torch::kInt64), torch::ones({2, 16}),
+                                                   {5000, 16});
+  auto cat = combine_gradients({parts[0], unsorted});
+  REQUIRE(cat._nnz() == parts[0]._nnz() + 2);
+}
+
 TEST_CASE("run_staged gives the gradients of the uncut graph, side by side or not", "[train]") {
   ThreadCount threads(2);
   auto ref = make_model(5);
