@@ -21,6 +21,9 @@ namespace {
 std::atomic<bool> g_sharing{true};
 thread_local ShareGroup* t_group = nullptr;
 thread_local bool t_in_chunk = false;  // a shared chunk runs on this thread: no nested sharing
+// Pause instructions a waiting thread spins through (some tens of microseconds) before it
+// yields its core between looks.
+constexpr int64_t kSpinsBeforeYield = 2000;
 
 }  // namespace
 
@@ -68,8 +71,19 @@ bool ShareGroup::help_once() {
 }
 
 void ShareGroup::help_until_finished() {
-  while (unfinished_.load(std::memory_order_acquire) > 0)
-    if (!help_once()) RECSYS_SPIN_PAUSE();
+  // Spins while the wait is short; past that, gives the core up between looks, so that a waiting
+  // helper does not take it from another process (or from the part it waits for) on a loaded
+  // machine, where the OpenMP wait policy would have put an idle worker to sleep.
+  int64_t idle = 0;
+  while (unfinished_.load(std::memory_order_acquire) > 0) {
+    if (help_once()) {
+      idle = 0;
+    } else if (++idle < kSpinsBeforeYield) {
+      RECSYS_SPIN_PAUSE();
+    } else {
+      std::this_thread::yield();
+    }
+  }
 }
 
 bool shared_for(int64_t n, const std::function<void(int64_t)>& fn) {
@@ -85,8 +99,11 @@ bool shared_for(int64_t n, const std::function<void(int64_t)>& fn) {
   job.claim();
   if (posted) {
     group->job_.store(nullptr);
-    while (job.done.load(std::memory_order_acquire) < n || group->inside_.load() > 0)
-      RECSYS_SPIN_PAUSE();
+    for (int64_t idle = 0; job.done.load(std::memory_order_acquire) < n || group->inside_.load() > 0;)
+      if (++idle < kSpinsBeforeYield)
+        RECSYS_SPIN_PAUSE();
+      else
+        std::this_thread::yield();
   }
   if (job.error) std::rethrow_exception(job.error);
   return true;
