@@ -37,8 +37,8 @@ torch::Tensor merge_ascending(const std::vector<torch::Tensor>& parts) {
   std::vector<const int64_t*> ix;
   std::vector<int64_t> nnz;
   for (const auto& p : parts) {
-    if (p.sparse_dim() != 1 || p.dense_dim() != 1 || p.scalar_type() != first.scalar_type() ||
-        !p.device().is_cpu())
+    // combine_gradients checked that every part has first's sparse dims.
+    if (p.dense_dim() != 1 || p.scalar_type() != first.scalar_type() || !p.device().is_cpu())
       return {};
     rows.push_back(p._indices().select(0, 0).contiguous());
     values.push_back(p._values().contiguous());
@@ -108,8 +108,6 @@ torch::Tensor combine_gradients(const std::vector<torch::Tensor>& parts) {
     if (auto merged = merge_ascending(present); merged.defined()) return merged;
     std::vector<torch::Tensor> indices, values;
     for (const auto& p : present) {
-      TORCH_CHECK(p.sparse_dim() == first.sparse_dim(),
-                  "combine_gradients: sparse gradients with different sparse dims");
       indices.push_back(p._indices());
       values.push_back(p._values());
     }

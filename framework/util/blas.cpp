@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
-#include <functional>
 #include <vector>
 
 #include "framework/util/share.h"
@@ -110,16 +109,6 @@ bool gemm_parallel_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, S alp
   if (!has_blas_gemm()) return false;
   if (threads <= 1 || !blas().calls_nest || macs < kParallelMacs || m == 0 || n == 0)
     return one(m, n, k, a, b, beta, c, ldc);
-  // Runs part(p) for p = 0 .. parts-1 on the intra-op threads, or shared with a helper.
-  auto run_parts = [&](int64_t parts, const std::function<void(int64_t)>& part) {
-    if (in_region) {
-      shared_for(parts, part);
-      return;
-    }
-    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) part(p);
-    });
-  };
   // Where op(A)'s row r, op(A)'s column j, op(B)'s row j and op(B)'s column q start.
   auto a_row = [&](int64_t r) { return ta ? a + r : a + r * lda; };
   auto a_col = [&](int64_t j) { return ta ? a + j * lda : a + j; };
@@ -130,7 +119,8 @@ bool gemm_parallel_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, S alp
     // Split-K: each thread's partial product of its slice of k, then C = sum + beta C.
     const int64_t parts = std::min<int64_t>(threads, k / 256);
     std::vector<S> partial(static_cast<size_t>(parts * m * n));
-    run_parts(parts, [&](int64_t p) {
+    // Each part on an intra-op thread, or shared with a helper inside a part (for_each_chunk).
+    for_each_chunk(parts, [&](int64_t p) {
       const int64_t k0 = p * k / parts, k1 = (p + 1) * k / parts;
       if (!one(m, n, k1 - k0, a_col(k0), b_row(k0), S(0), partial.data() + p * m * n, n))
         ok = false;
@@ -155,7 +145,7 @@ bool gemm_parallel_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, S alp
   const bool by_rows = m >= 16 * threads || m >= n;
   const int64_t extent = by_rows ? m : n;
   const int64_t grain = (extent + threads - 1) / threads;
-  run_parts((extent + grain - 1) / grain, [&](int64_t p) {
+  for_each_chunk((extent + grain - 1) / grain, [&](int64_t p) {
     const int64_t i0 = p * grain, i1 = std::min(extent, i0 + grain);
     const bool done = by_rows ? one(i1 - i0, n, k, a_row(i0), b, beta, c + i0 * ldc, ldc)
                               : one(m, i1 - i0, k, a, b_col(i0), beta, c + i0, ldc);

@@ -21,9 +21,24 @@ namespace {
 std::atomic<bool> g_sharing{true};
 thread_local ShareGroup* t_group = nullptr;
 thread_local bool t_in_chunk = false;  // a shared chunk runs on this thread: no nested sharing
-// Pause instructions a waiting thread spins through (some tens of microseconds) before it
-// yields its core between looks.
-constexpr int64_t kSpinsBeforeYield = 2000;
+// A waiting thread's next look: it spins while the wait is short (some tens of microseconds of
+// pause instructions), then gives its core up between looks, so that on a loaded machine, where
+// the OpenMP wait policy would have put an idle worker to sleep, it does not keep a core from
+// another process or from the part it waits for.
+class Backoff {
+ public:
+  void wait() {
+    if (++idle_ < kSpinsBeforeYield)
+      RECSYS_SPIN_PAUSE();
+    else
+      std::this_thread::yield();
+  }
+  void reset() { idle_ = 0; }
+
+ private:
+  static constexpr int64_t kSpinsBeforeYield = 2000;
+  int64_t idle_ = 0;
+};
 
 }  // namespace
 
@@ -71,18 +86,12 @@ bool ShareGroup::help_once() {
 }
 
 void ShareGroup::help_until_finished() {
-  // Spins while the wait is short; past that, gives the core up between looks, so that a waiting
-  // helper does not take it from another process (or from the part it waits for) on a loaded
-  // machine, where the OpenMP wait policy would have put an idle worker to sleep.
-  int64_t idle = 0;
+  Backoff backoff;
   while (unfinished_.load(std::memory_order_acquire) > 0) {
-    if (help_once()) {
-      idle = 0;
-    } else if (++idle < kSpinsBeforeYield) {
-      RECSYS_SPIN_PAUSE();
-    } else {
-      std::this_thread::yield();
-    }
+    if (help_once())
+      backoff.reset();
+    else
+      backoff.wait();
   }
 }
 
@@ -99,14 +108,18 @@ bool shared_for(int64_t n, const std::function<void(int64_t)>& fn) {
   job.claim();
   if (posted) {
     group->job_.store(nullptr);
-    for (int64_t idle = 0; job.done.load(std::memory_order_acquire) < n || group->inside_.load() > 0;)
-      if (++idle < kSpinsBeforeYield)
-        RECSYS_SPIN_PAUSE();
-      else
-        std::this_thread::yield();
+    for (Backoff backoff; job.done.load(std::memory_order_acquire) < n || group->inside_.load() > 0;)
+      backoff.wait();
   }
   if (job.error) std::rethrow_exception(job.error);
   return true;
+}
+
+void for_each_chunk(int64_t n, const std::function<void(int64_t)>& fn) {
+  if (shared_for(n, fn)) return;
+  at::parallel_for(0, n, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) fn(i);
+  });
 }
 
 void parallel_for_shared(int64_t begin, int64_t end, int64_t grain,

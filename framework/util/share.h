@@ -59,6 +59,11 @@ class ShareGroup {
 /// when sharing is switched off (set_work_sharing), so the caller takes its usual path.
 bool shared_for(int64_t n, const std::function<void(int64_t)>& fn);
 
+/// fn(i) for each i in [0, n): shared_for inside a side-by-side part, else across the intra-op
+/// threads (at::parallel_for, one index at a time). For work already cut into a fixed number of
+/// chunks that each write only their own outputs.
+void for_each_chunk(int64_t n, const std::function<void(int64_t)>& fn);
+
 /// at::parallel_for(begin, end, grain, f) for a loop whose iterations write disjoint outputs
 /// (any split gives the same results): inside a side-by-side part, the range in up to
 /// `max_chunks` chunks of at least `grain` iterations that a helper may take (shared_for);

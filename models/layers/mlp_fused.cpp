@@ -224,13 +224,9 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
         for (int64_t blk = b0; blk < b1; ++blk)
           forward_block(t, blk * kBlockRows, std::min(N, (blk + 1) * kBlockRows), x0.get());
       };
-      // Inside a side-by-side part: the blocks in chunks a helper may take (each block writes
-      // only its own rows, so any split gives the same output).
-      const int64_t chunks = util::shared_threads() > 1 && grain == 1 ? std::min<int64_t>(blocks, 4) : 0;
-      if (chunks == 0 || !util::shared_for(chunks, [&](int64_t c) {
-            run_blocks(c * blocks / chunks, (c + 1) * blocks / chunks);
-          }))
-        at::parallel_for(0, blocks, grain, run_blocks);
+      // Inside a side-by-side part, in chunks a helper may take (each block writes only its own
+      // rows, so any split gives the same output).
+      util::parallel_for_shared(0, blocks, grain, run_blocks);
     });
     std::vector<Tensor> saved{h, y, norm};
     for (size_t k = 1; k < K; ++k) saved.push_back(x[k]);
@@ -292,10 +288,7 @@ class MlpTailFunction : public torch::autograd::Function<MlpTailFunction> {
                          dhp, chunk, blk == first);
       };
       // Inside a side-by-side part, a helper may take slots (each has its own accumulator).
-      if (slots == 1 || !util::shared_for(slots, run_slot))
-        at::parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
-          for (int64_t s = s0; s < s1; ++s) run_slot(s);
-        });
+      util::for_each_chunk(slots, run_slot);
       // Chunk accumulators summed in chunk order into the first.
       flat = acc[0];
       for (int64_t k = 1; k < slots; ++k) flat.add_(acc[k]);

@@ -109,13 +109,7 @@ void grouped_sums(int64_t G, const int64_t* start, int64_t H, S* out, const Entr
         sum_range(a, b, dst);
     }
   };
-  if (T == 1) {
-    part(0);
-  } else if (!util::shared_for(T, part)) {
-    at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) part(t);
-    });
-  }
+  util::for_each_chunk(T, part);
   for (int64_t t = 0; t < T; ++t) {
     const int64_t sg = side_group[static_cast<size_t>(t)];
     if (sg >= 0) add_row(side.data() + t * H, out + sg * H, H);
